@@ -1,0 +1,117 @@
+"""The worker bus: messages, routing, serialization and backends.
+
+``RedisBus`` and ``PgmqBus`` are imported on first use, so their drivers stay optional.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from pipecat_workers.catalogue import register_message
+from pipecat_workers.bus.core import BusSubscriber, WorkerBus
+from pipecat_workers.bus.local import AsyncQueueBus
+from pipecat_workers.bus.messages import (
+    BusActivateWorkerMessage,
+    BusAddWorkerMessage,
+    BusCancelMessage,
+    BusCancelWorkerMessage,
+    BusDataMessage,
+    BusDeactivateWorkerMessage,
+    BusDuplicateWorkerMessage,
+    BusEndMessage,
+    BusEndWorkerMessage,
+    BusFrameMessage,
+    BusHeartbeatMessage,
+    BusJobCancelMessage,
+    BusJobRequestMessage,
+    BusJobResponseMessage,
+    BusJobResponseUrgentMessage,
+    BusJobStreamDataMessage,
+    BusJobStreamEndMessage,
+    BusJobStreamStartMessage,
+    BusJobUpdateMessage,
+    BusJobUpdateRequestMessage,
+    BusJobUpdateUrgentMessage,
+    BusLocalMessage,
+    BusMessage,
+    BusRegistryRequestMessage,
+    BusRunnerLeaveMessage,
+    BusSystemMessage,
+    BusTTSSpeakMessage,
+    BusWorkerErrorMessage,
+    BusWorkerLocalErrorMessage,
+    BusWorkerReadyMessage,
+    BusWorkerRegistryMessage,
+    BusWorkerStoppedMessage,
+    FrameDirection,
+)
+from pipecat_workers.bus.serializer import Envelope, JSONMessageSerializer, MessageSerializer
+from pipecat_workers.errors import MissingDependencyError
+
+if TYPE_CHECKING:
+    from pipecat_workers.bus.backends.pgmq import PgmqBus
+    from pipecat_workers.bus.backends.redis import RedisBus
+
+# name -> (backend module, driver module it needs, extra that installs the driver)
+_LAZY: dict[str, tuple[str, str, str]] = {
+    "RedisBus": ("pipecat_workers.bus.backends.redis", "redis", "redis"),
+    "PgmqBus": ("pipecat_workers.bus.backends.pgmq", "pgmq", "pgmq"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module_name, driver, extra = _LAZY[name]
+    try:
+        importlib.import_module(driver)
+    except ImportError:
+        raise MissingDependencyError(name, extra, driver) from None
+    return getattr(importlib.import_module(module_name), name)
+
+
+__all__ = [
+    "AsyncQueueBus",
+    "BusActivateWorkerMessage",
+    "BusAddWorkerMessage",
+    "BusCancelMessage",
+    "BusCancelWorkerMessage",
+    "BusDataMessage",
+    "BusDeactivateWorkerMessage",
+    "BusDuplicateWorkerMessage",
+    "BusEndMessage",
+    "BusEndWorkerMessage",
+    "BusFrameMessage",
+    "BusHeartbeatMessage",
+    "BusJobCancelMessage",
+    "BusJobRequestMessage",
+    "BusJobResponseMessage",
+    "BusJobResponseUrgentMessage",
+    "BusJobStreamDataMessage",
+    "BusJobStreamEndMessage",
+    "BusJobStreamStartMessage",
+    "BusJobUpdateMessage",
+    "BusJobUpdateRequestMessage",
+    "BusJobUpdateUrgentMessage",
+    "BusLocalMessage",
+    "BusMessage",
+    "BusRegistryRequestMessage",
+    "BusRunnerLeaveMessage",
+    "BusSubscriber",
+    "BusSystemMessage",
+    "BusTTSSpeakMessage",
+    "BusWorkerErrorMessage",
+    "BusWorkerLocalErrorMessage",
+    "BusWorkerReadyMessage",
+    "BusWorkerRegistryMessage",
+    "BusWorkerStoppedMessage",
+    "Envelope",
+    "FrameDirection",
+    "JSONMessageSerializer",
+    "MessageSerializer",
+    "PgmqBus",
+    "RedisBus",
+    "WorkerBus",
+    "register_message",
+]

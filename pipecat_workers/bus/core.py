@@ -1,0 +1,318 @@
+"""The bus core: subscriptions, routing, priorities and bounded queues.
+
+Backends only move messages between processes; everything else lives here. A targeted
+message goes straight to its target's mailbox (a dict lookup, whatever the number of
+subscribers); a broadcast goes to every subscriber, except framework control messages, which
+only runners and observers need. Observers see every message.
+
+Each subscriber has a mailbox with a system lane and a data lane. A lane's drain task exists
+only while the lane has messages, so an idle subscriber costs no task at all. System messages
+are handled ahead of data and never wait behind a slow data handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from abc import ABC, abstractmethod
+from collections import deque
+from typing import Any, Literal, Protocol
+
+from pipecat_workers.bus.messages import SYSTEM_PRIORITY, BusLocalMessage, BusMessage
+from pipecat_workers.errors import BusClosedError, ConfigurationError
+from pipecat_workers.settings import DEFAULT_SETTINGS
+
+logger = logging.getLogger("pipecat_workers.bus")
+
+Role = Literal["worker", "runner", "observer"]
+
+# How many times a local sender yields to a full mailbox before the message is dropped.
+_BACKPRESSURE_YIELDS = 8
+
+
+class BusSubscriber(Protocol):
+    """Anything that can receive bus messages: workers, runners, tools."""
+
+    @property
+    def name(self) -> str: ...
+
+    async def on_bus_message(self, message: BusMessage) -> None: ...
+
+
+class Mailbox:
+    """One subscriber's queues and the tasks that drain them."""
+
+    __slots__ = ("subscriber", "role", "dropped", "_bus", "_system", "_data", "_sys_task",
+                 "_data_task")
+
+    def __init__(self, bus: WorkerBus, subscriber: BusSubscriber, role: Role) -> None:
+        self.subscriber = subscriber
+        self.role = role
+        self.dropped = 0
+        self._bus = bus
+        self._system: deque[BusMessage] | None = None
+        self._data: deque[BusMessage] | None = None
+        self._sys_task: asyncio.Task[None] | None = None
+        self._data_task: asyncio.Task[None] | None = None
+
+    def put(self, message: BusMessage) -> bool:
+        """Queue a message; False if the data lane is full (system messages always fit)."""
+        bus = self._bus
+        if message.PRIORITY == SYSTEM_PRIORITY:
+            if self._system is None:
+                self._system = deque()
+            self._system.append(message)
+            if self._sys_task is None and bus._loop is not None:
+                self._sys_task = bus._loop.create_task(self._drain_system())
+            return True
+        data = self._data
+        if data is None:
+            data = self._data = deque()
+        elif len(data) >= bus._data_queue_size:
+            return False
+        data.append(message)
+        if self._data_task is None and bus._loop is not None:
+            self._data_task = bus._loop.create_task(self._drain_data())
+        return True
+
+    @property
+    def pending(self) -> int:
+        """Messages waiting in both lanes."""
+        return len(self._system or ()) + len(self._data or ())
+
+    def wake(self) -> None:
+        """Start draining whatever was queued while the bus was stopped."""
+        loop = self._bus._loop
+        assert loop is not None
+        if self._system and self._sys_task is None:
+            self._sys_task = loop.create_task(self._drain_system())
+        if self._data and self._data_task is None:
+            self._data_task = loop.create_task(self._drain_data())
+
+    def tasks(self) -> list[asyncio.Task[None]]:
+        return [t for t in (self._sys_task, self._data_task) if t is not None]
+
+    async def _drain_system(self) -> None:
+        try:
+            await self._drain(self._system)
+        finally:
+            self._sys_task = None
+
+    async def _drain_data(self) -> None:
+        try:
+            await self._drain(self._data)
+        finally:
+            self._data_task = None
+
+    async def _drain(self, queue: deque[BusMessage] | None) -> None:
+        assert queue is not None
+        handle = self.subscriber.on_bus_message
+        while queue:
+            message = queue.popleft()
+            try:
+                await handle(message)
+            except Exception:
+                logger.exception("%s failed to handle %s", self.subscriber.name, message)
+
+
+class WorkerBus(ABC):
+    """The shared message bus that workers and runners subscribe to.
+
+    Subclasses move messages to other processes by implementing :meth:`_publish`; the core
+    delivers to local subscribers itself, so a process never needs a network round trip to
+    reach its own workers.
+    """
+
+    def __init__(self, *, data_queue_size: int = DEFAULT_SETTINGS.data_queue_size) -> None:
+        if data_queue_size < 1:
+            raise ConfigurationError(f"data_queue_size must be at least 1, got {data_queue_size}")
+        self._data_queue_size = data_queue_size
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+        self._mailboxes: dict[str, Mailbox] = {}  # workers and runners, by name
+        self._observers: dict[str, Mailbox] = {}
+        self._everyone: list[Mailbox] = []  # recipients of application broadcasts
+        self._control: list[Mailbox] = []  # recipients of control broadcasts
+        self._sent: dict[type, int] = {}
+        self._received: dict[type, int] = {}
+        self._dropped: dict[type, int] = {}
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        """Whether the bus is delivering messages."""
+        return self._loop is not None
+
+    async def start(self) -> None:
+        """Start delivering; messages sent while stopped are delivered now. Idempotent."""
+        if self._closed:
+            raise BusClosedError("this bus was closed and cannot be started again")
+        if self._loop is not None:
+            return
+        await self._open()
+        self._loop = asyncio.get_running_loop()
+        for mailbox in (*self._mailboxes.values(), *self._observers.values()):
+            mailbox.wake()
+
+    async def stop(self) -> None:
+        """Stop delivering; queued messages are kept for the next start. Idempotent."""
+        if self._loop is None:
+            return
+        self._loop = None
+        tasks = [t for mb in (*self._mailboxes.values(), *self._observers.values())
+                 for t in mb.tasks()]
+        current = asyncio.current_task()
+        tasks = [t for t in tasks if t is not current]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=DEFAULT_SETTINGS.cancel_timeout)
+        await self._close()
+
+    async def close(self) -> None:
+        """Stop for good. Safe to call twice."""
+        await self.stop()
+        self._closed = True
+
+    async def __aenter__(self) -> WorkerBus:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- subscriptions ------------------------------------------------------------------
+
+    def subscribe(self, subscriber: BusSubscriber, *, role: Role = "worker") -> None:
+        """Deliver messages to ``subscriber``.
+
+        Args:
+            subscriber: Receives messages targeted at its name, and broadcasts.
+            role: ``"worker"`` gets application broadcasts; ``"runner"`` also gets control
+                broadcasts (registry, liveness, session end); ``"observer"`` gets everything,
+                including messages targeted at others.
+
+        Raises:
+            ConfigurationError: if another subscriber already uses that name.
+        """
+        book = self._observers if role == "observer" else self._mailboxes
+        existing = book.get(subscriber.name)
+        if existing is not None:
+            if existing.subscriber is subscriber:
+                return
+            raise ConfigurationError(f"a subscriber named '{subscriber.name}' is already on the bus")
+        mailbox = Mailbox(self, subscriber, role)
+        book[subscriber.name] = mailbox
+        self._everyone.append(mailbox)
+        if role != "worker":
+            self._control.append(mailbox)
+
+    def unsubscribe(self, subscriber: BusSubscriber) -> None:
+        """Stop delivering to ``subscriber``; anything still queued for it is discarded."""
+        for book in (self._mailboxes, self._observers):
+            mailbox = book.get(subscriber.name)
+            if mailbox is not None and mailbox.subscriber is subscriber:
+                del book[subscriber.name]
+                self._everyone.remove(mailbox)
+                if mailbox in self._control:
+                    self._control.remove(mailbox)
+                current = asyncio.current_task()
+                for task in mailbox.tasks():
+                    if task is not current:
+                        task.cancel()
+
+    def is_local(self, name: str) -> bool:
+        """Whether a worker or runner of that name is subscribed in this process."""
+        return name in self._mailboxes
+
+    # -- sending ------------------------------------------------------------------------
+
+    async def send(self, message: BusMessage) -> None:
+        """Send a message to its target, or to everyone if it has none.
+
+        Raises:
+            BusClosedError: if the bus was closed.
+        """
+        if self._closed:
+            raise BusClosedError(f"cannot send {type(message).__name__}: the bus is closed")
+        cls = type(message)
+        self._sent[cls] = self._sent.get(cls, 0) + 1
+        target = message.target
+        if target is not None:
+            mailbox = self._mailboxes.get(target)
+            if mailbox is not None:
+                if not mailbox.put(message):
+                    await self._push_back(mailbox, message)
+            elif not isinstance(message, BusLocalMessage):
+                await self._publish(message)
+            for observer in self._observers.values():
+                observer.put(message)
+            return
+        for mailbox in self._control if cls.CONTROL else self._everyone:
+            if not mailbox.put(message):
+                await self._push_back(mailbox, message)
+        if not isinstance(message, BusLocalMessage):
+            await self._publish(message)
+
+    def deliver(self, message: BusMessage) -> None:
+        """Hand a message that arrived from another process to the local subscribers."""
+        cls = type(message)
+        self._received[cls] = self._received.get(cls, 0) + 1
+        target = message.target
+        if target is not None:
+            mailbox = self._mailboxes.get(target)
+            if mailbox is not None and not mailbox.put(message):
+                self._drop(mailbox, message)
+            for observer in self._observers.values():
+                observer.put(message)
+            return
+        for mailbox in self._control if cls.CONTROL else self._everyone:
+            if not mailbox.put(message):
+                self._drop(mailbox, message)
+
+    async def _push_back(self, mailbox: Mailbox, message: BusMessage) -> None:
+        # A local sender that outpaces its receiver yields to it a few times before dropping.
+        for _ in range(_BACKPRESSURE_YIELDS):
+            await asyncio.sleep(0)
+            if mailbox.put(message):
+                return
+        self._drop(mailbox, message)
+
+    def _drop(self, mailbox: Mailbox, message: BusMessage) -> None:
+        cls = type(message)
+        self._dropped[cls] = self._dropped.get(cls, 0) + 1
+        mailbox.dropped += 1
+        if mailbox.dropped in (1, 10, 100, 1000) or mailbox.dropped % 10_000 == 0:
+            logger.warning(
+                "queue of '%s' is full (%d data messages): dropped %s (%d dropped so far)",
+                mailbox.subscriber.name, self._data_queue_size, cls.__name__, mailbox.dropped,
+            )
+
+    # -- observability -------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Message counters by type: sent, received from other processes, dropped."""
+        def names(counts: dict[type, int]) -> dict[str, int]:
+            return {cls.__name__: n for cls, n in sorted(counts.items(), key=lambda i: i[0].__name__)}
+
+        return {
+            "sent": names(self._sent),
+            "received": names(self._received),
+            "dropped": names(self._dropped),
+            "subscribers": len(self._mailboxes),
+            "observers": len(self._observers),
+            "queued": sum(mb.pending for mb in self._everyone),
+        }
+
+    # -- backend primitives ---------------------------------------------------------------
+
+    async def _open(self) -> None:
+        """Connect to the backend; called by :meth:`start`."""
+
+    async def _close(self) -> None:
+        """Disconnect from the backend; called by :meth:`stop`."""
+
+    @abstractmethod
+    async def _publish(self, message: BusMessage) -> None:
+        """Move a message to other processes: broadcasts, and targets not in this process."""

@@ -1,0 +1,344 @@
+"""The messages workers exchange on the bus.
+
+Every message has a ``source`` (the sender's name) and a ``target`` (the recipient's name, or
+``None`` for a broadcast). Two priorities: :class:`BusSystemMessage` subclasses (activation
+changes, cancellation, liveness) are handled ahead of, and never wait behind,
+:class:`BusDataMessage` subclasses. :class:`BusLocalMessage` marks messages that never leave
+the process.
+
+Broadcast *control* messages (registry, liveness, session end/cancel) reach runners and
+observers only; application broadcasts reach every subscriber.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pipecat_workers.catalogue import register_message
+from pipecat_workers.jobs.types import JobStatus
+from pipecat_workers.types import WorkerRegistryEntry
+
+if TYPE_CHECKING:
+    from pipecat_workers.workers.base import BaseWorker
+
+SYSTEM_PRIORITY = 0
+DATA_PRIORITY = 1
+
+
+@dataclass(kw_only=True, slots=True)
+class BusMessage:
+    """Root of every bus message.
+
+    Attributes:
+        source: Name of the sending worker, runner or tool.
+        target: Name of the recipient, or ``None`` to broadcast.
+    """
+
+    PRIORITY: ClassVar[int] = DATA_PRIORITY
+    CONTROL: ClassVar[bool] = False
+
+    source: str
+    target: str | None = None
+
+    def __str__(self) -> str:
+        return f"{type(self).__name__} (source={self.source}, target={self.target})"
+
+
+@dataclass(kw_only=True, slots=True)
+class BusDataMessage(BusMessage):
+    """Normal priority: delivered in order, after any waiting system message."""
+
+
+@dataclass(kw_only=True, slots=True)
+class BusSystemMessage(BusMessage):
+    """High priority: handled ahead of data and never behind a slow data handler."""
+
+    PRIORITY: ClassVar[int] = SYSTEM_PRIORITY
+
+
+class BusLocalMessage:
+    """Mixin for messages that stay in the process: never serialized, never sent on a network."""
+
+    __slots__ = ()
+
+
+# -- frames ---------------------------------------------------------------------------------
+
+
+@register_message(name="frame.direction")
+class FrameDirection(enum.Enum):
+    """Which way a frame travels in a pipeline."""
+
+    DOWNSTREAM = 1
+    UPSTREAM = 2
+
+
+@register_message(name="frame")
+@dataclass(kw_only=True, slots=True)
+class BusFrameMessage(BusDataMessage):
+    """Carries a frame between pipelines; the frame may be any registered dataclass."""
+
+    frame: Any
+    direction: FrameDirection = FrameDirection.DOWNSTREAM
+    bridge: str | None = None
+
+
+@register_message(name="tts.speak")
+@dataclass(kw_only=True, slots=True)
+class BusTTSSpeakMessage(BusDataMessage):
+    """Asks a pipeline worker to speak a text."""
+
+    text: str
+    append_to_context: bool = True
+
+
+# -- activation and lifecycle -----------------------------------------------------------------
+
+
+@register_message(name="worker.activate")
+@dataclass(kw_only=True, slots=True)
+class BusActivateWorkerMessage(BusDataMessage):
+    """Activates the target worker with optional arguments."""
+
+    args: dict[str, Any] | None = None
+
+
+@register_message(name="worker.deactivate")
+@dataclass(kw_only=True, slots=True)
+class BusDeactivateWorkerMessage(BusDataMessage):
+    """Deactivates the target worker."""
+
+
+@register_message(name="session.end")
+@dataclass(kw_only=True, slots=True)
+class BusEndMessage(BusDataMessage):
+    """Ends the session gracefully: every runner on the channel ends."""
+
+    CONTROL: ClassVar[bool] = True
+    reason: str | None = None
+
+
+@register_message(name="worker.end")
+@dataclass(kw_only=True, slots=True)
+class BusEndWorkerMessage(BusDataMessage):
+    """Ends the target worker gracefully (it finishes its jobs and its children first)."""
+
+    reason: str | None = None
+
+
+@register_message(name="session.cancel")
+@dataclass(kw_only=True, slots=True)
+class BusCancelMessage(BusSystemMessage):
+    """Cancels the session: every runner on the channel cancels its workers."""
+
+    CONTROL: ClassVar[bool] = True
+    reason: str | None = None
+
+
+@register_message(name="worker.cancel")
+@dataclass(kw_only=True, slots=True)
+class BusCancelWorkerMessage(BusSystemMessage):
+    """Cancels the target worker now."""
+
+    reason: str | None = None
+
+
+@dataclass(kw_only=True, slots=True)
+class BusAddWorkerMessage(BusLocalMessage, BusSystemMessage):
+    """Asks the local runner to add and start a child worker."""
+
+    CONTROL: ClassVar[bool] = True
+    worker: BaseWorker
+
+
+@register_message(name="worker.ready")
+@dataclass(kw_only=True, slots=True)
+class BusWorkerReadyMessage(BusDataMessage):
+    """Announces that a worker started; for observers and tools."""
+
+    CONTROL: ClassVar[bool] = True
+    runner: str
+    parent: str | None = None
+    active: bool = False
+    bridged: bool = False
+    started_at: float | None = None
+
+
+@register_message(name="worker.stopped")
+@dataclass(kw_only=True, slots=True)
+class BusWorkerStoppedMessage(BusSystemMessage):
+    """Announces that a worker stopped and left the registry; its name is free again."""
+
+    CONTROL: ClassVar[bool] = True
+    runner: str
+    incarnation: float = 0.0
+
+
+@register_message(name="worker.error")
+@dataclass(kw_only=True, slots=True)
+class BusWorkerErrorMessage(BusSystemMessage):
+    """A root worker reports an error."""
+
+    error: str
+
+
+@dataclass(kw_only=True, slots=True)
+class BusWorkerLocalErrorMessage(BusLocalMessage, BusSystemMessage):
+    """A child worker reports an error to its parent, in process."""
+
+    error: str
+
+
+# -- registry and liveness --------------------------------------------------------------------
+
+
+@register_message(name="registry.snapshot")
+@dataclass(kw_only=True, slots=True)
+class BusWorkerRegistryMessage(BusSystemMessage):
+    """A runner's full list of workers, with a digest that identifies this version of it."""
+
+    CONTROL: ClassVar[bool] = True
+    runner: str
+    workers: list[WorkerRegistryEntry] = field(default_factory=list)
+    incarnation: float = 0.0
+    digest: str = ""
+
+
+@register_message(name="registry.request")
+@dataclass(kw_only=True, slots=True)
+class BusRegistryRequestMessage(BusSystemMessage):
+    """Asks a runner (the target) for its full registry snapshot."""
+
+    CONTROL: ClassVar[bool] = True
+    runner: str
+
+
+@register_message(name="runner.heartbeat")
+@dataclass(kw_only=True, slots=True)
+class BusHeartbeatMessage(BusSystemMessage):
+    """A runner is alive; carries its registry digest and counters."""
+
+    CONTROL: ClassVar[bool] = True
+    runner: str
+    incarnation: float
+    digest: str = ""
+    interval: float = 1.0
+    stats: dict[str, Any] | None = None
+
+
+@register_message(name="runner.leave")
+@dataclass(kw_only=True, slots=True)
+class BusRunnerLeaveMessage(BusSystemMessage):
+    """A runner is shutting down: remove its workers now."""
+
+    CONTROL: ClassVar[bool] = True
+    runner: str
+    incarnation: float
+
+
+@register_message(name="worker.duplicate")
+@dataclass(kw_only=True, slots=True)
+class BusDuplicateWorkerMessage(BusSystemMessage):
+    """Two live workers claim one name; sent to both runners."""
+
+    CONTROL: ClassVar[bool] = True
+    worker_name: str
+    runner: str
+    other_runner: str
+
+
+# -- jobs -------------------------------------------------------------------------------------
+
+
+@register_message(name="job.request")
+@dataclass(kw_only=True, slots=True)
+class BusJobRequestMessage(BusDataMessage):
+    """Asks the target worker to do a job."""
+
+    job_id: str
+    job_name: str | None = None
+    payload: dict[str, Any] | None = None
+
+
+@register_message(name="job.response")
+@dataclass(kw_only=True, slots=True)
+class BusJobResponseMessage(BusDataMessage):
+    """A worker's final answer to a job."""
+
+    job_id: str
+    status: JobStatus = JobStatus.COMPLETED
+    response: dict[str, Any] | None = None
+
+
+@register_message(name="job.response.urgent")
+@dataclass(kw_only=True, slots=True)
+class BusJobResponseUrgentMessage(BusSystemMessage):
+    """A final answer delivered with system priority."""
+
+    job_id: str
+    status: JobStatus = JobStatus.COMPLETED
+    response: dict[str, Any] | None = None
+
+
+@register_message(name="job.update")
+@dataclass(kw_only=True, slots=True)
+class BusJobUpdateMessage(BusDataMessage):
+    """Progress of a job."""
+
+    job_id: str
+    update: dict[str, Any] | None = None
+
+
+@register_message(name="job.update.urgent")
+@dataclass(kw_only=True, slots=True)
+class BusJobUpdateUrgentMessage(BusSystemMessage):
+    """Progress delivered with system priority."""
+
+    job_id: str
+    update: dict[str, Any] | None = None
+
+
+@register_message(name="job.update.request")
+@dataclass(kw_only=True, slots=True)
+class BusJobUpdateRequestMessage(BusDataMessage):
+    """The requester asks for progress."""
+
+    job_id: str
+
+
+@register_message(name="job.cancel")
+@dataclass(kw_only=True, slots=True)
+class BusJobCancelMessage(BusSystemMessage):
+    """The requester cancels a job."""
+
+    job_id: str
+    reason: str | None = None
+
+
+@register_message(name="job.stream.start")
+@dataclass(kw_only=True, slots=True)
+class BusJobStreamStartMessage(BusDataMessage):
+    """A worker starts streaming results."""
+
+    job_id: str
+    data: dict[str, Any] | None = None
+
+
+@register_message(name="job.stream.data")
+@dataclass(kw_only=True, slots=True)
+class BusJobStreamDataMessage(BusDataMessage):
+    """One streamed chunk."""
+
+    job_id: str
+    data: dict[str, Any] | None = None
+
+
+@register_message(name="job.stream.end")
+@dataclass(kw_only=True, slots=True)
+class BusJobStreamEndMessage(BusDataMessage):
+    """The end of a stream; also the worker's final answer."""
+
+    job_id: str
+    data: dict[str, Any] | None = None

@@ -1,0 +1,483 @@
+"""Turning bus messages into bytes and back, safely.
+
+Envelope (version 1): one compact UTF-8 JSON object, keys in this order::
+
+    {"v":1,"id":"3f2a9c01d4e7-2a","from":"runner-1","inc":1718000000.5,"ts":1718000001.25,
+     "type":"job.request","body":{"source":"parent","target":"w","job_id":"t-1",...}}
+
+``v`` is the protocol version, ``id`` a message id unique per sender, ``from`` and ``inc`` the
+sending runner and its incarnation, ``ts`` the send time (``time.time()``), ``type`` the
+registered wire name of the message class (never a Python import path) and ``body`` its init
+fields.
+
+Values in the body are JSON where JSON is exact (``None``, ``bool``, ``int``, ``float``,
+``str``, ``list``, and ``dict`` with ``str`` keys). Everything else is a tagged object
+``{"$t":TAG,"v":VALUE}``: ``TAG`` is ``0`` for a tuple (``VALUE`` a list), ``1`` for bytes
+(base64 text), ``2`` for a dict given as ``[[key, value], ...]`` pairs (used for dicts with a
+non-``str`` key, or with a ``"$t"`` key, so that any payload round-trips exactly), or the wire
+name of a registered Enum (``VALUE`` is its value) or registered dataclass (``VALUE`` holds its
+init fields). NaN and infinities are refused. Anything else fails at the sender with a
+:class:`~pipecat_workers.errors.SerializationError` that names the field.
+
+Guarantee: the receiver resolves types only through the allow-list in
+:mod:`pipecat_workers.catalogue`; nothing from the wire is ever imported, and only
+registered classes are constructed, through their ``__init__``. Decoding never raises: a bad
+message is dropped, counted by reason (:meth:`MessageSerializer.stats`) and logged once per
+reason and type.
+
+Signing: with a shared secret (argument, or ``PIPECAT_WORKERS_SECRET`` read at construction),
+the sender signs the exact bytes ``U`` of the unsigned envelope with HMAC-SHA256 and sends
+``U[:-1] + b',"sig":"' + hex + b'"}'``; so the signature is always the last 74 bytes. The
+receiver cuts them off, restores ``U``, checks the HMAC over ``U`` and parses ``U`` only, so it
+verifies exactly what was signed. Carriers must keep the bytes as they are (store them as a
+string, not as re-normalised JSON). A signing receiver drops unsigned and forged messages,
+messages whose ``ts`` is more than ``max_age`` seconds away from its clock, and ids it has
+already seen within that window (a bounded memory of ids).
+"""
+
+from __future__ import annotations
+
+import abc
+import base64
+import dataclasses
+import enum
+import hmac
+import itertools
+import json
+import logging
+import math
+import os
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from pipecat_workers.catalogue import lookup, type_name
+from pipecat_workers.bus.messages import BusLocalMessage, BusMessage
+from pipecat_workers.errors import ConfigurationError, MessageTooLargeError, SerializationError
+
+logger = logging.getLogger("pipecat_workers.bus")
+
+PROTOCOL_VERSION = 1
+SECRET_ENV = "PIPECAT_WORKERS_SECRET"
+TAG = "$t"
+_TUPLE, _BYTES, _PAIRS = 0, 1, 2
+_SIG_HEAD = b',"sig":"'
+_SIG_LEN = len(_SIG_HEAD) + 64 + 2  # ,"sig":" + 64 hex digits + "}
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+_NUMBERS = frozenset({int, float})
+_MAX_LOGGED = 1024  # distinct (reason, type) keys that get a log line
+_MAX_SEEN_IDS = 100_000  # replay memory cap
+
+_REASONS: dict[str, str] = {
+    "malformed": "malformed envelope or body",
+    "version": "unsupported protocol version",
+    "unknown_type": "type not registered in this process",
+    "not_a_message": "registered type is not a bus message",
+    "local_only": "local-only message type",
+    "oversize": "larger than max_size",
+    "unsigned": "missing signature",
+    "forged": "bad signature",
+    "stale": "timestamp outside max_age",
+    "replayed": "message id already seen",
+}
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+_dumps_ascii = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed")
+
+
+_parse = json.JSONDecoder(parse_constant=_reject_constant).decode
+_init_fields: dict[type, tuple[str, ...]] = {}
+
+
+def _fields_of(cls: type) -> tuple[str, ...]:
+    names = _init_fields.get(cls)
+    if names is None:
+        names = tuple(f.name for f in dataclasses.fields(cls) if f.init)
+        _init_fields[cls] = names
+    return names
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A decoded message with its envelope metadata."""
+
+    message: BusMessage
+    sender: str
+    incarnation: float
+    message_id: str
+    timestamp: float
+
+
+class MessageSerializer(abc.ABC):
+    """Turns bus messages into bytes for network buses, and back."""
+
+    @abc.abstractmethod
+    def serialize(self, message: BusMessage, *, sender: str = "", incarnation: float = 0.0) -> bytes:
+        """Encode a message; raises :class:`SerializationError` if it cannot be encoded."""
+
+    @abc.abstractmethod
+    def decode(self, data: bytes) -> Envelope | None:
+        """Decode bytes into an envelope, or ``None`` (dropped and counted); never raises."""
+
+    def deserialize(self, data: bytes) -> BusMessage | None:
+        """Decode bytes into a message, or ``None``."""
+        envelope = self.decode(data)
+        return envelope.message if envelope is not None else None
+
+    def stats(self) -> dict[str, int]:
+        """Dropped incoming messages, by reason."""
+        return {}
+
+
+# -- encoding ----------------------------------------------------------------------------------
+
+
+class _Unsupported(Exception):
+    """A value that cannot be encoded; ``path`` is collected innermost first."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
+        self.path: list[str] = []
+
+
+def _enc(v: Any) -> Any:
+    t = type(v)
+    if t in _SCALARS:
+        return v
+    if t is dict:
+        if TAG not in v:
+            out: dict[str, Any] = {}
+            try:
+                for k, x in v.items():
+                    if type(k) is not str:
+                        break
+                    out[k] = x if type(x) in _SCALARS else _enc(x)
+                else:
+                    return out
+            except _Unsupported as e:
+                e.path.append(f"[{k!r}]")
+                raise
+        return {TAG: _PAIRS, "v": _enc_pairs(v)}
+    if t is list:
+        return _enc_seq(v)
+    if t is tuple:
+        return {TAG: _TUPLE, "v": _enc_seq(v)}
+    if t is bytes:
+        return {TAG: _BYTES, "v": base64.b64encode(v).decode("ascii")}
+    name = type_name(t)
+    if name is not None:
+        if isinstance(v, enum.Enum):
+            try:
+                return {TAG: name, "v": _enc(v.value)}
+            except _Unsupported as e:
+                e.path.append(".value")
+                raise
+        if isinstance(v, BusLocalMessage):
+            raise _Unsupported(f"{t.__qualname__} is a local-only message")
+        return {TAG: name, "v": _enc_fields(v, t)}
+    raise _Unsupported(
+        f"{t.__qualname__} is not a supported type (register it with register_message or convert it)"
+    )
+
+
+def _enc_seq(v: list[Any] | tuple[Any, ...]) -> list[Any]:
+    out: list[Any] = []
+    try:
+        for x in v:
+            out.append(x if type(x) in _SCALARS else _enc(x))
+    except _Unsupported as e:
+        e.path.append(f"[{len(out)}]")
+        raise
+    return out
+
+
+def _enc_pairs(v: dict[Any, Any]) -> list[list[Any]]:
+    out: list[list[Any]] = []
+    for k, x in v.items():
+        try:
+            key = _enc(k)
+        except _Unsupported as e:
+            e.path.append(f"<key {k!r}>")
+            raise
+        try:
+            out.append([key, _enc(x)])
+        except _Unsupported as e:
+            e.path.append(f"[{k!r}]")
+            raise
+    return out
+
+
+def _enc_fields(obj: Any, cls: type) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    name = ""
+    try:
+        for name in _fields_of(cls):
+            x = getattr(obj, name)
+            out[name] = x if type(x) in _SCALARS else _enc(x)
+    except _Unsupported as e:
+        e.path.append(f".{name}")
+        raise
+    return out
+
+
+def _nonfinite_path(v: Any, path: str) -> str | None:
+    """The path of the first NaN or infinity in ``v``, walked as :func:`_enc` walks it."""
+    t = type(v)
+    if t is float:
+        return None if math.isfinite(v) else path
+    found: str | None = None
+    if t is list or t is tuple:
+        for i, x in enumerate(v):
+            found = found or _nonfinite_path(x, f"{path}[{i}]")
+    elif t is dict:
+        for k, x in v.items():
+            found = found or _nonfinite_path(k, f"{path}<key {k!r}>")
+            found = found or _nonfinite_path(x, f"{path}[{k!r}]")
+    elif isinstance(v, enum.Enum):
+        found = _nonfinite_path(v.value, f"{path}.value")
+    elif dataclasses.is_dataclass(v):
+        for name in _fields_of(t):
+            found = found or _nonfinite_path(getattr(v, name), f"{path}.{name}")
+    return found
+
+
+# -- decoding ----------------------------------------------------------------------------------
+
+
+class _Drop(Exception):
+    def __init__(self, reason: str, name: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.name = name
+
+
+def _dec(v: Any) -> Any:
+    t = type(v)
+    if t is list:
+        return [x if type(x) in _SCALARS else _dec(x) for x in v]
+    if t is not dict:
+        return v
+    if TAG not in v:
+        return {k: (x if type(x) in _SCALARS else _dec(x)) for k, x in v.items()}
+    if len(v) != 2 or "v" not in v:
+        raise _Drop("malformed")
+    tag, val = v[TAG], v["v"]
+    tt, vt = type(tag), type(val)
+    if tt is int:
+        if tag == _TUPLE and vt is list:
+            return tuple([x if type(x) in _SCALARS else _dec(x) for x in val])
+        if tag == _BYTES and vt is str:
+            return base64.b64decode(val, validate=True)
+        if tag == _PAIRS and vt is list:
+            out: dict[Any, Any] = {}
+            for pair in val:
+                if type(pair) is not list or len(pair) != 2:
+                    raise _Drop("malformed")
+                out[_dec(pair[0])] = _dec(pair[1])
+            return out
+        raise _Drop("malformed")
+    if tt is not str:
+        raise _Drop("malformed")
+    cls = lookup(tag)
+    if cls is None:
+        raise _Drop("unknown_type", tag)
+    if issubclass(cls, enum.Enum):
+        try:
+            return cls(_dec(val))
+        except (ValueError, TypeError):
+            raise _Drop("malformed", tag) from None
+    if vt is not dict:
+        raise _Drop("malformed", tag)
+    return _build(cls, tag, val)
+
+
+def _build(cls: type, name: str, raw: dict[str, Any]) -> Any:
+    kwargs = {k: (x if type(x) in _SCALARS else _dec(x)) for k, x in raw.items()}
+    try:
+        return cls(**kwargs)  # unknown or missing fields raise TypeError: no setattr of extras
+    except Exception:
+        raise _Drop("malformed", name) from None
+
+
+class JSONMessageSerializer(MessageSerializer):
+    """The default serializer: compact JSON envelopes, an allow-list of types, optional HMAC.
+
+    Args:
+        secret: Shared signing secret; ``None`` reads ``PIPECAT_WORKERS_SECRET`` now, and an
+            empty value means no signing.
+        max_size: Largest encoded message in bytes: larger fails at send, is dropped at receive.
+        max_age: With a secret, how far (seconds) a timestamp may be from the receiver's clock;
+            also how long message ids are remembered against replays.
+    """
+
+    def __init__(
+        self, *, secret: str | bytes | None = None, max_size: int = 1024 * 1024, max_age: float = 60.0
+    ) -> None:
+        if secret is None:
+            secret = os.environ.get(SECRET_ENV, "")
+        if isinstance(secret, str):
+            secret = secret.encode("utf-8")
+        if not isinstance(secret, bytes):
+            raise ConfigurationError("secret must be str or bytes")
+        if max_size <= 0 or not max_age > 0:
+            raise ConfigurationError("max_size and max_age must be positive")
+        self._key: bytes | None = secret or None
+        self._max_size = max_size
+        self._max_age = float(max_age)
+        self._id_prefix = os.urandom(6).hex() + "-"
+        self._counter = itertools.count()
+        self._seen_ids: OrderedDict[str, float] = OrderedDict()
+        self._drops: dict[str, int] = dict.fromkeys(_REASONS, 0)
+        self._logged: set[tuple[str, str]] = set()
+
+    @property
+    def signed(self) -> bool:
+        """Whether this serializer signs and verifies messages."""
+        return self._key is not None
+
+    def stats(self) -> dict[str, int]:
+        return dict(self._drops)
+
+    def serialize(self, message: BusMessage, *, sender: str = "", incarnation: float = 0.0) -> bytes:
+        cls = type(message)
+        if isinstance(message, BusLocalMessage):
+            raise SerializationError(f"cannot encode {cls.__name__}: it is a local-only message")
+        name = type_name(cls)
+        if name is None or not isinstance(message, BusMessage):
+            raise SerializationError(
+                f"cannot encode {cls.__name__}: not a registered bus message "
+                "(register it with register_message)"
+            )
+        try:
+            body = _enc_fields(message, cls)
+            envelope = {
+                "v": PROTOCOL_VERSION,
+                "id": f"{self._id_prefix}{next(self._counter):x}",
+                "from": sender,
+                "inc": float(incarnation),
+                "ts": time.time(),
+                "type": name,
+                "body": body,
+            }
+            text = _dumps(envelope)
+        except _Unsupported as e:
+            path = "".join(reversed(e.path))
+            raise SerializationError(f"cannot encode {cls.__name__}{path}: {e.what}") from None
+        except ValueError:
+            path = _nonfinite_path(message, cls.__name__) or cls.__name__
+            raise SerializationError(
+                f"cannot encode {path}: NaN and infinity are not supported"
+            ) from None
+        except RecursionError:
+            raise SerializationError(
+                f"cannot encode {cls.__name__}: nested too deeply (or circular)"
+            ) from None
+        try:
+            raw = text.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates: escape them instead
+            raw = _dumps_ascii(envelope).encode("ascii")
+        if self._key is not None:
+            sig = hmac.digest(self._key, raw, "sha256").hex().encode("ascii")
+            raw = b"".join((raw[:-1], _SIG_HEAD, sig, b'"}'))
+        if len(raw) > self._max_size:
+            raise MessageTooLargeError(
+                f"{cls.__name__} ({name}) encodes to {len(raw)} bytes, "
+                f"more than max_size={self._max_size}"
+            )
+        return raw
+
+    def decode(self, data: bytes) -> Envelope | None:
+        try:
+            return self._decode(data)
+        except _Drop as drop:
+            self._drop(drop.reason, drop.name)
+        except Exception:  # never raise for any input: count it as malformed
+            self._drop("malformed", "")
+        return None
+
+    def _decode(self, data: bytes) -> Envelope:
+        if type(data) is not bytes:
+            data = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+        if len(data) > self._max_size:
+            raise _Drop("oversize")
+        key = self._key
+        if key is not None:
+            if data[-_SIG_LEN : 8 - _SIG_LEN] != _SIG_HEAD or data[-2:] != b'"}':
+                raise _Drop("unsigned")
+            sig = data[-66:-2]
+            data = data[:-_SIG_LEN] + b"}"
+            if not hmac.compare_digest(hmac.digest(key, data, "sha256").hex().encode("ascii"), sig):
+                raise _Drop("forged")
+        try:
+            env = _parse(data.decode("utf-8"))
+        except ValueError:
+            raise _Drop("malformed") from None
+        if type(env) is not dict:
+            raise _Drop("malformed")
+        version = env.get("v")
+        if type(version) is not int or version != PROTOCOL_VERSION:
+            raise _Drop("malformed" if version is None else "version")
+        get = env.get
+        mid: Any = get("id")
+        sender: Any = get("from")
+        inc: Any = get("inc")
+        ts: Any = get("ts")
+        name: Any = get("type")
+        body: Any = get("body")
+        if type(name) is not str:
+            raise _Drop("malformed")
+        if (
+            type(mid) is not str
+            or type(sender) is not str
+            or type(inc) not in _NUMBERS
+            or type(ts) not in _NUMBERS
+            or type(body) is not dict
+        ):
+            raise _Drop("malformed", name)
+        if key is not None:
+            self._check_fresh(mid, float(ts), name)
+        cls = lookup(name)
+        if cls is None:
+            raise _Drop("unknown_type", name)
+        if not issubclass(cls, BusMessage):
+            raise _Drop("not_a_message", name)
+        if issubclass(cls, BusLocalMessage):
+            raise _Drop("local_only", name)
+        message = _build(cls, name, body)
+        if type(message.source) is not str or not (message.target is None or type(message.target) is str):
+            raise _Drop("malformed", name)
+        return Envelope(
+            message=message, sender=sender, incarnation=float(inc), message_id=mid, timestamp=float(ts)
+        )
+
+    def _check_fresh(self, mid: str, ts: float, name: str) -> None:
+        now = time.time()
+        if not abs(now - ts) <= self._max_age:
+            raise _Drop("stale", name)
+        seen = self._seen_ids
+        if mid in seen:
+            raise _Drop("replayed", name)
+        seen[mid] = ts
+        cutoff = now - self._max_age
+        while seen:
+            oldest = next(iter(seen.values()))
+            if oldest >= cutoff and len(seen) <= _MAX_SEEN_IDS:
+                break
+            seen.popitem(last=False)
+
+    def _drop(self, reason: str, name: str) -> None:
+        self._drops[reason] += 1
+        key = (reason, name)
+        if key not in self._logged and len(self._logged) < _MAX_LOGGED:
+            self._logged.add(key)
+            logger.warning(
+                "dropped an incoming bus message%s: %s (further ones are counted, not logged)",
+                f" of type {name!r}" if name else "",
+                _REASONS[reason],
+            )

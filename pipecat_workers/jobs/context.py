@@ -1,0 +1,139 @@
+"""``async with worker.job(...)`` and ``async with worker.job_group(...)``."""
+
+from __future__ import annotations
+
+import asyncio
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from pipecat_workers.errors import JobError, JobGroupError
+from pipecat_workers.jobs.group import JobGroup
+from pipecat_workers.jobs.types import JobEvent, JobGroupEvent, JobGroupResponse, JobStatus
+
+if TYPE_CHECKING:
+    from pipecat_workers.workers.base import BaseWorker
+
+
+class JobGroupContext:
+    """Sends a job to several workers on enter, waits for all answers on exit.
+
+    Inside the block, ``async for event in ctx`` yields :class:`JobGroupEvent` (updates and
+    stream chunks) until the group ends. Leaving the block with an exception cancels the group.
+    """
+
+    def __init__(
+        self, requester: BaseWorker, worker_names: tuple[str, ...], *, name: str | None,
+        payload: dict[str, Any] | None, timeout: float | None, cancel_on_error: bool,
+    ) -> None:
+        self._requester = requester
+        self._worker_names = worker_names
+        self._name = name
+        self._payload = payload
+        self._timeout = timeout
+        self._cancel_on_error = cancel_on_error
+        self._group: JobGroup | None = None
+
+    @property
+    def job_id(self) -> str:
+        """The id shared by the group's requests."""
+        return self._started().job_id
+
+    @property
+    def responses(self) -> dict[str, dict[str, Any]]:
+        """Each worker's payload, as answered so far."""
+        return self._started().responses
+
+    @property
+    def statuses(self) -> dict[str, JobStatus]:
+        """Each worker's final status, as answered so far."""
+        return self._started().statuses
+
+    @property
+    def result(self) -> JobGroupResponse:
+        """Responses and statuses together."""
+        return self._started().result()
+
+    def _started(self) -> JobGroup:
+        if self._group is None:
+            raise RuntimeError("the job has not been sent yet: use 'async with'")
+        return self._group
+
+    async def __aenter__(self) -> JobGroupContext:
+        limit = self._requester._settings.event_queue_size
+        self._group = await self._requester.create_job_group_and_request_job(
+            list(self._worker_names), name=self._name, payload=self._payload,
+            timeout=self._timeout, cancel_on_error=self._cancel_on_error, _event_limit=limit,
+        )
+        return self
+
+    def __aiter__(self) -> JobGroupContext:
+        return self
+
+    async def __anext__(self) -> JobGroupEvent:
+        event = await self._started().next_event()
+        if event is None:
+            raise StopAsyncIteration
+        return JobGroupEvent(event[0], event[1], event[2])
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        group = self._started()
+        if exc_type is not None:
+            if not group.done:
+                await asyncio.shield(self._requester.cancel_job_group(
+                    group.job_id, reason="context exited with error"))
+            return
+        await self._wait(group)
+
+    async def _wait(self, group: JobGroup) -> None:
+        await group.wait()
+
+
+class JobContext(JobGroupContext):
+    """Sends a job to one worker on enter, waits for its answer on exit.
+
+    ``async for event in ctx`` yields :class:`JobEvent`; ``ctx.response`` is the answer.
+
+    Raises:
+        JobError: on exit, if the job did not complete.
+    """
+
+    def __init__(
+        self, requester: BaseWorker, worker_name: str, *, name: str | None,
+        payload: dict[str, Any] | None, timeout: float | None,
+    ) -> None:
+        super().__init__(requester, (worker_name,), name=name, payload=payload,
+                         timeout=timeout, cancel_on_error=True)
+        self._worker_name = worker_name
+
+    @property
+    def response(self) -> dict[str, Any]:
+        """The worker's answer (``{}`` until it answers)."""
+        return self._started().responses.get(self._worker_name, {})
+
+    @property
+    def status(self) -> JobStatus | None:
+        """The worker's final status, or ``None`` until it answers."""
+        return self._started().statuses.get(self._worker_name)
+
+    async def __aenter__(self) -> JobContext:
+        await super().__aenter__()
+        return self
+
+    def __aiter__(self) -> JobContext:
+        return self
+
+    async def __anext__(self) -> JobEvent:  # type: ignore[override]
+        event = await self._started().next_event()
+        if event is None:
+            raise StopAsyncIteration
+        return JobEvent(event[0], event[2])
+
+    async def _wait(self, group: JobGroup) -> None:
+        try:
+            await group.wait()
+        except JobGroupError as error:
+            raise JobError(error.reason, job_id=error.job_id, responses=error.responses,
+                           statuses=error.statuses) from None

@@ -1,0 +1,217 @@
+"""The worker side of jobs: run handlers, answer, stream, honour cancels.
+
+Every request gets exactly one answer: the handler's, ``error`` if it raises or no handler
+matches the job name, or ``cancelled`` if the requester cancels or the worker stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pipecat_workers.bus.messages import (
+    BusJobCancelMessage,
+    BusJobRequestMessage,
+    BusJobResponseMessage,
+    BusJobResponseUrgentMessage,
+    BusJobStreamDataMessage,
+    BusJobStreamEndMessage,
+    BusJobStreamStartMessage,
+    BusJobUpdateMessage,
+    BusJobUpdateRequestMessage,
+    BusJobUpdateUrgentMessage,
+    BusMessage,
+)
+from pipecat_workers.errors import WorkerStateError
+from pipecat_workers.jobs.types import JobStatus
+
+if TYPE_CHECKING:
+    from pipecat_workers.settings import Settings
+    from pipecat_workers.workers.decorators import JobHandlerSpec
+    from pipecat_workers.workers.runner import RunnerStats
+
+logger = logging.getLogger("pipecat_workers.jobs")
+
+
+class JobExecutorMixin:
+    """Runs the jobs other workers send; mixed into :class:`BaseWorker`."""
+
+    # Provided by BaseWorker.
+    name: str
+    _settings: Settings
+    _stats: RunnerStats | None
+    _active_jobs: dict[str, BusJobRequestMessage]
+    _job_tasks: dict[str, asyncio.Task[None]]
+    _job_locks: dict[str, asyncio.Lock] | None
+    _emit: Any
+    _job_handlers: ClassVar[dict[str, JobHandlerSpec]]
+    _handles_unnamed_jobs: ClassVar[bool]
+
+    async def send_bus_message(self, message: BusMessage) -> None:
+        raise NotImplementedError  # pragma: no cover - BaseWorker implements it
+
+    # -- hooks ----------------------------------------------------------------------------
+
+    async def on_job_request(self, message: BusJobRequestMessage) -> None:
+        """Handle a request that no ``@job`` handler matches; override to do the work."""
+
+    async def on_job_update_requested(self, message: BusJobUpdateRequestMessage) -> None:
+        """Called when the requester asks for progress; answer with ``send_job_update``."""
+
+    async def on_job_cancelled(self, message: BusJobCancelMessage) -> None:
+        """Called after the requester cancelled a job and its handler was cancelled."""
+
+    # -- answering ----------------------------------------------------------------------
+
+    def _active_request(self, job_id: str) -> BusJobRequestMessage:
+        request = self._active_jobs.get(job_id)
+        if request is None:
+            raise WorkerStateError(f"job '{job_id}' is not active on worker '{self.name}'")
+        return request
+
+    async def send_job_response(
+        self, job_id: str, response: dict[str, Any] | None = None, *,
+        status: JobStatus = JobStatus.COMPLETED, urgent: bool = False,
+    ) -> None:
+        """Send the final answer to a job; the job is then no longer active.
+
+        Raises:
+            WorkerStateError: if the job is not active on this worker.
+        """
+        request = self._active_request(job_id)
+        del self._active_jobs[job_id]
+        self._count_answer(status)
+        cls = BusJobResponseUrgentMessage if urgent else BusJobResponseMessage
+        await self.send_bus_message(cls(source=self.name, target=request.source, job_id=job_id,
+                                        status=status, response=response))
+
+    async def send_job_update(
+        self, job_id: str, update: dict[str, Any] | None = None, *, urgent: bool = False
+    ) -> None:
+        """Send progress to the requester.
+
+        Raises:
+            WorkerStateError: if the job is not active on this worker.
+        """
+        request = self._active_request(job_id)
+        cls = BusJobUpdateUrgentMessage if urgent else BusJobUpdateMessage
+        await self.send_bus_message(cls(source=self.name, target=request.source, job_id=job_id,
+                                        update=update))
+
+    async def send_job_stream_start(self, job_id: str, data: dict[str, Any] | None = None) -> None:
+        """Tell the requester a stream begins."""
+        request = self._active_request(job_id)
+        await self.send_bus_message(BusJobStreamStartMessage(
+            source=self.name, target=request.source, job_id=job_id, data=data))
+
+    async def send_job_stream_data(self, job_id: str, data: dict[str, Any] | None = None) -> None:
+        """Send one chunk of the stream."""
+        request = self._active_jobs.get(job_id)
+        if request is None:
+            self._active_request(job_id)
+        assert request is not None
+        await self.send_bus_message(BusJobStreamDataMessage(
+            source=self.name, target=request.source, job_id=job_id, data=data))
+
+    async def send_job_stream_end(self, job_id: str, data: dict[str, Any] | None = None) -> None:
+        """End the stream; this is also the final answer (``data`` is the response)."""
+        request = self._active_request(job_id)
+        del self._active_jobs[job_id]
+        self._count_answer(JobStatus.COMPLETED)
+        await self.send_bus_message(BusJobStreamEndMessage(
+            source=self.name, target=request.source, job_id=job_id, data=data))
+
+    def _count_answer(self, status: JobStatus) -> None:
+        stats = self._stats
+        if stats is not None:
+            stats.count_answer(status)
+
+    # -- receiving ----------------------------------------------------------------------
+
+    async def _handle_job_request(self, message: BusJobRequestMessage) -> None:
+        job_id = message.job_id
+        if job_id in self._active_jobs:
+            logger.warning("%s: ignored a second request for active job %s", self.name, job_id)
+            return
+        self._active_jobs[job_id] = message
+        spec = self._job_handlers.get(message.job_name) if message.job_name else None
+        if spec is None and not self._handles_unnamed_jobs:
+            what = f"job '{message.job_name}'" if message.job_name else "jobs without a name"
+            await self.send_job_response(
+                job_id, {"error": f"no handler for {what} on worker '{self.name}'"},
+                status=JobStatus.ERROR)
+            return
+        task = asyncio.get_running_loop().create_task(self._run_job(spec, message))
+        self._job_tasks[job_id] = task
+        self._emit("on_job_request", message)
+
+    async def _run_job(self, spec: JobHandlerSpec | None, message: BusJobRequestMessage) -> None:
+        job_id = message.job_id
+        try:
+            if spec is None:
+                result = await self.on_job_request(message)
+            elif spec.sequential:
+                async with self._job_lock(spec.name):
+                    result = await getattr(self, spec.attribute)(message)
+            else:
+                result = await getattr(self, spec.attribute)(message)
+            if isinstance(result, dict) and job_id in self._active_jobs:
+                await self.send_job_response(job_id, result)
+        except asyncio.CancelledError:
+            pass  # the cancel path answers
+        except Exception as exc:
+            logger.exception("%s: job %s (%s) failed", self.name, job_id, message.job_name)
+            if job_id in self._active_jobs:
+                await self.send_job_response(
+                    job_id, {"error": f"{type(exc).__name__}: {exc}"}, status=JobStatus.ERROR)
+        finally:
+            tasks = self._job_tasks
+            if tasks.get(job_id) is asyncio.current_task():
+                del tasks[job_id]
+
+    def _job_lock(self, name: str) -> asyncio.Lock:
+        if self._job_locks is None:
+            self._job_locks = {}
+        lock = self._job_locks.get(name)
+        if lock is None:
+            lock = self._job_locks[name] = asyncio.Lock()
+        return lock
+
+    async def _handle_job_cancel(self, message: BusJobCancelMessage) -> None:
+        request = self._active_jobs.get(message.job_id)
+        if request is None:
+            return
+        if message.source != request.source:
+            logger.warning("%s: ignored a cancel of job %s from '%s', who did not request it",
+                           self.name, message.job_id, message.source)
+            return
+        await self._stop_job_task(message.job_id)
+        await self.on_job_cancelled(message)
+        self._emit("on_job_cancelled", message)
+        if message.job_id in self._active_jobs:
+            await self.send_job_response(message.job_id, {"reason": message.reason or "cancelled"},
+                                         status=JobStatus.CANCELLED)
+
+    async def _stop_job_task(self, job_id: str) -> None:
+        task = self._job_tasks.get(job_id)
+        if task is None or task.done() or task is asyncio.current_task():
+            return
+        task.cancel()
+        await asyncio.wait({task}, timeout=self._settings.cancel_timeout)
+
+    async def _handle_job_update_request(self, message: BusJobUpdateRequestMessage) -> None:
+        if message.job_id in self._active_jobs:
+            await self.on_job_update_requested(message)
+            self._emit("on_job_update_requested", message)
+
+    async def _cancel_all_jobs(self, reason: str) -> None:
+        """Cancel every running handler and answer ``cancelled`` for each active job."""
+        current = asyncio.current_task()
+        tasks = [t for t in self._job_tasks.values() if t is not current and not t.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=self._settings.cancel_timeout)
+        for job_id in list(self._active_jobs):
+            await self.send_job_response(job_id, {"reason": reason}, status=JobStatus.CANCELLED)

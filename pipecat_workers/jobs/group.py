@@ -1,0 +1,137 @@
+"""JobGroup: the requester's record of one job sent to one or more workers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import Any
+
+from pipecat_workers.errors import JobGroupError
+from pipecat_workers.jobs.types import JobEventType, JobGroupResponse, JobStatus
+
+logger = logging.getLogger("pipecat_workers.jobs")
+
+# (event type, worker name, data): built into JobEvent/JobGroupEvent only when read.
+RawEvent = tuple[JobEventType, str, "dict[str, Any] | None"]
+
+
+class JobGroup:
+    """One job id shared by every member; collects answers and intermediate events.
+
+    A group ends exactly once: :meth:`complete` when every member answered, or :meth:`fail`
+    when it was cancelled, timed out or a member errored under ``cancel_on_error``.
+    """
+
+    __slots__ = ("job_id", "worker_names", "responses", "statuses", "cancel_on_error",
+                 "pending", "error", "timer", "_done", "_events", "_event_limit",
+                 "_events_dropped", "_waiter")
+
+    def __init__(
+        self, job_id: str, worker_names: tuple[str, ...], *, cancel_on_error: bool,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.job_id = job_id
+        self.worker_names = worker_names
+        self.responses: dict[str, dict[str, Any]] = {}
+        self.statuses: dict[str, JobStatus] = {}
+        self.cancel_on_error = cancel_on_error
+        self.pending: dict[str, None] = dict.fromkeys(worker_names)
+        self.error: str | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self._done: asyncio.Future[None] = loop.create_future()
+        self._events: deque[RawEvent] | None = None
+        self._event_limit = 0
+        self._events_dropped = 0
+        self._waiter: asyncio.Future[None] | None = None
+
+    @property
+    def done(self) -> bool:
+        """Whether the group has ended, successfully or not."""
+        return self._done.done()
+
+    def result(self) -> JobGroupResponse:
+        """What the members answered so far."""
+        return JobGroupResponse(self.job_id, dict(self.responses), dict(self.statuses))
+
+    def record(self, worker: str, status: JobStatus, response: dict[str, Any] | None) -> None:
+        """Store one member's final answer."""
+        self.pending.pop(worker, None)
+        self.statuses[worker] = status
+        self.responses[worker] = response if response is not None else {}
+
+    def complete(self) -> None:
+        """End the group after every member answered; not a success unless all completed."""
+        failed = [f"{w} {s}" for w, s in self.statuses.items() if s != JobStatus.COMPLETED]
+        if failed:
+            self._end(f"not every worker completed: {', '.join(failed)}")
+        else:
+            self._end(None)
+
+    def fail(self, reason: str) -> None:
+        """End the group with an error (cancel, timeout, member error)."""
+        self._end(reason)
+
+    def _end(self, error: str | None) -> None:
+        if self._done.done():
+            return
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.error = error
+        self._done.set_result(None)
+        self._wake()
+
+    async def wait(self) -> JobGroupResponse:
+        """Wait for the end.
+
+        Raises:
+            JobGroupError: if the group did not complete with every member ``completed``.
+        """
+        await asyncio.shield(self._done)
+        if self.error is not None:
+            raise JobGroupError(
+                self.error, job_id=self.job_id, responses=dict(self.responses),
+                statuses=dict(self.statuses),
+            )
+        return self.result()
+
+    # -- intermediate events ------------------------------------------------------------
+
+    def collect_events(self, limit: int) -> None:
+        """Start keeping events for an ``async for`` reader (at most ``limit`` unread)."""
+        if self._events is None:
+            self._events = deque()
+            self._event_limit = limit
+
+    def push_event(self, event: RawEvent) -> None:
+        events = self._events
+        if events is None:
+            return
+        if len(events) >= self._event_limit:
+            self._events_dropped += 1
+            if self._events_dropped == 1:
+                logger.warning("job %s: %d unread events, dropping new ones", self.job_id,
+                               self._event_limit)
+            return
+        events.append(event)
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def next_event(self) -> RawEvent | None:
+        """The next unread event; ``None`` once the group has ended and all were read."""
+        events = self._events
+        assert events is not None, "collect_events() first"
+        while True:
+            if events:
+                return events.popleft()
+            if self._done.done():
+                return None
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter

@@ -1,0 +1,321 @@
+"""The requester side of jobs: send, track, collect, cancel.
+
+Every job, single or group, is a :class:`JobGroup` keyed by its job id. A group always ends:
+with every answer, at its timeout (one budget that covers waiting for the workers and the
+work), when cancelled, or at once when a member leaves or is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+from pipecat_workers.bus.messages import (
+    BusJobCancelMessage,
+    BusJobResponseMessage,
+    BusJobStreamDataMessage,
+    BusJobStreamEndMessage,
+    BusJobStreamStartMessage,
+    BusJobUpdateMessage,
+    BusJobUpdateRequestMessage,
+    BusJobRequestMessage,
+    BusMessage,
+)
+from pipecat_workers.errors import ConfigurationError, JobGroupError
+from pipecat_workers.jobs.context import JobContext, JobGroupContext
+from pipecat_workers.jobs.group import JobGroup
+from pipecat_workers.jobs.types import JobEventType, JobGroupResponse, JobStatus
+from pipecat_workers.types import WorkerLostData
+
+if TYPE_CHECKING:
+    from pipecat_workers.bus.messages import BusJobResponseUrgentMessage, BusJobUpdateUrgentMessage
+    from pipecat_workers.registry import WorkerRegistry
+    from pipecat_workers.settings import Settings
+    from pipecat_workers.workers.runner import RunnerStats
+
+logger = logging.getLogger("pipecat_workers.jobs")
+
+
+def _fresh_prefix() -> str:
+    return os.urandom(6).hex()
+
+
+_id_prefix = _fresh_prefix()
+_id_counter = itertools.count(1)
+
+
+def _reset_ids() -> None:
+    global _id_prefix, _id_counter
+    _id_prefix = _fresh_prefix()
+    _id_counter = itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_reset_ids)
+
+
+def new_job_id() -> str:
+    """A job id unique across processes: a random per-process prefix and a counter."""
+    return f"{_id_prefix}-{next(_id_counter)}"
+
+
+class JobRequesterMixin:
+    """Sends jobs and collects their answers; mixed into :class:`BaseWorker`."""
+
+    # Provided by BaseWorker.
+    name: str
+    registry: WorkerRegistry
+    _settings: Settings
+    _stats: RunnerStats | None
+    _job_groups: dict[str, JobGroup]
+    _emit: Any
+
+    async def send_bus_message(self, message: BusMessage) -> None:
+        raise NotImplementedError  # pragma: no cover - BaseWorker implements it
+
+    # -- hooks ----------------------------------------------------------------------------
+
+    async def on_job_response(self, message: BusJobResponseMessage) -> None:
+        """Called for each worker's final answer to a job this worker sent."""
+
+    async def on_job_update(self, message: BusJobUpdateMessage) -> None:
+        """Called for each progress update of a job this worker sent."""
+
+    async def on_job_completed(self, result: JobGroupResponse) -> None:
+        """Called when every member of a job group has answered (see ``result.ok``)."""
+
+    async def on_job_error(self, message: BusJobResponseMessage) -> None:
+        """Called when a member answers ``error`` or ``failed`` and the group cancels on error."""
+
+    async def on_job_stream_start(self, message: BusJobStreamStartMessage) -> None:
+        """Called when a worker starts streaming results."""
+
+    async def on_job_stream_data(self, message: BusJobStreamDataMessage) -> None:
+        """Called for each streamed chunk."""
+
+    async def on_job_stream_end(self, message: BusJobStreamEndMessage) -> None:
+        """Called when a worker ends its stream (its final answer)."""
+
+    # -- sending --------------------------------------------------------------------------
+
+    async def request_job(
+        self, worker_name: str, *, name: str | None = None,
+        payload: dict[str, Any] | None = None, timeout: float | None = None,
+    ) -> str:
+        """Send a job to one worker once it is ready, and return its job id at once.
+
+        Answers arrive through the hooks (``on_job_response``, ``on_job_completed``...).
+
+        Raises:
+            JobGroupError: if the worker is not ready within ``timeout``.
+        """
+        group = await self.create_job_group_and_request_job(
+            [worker_name], name=name, payload=payload, timeout=timeout)
+        return group.job_id
+
+    async def request_job_group(
+        self, *worker_names: str, name: str | None = None,
+        payload: dict[str, Any] | None = None, timeout: float | None = None,
+        cancel_on_error: bool = True,
+    ) -> str:
+        """Send one job to several workers once all are ready; return the shared job id."""
+        group = await self.create_job_group_and_request_job(
+            list(worker_names), name=name, payload=payload, timeout=timeout,
+            cancel_on_error=cancel_on_error)
+        return group.job_id
+
+    def job(
+        self, worker_name: str, *, name: str | None = None,
+        payload: dict[str, Any] | None = None, timeout: float | None = None,
+    ) -> JobContext:
+        """A context manager that sends a job to one worker and waits for its answer.
+
+        Example::
+
+            async with self.job("researcher", name="search", payload={"q": q}) as j:
+                async for event in j:
+                    print(event.type, event.data)
+            print(j.response)
+        """
+        return JobContext(self, worker_name, name=name, payload=payload,  # type: ignore[arg-type]
+                          timeout=timeout)
+
+    def job_group(
+        self, *worker_names: str, name: str | None = None,
+        payload: dict[str, Any] | None = None, timeout: float | None = None,
+        cancel_on_error: bool = True,
+    ) -> JobGroupContext:
+        """A context manager that sends one job to several workers and waits for all."""
+        return JobGroupContext(self, worker_names, name=name, payload=payload,  # type: ignore[arg-type]
+                               timeout=timeout, cancel_on_error=cancel_on_error)
+
+    async def create_job_group_and_request_job(
+        self, worker_names: list[str], *, name: str | None = None,
+        payload: dict[str, Any] | None = None, timeout: float | None = None,
+        cancel_on_error: bool = True, _event_limit: int = 0,
+    ) -> JobGroup:
+        """Wait for the workers, create the group, send the requests; do not wait for answers.
+
+        Raises:
+            ConfigurationError: if no worker is named, a name is not a string, or a name
+                repeats.
+            JobGroupError: if the workers are not all ready within ``timeout``.
+        """
+        names = tuple(worker_names)
+        if not names:
+            raise ConfigurationError("a job needs at least one worker name")
+        for worker in names:
+            if not isinstance(worker, str):
+                raise TypeError(f"worker names must be str, got {type(worker).__name__}")
+        if len(set(names)) != len(names):
+            raise ConfigurationError(f"a job group names a worker twice: {', '.join(names)}")
+        if timeout is not None and timeout <= 0:
+            raise ConfigurationError(f"timeout must be positive, got {timeout}")
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        registry = self.registry
+        for worker in names:
+            if worker not in registry:
+                await self._wait_ready(names, deadline, timeout)
+                break
+        group = JobGroup(new_job_id(), names, cancel_on_error=cancel_on_error, loop=loop)
+        if _event_limit:
+            group.collect_events(_event_limit)
+        if not self._job_groups:
+            registry.add_departure_listener(self._on_peer_departed)
+        self._job_groups[group.job_id] = group
+        if deadline is not None:
+            group.timer = loop.call_later(max(deadline - loop.time(), 0), self._on_group_timeout,
+                                          group.job_id, timeout)
+        if self._stats is not None:
+            self._stats.jobs_requested += len(names)
+        for worker in names:
+            await self.send_bus_message(BusJobRequestMessage(
+                source=self.name, target=worker, job_id=group.job_id, job_name=name,
+                payload=payload))
+        for worker in names:
+            if worker not in registry and worker in group.pending:
+                await self._settle_departed(group, worker, "left before the job was sent")
+        return group
+
+    async def _wait_ready(self, names: tuple[str, ...], deadline: float | None,
+                          timeout: float | None) -> None:
+        loop = asyncio.get_running_loop()
+        for worker in names:
+            remaining = None if deadline is None else max(deadline - loop.time(), 0)
+            try:
+                await self.registry.wait_for(worker, remaining)
+            except TimeoutError:
+                missing = [n for n in names if n not in self.registry]
+                raise JobGroupError(
+                    f"workers not ready within timeout ({timeout} s): {', '.join(missing)}"
+                ) from None
+
+    async def cancel_job_group(self, job_id: str, *, reason: str | None = None) -> None:
+        """Cancel a job group: its pending members get a cancel, and its waiters fail."""
+        group = self._job_groups.pop(job_id, None)
+        if group is None:
+            return
+        self._forget_group()
+        reason = reason or "cancelled"
+        group.fail(reason)
+        for worker in list(group.pending):
+            await self.send_bus_message(BusJobCancelMessage(
+                source=self.name, target=worker, job_id=job_id, reason=reason))
+
+    async def request_job_update(self, job_id: str, worker_name: str) -> None:
+        """Ask a worker for a progress update on a job."""
+        await self.send_bus_message(BusJobUpdateRequestMessage(
+            source=self.name, target=worker_name, job_id=job_id))
+
+    def _forget_group(self) -> None:
+        if not self._job_groups:
+            self.registry.remove_departure_listener(self._on_peer_departed)
+
+    def _on_group_timeout(self, job_id: str, timeout: float) -> None:
+        group = self._job_groups.get(job_id)
+        if group is not None:
+            group.timer = None
+            asyncio.get_running_loop().create_task(
+                self.cancel_job_group(job_id, reason=f"timeout after {timeout} s"))
+
+    # -- receiving ----------------------------------------------------------------------
+
+    async def _handle_job_response(
+        self, message: BusJobResponseMessage | BusJobResponseUrgentMessage
+    ) -> None:
+        group = self._job_groups.get(message.job_id)
+        if group is not None and message.source not in group.pending:
+            logger.debug("ignored %s from '%s': not a pending member", message, message.source)
+            return
+        await self.on_job_response(message)  # type: ignore[arg-type]
+        self._emit("on_job_response", message)
+        if group is not None:
+            status = message.status
+            if not isinstance(status, JobStatus):
+                status = JobStatus(status)
+            await self._settle(group, message.source, status, message.response, message)
+
+    async def _settle(self, group: JobGroup, worker: str, status: JobStatus,
+                      response: dict[str, Any] | None, message: Any) -> None:
+        group.record(worker, status, response)
+        if group.cancel_on_error and status in (JobStatus.ERROR, JobStatus.FAILED):
+            await self.on_job_error(message)
+            self._emit("on_job_error", message)
+            detail = (response or {}).get("error")
+            reason = f"worker '{worker}' answered {status}" + (f": {detail}" if detail else "")
+            await self.cancel_job_group(group.job_id, reason=reason)
+            return
+        if not group.pending and self._job_groups.pop(group.job_id, None) is not None:
+            self._forget_group()
+            result = group.result()
+            await self.on_job_completed(result)
+            self._emit("on_job_completed", result)
+            group.complete()
+
+    async def _handle_job_update(
+        self, message: BusJobUpdateMessage | BusJobUpdateUrgentMessage
+    ) -> None:
+        await self.on_job_update(message)  # type: ignore[arg-type]
+        self._emit("on_job_update", message)
+        group = self._job_groups.get(message.job_id)
+        if group is not None and message.source in group.pending:
+            group.push_event((JobEventType.UPDATE, message.source, message.update))
+
+    async def _handle_stream_start(self, message: BusJobStreamStartMessage) -> None:
+        await self.on_job_stream_start(message)
+        self._emit("on_job_stream_start", message)
+        group = self._job_groups.get(message.job_id)
+        if group is not None and message.source in group.pending:
+            group.push_event((JobEventType.STREAM_START, message.source, message.data))
+
+    async def _handle_stream_data(self, message: BusJobStreamDataMessage) -> None:
+        await self.on_job_stream_data(message)
+        if self._event_handlers:  # type: ignore[attr-defined]
+            self._emit("on_job_stream_data", message)
+        group = self._job_groups.get(message.job_id)
+        if group is not None and message.source in group.pending:
+            group.push_event((JobEventType.STREAM_DATA, message.source, message.data))
+
+    async def _handle_stream_end(self, message: BusJobStreamEndMessage) -> None:
+        group = self._job_groups.get(message.job_id)
+        if group is not None and message.source not in group.pending:
+            return
+        await self.on_job_stream_end(message)
+        self._emit("on_job_stream_end", message)
+        if group is not None:
+            group.push_event((JobEventType.STREAM_END, message.source, message.data))
+            await self._settle(group, message.source, JobStatus.COMPLETED, message.data, message)
+
+    async def _on_peer_departed(self, lost: WorkerLostData) -> None:
+        for group in list(self._job_groups.values()):
+            if lost.worker_name in group.pending:
+                await self._settle_departed(group, lost.worker_name, lost.reason)
+
+    async def _settle_departed(self, group: JobGroup, worker: str, why: str) -> None:
+        error = f"worker '{worker}' is gone ({why})"
+        message = BusJobResponseMessage(source=worker, target=self.name, job_id=group.job_id,
+                                        status=JobStatus.ERROR, response={"error": error})
+        await self._handle_job_response(message)

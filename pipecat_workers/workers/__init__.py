@@ -1,0 +1,1 @@
+"""Workers and the runner that hosts them."""

@@ -1,0 +1,93 @@
+"""``@job`` and ``@worker_ready``: mark worker methods; the class collects them once."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from pipecat_workers.errors import ConfigurationError
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+_JOB_MARK = "__pipecat_job__"
+_READY_MARK = "__pipecat_worker_ready__"
+
+
+@dataclass(frozen=True, slots=True)
+class JobHandlerSpec:
+    """A method that handles requests for one job name."""
+
+    attribute: str
+    name: str
+    sequential: bool
+
+
+def job(name: str, *, sequential: bool = False) -> Callable[[F], F]:
+    """Mark a worker method as the handler for requests named ``name``.
+
+    Each request runs in its own task, so the worker keeps handling messages meanwhile. The
+    handler answers with ``send_job_response`` (or by returning a dict); if it raises, the
+    requester gets status ``error`` with the exception's message.
+
+    Args:
+        name: The job name to match.
+        sequential: Run requests of this name one at a time, in arrival order.
+    """
+    if not isinstance(name, str) or not name:
+        raise ConfigurationError(f"@job needs a non-empty name, got {name!r}")
+
+    def decorate(method: F) -> F:
+        setattr(method, _JOB_MARK, (name, sequential))
+        return method
+
+    return decorate
+
+
+def worker_ready(name: str) -> Callable[[F], F]:
+    """Mark a worker method to be called with ``WorkerReadyData`` whenever ``name`` is ready."""
+    if not isinstance(name, str) or not name:
+        raise ConfigurationError(f"@worker_ready needs a non-empty name, got {name!r}")
+
+    def decorate(method: F) -> F:
+        setattr(method, _READY_MARK, name)
+        return method
+
+    return decorate
+
+
+def collect_handlers(cls: type) -> tuple[dict[str, JobHandlerSpec], dict[str, str]]:
+    """Find the ``@job`` and ``@worker_ready`` methods of a class and its bases.
+
+    Returns:
+        Job handlers by job name, and ready-handler attribute names by watched worker name.
+
+    Raises:
+        ConfigurationError: if two different methods claim the same job or worker name.
+    """
+    seen: set[str] = set()
+    jobs: dict[str, JobHandlerSpec] = {}
+    ready: dict[str, str] = {}
+    for klass in cls.__mro__:
+        for attribute, value in vars(klass).items():
+            if attribute in seen:
+                continue  # overridden by a subclass
+            seen.add(attribute)
+            job_mark = getattr(value, _JOB_MARK, None)
+            if job_mark is not None:
+                job_name, sequential = job_mark
+                if job_name in jobs:
+                    raise ConfigurationError(
+                        f"{cls.__qualname__}: job '{job_name}' is handled by both "
+                        f"'{jobs[job_name].attribute}' and '{attribute}'"
+                    )
+                jobs[job_name] = JobHandlerSpec(attribute, job_name, sequential)
+            ready_mark = getattr(value, _READY_MARK, None)
+            if ready_mark is not None:
+                if ready_mark in ready:
+                    raise ConfigurationError(
+                        f"{cls.__qualname__}: @worker_ready('{ready_mark}') is on both "
+                        f"'{ready[ready_mark]}' and '{attribute}'"
+                    )
+                ready[ready_mark] = attribute
+    return jobs, ready

@@ -1,0 +1,342 @@
+"""WorkerRunner: hosts workers in one process, on one bus, with one registry.
+
+Shutdown is graceful and bounded. ``end()`` asks every root worker to finish (children are
+ended by their parents) and waits up to ``Settings.end_grace``; only then are the workers still
+running cancelled, and whatever is left after ``Settings.cancel_timeout`` is stopped outright.
+No wait in shutdown is unbounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from pipecat_workers.bus.core import WorkerBus
+from pipecat_workers.bus.local import AsyncQueueBus
+from pipecat_workers.bus.messages import (
+    BusAddWorkerMessage,
+    BusCancelMessage,
+    BusCancelWorkerMessage,
+    BusEndMessage,
+    BusEndWorkerMessage,
+    BusMessage,
+)
+from pipecat_workers.errors import ConfigurationError, WorkerStateError
+from pipecat_workers.events import EventEmitter
+from pipecat_workers.jobs.types import JobStatus
+from pipecat_workers.registry import WorkerRegistry
+from pipecat_workers.settings import DEFAULT_SETTINGS, Settings
+from pipecat_workers.types import WorkerErrorData
+from pipecat_workers.workers.base import BaseWorker, WorkerState
+
+logger = logging.getLogger("pipecat_workers.runner")
+
+
+@dataclass(slots=True)
+class RunnerStats:
+    """Job counters shared by a runner's workers."""
+
+    jobs_requested: int = 0
+    jobs_completed: int = 0
+    jobs_failed: int = 0
+    jobs_errored: int = 0
+    jobs_cancelled: int = 0
+
+    def count_answer(self, status: JobStatus) -> None:
+        if status == JobStatus.COMPLETED:
+            self.jobs_completed += 1
+        elif status == JobStatus.CANCELLED:
+            self.jobs_cancelled += 1
+        elif status == JobStatus.FAILED:
+            self.jobs_failed += 1
+        else:
+            self.jobs_errored += 1
+
+
+class WorkerRunner(EventEmitter):
+    """Runs workers until they end, or until ``end()``/``cancel()``.
+
+    Args:
+        name: Stable name of this runner on the bus; defaults to ``runner-<random>``.
+        bus: The bus to use; defaults to a new in-process :class:`AsyncQueueBus`.
+        handle_sigint: Cancel the workers on Ctrl-C while ``run()`` is running.
+        handle_sigterm: Likewise for SIGTERM.
+        settings: Timeouts and limits.
+
+    Example::
+
+        runner = WorkerRunner()
+        await runner.add_workers(Greeter("greeter"), Support("support"))
+        await runner.run()
+    """
+
+    EVENTS: ClassVar[frozenset[str]] = frozenset({"on_ready", "on_error"})
+
+    def __init__(
+        self, *, name: str | None = None, bus: WorkerBus | None = None,
+        handle_sigint: bool = True, handle_sigterm: bool = False,
+        settings: Settings | None = None,
+    ) -> None:
+        self._name = name or f"runner-{os.urandom(4).hex()}"
+        self._settings = settings or DEFAULT_SETTINGS
+        self._incarnation = time.time()
+        self._bus = bus if bus is not None else AsyncQueueBus(
+            data_queue_size=self._settings.data_queue_size)
+        self._registry = WorkerRegistry(self._name, incarnation=self._incarnation)
+        self._handle_sigint = handle_sigint
+        self._handle_sigterm = handle_sigterm
+        self._workers: dict[str, BaseWorker] = {}
+        self._stats = RunnerStats()
+        self._running = False
+        self._shutdown: asyncio.Future[str] | None = None
+        self._auto_end = True
+        self._roots_started = 0
+        self._signalled = False
+        self._bus.subscribe(self, role="runner")
+
+    # -- properties -------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """This runner's name on the bus."""
+        return self._name
+
+    @property
+    def incarnation(self) -> float:
+        """When this runner was created; tells a restarted runner apart from the old one."""
+        return self._incarnation
+
+    @property
+    def bus(self) -> WorkerBus:
+        """The bus this runner's workers share."""
+        return self._bus
+
+    @property
+    def registry(self) -> WorkerRegistry:
+        """The registry of every worker this runner knows, local and remote."""
+        return self._registry
+
+    @property
+    def settings(self) -> Settings:
+        """Timeouts and limits in force."""
+        return self._settings
+
+    @property
+    def stats_counters(self) -> RunnerStats:
+        """The live job counters (prefer :meth:`stats` for a snapshot)."""
+        return self._stats
+
+    @property
+    def running(self) -> bool:
+        """Whether ``run()`` is in progress."""
+        return self._running
+
+    def get_worker(self, name: str) -> BaseWorker | None:
+        """The local worker called ``name``, or ``None`` (remote workers have no object)."""
+        return self._workers.get(name)
+
+    # -- workers ------------------------------------------------------------------------
+
+    async def add_workers(self, *workers: BaseWorker) -> None:
+        """Add workers; they start now if the runner is running, else when it runs.
+
+        Raises:
+            ConfigurationError: if a name is already used on this bus.
+        """
+        for worker in workers:
+            if worker.name in self._workers or self._bus.is_local(worker.name):
+                raise ConfigurationError(f"a worker named '{worker.name}' is already on this bus")
+            worker.attach(registry=self._registry, bus=self._bus, worker_runner=self)
+            self._workers[worker.name] = worker
+            worker.add_done_callback(self._on_worker_stopped)
+            if self._running:
+                await self._start_worker(worker)
+            # Children given to the worker before it had a bus come along with it.
+            for child in worker.children:
+                if child.name not in self._workers:
+                    await self.add_workers(child)
+
+    async def _start_worker(self, worker: BaseWorker) -> None:
+        if worker.state is not WorkerState.CREATED:
+            return
+        if worker.parent is None:
+            self._roots_started += 1
+        try:
+            await worker.start()
+        except Exception as exc:
+            logger.exception("worker '%s' failed to start", worker.name)
+            self._emit("on_error", WorkerErrorData(worker_name=worker.name, error=str(exc)))
+            await worker.stop(reason="failed to start")
+
+    def _on_worker_stopped(self, worker: BaseWorker) -> None:
+        if self._workers.get(worker.name) is worker:
+            del self._workers[worker.name]  # the name is free again
+        if (self._auto_end and self._running and worker.parent is None
+                and not any(w.parent is None and w.state is not WorkerState.CREATED
+                            for w in self._workers.values())):
+            self._request_shutdown("all workers finished")
+
+    # -- run ----------------------------------------------------------------------------
+
+    async def run(self, *, auto_end: bool = True) -> None:
+        """Start the bus and every worker, and run until the end.
+
+        Args:
+            auto_end: Return once every root worker has stopped; if False, run until
+                ``end()`` or ``cancel()``.
+
+        Raises:
+            WorkerStateError: if the runner is already running.
+        """
+        if self._running:
+            raise WorkerStateError(f"runner '{self._name}' is already running")
+        loop = asyncio.get_running_loop()
+        self._shutdown = loop.create_future()
+        self._auto_end = auto_end
+        signals = self._install_signal_handlers(loop)
+        try:
+            await self._bus.start()
+            self._running = True
+            for worker in list(self._workers.values()):
+                await self._start_worker(worker)
+            if auto_end and self._roots_started and not any(
+                    w.parent is None for w in self._workers.values()):
+                self._request_shutdown("all workers finished")
+            self._emit("on_ready")
+            try:
+                await asyncio.shield(self._shutdown)
+            except asyncio.CancelledError:
+                self._request_shutdown("runner task cancelled")
+                await self._stop_workers(graceful=False)
+                raise
+            await self._stop_workers(graceful=self._shutdown.result() == "end")
+        finally:
+            self._running = False
+            await self._wait_event_handlers(self._settings.cancel_timeout)
+            await self._bus.stop()
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+
+    def _request_shutdown(self, why: str) -> None:
+        if self._shutdown is not None and not self._shutdown.done():
+            self._shutdown.set_result(why)
+
+    async def _stop_workers(self, *, graceful: bool) -> None:
+        settings = self._settings
+        if graceful:
+            await self._wait_workers(settings.end_grace)
+        live = [w for w in self._workers.values() if w.state is not WorkerState.STOPPED]
+        for worker in live:
+            if worker.parent is None or self._workers.get(worker.parent) is None:
+                await self._bus.send(BusCancelWorkerMessage(
+                    source=self._name, target=worker.name, reason="runner exiting"))
+        await self._wait_workers(settings.cancel_timeout)
+        for worker in list(self._workers.values()):
+            if worker.state is not WorkerState.STOPPED:
+                logger.warning("worker '%s' did not stop in time; stopping it", worker.name)
+                try:
+                    await asyncio.wait_for(worker.stop(reason="runner exiting"),
+                                           settings.cancel_timeout)
+                except (TimeoutError, Exception):
+                    logger.exception("worker '%s' could not be stopped cleanly", worker.name)
+
+    async def _wait_workers(self, timeout: float) -> None:
+        waits = [asyncio.ensure_future(w.wait()) for w in self._workers.values()
+                 if w.state is not WorkerState.STOPPED]
+        if not waits:
+            return
+        _, pending = await asyncio.wait(waits, timeout=timeout)
+        for future in pending:
+            future.cancel()
+
+    async def end(self, reason: str | None = None) -> None:
+        """Ask every worker to finish, then stop; cancels only after the grace period."""
+        if self._shutdown is not None and self._shutdown.done():
+            return
+        for worker in list(self._workers.values()):
+            if worker.parent is None:
+                await self._bus.send(BusEndWorkerMessage(
+                    source=self._name, target=worker.name, reason=reason))
+        self._request_shutdown("end")
+
+    async def cancel(self, reason: str | None = None) -> None:
+        """Cancel every worker now, then stop."""
+        if self._shutdown is not None and self._shutdown.done():
+            return
+        for worker in list(self._workers.values()):
+            if worker.parent is None:
+                await self._bus.send(BusCancelWorkerMessage(
+                    source=self._name, target=worker.name, reason=reason))
+        self._request_shutdown("cancel")
+
+    def _install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> list[int]:
+        wanted = [s for s, on in ((signal.SIGINT, self._handle_sigint),
+                                  (signal.SIGTERM, self._handle_sigterm)) if on]
+        installed = []
+        for sig in wanted:
+            try:
+                loop.add_signal_handler(sig, self._on_signal, sig)
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError, ValueError):
+                logger.debug("cannot handle %s in this thread or on this platform", sig)
+        return installed
+
+    def _on_signal(self, sig: int) -> None:
+        if self._signalled:
+            return
+        self._signalled = True
+        logger.warning("%s received: cancelling workers", signal.Signals(sig).name)
+        asyncio.get_running_loop().create_task(self.cancel(reason="interrupt signal"))
+
+    # -- bus --------------------------------------------------------------------------------
+
+    async def on_bus_message(self, message: BusMessage) -> None:
+        """React to session-wide messages and to children being added."""
+        if message.source == self._name:
+            return
+        if isinstance(message, BusEndMessage):
+            await self.end(message.reason)
+        elif isinstance(message, BusCancelMessage):
+            await self.cancel(message.reason)
+        elif isinstance(message, BusAddWorkerMessage):
+            await self._adopt(message)
+
+    async def _adopt(self, message: BusAddWorkerMessage) -> None:
+        child = message.worker
+        parent = self._workers.get(message.source)
+        if parent is None or child.name in self._workers:
+            return
+        try:
+            await self.add_workers(child)
+        except ConfigurationError as exc:
+            logger.error("%s: cannot add child: %s", message.source, exc)
+            data = WorkerErrorData(worker_name=child.name, error=str(exc))
+            await parent.on_worker_failed(data)
+            parent._emit("on_worker_failed", data)
+
+    # -- observability ----------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """A snapshot of counters: messages, jobs, and each worker's state."""
+        s = self._stats
+        running = sum(len(w._active_jobs) for w in self._workers.values())
+        return {
+            "runner": self._name,
+            "incarnation": self._incarnation,
+            "messages": self._bus.stats(),
+            "jobs": {
+                "requested": s.jobs_requested, "running": running,
+                "completed": s.jobs_completed, "failed": s.jobs_failed,
+                "errored": s.jobs_errored, "cancelled": s.jobs_cancelled,
+            },
+            "workers": {
+                name: {"state": str(w.state), "active": w.active, "parent": w.parent,
+                       "jobs": len(w._active_jobs)}
+                for name, w in self._workers.items()
+            },
+        }
