@@ -52,8 +52,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from pipecat_workers.catalogue import lookup, type_name
 from pipecat_workers.bus.messages import BusLocalMessage, BusMessage
+from pipecat_workers.catalogue import lookup, type_name
 from pipecat_workers.errors import ConfigurationError, MessageTooLargeError, SerializationError
 
 logger = logging.getLogger("pipecat_workers.bus")
@@ -117,7 +117,9 @@ class MessageSerializer(abc.ABC):
     """Turns bus messages into bytes for network buses, and back."""
 
     @abc.abstractmethod
-    def serialize(self, message: BusMessage, *, sender: str = "", incarnation: float = 0.0) -> bytes:
+    def serialize(
+        self, message: BusMessage, *, sender: str = "", incarnation: float = 0.0
+    ) -> bytes:
         """Encode a message; raises :class:`SerializationError` if it cannot be encoded."""
 
     @abc.abstractmethod
@@ -182,7 +184,8 @@ def _enc(v: Any) -> Any:
             raise _Unsupported(f"{t.__qualname__} is a local-only message")
         return {TAG: name, "v": _enc_fields(v, t)}
     raise _Unsupported(
-        f"{t.__qualname__} is not a supported type (register it with register_message or convert it)"
+        f"{t.__qualname__} is not a supported type "
+        "(register it with register_message or convert it)"
     )
 
 
@@ -301,7 +304,7 @@ def _build(cls: type, name: str, raw: dict[str, Any]) -> Any:
     kwargs = {k: (x if type(x) in _SCALARS else _dec(x)) for k, x in raw.items()}
     try:
         return cls(**kwargs)  # unknown or missing fields raise TypeError: no setattr of extras
-    except Exception:
+    except Exception:  # noqa: BLE001 - any failure of a user __init__ means a bad body
         raise _Drop("malformed", name) from None
 
 
@@ -317,7 +320,11 @@ class JSONMessageSerializer(MessageSerializer):
     """
 
     def __init__(
-        self, *, secret: str | bytes | None = None, max_size: int = 1024 * 1024, max_age: float = 60.0
+        self,
+        *,
+        secret: str | bytes | None = None,
+        max_size: int = 1024 * 1024,
+        max_age: float = 60.0,
     ) -> None:
         if secret is None:
             secret = os.environ.get(SECRET_ENV, "")
@@ -344,7 +351,9 @@ class JSONMessageSerializer(MessageSerializer):
     def stats(self) -> dict[str, int]:
         return dict(self._drops)
 
-    def serialize(self, message: BusMessage, *, sender: str = "", incarnation: float = 0.0) -> bytes:
+    def serialize(
+        self, message: BusMessage, *, sender: str = "", incarnation: float = 0.0
+    ) -> bytes:
         cls = type(message)
         if isinstance(message, BusLocalMessage):
             raise SerializationError(f"cannot encode {cls.__name__}: it is a local-only message")
@@ -397,7 +406,7 @@ class JSONMessageSerializer(MessageSerializer):
             return self._decode(data)
         except _Drop as drop:
             self._drop(drop.reason, drop.name)
-        except Exception:  # never raise for any input: count it as malformed
+        except Exception:  # noqa: BLE001 - never raise for any input: count as malformed
             self._drop("malformed", "")
         return None
 
@@ -450,10 +459,16 @@ class JSONMessageSerializer(MessageSerializer):
         if issubclass(cls, BusLocalMessage):
             raise _Drop("local_only", name)
         message = _build(cls, name, body)
-        if type(message.source) is not str or not (message.target is None or type(message.target) is str):
+        if type(message.source) is not str or not (
+            message.target is None or type(message.target) is str
+        ):
             raise _Drop("malformed", name)
         return Envelope(
-            message=message, sender=sender, incarnation=float(inc), message_id=mid, timestamp=float(ts)
+            message=message,
+            sender=sender,
+            incarnation=float(inc),
+            message_id=mid,
+            timestamp=float(ts),
         )
 
     def _check_fresh(self, mid: str, ts: float, name: str) -> None:

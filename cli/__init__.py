@@ -1,0 +1,1 @@
+"""The ``workers`` command: run and inspect topologies of pipecat-workers."""

@@ -1,0 +1,1 @@
+"""Example worker systems; each runs with ``python -m examples.<name>``."""

@@ -1,0 +1,1 @@
+"""A greeter hands a customer over to support: scripted agents, no LLM."""

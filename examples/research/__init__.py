@@ -1,0 +1,1 @@
+"""A coordinator fans a research question out to several researchers as one job group."""

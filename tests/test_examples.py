@@ -1,0 +1,53 @@
+"""The examples and the README's code run as a newcomer would run them."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=30)
+
+
+def test_handoff_example_hands_the_conversation_over_and_back():
+    out = run("-m", "examples.handoff")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert "  [support] active (from greeter: I have a question about my invoice.)" in lines
+    assert lines.index("  [greeter] inactive") < lines.index(
+        "  [support] active (from greeter: I have a question about my invoice.)")
+    assert lines[-1] == "done: 4 turns answered, 0 errors"
+
+
+def test_research_example_streams_every_finding_and_summary():
+    out = run("-m", "examples.research")
+    assert out.returncode == 0, out.stderr
+    findings = [line for line in out.stdout.splitlines() if ", point " in line]
+    assert len(findings) == 9
+    assert out.stdout.count("3 points on the") == 3
+
+
+def test_family_example_runs_children_and_reports_their_errors():
+    out = run("-m", "examples.family")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("child ready:") == 3
+    assert "reported: cannot transcode 'cover.png'" in out.stdout
+    assert "{'clip': 'outro.opus'}" in out.stdout
+
+
+@pytest.mark.parametrize("index", [0])
+def test_readme_python_example(index, tmp_path):
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    script = tmp_path / "readme_example.py"
+    script.write_text(blocks[index])
+    out = run(str(script))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["HELLO", "THERE", "{'words': 2}"]
