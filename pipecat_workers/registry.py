@@ -116,11 +116,17 @@ class WorkerRegistry:
             if not future.done():
                 future.set_result(data)
         for handler in list(self._watches.get(data.worker_name, ())):
-            try:
-                await handler(data)
-            except Exception:
-                logger.exception("watch handler for '%s' failed", data.worker_name)
+            await self._call_ready(handler, data)
         return True
+
+    @staticmethod
+    async def _call_ready(handler: ReadyHandler, data: WorkerReadyData) -> None:
+        # Logged, never raised: a watcher's bug must not fail the registration (or the
+        # watch() call) of someone else, whether the worker arrives now or was already here.
+        try:
+            await handler(data)
+        except Exception:
+            logger.exception("watch handler for '%s' failed", data.worker_name)
 
     async def watch(
         self, name: str, handler: ReadyHandler, *, on_lost: LostHandler | None = None
@@ -140,7 +146,7 @@ class WorkerRegistry:
         handlers[handler] = on_lost
         data = self._workers.get(name)
         if data is not None:
-            await handler(data)
+            await self._call_ready(handler, data)
 
     def unwatch(self, name: str, handler: ReadyHandler) -> None:
         """Stop calling ``handler`` for ``name``."""

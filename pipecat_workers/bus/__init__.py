@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pipecat_workers.catalogue import register_message
 from pipecat_workers.bus.core import BusSubscriber, WorkerBus
@@ -48,10 +48,6 @@ from pipecat_workers.bus.messages import (
 )
 from pipecat_workers.bus.serializer import Envelope, JSONMessageSerializer, MessageSerializer
 from pipecat_workers.errors import MissingDependencyError
-
-if TYPE_CHECKING:
-    from pipecat_workers.bus.backends.pgmq import PgmqBus
-    from pipecat_workers.bus.backends.redis import RedisBus
 
 # name -> (backend module, driver module it needs, extra that installs the driver)
 _LAZY: dict[str, tuple[str, str, str]] = {

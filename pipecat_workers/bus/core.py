@@ -92,6 +92,24 @@ class Mailbox:
     def tasks(self) -> list[asyncio.Task[None]]:
         return [t for t in (self._sys_task, self._data_task) if t is not None]
 
+    def forget_finished_tasks(self) -> None:
+        """Drop finished drain tasks: one cancelled before it ever ran never cleared itself,
+        and would keep the lane from draining after the next start."""
+        if self._sys_task is not None and self._sys_task.done():
+            self._sys_task = None
+        if self._data_task is not None and self._data_task.done():
+            self._data_task = None
+
+    def discard(self) -> None:
+        """Drop everything queued and cancel the drain tasks (except the caller's own)."""
+        for lane in (self._system, self._data):
+            if lane is not None:
+                lane.clear()  # also ends a drain loop that is handling a message right now
+        current = asyncio.current_task()
+        for task in self.tasks():
+            if task is not current:
+                task.cancel()
+
     async def _drain_system(self) -> None:
         try:
             await self._drain(self._system)
@@ -168,6 +186,8 @@ class WorkerBus(ABC):
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=DEFAULT_SETTINGS.cancel_timeout)
+        for mailbox in (*self._mailboxes.values(), *self._observers.values()):
+            mailbox.forget_finished_tasks()
         await self._close()
 
     async def close(self) -> None:
@@ -217,10 +237,7 @@ class WorkerBus(ABC):
                 self._everyone.remove(mailbox)
                 if mailbox in self._control:
                     self._control.remove(mailbox)
-                current = asyncio.current_task()
-                for task in mailbox.tasks():
-                    if task is not current:
-                        task.cancel()
+                mailbox.discard()
 
     def is_local(self, name: str) -> bool:
         """Whether a worker or runner of that name is subscribed in this process."""
@@ -247,7 +264,8 @@ class WorkerBus(ABC):
             elif not isinstance(message, BusLocalMessage):
                 await self._publish(message)
             for observer in self._observers.values():
-                observer.put(message)
+                if not observer.put(message):
+                    self._drop(observer, message)
             return
         for mailbox in self._control if cls.CONTROL else self._everyone:
             if not mailbox.put(message):
@@ -265,7 +283,8 @@ class WorkerBus(ABC):
             if mailbox is not None and not mailbox.put(message):
                 self._drop(mailbox, message)
             for observer in self._observers.values():
-                observer.put(message)
+                if not observer.put(message):
+                    self._drop(observer, message)
             return
         for mailbox in self._control if cls.CONTROL else self._everyone:
             if not mailbox.put(message):

@@ -81,11 +81,20 @@ class JobGroupContext:
     ) -> None:
         group = self._started()
         if exc_type is not None:
-            if not group.done:
-                await asyncio.shield(self._requester.cancel_job_group(
-                    group.job_id, reason="context exited with error"))
+            await self._cancel_if_live(group)
             return
-        await self._wait(group)
+        try:
+            await self._wait(group)
+        except asyncio.CancelledError:
+            # Cancelled while waiting for the answers (an interrupted tool call, usually):
+            # the job must not outlive the caller that waits for it.
+            await self._cancel_if_live(group)
+            raise
+
+    async def _cancel_if_live(self, group: JobGroup) -> None:
+        if not group.done:
+            await asyncio.shield(self._requester.cancel_job_group(
+                group.job_id, reason="context exited with error"))
 
     async def _wait(self, group: JobGroup) -> None:
         await group.wait()

@@ -1,7 +1,8 @@
 """The worker side of jobs: run handlers, answer, stream, honour cancels.
 
 Every request gets exactly one answer: the handler's, ``error`` if it raises or no handler
-matches the job name, or ``cancelled`` if the requester cancels or the worker stops.
+matches the job name, or ``cancelled`` if the requester cancels or the worker stops (a worker
+that is ending or stopping takes no new jobs: it answers them ``cancelled`` at once).
 """
 
 from __future__ import annotations
@@ -61,6 +62,10 @@ class JobExecutorMixin:
 
     async def on_job_cancelled(self, message: BusJobCancelMessage) -> None:
         """Called after the requester cancelled a job and its handler was cancelled."""
+
+    def _job_refusal(self) -> str | None:
+        """Why new jobs are refused right now, or ``None`` if they are taken."""
+        return None
 
     # -- answering ----------------------------------------------------------------------
 
@@ -135,6 +140,12 @@ class JobExecutorMixin:
             logger.warning("%s: ignored a second request for active job %s", self.name, job_id)
             return
         self._active_jobs[job_id] = message
+        refusal = self._job_refusal()
+        if refusal is not None:
+            # Ending or stopping: a handler started now would outlive the worker.
+            await self.send_job_response(job_id, {"reason": refusal},
+                                         status=JobStatus.CANCELLED)
+            return
         spec = self._job_handlers.get(message.job_name) if message.job_name else None
         if spec is None and not self._handles_unnamed_jobs:
             what = f"job '{message.job_name}'" if message.job_name else "jobs without a name"

@@ -82,6 +82,10 @@ class JobGroup:
         self._done.set_result(None)
         self._wake()
 
+    async def wait_ended(self) -> None:
+        """Wait for the end, whatever it was; never raises (for shutdown bookkeeping)."""
+        await asyncio.shield(self._done)
+
     async def wait(self) -> JobGroupResponse:
         """Wait for the end.
 

@@ -134,6 +134,7 @@ class BaseWorker(EventEmitter, JobRequesterMixin, JobExecutorMixin):
         self._job_locks: dict[str, asyncio.Lock] | None = None
         self._job_groups: dict[str, JobGroup] = {}
         self._finished: asyncio.Future[None] | None = None
+        self._done_callbacks: list[Callable[[BaseWorker], None]] = []
         self._end_task: asyncio.Task[None] | None = None
 
     # -- properties -------------------------------------------------------------------
@@ -281,27 +282,48 @@ class BaseWorker(EventEmitter, JobRequesterMixin, JobExecutorMixin):
         self._state = WorkerState.STOPPING
         why = reason or "stopped"
         try:
-            for job_id in list(self._job_groups):
-                await self.cancel_job_group(job_id, reason=f"worker '{self._name}' {why}")
-            if self._bus is not None:
-                await self._cancel_all_jobs(f"worker '{self._name}' {why}")
-                if self._started_at is not None:
-                    await self.registry.unregister(self._name, reason="stopped")
-                    await self.send_bus_message(BusWorkerStoppedMessage(
-                        source=self._name, runner=self.worker_runner.name,
-                        incarnation=self.worker_runner.incarnation))
-                self._bus.unsubscribe(self)
+            try:
+                for job_id in list(self._job_groups):
+                    await self.cancel_job_group(job_id, reason=f"worker '{self._name}' {why}")
+                if self._bus is not None:
+                    await self._cancel_all_jobs(f"worker '{self._name}' {why}")
+            finally:
+                # Leave even if interrupted (a bounded stop timed out): a worker that stays
+                # registered and subscribed keeps its name and strands the jobs sent to it.
+                await self._leave()
             await self._wait_event_handlers(self._settings.cancel_timeout)
         finally:
             self._state = WorkerState.STOPPED
             self._active = False
             self._finish()
 
+    async def _leave(self) -> None:
+        """Drop this worker's watches, leave the registry, and unsubscribe from the bus."""
+        bus = self._bus
+        if bus is None:
+            return
+        try:
+            if self._started_at is not None:
+                registry = self.registry
+                # Watches outlive their owner in the shared registry: drop ours, or a
+                # stopped worker keeps getting hooks and each stopped worker leaks one.
+                for name in (*self._ready_handlers, *self._watched):
+                    registry.unwatch(name, self._on_watched_ready)
+                await registry.unregister(self._name, reason="stopped")
+                await self.send_bus_message(BusWorkerStoppedMessage(
+                    source=self._name, runner=self.worker_runner.name,
+                    incarnation=self.worker_runner.incarnation))
+        finally:
+            bus.unsubscribe(self)
+
     def _finish(self) -> None:
         if self._finished is None:
             self._finished = asyncio.get_running_loop().create_future()
         if not self._finished.done():
             self._finished.set_result(None)
+            callbacks, self._done_callbacks = self._done_callbacks, []
+            for callback in callbacks:
+                self._call_done_callback(callback)
 
     async def wait(self) -> None:
         """Wait until this worker has stopped."""
@@ -310,10 +332,27 @@ class BaseWorker(EventEmitter, JobRequesterMixin, JobExecutorMixin):
         await asyncio.shield(self._finished)
 
     def add_done_callback(self, callback: Callable[[BaseWorker], None]) -> None:
-        """Call ``callback(worker)`` once the worker has stopped."""
-        if self._finished is None:
-            self._finished = asyncio.get_running_loop().create_future()
-        self._finished.add_done_callback(lambda _: callback(self))
+        """Call ``callback(worker)`` once the worker has stopped.
+
+        Callbacks run before :meth:`stop` returns (not on a later loop turn), so when
+        ``await worker.stop()`` returns the runner has already freed the worker's name.
+        """
+        if self._finished is not None and self._finished.done():
+            self._call_done_callback(callback)
+        else:
+            self._done_callbacks.append(callback)
+
+    def _call_done_callback(self, callback: Callable[[BaseWorker], None]) -> None:
+        try:
+            callback(self)
+        except Exception:
+            logger.exception("%s: done callback %r failed", self._name, callback)
+
+    def _job_refusal(self) -> str | None:
+        # A worker that is ending or stopping takes no new work (it only finishes old work).
+        if self._state in (WorkerState.ENDING, WorkerState.STOPPING, WorkerState.STOPPED):
+            return f"worker '{self._name}' is {self._state}"
+        return None
 
     # -- activation and hand-off -------------------------------------------------------
 
@@ -416,12 +455,16 @@ class BaseWorker(EventEmitter, JobRequesterMixin, JobExecutorMixin):
             self._end_task = asyncio.get_running_loop().create_task(self._end(message.reason))
 
     async def _end(self, reason: str | None) -> None:
+        """Finish gracefully: wait (up to ``end_grace``) for the children, for the jobs this
+        worker runs, and for the answers to the jobs it sent; then stop."""
         grace = self._settings.end_grace
         for child in self._children:
             await self.send_bus_message(BusEndWorkerMessage(
                 source=self._name, target=child.name, reason=reason))
         waits = [asyncio.ensure_future(c.wait()) for c in self._children]
         waits += [t for t in self._job_tasks.values() if not t.done()]
+        # Stopping cancels the groups this worker launched, so let their answers arrive first.
+        waits += [asyncio.ensure_future(g.wait_ended()) for g in self._job_groups.values()]
         if waits:
             _, pending = await asyncio.wait(waits, timeout=grace)
             for future in pending:
@@ -433,7 +476,10 @@ class BaseWorker(EventEmitter, JobRequesterMixin, JobExecutorMixin):
         for child in self._children:
             await self.send_bus_message(BusCancelWorkerMessage(
                 source=self._name, target=child.name, reason=message.reason))
-        if self._end_task is not None and self._end_task is not asyncio.current_task():
+        # Cut the graceful end short only while it is still waiting; once it is inside
+        # stop(), cancelling it would interrupt the leave, so stop() below waits for it.
+        if (self._end_task is not None and self._state is WorkerState.ENDING
+                and self._end_task is not asyncio.current_task()):
             self._end_task.cancel()
         await self.stop(reason="cancelled")
 

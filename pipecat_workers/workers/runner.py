@@ -1,9 +1,10 @@
 """WorkerRunner: hosts workers in one process, on one bus, with one registry.
 
 Shutdown is graceful and bounded. ``end()`` asks every root worker to finish (children are
-ended by their parents) and waits up to ``Settings.end_grace``; only then are the workers still
-running cancelled, and whatever is left after ``Settings.cancel_timeout`` is stopped outright.
-No wait in shutdown is unbounded.
+ended by their parents); each worker gives its jobs ``Settings.end_grace``, then cancels what
+is left. Only workers still running after that (plus ``Settings.cancel_timeout``) are cancelled
+by the runner, and whatever is left after another ``Settings.cancel_timeout`` is stopped
+outright. No wait in shutdown is unbounded.
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ class WorkerRunner(EventEmitter):
         self._auto_end = True
         self._roots_started = 0
         self._signalled = False
+        self._cancelled = False
         self._bus.subscribe(self, role="runner")
 
     # -- properties -------------------------------------------------------------------
@@ -198,6 +200,7 @@ class WorkerRunner(EventEmitter):
         loop = asyncio.get_running_loop()
         self._shutdown = loop.create_future()
         self._auto_end = auto_end
+        self._signalled = self._cancelled = False
         signals = self._install_signal_handlers(loop)
         try:
             await self._bus.start()
@@ -219,8 +222,7 @@ class WorkerRunner(EventEmitter):
             self._running = False
             await self._wait_event_handlers(self._settings.cancel_timeout)
             await self._bus.stop()
-            for sig in signals:
-                loop.remove_signal_handler(sig)
+            self._remove_signal_handlers(loop, signals)
 
     def _request_shutdown(self, why: str) -> None:
         if self._shutdown is not None and not self._shutdown.done():
@@ -229,8 +231,12 @@ class WorkerRunner(EventEmitter):
     async def _stop_workers(self, *, graceful: bool) -> None:
         settings = self._settings
         if graceful:
-            await self._wait_workers(settings.end_grace)
-        live = [w for w in self._workers.values() if w.state is not WorkerState.STOPPED]
+            # A worker's own end takes up to end_grace, then up to cancel_timeout to cancel
+            # what is left; cancelling it at the same moment would race with that.
+            await self._wait_workers(settings.end_grace + settings.cancel_timeout)
+        # A worker that is already stopping is on its way out: wait for it, don't cancel it.
+        live = [w for w in self._workers.values()
+                if w.state not in (WorkerState.STOPPING, WorkerState.STOPPED)]
         for worker in live:
             if worker.parent is None or self._workers.get(worker.parent) is None:
                 await self._bus.send(BusCancelWorkerMessage(
@@ -265,26 +271,42 @@ class WorkerRunner(EventEmitter):
         self._request_shutdown("end")
 
     async def cancel(self, reason: str | None = None) -> None:
-        """Cancel every worker now, then stop."""
-        if self._shutdown is not None and self._shutdown.done():
+        """Cancel every worker now, then stop; also cuts a graceful ``end()`` short."""
+        shutdown = self._shutdown
+        if shutdown is not None and shutdown.done() and (
+                not self._running or shutdown.result() != "end" or self._cancelled):
             return
+        self._cancelled = True
         for worker in list(self._workers.values()):
             if worker.parent is None:
                 await self._bus.send(BusCancelWorkerMessage(
                     source=self._name, target=worker.name, reason=reason))
         self._request_shutdown("cancel")
 
-    def _install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> list[int]:
+    def _install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> dict[int, Any]:
+        """Install the wanted handlers; returns each signal's previous Python-level handler."""
         wanted = [s for s, on in ((signal.SIGINT, self._handle_sigint),
                                   (signal.SIGTERM, self._handle_sigterm)) if on]
-        installed = []
+        installed: dict[int, Any] = {}
         for sig in wanted:
             try:
+                previous = signal.getsignal(sig)
                 loop.add_signal_handler(sig, self._on_signal, sig)
-                installed.append(sig)
+                installed[sig] = previous
             except (NotImplementedError, RuntimeError, ValueError):
                 logger.debug("cannot handle %s in this thread or on this platform", sig)
         return installed
+
+    @staticmethod
+    def _remove_signal_handlers(
+        loop: asyncio.AbstractEventLoop, installed: dict[int, Any]
+    ) -> None:
+        # remove_signal_handler() resets to the default, not to what was there before run()
+        # (e.g. asyncio.Runner's own Ctrl-C handler), so put the previous handler back.
+        for sig, previous in installed.items():
+            loop.remove_signal_handler(sig)
+            if previous is not None:
+                signal.signal(sig, previous)
 
     def _on_signal(self, sig: int) -> None:
         if self._signalled:

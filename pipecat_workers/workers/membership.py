@@ -1,0 +1,194 @@
+"""Membership: how runners on one channel learn about each other's workers, and forget them.
+
+Every runner broadcasts a heartbeat (its incarnation, a digest of its workers, its counters).
+A peer that does not know that runner, or sees a digest it has not seen, asks for the full
+snapshot; so a snapshot lost in a discovery race is repaired by the next heartbeat. A runner
+that stops says so (leave), a worker that stops says so, and a runner silent for
+``Settings.lost_after`` intervals is declared lost. A newer incarnation of a runner replaces
+the older one's workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pipecat_workers.bus.core import WorkerBus
+from pipecat_workers.bus.messages import (
+    BusHeartbeatMessage,
+    BusMessage,
+    BusRegistryRequestMessage,
+    BusRunnerLeaveMessage,
+    BusWorkerRegistryMessage,
+    BusWorkerStoppedMessage,
+)
+from pipecat_workers.registry import WorkerRegistry
+from pipecat_workers.settings import Settings
+from pipecat_workers.types import WorkerReadyData, WorkerRegistryEntry
+
+logger = logging.getLogger("pipecat_workers.membership")
+
+
+@dataclass(slots=True)
+class Peer:
+    """What a runner knows of another runner on the channel."""
+
+    incarnation: float
+    last_seen: float
+    interval: float
+    digest: str = ""
+    stats: dict[str, Any] | None = None
+
+
+class Membership:
+    """The discovery and liveness protocol of one runner."""
+
+    def __init__(
+        self, *, runner: str, incarnation: float, bus: WorkerBus, registry: WorkerRegistry,
+        settings: Settings, entries: Callable[[], list[WorkerRegistryEntry]],
+        stats: Callable[[], dict[str, Any]],
+    ) -> None:
+        self._runner = runner
+        self._incarnation = incarnation
+        self._bus = bus
+        self._registry = registry
+        self._settings = settings
+        self._entries = entries
+        self._stats = stats
+        self._peers: dict[str, Peer] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._announce: asyncio.Task[None] | None = None
+
+    @property
+    def peers(self) -> dict[str, Peer]:
+        """The other runners heard on the channel, by name."""
+        return dict(self._peers)
+
+    async def start(self) -> None:
+        """Announce this runner and start heartbeating."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._beat())
+
+    async def stop(self) -> None:
+        """Stop heartbeating and tell the peers this runner is leaving."""
+        for task in (self._task, self._announce):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
+                await asyncio.wait({task}, timeout=self._settings.cancel_timeout)
+        self._task = self._announce = None
+        try:
+            await self._bus.send(BusRunnerLeaveMessage(
+                source=self._runner, runner=self._runner, incarnation=self._incarnation))
+        except Exception:
+            logger.warning("could not announce that runner '%s' leaves", self._runner,
+                           exc_info=True)
+
+    def local_changed(self) -> None:
+        """This runner's workers changed: send one snapshot soon (changes are coalesced)."""
+        if self._announce is None or self._announce.done():
+            self._announce = asyncio.get_running_loop().create_task(self._send_snapshot())
+
+    # -- sending ----------------------------------------------------------------------
+
+    async def _beat(self) -> None:
+        interval = self._settings.heartbeat_interval
+        await self._send_snapshot()
+        while True:
+            await self._bus.send(BusHeartbeatMessage(
+                source=self._runner, runner=self._runner, incarnation=self._incarnation,
+                digest=self._registry.digest(), interval=interval, stats=self._stats()))
+            await asyncio.sleep(interval)
+            await self._expire()
+
+    async def _send_snapshot(self, target: str | None = None) -> None:
+        await asyncio.sleep(0)  # let a burst of local changes settle into one snapshot
+        await self._bus.send(BusWorkerRegistryMessage(
+            source=self._runner, target=target, runner=self._runner, workers=self._entries(),
+            incarnation=self._incarnation, digest=self._registry.digest()))
+
+    async def _expire(self) -> None:
+        now = asyncio.get_running_loop().time()
+        for name, peer in list(self._peers.items()):
+            if now - peer.last_seen > self._settings.lost_after * peer.interval:
+                del self._peers[name]
+                logger.warning("runner '%s' is lost: no heartbeat for %.1f s", name,
+                               now - peer.last_seen)
+                await self._registry.remove_runner(name, reason="lost")
+
+    # -- receiving ----------------------------------------------------------------------
+
+    async def handle(self, message: BusMessage) -> bool:
+        """Apply a membership message from another runner; False if it is not one."""
+        if isinstance(message, BusHeartbeatMessage):
+            await self._on_heartbeat(message)
+        elif isinstance(message, BusWorkerRegistryMessage):
+            await self._on_snapshot(message)
+        elif isinstance(message, BusRegistryRequestMessage):
+            if message.target in (None, self._runner):
+                await self._send_snapshot(target=message.runner)
+        elif isinstance(message, BusRunnerLeaveMessage):
+            await self._on_leave(message)
+        elif isinstance(message, BusWorkerStoppedMessage):
+            known = self._registry.get(message.source)
+            if known is not None and known.runner == message.runner:
+                await self._registry.unregister(message.source, reason="stopped")
+        else:
+            return False
+        return True
+
+    async def _meet(self, runner: str, incarnation: float, interval: float) -> Peer | None:
+        """The peer record for a runner, replacing an older incarnation; None if stale."""
+        now = asyncio.get_running_loop().time()
+        peer = self._peers.get(runner)
+        if peer is not None and incarnation < peer.incarnation:
+            return None  # a message from an incarnation that was already replaced
+        if peer is not None and incarnation > peer.incarnation:
+            logger.info("runner '%s' restarted; replacing its workers", runner)
+            await self._registry.remove_runner(runner, reason="replaced", before=incarnation)
+            peer = None
+        if peer is None:
+            peer = self._peers[runner] = Peer(incarnation, now, interval)
+        peer.last_seen = now
+        peer.interval = interval
+        return peer
+
+    async def _on_heartbeat(self, message: BusHeartbeatMessage) -> None:
+        known = message.runner in self._peers
+        peer = await self._meet(message.runner, message.incarnation, message.interval)
+        if peer is None:
+            return
+        peer.stats = message.stats
+        if message.digest != peer.digest:
+            await self._bus.send(BusRegistryRequestMessage(
+                source=self._runner, target=message.runner, runner=self._runner))
+        if not known:
+            self.local_changed()  # a newcomer: make sure it hears about us too
+
+    async def _on_snapshot(self, message: BusWorkerRegistryMessage) -> None:
+        existing = self._peers.get(message.runner)
+        interval = existing.interval if existing else self._settings.heartbeat_interval
+        first_contact = existing is None
+        peer = await self._meet(message.runner, message.incarnation, interval)
+        if peer is None:
+            return
+        peer.digest = message.digest
+        listed = {entry.name for entry in message.workers}
+        for data in self._registry.workers_of(message.runner):
+            if data.worker_name not in listed:
+                await self._registry.unregister(data.worker_name, reason="stopped")
+        for entry in message.workers:
+            await self._registry.register(WorkerReadyData(
+                worker_name=entry.name, runner=message.runner,
+                incarnation=message.incarnation, parent=entry.parent))
+        if first_contact:
+            self.local_changed()
+
+    async def _on_leave(self, message: BusRunnerLeaveMessage) -> None:
+        peer = self._peers.get(message.runner)
+        if peer is not None and message.incarnation < peer.incarnation:
+            return
+        self._peers.pop(message.runner, None)
+        await self._registry.remove_runner(message.runner, reason="left")
