@@ -15,7 +15,8 @@ class Settings:
         heartbeat_interval: Seconds between heartbeats on a network bus.
         lost_after: Missed heartbeat intervals after which a runner counts as lost.
         data_queue_size: Data messages a subscriber may have waiting before new ones are dropped.
-        event_queue_size: Job events a ``job()``/``job_group()`` block may have waiting.
+        event_queue_size: Job events a ``job()``/``job_group()`` block may have unread.
+        event_wait: Seconds a full event queue waits for its reader before dropping.
     """
 
     end_grace: float = 10.0
@@ -24,6 +25,7 @@ class Settings:
     lost_after: int = 3
     data_queue_size: int = 10_000
     event_queue_size: int = 10_000
+    event_wait: float = 5.0
 
 
 DEFAULT_SETTINGS = Settings()

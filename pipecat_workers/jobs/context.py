@@ -49,6 +49,11 @@ class JobGroupContext:
         return self._started().statuses
 
     @property
+    def events_dropped(self) -> int:
+        """Events lost because the block did not read them fast enough (normally 0)."""
+        return self._started().events_dropped
+
+    @property
     def result(self) -> JobGroupResponse:
         """Responses and statuses together."""
         return self._started().result()
@@ -59,11 +64,9 @@ class JobGroupContext:
         return self._group
 
     async def __aenter__(self) -> JobGroupContext:
-        limit = self._requester._settings.event_queue_size
-        self._group = await self._requester.create_job_group_and_request_job(
-            list(self._worker_names), name=self._name, payload=self._payload,
-            timeout=self._timeout, cancel_on_error=self._cancel_on_error, _event_limit=limit,
-        )
+        self._group = await self._requester._open_group(
+            self._worker_names, name=self._name, payload=self._payload, timeout=self._timeout,
+            cancel_on_error=self._cancel_on_error, collect_events=True)
         return self
 
     def __aiter__(self) -> JobGroupContext:
@@ -80,6 +83,7 @@ class JobGroupContext:
         tb: TracebackType | None,
     ) -> None:
         group = self._started()
+        group.stop_reading()
         if exc_type is not None:
             await self._cancel_if_live(group)
             return
@@ -128,7 +132,10 @@ class JobContext(JobGroupContext):
         return self._started().statuses.get(self._worker_name)
 
     async def __aenter__(self) -> JobContext:
-        await super().__aenter__()
+        try:
+            await super().__aenter__()
+        except JobGroupError as error:
+            raise _single(error) from None
         return self
 
     def __aiter__(self) -> JobContext:
@@ -144,5 +151,10 @@ class JobContext(JobGroupContext):
         try:
             await group.wait()
         except JobGroupError as error:
-            raise JobError(error.reason, job_id=error.job_id, responses=error.responses,
-                           statuses=error.statuses) from None
+            raise _single(error) from None
+
+
+def _single(error: JobGroupError) -> JobError:
+    """The single-job form of a group error (a single job is a group of one)."""
+    return JobError(error.reason, job_id=error.job_id, responses=error.responses,
+                    statuses=error.statuses)

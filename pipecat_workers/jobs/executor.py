@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pipecat_workers.bus.messages import (
@@ -158,17 +159,23 @@ class JobExecutorMixin:
         self._emit("on_job_request", message)
 
     async def _run_job(self, spec: JobHandlerSpec | None, message: BusJobRequestMessage) -> None:
+        """Run one handler; make sure the job gets an answer when it returns or raises.
+
+        A ``@job`` handler that returns without answering completes the job with what it
+        returned (a dict, or nothing). ``on_job_request`` may answer later from elsewhere, so
+        only a dict it returns answers for it.
+        """
         job_id = message.job_id
+        handler: Callable[[BusJobRequestMessage], Awaitable[Any]] = (
+            self.on_job_request if spec is None else getattr(self, spec.attribute))
         try:
-            if spec is None:
-                result = await self.on_job_request(message)
-            elif spec.sequential:
+            if spec is not None and spec.sequential:
                 async with self._job_lock(spec.name):
-                    result = await getattr(self, spec.attribute)(message)
+                    result = await handler(message)
             else:
-                result = await getattr(self, spec.attribute)(message)
-            if isinstance(result, dict) and job_id in self._active_jobs:
-                await self.send_job_response(job_id, result)
+                result = await handler(message)
+            if job_id in self._active_jobs and (spec is not None or isinstance(result, dict)):
+                await self.send_job_response(job_id, result if isinstance(result, dict) else None)
         except asyncio.CancelledError:
             pass  # the cancel path answers
         except Exception as exc:

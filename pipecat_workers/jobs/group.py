@@ -25,7 +25,7 @@ class JobGroup:
 
     __slots__ = ("job_id", "worker_names", "responses", "statuses", "cancel_on_error",
                  "pending", "error", "timer", "_done", "_events", "_event_limit",
-                 "_events_dropped", "_waiter")
+                 "_events_dropped", "_event_wait", "_waiter", "_reading", "_room")
 
     def __init__(
         self, job_id: str, worker_names: tuple[str, ...], *, cancel_on_error: bool,
@@ -42,8 +42,11 @@ class JobGroup:
         self._done: asyncio.Future[None] = loop.create_future()
         self._events: deque[RawEvent] | None = None
         self._event_limit = 0
+        self._event_wait = 0.0
         self._events_dropped = 0
         self._waiter: asyncio.Future[None] | None = None
+        self._reading = False
+        self._room: asyncio.Future[None] | None = None
 
     @property
     def done(self) -> bool:
@@ -81,6 +84,7 @@ class JobGroup:
         self.error = error
         self._done.set_result(None)
         self._wake()
+        self._free_room()
 
     async def wait_ended(self) -> None:
         """Wait for the end, whatever it was; never raises (for shutdown bookkeeping)."""
@@ -102,24 +106,68 @@ class JobGroup:
 
     # -- intermediate events ------------------------------------------------------------
 
-    def collect_events(self, limit: int) -> None:
-        """Start keeping events for an ``async for`` reader (at most ``limit`` unread)."""
+    def collect_events(self, limit: int, wait: float) -> None:
+        """Start keeping events for an ``async for`` reader.
+
+        Args:
+            limit: How many events may be unread.
+            wait: How long a full queue waits for an iterating reader before dropping.
+        """
         if self._events is None:
             self._events = deque()
             self._event_limit = limit
+            self._event_wait = wait
 
-    def push_event(self, event: RawEvent) -> None:
+    @property
+    def events_dropped(self) -> int:
+        """Events dropped because nobody was reading and ``limit`` were unread."""
+        return self._events_dropped
+
+    def push_event(self, event: RawEvent) -> bool:
+        """Queue an event for the reader; False if it is full (the caller may wait for room)."""
         events = self._events
         if events is None:
-            return
+            return True
         if len(events) >= self._event_limit:
-            self._events_dropped += 1
-            if self._events_dropped == 1:
-                logger.warning("job %s: %d unread events, dropping new ones", self.job_id,
-                               self._event_limit)
-            return
+            return False
         events.append(event)
         self._wake()
+        return True
+
+    async def put_event(self, event: RawEvent) -> bool:
+        """Queue an event; if full, wait while a reader is iterating, else drop it.
+
+        Waiting here holds up the requester's data messages, so the bus slows the sender to
+        the reader's pace instead of losing stream chunks. The wait is bounded, because a
+        reader may itself be waiting for a message stuck behind this one. Returns False if
+        the event was dropped.
+        """
+        while not self.push_event(event):
+            if self._reading and not self._done.done():
+                self._room = room = asyncio.get_running_loop().create_future()
+                try:
+                    await asyncio.wait_for(room, self._event_wait)
+                    continue
+                except TimeoutError:
+                    pass  # the reader is stuck (perhaps on this very requester): drop
+            self._events_dropped += 1
+            if self._events_dropped == 1:
+                logger.warning("job %s: %d events unread and the reader is not keeping up; "
+                               "dropping new ones", self.job_id, self._event_limit)
+            return False
+        return True
+
+    def stop_reading(self) -> None:
+        """The reader is gone (its block exited): never wait for it again."""
+        self._reading = False
+        self._free_room()
+
+    def _free_room(self) -> None:
+        room = self._room
+        if room is not None:
+            self._room = None
+            if not room.done():
+                room.set_result(None)
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -132,8 +180,11 @@ class JobGroup:
         """The next unread event; ``None`` once the group has ended and all were read."""
         events = self._events
         assert events is not None, "collect_events() first"
+        self._reading = True
         while True:
             if events:
+                if self._room is not None:
+                    self._free_room()
                 return events.popleft()
             if self._done.done():
                 return None

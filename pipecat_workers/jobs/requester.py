@@ -26,7 +26,7 @@ from pipecat_workers.bus.messages import (
 )
 from pipecat_workers.errors import ConfigurationError, JobGroupError
 from pipecat_workers.jobs.context import JobContext, JobGroupContext
-from pipecat_workers.jobs.group import JobGroup
+from pipecat_workers.jobs.group import JobGroup, RawEvent
 from pipecat_workers.jobs.types import JobEventType, JobGroupResponse, JobStatus
 from pipecat_workers.types import WorkerLostData
 
@@ -154,7 +154,7 @@ class JobRequesterMixin:
     async def create_job_group_and_request_job(
         self, worker_names: list[str], *, name: str | None = None,
         payload: dict[str, Any] | None = None, timeout: float | None = None,
-        cancel_on_error: bool = True, _event_limit: int = 0,
+        cancel_on_error: bool = True,
     ) -> JobGroup:
         """Wait for the workers, create the group, send the requests; do not wait for answers.
 
@@ -163,6 +163,16 @@ class JobRequesterMixin:
                 repeats.
             JobGroupError: if the workers are not all ready within ``timeout``.
         """
+        return await self._open_group(worker_names, name=name, payload=payload,
+                                      timeout=timeout, cancel_on_error=cancel_on_error)
+
+    async def _open_group(
+        self, worker_names: list[str] | tuple[str, ...], *, name: str | None,
+        payload: dict[str, Any] | None, timeout: float | None, cancel_on_error: bool,
+        collect_events: bool = False,
+    ) -> JobGroup:
+        """The work of :meth:`create_job_group_and_request_job`; with ``collect_events``,
+        events are kept for an ``async for`` reader from before the first request leaves."""
         names = tuple(worker_names)
         if not names:
             raise ConfigurationError("a job needs at least one worker name")
@@ -181,8 +191,8 @@ class JobRequesterMixin:
                 await self._wait_ready(names, deadline, timeout)
                 break
         group = JobGroup(new_job_id(), names, cancel_on_error=cancel_on_error, loop=loop)
-        if _event_limit:
-            group.collect_events(_event_limit)
+        if collect_events:
+            group.collect_events(self._settings.event_queue_size, self._settings.event_wait)
         if not self._job_groups:
             registry.add_departure_listener(self._on_peer_departed)
         self._job_groups[group.job_id] = group
@@ -282,14 +292,14 @@ class JobRequesterMixin:
         self._emit("on_job_update", message)
         group = self._job_groups.get(message.job_id)
         if group is not None and message.source in group.pending:
-            group.push_event((JobEventType.UPDATE, message.source, message.update))
+            await self._put_event(group, (JobEventType.UPDATE, message.source, message.update))
 
     async def _handle_stream_start(self, message: BusJobStreamStartMessage) -> None:
         await self.on_job_stream_start(message)
         self._emit("on_job_stream_start", message)
         group = self._job_groups.get(message.job_id)
         if group is not None and message.source in group.pending:
-            group.push_event((JobEventType.STREAM_START, message.source, message.data))
+            await self._put_event(group, (JobEventType.STREAM_START, message.source, message.data))
 
     async def _handle_stream_data(self, message: BusJobStreamDataMessage) -> None:
         await self.on_job_stream_data(message)
@@ -297,7 +307,7 @@ class JobRequesterMixin:
             self._emit("on_job_stream_data", message)
         group = self._job_groups.get(message.job_id)
         if group is not None and message.source in group.pending:
-            group.push_event((JobEventType.STREAM_DATA, message.source, message.data))
+            await self._put_event(group, (JobEventType.STREAM_DATA, message.source, message.data))
 
     async def _handle_stream_end(self, message: BusJobStreamEndMessage) -> None:
         group = self._job_groups.get(message.job_id)
@@ -306,8 +316,12 @@ class JobRequesterMixin:
         await self.on_job_stream_end(message)
         self._emit("on_job_stream_end", message)
         if group is not None:
-            group.push_event((JobEventType.STREAM_END, message.source, message.data))
+            await self._put_event(group, (JobEventType.STREAM_END, message.source, message.data))
             await self._settle(group, message.source, JobStatus.COMPLETED, message.data, message)
+
+    async def _put_event(self, group: JobGroup, event: RawEvent) -> None:
+        if not await group.put_event(event) and self._stats is not None:
+            self._stats.events_dropped += 1
 
     async def _on_peer_departed(self, lost: WorkerLostData) -> None:
         for group in list(self._job_groups.values()):

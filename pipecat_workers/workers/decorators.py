@@ -65,29 +65,43 @@ def collect_handlers(cls: type) -> tuple[dict[str, JobHandlerSpec], dict[str, st
     Raises:
         ConfigurationError: if two different methods claim the same job or worker name.
     """
-    seen: set[str] = set()
     jobs: dict[str, JobHandlerSpec] = {}
     ready: dict[str, str] = {}
-    for klass in cls.__mro__:
-        for attribute, value in vars(klass).items():
-            if attribute in seen:
-                continue  # overridden by a subclass
-            seen.add(attribute)
-            job_mark = getattr(value, _JOB_MARK, None)
-            if job_mark is not None:
-                job_name, sequential = job_mark
-                if job_name in jobs:
-                    raise ConfigurationError(
-                        f"{cls.__qualname__}: job '{job_name}' is handled by both "
-                        f"'{jobs[job_name].attribute}' and '{attribute}'"
-                    )
-                jobs[job_name] = JobHandlerSpec(attribute, job_name, sequential)
-            ready_mark = getattr(value, _READY_MARK, None)
-            if ready_mark is not None:
-                if ready_mark in ready:
-                    raise ConfigurationError(
-                        f"{cls.__qualname__}: @worker_ready('{ready_mark}') is on both "
-                        f"'{ready[ready_mark]}' and '{attribute}'"
-                    )
-                ready[ready_mark] = attribute
+    for attribute in _attribute_names(cls):
+        # The mark of the most derived definition that has one: overriding a handler without
+        # repeating the decorator keeps it a handler (the override runs).
+        job_mark = _first_mark(cls, attribute, _JOB_MARK)
+        if job_mark is not None:
+            job_name, sequential = job_mark
+            if job_name in jobs:
+                raise ConfigurationError(
+                    f"{cls.__qualname__}: job '{job_name}' is handled by both "
+                    f"'{jobs[job_name].attribute}' and '{attribute}'"
+                )
+            jobs[job_name] = JobHandlerSpec(attribute, job_name, sequential)
+        ready_mark = _first_mark(cls, attribute, _READY_MARK)
+        if ready_mark is not None:
+            if ready_mark in ready:
+                raise ConfigurationError(
+                    f"{cls.__qualname__}: @worker_ready('{ready_mark}') is on both "
+                    f"'{ready[ready_mark]}' and '{attribute}'"
+                )
+            ready[ready_mark] = attribute
     return jobs, ready
+
+
+def _attribute_names(cls: type) -> list[str]:
+    names: dict[str, None] = {}
+    for klass in cls.__mro__:
+        names.update(dict.fromkeys(vars(klass)))
+    return list(names)
+
+
+def _first_mark(cls: type, attribute: str, mark: str) -> Any:
+    for klass in cls.__mro__:
+        value = vars(klass).get(attribute)
+        if value is not None:
+            found = getattr(value, mark, None)
+            if found is not None:
+                return found
+    return None

@@ -47,6 +47,7 @@ class RunnerStats:
     jobs_failed: int = 0
     jobs_errored: int = 0
     jobs_cancelled: int = 0
+    events_dropped: int = 0
 
     def count_answer(self, status: JobStatus) -> None:
         if status == JobStatus.COMPLETED:
@@ -355,6 +356,7 @@ class WorkerRunner(EventEmitter):
                 "requested": s.jobs_requested, "running": running,
                 "completed": s.jobs_completed, "failed": s.jobs_failed,
                 "errored": s.jobs_errored, "cancelled": s.jobs_cancelled,
+                "events_dropped": s.events_dropped,
             },
             "workers": {
                 name: {"state": str(w.state), "active": w.active, "parent": w.parent,
