@@ -31,6 +31,9 @@ from pipecat_workers.types import WorkerReadyData, WorkerRegistryEntry
 
 logger = logging.getLogger("pipecat_workers.membership")
 
+_MEMBERSHIP_MESSAGES = (BusHeartbeatMessage, BusWorkerRegistryMessage, BusRegistryRequestMessage,
+                        BusRunnerLeaveMessage, BusWorkerStoppedMessage)
+
 
 @dataclass(slots=True)
 class Peer:
@@ -122,6 +125,11 @@ class Membership:
 
     async def handle(self, message: BusMessage) -> bool:
         """Apply a membership message from another runner; False if it is not one."""
+        if getattr(message, "runner", None) == self._runner and not isinstance(
+                message, BusRegistryRequestMessage):
+            # About this runner itself (its workers' stop notices, say): the registry
+            # already knows, and a worker that stopped may have a successor by now.
+            return isinstance(message, _MEMBERSHIP_MESSAGES)
         if isinstance(message, BusHeartbeatMessage):
             await self._on_heartbeat(message)
         elif isinstance(message, BusWorkerRegistryMessage):

@@ -32,8 +32,9 @@ from pipecat_workers.events import EventEmitter
 from pipecat_workers.jobs.types import JobStatus
 from pipecat_workers.registry import WorkerRegistry
 from pipecat_workers.settings import DEFAULT_SETTINGS, Settings
-from pipecat_workers.types import WorkerErrorData
+from pipecat_workers.types import WorkerErrorData, WorkerRegistryEntry
 from pipecat_workers.workers.base import BaseWorker, WorkerState
+from pipecat_workers.workers.membership import Membership
 
 logger = logging.getLogger("pipecat_workers.runner")
 
@@ -100,6 +101,10 @@ class WorkerRunner(EventEmitter):
         self._roots_started = 0
         self._signalled = False
         self._cancelled = False
+        self._membership = Membership(
+            runner=self._name, incarnation=self._incarnation, bus=self._bus,
+            registry=self._registry, settings=self._settings, entries=self._registry_entries,
+            stats=self.stats)
         self._bus.subscribe(self, role="runner")
 
     # -- properties -------------------------------------------------------------------
@@ -171,6 +176,7 @@ class WorkerRunner(EventEmitter):
             self._roots_started += 1
         try:
             await worker.start()
+            self._membership.local_changed()
         except Exception as exc:
             logger.exception("worker '%s' failed to start", worker.name)
             self._emit("on_error", WorkerErrorData(worker_name=worker.name, error=str(exc)))
@@ -203,9 +209,11 @@ class WorkerRunner(EventEmitter):
         self._auto_end = auto_end
         self._signalled = self._cancelled = False
         signals = self._install_signal_handlers(loop)
+        owns_bus = not self._bus.running  # a bus someone else started is theirs to stop
         try:
             await self._bus.start()
             self._running = True
+            await self._membership.start()
             for worker in list(self._workers.values()):
                 await self._start_worker(worker)
             if auto_end and self._roots_started and not any(
@@ -221,8 +229,10 @@ class WorkerRunner(EventEmitter):
             await self._stop_workers(graceful=self._shutdown.result() == "end")
         finally:
             self._running = False
+            await self._membership.stop()
             await self._wait_event_handlers(self._settings.cancel_timeout)
-            await self._bus.stop()
+            if owns_bus:
+                await self._bus.stop()
             self._remove_signal_handlers(loop, signals)
 
     def _request_shutdown(self, why: str) -> None:
@@ -320,7 +330,7 @@ class WorkerRunner(EventEmitter):
 
     async def on_bus_message(self, message: BusMessage) -> None:
         """React to session-wide messages and to children being added."""
-        if message.source == self._name:
+        if message.source == self._name or await self._membership.handle(message):
             return
         if isinstance(message, BusEndMessage):
             await self.end(message.reason)
@@ -341,6 +351,17 @@ class WorkerRunner(EventEmitter):
             data = WorkerErrorData(worker_name=child.name, error=str(exc))
             await parent.on_worker_failed(data)
             parent._emit("on_worker_failed", data)
+
+    def _registry_entries(self) -> list[WorkerRegistryEntry]:
+        """This runner's registered workers, as announced to its peers."""
+        entries = []
+        for name in self._registry.local_workers:
+            worker = self._workers.get(name)
+            if worker is not None:
+                entries.append(WorkerRegistryEntry(
+                    name=name, parent=worker.parent, active=worker.active,
+                    bridged=worker.bridged, started_at=worker.started_at))
+        return entries
 
     # -- observability ----------------------------------------------------------------
 

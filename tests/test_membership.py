@@ -1,0 +1,206 @@
+"""Runners sharing one bus find each other's workers, and forget them when they go.
+
+Two runners on one in-process bus stand in for two processes: the protocol (heartbeats,
+digests, snapshots, leave, loss, incarnations) is the one the network buses carry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from pipecat_workers import (
+    BaseWorker,
+    JobError,
+    JobStatus,
+    Settings,
+    WorkerLostData,
+    WorkerReadyData,
+    WorkerRegistryEntry,
+    WorkerRunner,
+    job,
+)
+from pipecat_workers.bus import (
+    AsyncQueueBus,
+    BusHeartbeatMessage,
+    BusJobRequestMessage,
+    BusRegistryRequestMessage,
+    BusRunnerLeaveMessage,
+    BusWorkerRegistryMessage,
+)
+from tests.helpers import Recorder, running, wait_until
+
+FAST = Settings(heartbeat_interval=0.05, lost_after=3, end_grace=1.0, cancel_timeout=0.5)
+
+
+class Echo(BaseWorker):
+    @job("echo")
+    async def echo(self, message: BusJobRequestMessage) -> dict[str, str]:
+        return {"from": self.name}
+
+    @job("hang")
+    async def hang(self, message: BusJobRequestMessage) -> None:
+        await asyncio.Event().wait()
+
+
+class Watcher(BaseWorker):
+    def __init__(self, name: str, watch: str) -> None:
+        super().__init__(name)
+        self.target = watch
+        self.events: list[tuple[str, str]] = []
+
+    async def on_activated(self, args: object) -> None:
+        await self.watch_workers(self.target)
+
+    async def on_worker_ready(self, data: WorkerReadyData) -> None:
+        self.events.append(("ready", data.worker_name))
+
+    async def on_worker_lost(self, data: WorkerLostData) -> None:
+        self.events.append(("lost", f"{data.worker_name}:{data.reason}"))
+
+
+@pytest.fixture
+async def bus():
+    shared = AsyncQueueBus()
+    await shared.start()  # started here, so no runner stops it under the others
+    yield shared
+    await shared.close()
+
+
+def runner_on(bus: AsyncQueueBus, name: str, settings: Settings = FAST) -> WorkerRunner:
+    return WorkerRunner(name=name, bus=bus, handle_sigint=False, settings=settings)
+
+
+async def test_two_runners_discover_each_other_and_run_jobs_across(bus) -> None:
+    a, b = runner_on(bus, "runner-a"), runner_on(bus, "runner-b")
+    client = BaseWorker("client")
+    await a.add_workers(client, Echo("echo-a"))
+    await b.add_workers(Echo("echo-b"))
+    async with running(a), running(b):
+        await wait_until(lambda: "echo-b" in a.registry and "echo-a" in b.registry)
+        assert a.registry.get("echo-b").runner == "runner-b"
+        assert b.registry.get("client").runner == "runner-a"
+        assert sorted(a.registry.remote_workers) == ["echo-b"]
+        async with client.job("echo-b", name="echo", timeout=2) as j:
+            pass
+        assert j.response == {"from": "echo-b"}
+
+
+async def test_a_newcomer_started_right_after_its_peers_is_never_lost(bus) -> None:
+    for round_ in range(20):
+        a, b = runner_on(bus, f"a{round_}"), runner_on(bus, f"b{round_}")
+        await a.add_workers(Echo(f"wa{round_}"))
+        await b.add_workers(Echo(f"wb{round_}"))
+        async with running(a), running(b):
+            await wait_until(lambda: f"wb{round_}" in a.registry and f"wa{round_}" in b.registry,
+                             timeout=1.0)
+
+
+async def test_a_runner_that_leaves_is_forgotten_at_once_and_its_jobs_end(bus) -> None:
+    a, b = runner_on(bus, "runner-a"), runner_on(bus, "runner-b")
+    watcher = Watcher("watcher", "remote")
+    await a.add_workers(watcher)
+    await b.add_workers(Echo("remote"))
+    async with running(a):
+        b_task = asyncio.get_running_loop().create_task(b.run(auto_end=False))
+        await wait_until(lambda: ("ready", "remote") in watcher.events)
+        pending = asyncio.ensure_future(watcher.job("remote", name="hang").__aenter__())
+        job_ctx = await asyncio.wait_for(pending, 2)
+        started = asyncio.get_running_loop().time()
+        await b.cancel(reason="going away")
+        await asyncio.wait_for(b_task, 5)
+        with pytest.raises(JobError, match="remote"):
+            await asyncio.wait_for(job_ctx.__aexit__(None, None, None), 2)
+        assert asyncio.get_running_loop().time() - started < 2
+        assert "remote" not in a.registry
+        assert watcher.events[-1][0] == "lost"
+        assert job_ctx.status in (JobStatus.ERROR, JobStatus.CANCELLED)
+
+
+async def fake_runner(bus: AsyncQueueBus, name: str, incarnation: float, workers: list[str],
+                      *, digest: str = "d") -> None:
+    await bus.send(BusWorkerRegistryMessage(
+        source=name, runner=name, incarnation=incarnation, digest=digest,
+        workers=[WorkerRegistryEntry(name=w) for w in workers]))
+    await bus.send(BusHeartbeatMessage(source=name, runner=name, incarnation=incarnation,
+                                       digest=digest, interval=0.05))
+
+
+async def test_a_silent_runner_is_lost_after_three_intervals(bus) -> None:
+    a = runner_on(bus, "runner-a")
+    watcher = Watcher("watcher", "ghost-worker")
+    await a.add_workers(watcher)
+    async with running(a):
+        await fake_runner(bus, "ghost", 1.0, ["ghost-worker"])
+        await wait_until(lambda: ("ready", "ghost-worker") in watcher.events)
+        loop = asyncio.get_running_loop()
+        silent_since = loop.time()
+        await wait_until(lambda: "ghost-worker" not in a.registry, timeout=2)
+        assert loop.time() - silent_since >= 3 * 0.05 * 0.9
+        assert watcher.events[-1] == ("lost", "ghost-worker:lost")
+        assert "ghost" not in a._membership.peers
+
+
+async def test_a_new_incarnation_replaces_the_old_and_watches_fire_again(bus) -> None:
+    a = runner_on(bus, "runner-a")
+    watcher = Watcher("watcher", "w")
+    await a.add_workers(watcher)
+    async with running(a):
+        await fake_runner(bus, "peer", 1.0, ["w"], digest="one")
+        await wait_until(lambda: ("ready", "w") in watcher.events)
+        await fake_runner(bus, "peer", 2.0, ["w"], digest="two")
+        await wait_until(lambda: watcher.events.count(("ready", "w")) == 2)
+        assert ("lost", "w:replaced") in watcher.events
+        assert a.registry.get("w").incarnation == 2.0
+        # the old incarnation is not heard any more
+        await bus.send(BusWorkerRegistryMessage(source="peer", runner="peer", incarnation=1.0,
+                                                workers=[WorkerRegistryEntry(name="old")]))
+        await bus.send(BusRunnerLeaveMessage(source="peer", runner="peer", incarnation=1.0))
+        await asyncio.sleep(0.02)
+        assert "old" not in a.registry and "w" in a.registry
+
+
+async def test_an_unknown_digest_asks_for_the_full_snapshot(bus) -> None:
+    a = runner_on(bus, "runner-a", Settings(heartbeat_interval=10))
+    peer = Recorder("peer")
+    bus.subscribe(peer, role="runner")
+    async with running(a):
+        await bus.send(BusHeartbeatMessage(source="peer", runner="peer", incarnation=1.0,
+                                           digest="new", interval=10))
+        request = await peer.wait_for(lambda m: isinstance(m, BusRegistryRequestMessage))
+        assert request.target == "peer" and request.runner == "runner-a"
+        # the snapshot that answers it reconciles: listed workers added, others removed
+        await fake_runner(bus, "peer", 1.0, ["x", "y"], digest="new")
+        await wait_until(lambda: "x" in a.registry and "y" in a.registry)
+        await fake_runner(bus, "peer", 1.0, ["y"], digest="newer")
+        await wait_until(lambda: "x" not in a.registry)
+        assert "y" in a.registry
+
+
+async def test_a_registry_request_is_answered_with_a_snapshot(bus) -> None:
+    a = runner_on(bus, "runner-a", Settings(heartbeat_interval=10))
+    await a.add_workers(Echo("e1"), Echo("e2"))
+    peer = Recorder("peer")
+    bus.subscribe(peer, role="runner")
+    async with running(a):
+        await bus.send(BusRegistryRequestMessage(source="peer", target="runner-a", runner="peer"))
+        snapshot = await peer.wait_for(
+            lambda m: isinstance(m, BusWorkerRegistryMessage) and m.target == "peer")
+        assert sorted(e.name for e in snapshot.workers) == ["e1", "e2"]
+        assert snapshot.digest == a.registry.digest()
+        assert snapshot.incarnation == a.incarnation
+
+
+async def test_a_worker_stopping_in_a_peer_leaves_this_registry(bus) -> None:
+    a, b = runner_on(bus, "runner-a"), runner_on(bus, "runner-b")
+    watcher = Watcher("watcher", "remote")
+    remote = Echo("remote")
+    await a.add_workers(watcher)
+    await b.add_workers(remote, Echo("other"))
+    async with running(a), running(b):
+        await wait_until(lambda: ("ready", "remote") in watcher.events)
+        await remote.stop()
+        await wait_until(lambda: "remote" not in a.registry)
+        assert watcher.events[-1] == ("lost", "remote:stopped")
+        assert "other" in a.registry
