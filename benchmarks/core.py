@@ -144,7 +144,7 @@ def run(bench: Benchmark, scale: Scale) -> Row:
     try:
         result = bench.fn(scale)
         value, notes, details, valid = result.value, result.notes, result.details, result.valid
-    except Exception as exc:  # noqa: BLE001 - a report: show the failure, run the rest
+    except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
         details = {"traceback": traceback.format_exc()}
     return Row(bench.key, bench.group, bench.workload, bench.unit, bench.target, value, notes,

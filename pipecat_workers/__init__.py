@@ -17,8 +17,8 @@ from pipecat_workers.errors import (
     MessageTooLargeError,
     MissingDependencyError,
     SerializationError,
-    WorkerStateError,
     WorkersError,
+    WorkerStateError,
 )
 from pipecat_workers.jobs.context import JobContext, JobGroupContext
 from pipecat_workers.jobs.group import JobGroup
@@ -72,6 +72,7 @@ __all__ = [
     "WorkerRegistryEntry",
     "WorkerRunner",
     "WorkerState",
+    "WorkerStateError",
     "WorkersError",
     "job",
     "worker_ready",

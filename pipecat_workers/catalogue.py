@@ -60,12 +60,11 @@ def register_message(cls: T | None = None, *, name: str | None = None) -> T | Ca
             )
         wire_name = name or klass.__name__
         taken = _by_name.get(wire_name)
-        if taken is not None and taken is not klass:
-            if f"{taken.__module__}.{taken.__qualname__}" != f"{klass.__module__}.{klass.__qualname__}":
-                raise ConfigurationError(
-                    f"register_message: name '{wire_name}' is already used by "
-                    f"{taken.__module__}.{taken.__qualname__}"
-                )
+        # The same class defined again (a module reloaded) may take its name back.
+        if taken is not None and taken is not klass and _path(taken) != _path(klass):
+            raise ConfigurationError(
+                f"register_message: name '{wire_name}' is already used by {_path(taken)}"
+            )
         old = _by_type.get(klass)
         if old is not None and old != wire_name:
             del _by_name[old]
@@ -76,6 +75,10 @@ def register_message(cls: T | None = None, *, name: str | None = None) -> T | Ca
     if cls is not None:
         return decorate(cls)
     return decorate
+
+
+def _path(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def type_name(cls: type) -> str | None:

@@ -60,8 +60,9 @@ class EventEmitter:
             return
         if self._event_tasks is None:
             self._event_tasks = {}
+        loop = asyncio.get_running_loop()
         for handler in handlers:
-            task = asyncio.get_running_loop().create_task(self._run_event(event_name, handler, args))
+            task = loop.create_task(self._run_event(event_name, handler, args))
             self._event_tasks[task] = None
             task.add_done_callback(self._event_tasks.pop)
 

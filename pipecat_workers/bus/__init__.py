@@ -8,7 +8,6 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from pipecat_workers.catalogue import register_message
 from pipecat_workers.bus.core import BusSubscriber, WorkerBus
 from pipecat_workers.bus.local import AsyncQueueBus
 from pipecat_workers.bus.messages import (
@@ -47,6 +46,7 @@ from pipecat_workers.bus.messages import (
     FrameDirection,
 )
 from pipecat_workers.bus.serializer import Envelope, JSONMessageSerializer, MessageSerializer
+from pipecat_workers.catalogue import register_message
 from pipecat_workers.errors import MissingDependencyError
 
 # name -> (backend module, driver module it needs, extra that installs the driver)

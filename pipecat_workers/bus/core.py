@@ -16,7 +16,7 @@ import asyncio
 import logging
 from abc import ABC, abstractmethod
 from collections import deque
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, Self
 
 from pipecat_workers.bus.messages import SYSTEM_PRIORITY, BusLocalMessage, BusMessage
 from pipecat_workers.errors import BusClosedError, ConfigurationError
@@ -195,7 +195,7 @@ class WorkerBus(ABC):
         await self.stop()
         self._closed = True
 
-    async def __aenter__(self) -> WorkerBus:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
@@ -221,7 +221,8 @@ class WorkerBus(ABC):
         if existing is not None:
             if existing.subscriber is subscriber:
                 return
-            raise ConfigurationError(f"a subscriber named '{subscriber.name}' is already on the bus")
+            raise ConfigurationError(
+                f"a subscriber named '{subscriber.name}' is already on the bus")
         mailbox = Mailbox(self, subscriber, role)
         book[subscriber.name] = mailbox
         self._everyone.append(mailbox)
@@ -313,7 +314,7 @@ class WorkerBus(ABC):
     def stats(self) -> dict[str, Any]:
         """Message counters by type: sent, received from other processes, dropped."""
         def names(counts: dict[type, int]) -> dict[str, int]:
-            return {cls.__name__: n for cls, n in sorted(counts.items(), key=lambda i: i[0].__name__)}
+            return dict(sorted((cls.__name__, n) for cls, n in counts.items()))
 
         return {
             "sent": names(self._sent),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from pipecat_workers.errors import JobError, JobGroupError
 from pipecat_workers.jobs.group import JobGroup
@@ -63,7 +63,7 @@ class JobGroupContext:
             raise RuntimeError("the job has not been sent yet: use 'async with'")
         return self._group
 
-    async def __aenter__(self) -> JobGroupContext:
+    async def __aenter__(self) -> Self:
         self._group = await self._requester._open_group(
             self._worker_names, name=self._name, payload=self._payload, timeout=self._timeout,
             cancel_on_error=self._cancel_on_error, collect_events=True)
@@ -131,7 +131,7 @@ class JobContext(JobGroupContext):
         """The worker's final status, or ``None`` until it answers."""
         return self._started().statuses.get(self._worker_name)
 
-    async def __aenter__(self) -> JobContext:
+    async def __aenter__(self) -> Self:
         try:
             await super().__aenter__()
         except JobGroupError as error:

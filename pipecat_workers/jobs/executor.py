@@ -40,7 +40,11 @@ class JobExecutorMixin:
     """Runs the jobs other workers send; mixed into :class:`BaseWorker`."""
 
     # Provided by BaseWorker.
-    name: str
+    if TYPE_CHECKING:
+
+        @property
+        def name(self) -> str: ...
+
     _settings: Settings
     _stats: RunnerStats | None
     _active_jobs: dict[str, BusJobRequestMessage]

@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 from pipecat_workers.bus.messages import (
     BusJobCancelMessage,
+    BusJobRequestMessage,
     BusJobResponseMessage,
     BusJobStreamDataMessage,
     BusJobStreamEndMessage,
     BusJobStreamStartMessage,
     BusJobUpdateMessage,
     BusJobUpdateRequestMessage,
-    BusJobRequestMessage,
     BusMessage,
 )
 from pipecat_workers.errors import ConfigurationError, JobGroupError
@@ -65,7 +65,11 @@ class JobRequesterMixin:
     """Sends jobs and collects their answers; mixed into :class:`BaseWorker`."""
 
     # Provided by BaseWorker.
-    name: str
+    if TYPE_CHECKING:
+
+        @property
+        def name(self) -> str: ...
+
     registry: WorkerRegistry
     _settings: Settings
     _stats: RunnerStats | None
@@ -244,7 +248,7 @@ class JobRequesterMixin:
         if not self._job_groups:
             self.registry.remove_departure_listener(self._on_peer_departed)
 
-    def _on_group_timeout(self, job_id: str, timeout: float) -> None:
+    def _on_group_timeout(self, job_id: str, timeout: float | None) -> None:
         group = self._job_groups.get(job_id)
         if group is not None:
             group.timer = None
