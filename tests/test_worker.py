@@ -1133,3 +1133,28 @@ async def test_subclass_overriding_a_job_method_replaces_it() -> None:
         assert await within(ask("sub", "greet")) == {"by": "sub"}
         assert await within(ask("sub", "other")) == {"by": "base-other"}  # inherited
         assert await within(ask("base", "greet")) == {"by": "base"}
+
+
+async def test_tasks_a_worker_creates_are_cancelled_when_it_stops() -> None:
+    worker = BaseWorker("owner")
+    cancelled: list[str] = []
+
+    async def forever(tag: str) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.append(tag)
+            raise
+
+    async def quick() -> int:
+        return 7
+
+    async with running(worker):
+        done = worker.create_task(quick())
+        assert await within(done) == 7
+        tasks = [worker.create_task(forever(tag)) for tag in ("a", "b")]
+        await asyncio.sleep(0)
+        await within(worker.stop())
+        assert sorted(cancelled) == ["a", "b"]
+        assert all(t.cancelled() for t in tasks)
+        assert not worker._tasks  # finished tasks are forgotten, none kept alive

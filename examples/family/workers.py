@@ -43,7 +43,7 @@ class Dispatcher(BaseWorker):
         self._ready.add(data.worker_name)
         print(f"child ready: {data.worker_name}")
         if len(self._ready) == self._expected:
-            asyncio.get_running_loop().create_task(self._dispatch())
+            self.create_task(self._dispatch())
 
     async def on_worker_failed(self, data: WorkerErrorData) -> None:
         await super().on_worker_failed(data)

@@ -29,7 +29,7 @@ class Conversation(BaseWorker):
             "greeter", args=WorkerActivationArgs(metadata={"note": "new customer"}))
         if self._task is None:
             # The registry awaits watch handlers, so the conversation runs on its own.
-            self._task = asyncio.get_running_loop().create_task(self._converse())
+            self._task = self.create_task(self._converse())
 
     async def _converse(self) -> None:
         for text in self._script:

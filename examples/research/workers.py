@@ -41,7 +41,7 @@ class Coordinator(BaseWorker):
 
     async def on_activated(self, args: dict[str, Any] | None) -> None:
         await super().on_activated(args)
-        asyncio.get_running_loop().create_task(self._run())
+        self.create_task(self._run())  # owned by the worker: cancelled if it stops first
 
     async def _run(self) -> None:
         print(f"researching {self._topic!r} with {', '.join(self._researchers)}")

@@ -13,8 +13,8 @@ import enum
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from pipecat_workers.bus.core import WorkerBus
 from pipecat_workers.bus.messages import (
@@ -65,6 +65,7 @@ logger = logging.getLogger("pipecat_workers.worker")
 _auto_names: dict[str, itertools.count[int]] = {}
 
 Dispatch = Callable[["BaseWorker", Any], Awaitable[None]]
+T = TypeVar("T")
 
 
 class WorkerState(enum.StrEnum):
@@ -136,6 +137,7 @@ class BaseWorker(EventEmitter, JobRequesterMixin, JobExecutorMixin):
         self._finished: asyncio.Future[None] | None = None
         self._done_callbacks: list[Callable[[BaseWorker], None]] = []
         self._end_task: asyncio.Task[None] | None = None
+        self._tasks: dict[asyncio.Task[Any], None] | None = None
 
     # -- properties -------------------------------------------------------------------
 
@@ -283,6 +285,7 @@ class BaseWorker(EventEmitter, JobRequesterMixin, JobExecutorMixin):
         why = reason or "stopped"
         try:
             try:
+                await self._cancel_own_tasks()
                 for job_id in list(self._job_groups):
                     await self.cancel_job_group(job_id, reason=f"worker '{self._name}' {why}")
                 if self._bus is not None:
@@ -296,6 +299,30 @@ class BaseWorker(EventEmitter, JobRequesterMixin, JobExecutorMixin):
             self._state = WorkerState.STOPPED
             self._active = False
             self._finish()
+
+    def create_task(self, coro: Coroutine[Any, Any, T], *, name: str | None = None
+                    ) -> asyncio.Task[T]:
+        """Run ``coro`` in a task owned by this worker: it is cancelled when the worker stops.
+
+        Use it for work a hook starts but should not wait for (a conversation loop, a
+        poller), so that no task outlives its worker.
+        """
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        if self._tasks is None:
+            self._tasks = {}
+        self._tasks[task] = None
+        task.add_done_callback(self._tasks.pop)
+        return task
+
+    async def _cancel_own_tasks(self) -> None:
+        if not self._tasks:
+            return
+        current = asyncio.current_task()
+        tasks = [t for t in self._tasks if t is not current]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=self._settings.cancel_timeout)
 
     async def _leave(self) -> None:
         """Drop this worker's watches, leave the registry, and unsubscribe from the bus."""
