@@ -6,10 +6,12 @@ Import as ``from tests.helpers import Recorder, running, wait_until``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from pipecat_workers import BaseWorker, Settings, WorkerRunner, WorkerState
 from pipecat_workers.bus.messages import BusMessage
 
 M = TypeVar("M", bound=BusMessage)
@@ -148,3 +150,63 @@ async def running(
         if not task.done():
             await runner.cancel(reason="test finished")
             await asyncio.wait_for(task, timeout)
+
+
+# -- a runner hosting workers, with an observer (used by the worker and job tests) -------------
+
+TIMEOUT = 5.0
+SETTINGS = Settings(end_grace=2.0, cancel_timeout=0.5)
+
+
+class Observer(Recorder):
+    """Sees every message on the bus (subscribed with the ``observer`` role)."""
+
+    def of(self, cls: type, **fields: Any) -> list[Any]:
+        """Messages of exactly type ``cls`` whose attributes equal ``fields``."""
+        return [m for m in self.of_type(cls) if type(m) is cls
+                and all(getattr(m, k) == v for k, v in fields.items())]
+
+
+async def within(awaitable: Any, timeout: float = TIMEOUT) -> Any:
+    """Await with a deadline, so a bug fails the test instead of hanging it."""
+    return await asyncio.wait_for(awaitable, timeout)
+
+
+async def eventually(condition: Callable[[], Any], what: str = "condition",
+                     timeout: float = TIMEOUT) -> None:
+    """Wait until ``condition()`` is truthy; fail the test saying ``what`` did not happen."""
+    try:
+        await wait_until(lambda: bool(condition()), timeout=timeout)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None
+
+
+async def settle(seconds: float = 0.05) -> None:
+    """Let queued messages be handled (used before asserting that something did NOT happen)."""
+    await asyncio.sleep(seconds)
+
+
+@dataclass
+class Harness:
+    runner: WorkerRunner
+    observer: Observer
+    task: asyncio.Task[None]
+
+
+@asynccontextmanager
+async def hosting(*workers: BaseWorker, settings: Settings = SETTINGS,
+                  before_run: Callable[[WorkerRunner], Awaitable[Any]] | None = None,
+                  ) -> AsyncIterator[Harness]:
+    """A running runner hosting ``workers``, with an observer; cancelled on exit."""
+    runner = WorkerRunner(handle_sigint=False, settings=settings)
+    observer = Observer("test-observer")
+    runner.bus.subscribe(observer, role="observer")
+    await runner.add_workers(*workers)
+    if before_run is not None:
+        await before_run(runner)
+    async with running(runner, timeout=TIMEOUT) as task:
+        await eventually(lambda: all(w.state is not WorkerState.CREATED for w in workers),
+                         "workers to start")
+        yield Harness(runner, observer, task)
+    if not task.cancelled():
+        task.result()  # surface a crash in run()

@@ -539,7 +539,7 @@ async def test_system_messages_are_never_dropped():
         await bus.send(Note(source="x", target="a", n=100 + i))
     await bus.start()
     await rec.wait_count(55)
-    assert nums(rec) == list(range(50)) + [100, 101, 102, 103, 104]
+    assert nums(rec) == [*range(50), 100, 101, 102, 103, 104]
     assert bus.stats()["dropped"] == {}
     await bus.close()
 

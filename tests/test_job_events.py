@@ -77,8 +77,8 @@ class Quiet(BaseWorker):
 
     async def on_job_request(self, message: BusJobRequestMessage) -> None:
         # answers later, from elsewhere: returning must not answer for it
-        asyncio.get_running_loop().call_later(
-            0.05, lambda: asyncio.ensure_future(self.send_job_response(message.job_id, {"late": 1})))
+        answer = self.send_job_response(message.job_id, {"late": 1})
+        asyncio.get_running_loop().call_later(0.05, asyncio.ensure_future, answer)
 
 
 class Louder(Quiet):

@@ -6,9 +6,6 @@ Every test runs real workers on a real :class:`WorkerRunner` with the default in
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -23,7 +20,6 @@ from pipecat_workers import (
     JobGroupEvent,
     JobGroupResponse,
     JobStatus,
-    Settings,
     WorkerRunner,
     WorkerState,
     WorkerStateError,
@@ -44,63 +40,13 @@ from pipecat_workers.bus.messages import (
     BusJobUpdateRequestMessage,
     BusJobUpdateUrgentMessage,
 )
-from tests.helpers import Recorder as BusRecorder
-from tests.helpers import running as run_runner
-from tests.helpers import wait_until as poll_until
-
-TIMEOUT = 5.0
-SETTINGS = Settings(end_grace=2.0, cancel_timeout=0.5)
-
-
-# -- helpers ----------------------------------------------------------------------------------
-
-
-class Observer(BusRecorder):
-    """Sees every message on the bus (subscribed with the ``observer`` role)."""
-
-    def of(self, cls: type, **fields: Any) -> list[Any]:
-        """Messages of exactly type ``cls`` whose attributes equal ``fields``."""
-        return [m for m in self.of_type(cls) if type(m) is cls
-                and all(getattr(m, k) == v for k, v in fields.items())]
-
-
-async def within(awaitable: Any, timeout: float = TIMEOUT) -> Any:
-    return await asyncio.wait_for(awaitable, timeout)
-
-
-async def wait_until(condition: Callable[[], Any], what: str = "condition",
-                     timeout: float = TIMEOUT) -> None:
-    try:
-        await poll_until(lambda: bool(condition()), timeout=timeout)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
-
-
-async def settle(seconds: float = 0.05) -> None:
-    """Let queued messages be handled (used before asserting that something did NOT happen)."""
-    await asyncio.sleep(seconds)
-
-
-@dataclass
-class Harness:
-    runner: WorkerRunner
-    observer: Observer
-    task: asyncio.Task[None]
-
-
-@asynccontextmanager
-async def running(*workers: BaseWorker, settings: Settings = SETTINGS) -> AsyncIterator[Harness]:
-    """A running runner hosting ``workers``; cancelled (if still running) on exit."""
-    runner = WorkerRunner(handle_sigint=False, settings=settings)
-    observer = Observer("test-observer")
-    runner.bus.subscribe(observer, role="observer")
-    await runner.add_workers(*workers)
-    async with run_runner(runner, timeout=TIMEOUT) as task:
-        await wait_until(lambda: all(w.state is not WorkerState.CREATED for w in workers),
-                         "workers to start")
-        yield Harness(runner, observer, task)
-    if not task.cancelled():
-        task.result()  # surface a crash in run()
+from tests.helpers import (
+    TIMEOUT,
+    settle,
+    within,
+)
+from tests.helpers import eventually as wait_until
+from tests.helpers import hosting as running
 
 
 class Requester(BaseWorker):
@@ -819,6 +765,21 @@ async def test_jobs_run_concurrently_by_default() -> None:
 # -- groups and errors ------------------------------------------------------------------------
 
 
+class QuickOrHold(Worker):
+    """Answers ``mixed`` at once if ``quick``, else holds the job until cancelled."""
+
+    def __init__(self, name: str, *, quick: bool = False) -> None:
+        super().__init__(name)
+        self.quick = quick
+
+    @job("mixed")
+    async def mixed(self, message: BusJobRequestMessage) -> dict[str, Any]:
+        if self.quick:
+            return {"quick": True}
+        return await self.hold(message)
+
+
+
 async def test_cancel_on_error_cancels_the_other_members() -> None:
     class Member(Worker):
         @job("mixed")
@@ -997,16 +958,7 @@ async def test_cancel_job_group_with_no_reason_fails_request_job_groups_too() ->
 
 
 async def test_cancel_only_goes_to_pending_members() -> None:
-    requester, fast, slow = Requester(), Worker("fast"), Worker("slow")
-
-    class Member(Worker):
-        @job("mixed")
-        async def mixed(self, message: BusJobRequestMessage) -> dict[str, Any]:
-            if self.name == "fast":
-                return {"fast": True}
-            return await self.hold(message)
-
-    fast, slow = Member("fast"), Member("slow")
+    requester, fast, slow = Requester(), QuickOrHold("fast", quick=True), QuickOrHold("slow")
     async with running(requester, fast, slow) as h:
         job_id = await within(requester.request_job_group("fast", "slow", name="mixed"))
         group = requester.job_groups[job_id]
@@ -1075,16 +1027,7 @@ async def test_timeout_fails_the_job_and_cancels_the_worker() -> None:
 
 
 async def test_group_timeout_fails_the_group() -> None:
-    requester, a, b = Requester(), Worker("a"), Worker("b")
-
-    class Member(Worker):
-        @job("mixed")
-        async def mixed(self, message: BusJobRequestMessage) -> dict[str, Any]:
-            if self.name == "a":
-                return {"quick": True}
-            return await self.hold(message)
-
-    a, b = Member("a"), Member("b")
+    requester, a, b = Requester(), QuickOrHold("a", quick=True), QuickOrHold("b")
     async with running(requester, a, b) as h:
         with pytest.raises(JobGroupError) as info:
             await within(run_group(requester, "a", "b", name="mixed", timeout=0.1))

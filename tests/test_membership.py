@@ -93,8 +93,9 @@ async def test_a_newcomer_started_right_after_its_peers_is_never_lost(bus) -> No
         await a.add_workers(Echo(f"wa{round_}"))
         await b.add_workers(Echo(f"wb{round_}"))
         async with running(a), running(b):
-            await wait_until(lambda: f"wb{round_}" in a.registry and f"wa{round_}" in b.registry,
-                             timeout=1.0)
+            await wait_until(
+                lambda a=a, b=b, n=round_: f"wb{n}" in a.registry and f"wa{n}" in b.registry,
+                timeout=1.0)
 
 
 async def test_a_runner_that_leaves_is_forgotten_at_once_and_its_jobs_end(bus) -> None:

@@ -17,7 +17,6 @@ from pipecat_workers import (
     BaseWorker,
     ConfigurationError,
     JobError,
-    JobGroupError,
     JobStatus,
     Settings,
     WorkerReadyData,

@@ -10,8 +10,6 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,67 +47,14 @@ from pipecat_workers.bus.messages import (
     BusWorkerErrorMessage,
     BusWorkerLocalErrorMessage,
 )
-from tests.helpers import Recorder as BusRecorder
-from tests.helpers import running as run_runner
-from tests.helpers import wait_until as poll_until
-
-TIMEOUT = 5.0
-SETTINGS = Settings(end_grace=2.0, cancel_timeout=0.5)
-
-
-# -- helpers ----------------------------------------------------------------------------------
-
-
-class Observer(BusRecorder):
-    """Sees every message on the bus (subscribed with the ``observer`` role)."""
-
-    def of(self, cls: type, **fields: Any) -> list[Any]:
-        """Messages of exactly type ``cls`` whose attributes equal ``fields``."""
-        return [m for m in self.of_type(cls) if type(m) is cls
-                and all(getattr(m, k) == v for k, v in fields.items())]
-
-
-async def within(awaitable: Any, timeout: float = TIMEOUT) -> Any:
-    return await asyncio.wait_for(awaitable, timeout)
-
-
-async def wait_until(condition: Callable[[], Any], what: str = "condition",
-                     timeout: float = TIMEOUT) -> None:
-    try:
-        await poll_until(lambda: bool(condition()), timeout=timeout)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
-
-
-async def settle(seconds: float = 0.05) -> None:
-    """Let queued messages be handled (used before asserting that something did NOT happen)."""
-    await asyncio.sleep(seconds)
-
-
-@dataclass
-class Harness:
-    runner: WorkerRunner
-    observer: Observer
-    task: asyncio.Task[None]
-
-
-@asynccontextmanager
-async def running(*workers: BaseWorker, settings: Settings = SETTINGS,
-                  before_run: Callable[[WorkerRunner], Any] | None = None,
-                  ) -> AsyncIterator[Harness]:
-    """A running runner hosting ``workers``; cancelled (if still running) on exit."""
-    runner = WorkerRunner(handle_sigint=False, settings=settings)
-    observer = Observer("test-observer")
-    runner.bus.subscribe(observer, role="observer")
-    await runner.add_workers(*workers)
-    if before_run is not None:
-        await before_run(runner)
-    async with run_runner(runner, timeout=TIMEOUT) as task:
-        await wait_until(lambda: all(w.state is not WorkerState.CREATED for w in workers),
-                         "workers to start")
-        yield Harness(runner, observer, task)
-    if not task.cancelled():
-        task.result()  # surface a crash in run()
+from tests.helpers import (
+    SETTINGS,
+    TIMEOUT,
+    settle,
+    within,
+)
+from tests.helpers import eventually as wait_until
+from tests.helpers import hosting as running
 
 
 class Recorder(BaseWorker):
