@@ -10,14 +10,9 @@ sending runner and its incarnation, ``ts`` the send time (``time.time()``), ``ty
 registered wire name of the message class (never a Python import path) and ``body`` its init
 fields.
 
-Values in the body are JSON where JSON is exact (``None``, ``bool``, ``int``, ``float``,
-``str``, ``list``, and ``dict`` with ``str`` keys). Everything else is a tagged object
-``{"$t":TAG,"v":VALUE}``: ``TAG`` is ``0`` for a tuple (``VALUE`` a list), ``1`` for bytes
-(base64 text), ``2`` for a dict given as ``[[key, value], ...]`` pairs (used for dicts with a
-non-``str`` key, or with a ``"$t"`` key, so that any payload round-trips exactly), or the wire
-name of a registered Enum (``VALUE`` is its value) or registered dataclass (``VALUE`` holds its
-init fields). NaN and infinities are refused. Anything else fails at the sender with a
-:class:`~pipecat_workers.errors.SerializationError` that names the field.
+Values in the body are encoded by :mod:`pipecat_workers.bus.codec` (JSON where JSON is exact,
+tagged objects otherwise). Anything that cannot be encoded, NaN and infinities included, fails at
+the sender with a :class:`~pipecat_workers.errors.SerializationError` that names the field.
 
 Guarantee: the receiver resolves types only through the allow-list in
 :mod:`pipecat_workers.catalogue`; nothing from the wire is ever imported, and only
@@ -38,20 +33,17 @@ already seen within that window (a bounded memory of ids).
 from __future__ import annotations
 
 import abc
-import base64
-import dataclasses
-import enum
 import hmac
 import itertools
 import json
 import logging
-import math
 import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from pipecat_workers.bus.codec import Drop, Unsupported, build, encode_fields, nonfinite_path
 from pipecat_workers.bus.messages import BusLocalMessage, BusMessage
 from pipecat_workers.catalogue import lookup, type_name
 from pipecat_workers.errors import ConfigurationError, MessageTooLargeError, SerializationError
@@ -60,11 +52,8 @@ logger = logging.getLogger("pipecat_workers.bus")
 
 PROTOCOL_VERSION = 1
 SECRET_ENV = "PIPECAT_WORKERS_SECRET"
-TAG = "$t"
-_TUPLE, _BYTES, _PAIRS = 0, 1, 2
 _SIG_HEAD = b',"sig":"'
 _SIG_LEN = len(_SIG_HEAD) + 64 + 2  # ,"sig":" + 64 hex digits + "}
-_SCALARS = frozenset({str, int, float, bool, type(None)})
 _NUMBERS = frozenset({int, float})
 _MAX_LOGGED = 1024  # distinct (reason, type) keys that get a log line
 _MAX_SEEN_IDS = 100_000  # replay memory cap
@@ -91,17 +80,6 @@ def _reject_constant(name: str) -> Any:
 
 
 _parse = json.JSONDecoder(parse_constant=_reject_constant).decode
-_init_fields: dict[type, tuple[str, ...]] = {}
-
-
-def _fields_of(cls: type) -> tuple[str, ...]:
-    names = _init_fields.get(cls)
-    if names is None:
-        names = tuple(f.name for f in dataclasses.fields(cls) if f.init)
-        _init_fields[cls] = names
-    return names
-
-
 @dataclass(frozen=True, slots=True)
 class Envelope:
     """A decoded message with its envelope metadata."""
@@ -134,178 +112,6 @@ class MessageSerializer(abc.ABC):
     def stats(self) -> dict[str, int]:
         """Dropped incoming messages, by reason."""
         return {}
-
-
-# -- encoding ----------------------------------------------------------------------------------
-
-
-class _Unsupported(Exception):
-    """A value that cannot be encoded; ``path`` is collected innermost first."""
-
-    def __init__(self, what: str) -> None:
-        super().__init__(what)
-        self.what = what
-        self.path: list[str] = []
-
-
-def _enc(v: Any) -> Any:
-    t = type(v)
-    if t in _SCALARS:
-        return v
-    if t is dict:
-        if TAG not in v:
-            out: dict[str, Any] = {}
-            try:
-                for k, x in v.items():
-                    if type(k) is not str:
-                        break
-                    out[k] = x if type(x) in _SCALARS else _enc(x)
-                else:
-                    return out
-            except _Unsupported as e:
-                e.path.append(f"[{k!r}]")
-                raise
-        return {TAG: _PAIRS, "v": _enc_pairs(v)}
-    if t is list:
-        return _enc_seq(v)
-    if t is tuple:
-        return {TAG: _TUPLE, "v": _enc_seq(v)}
-    if t is bytes:
-        return {TAG: _BYTES, "v": base64.b64encode(v).decode("ascii")}
-    name = type_name(t)
-    if name is not None:
-        if isinstance(v, enum.Enum):
-            try:
-                return {TAG: name, "v": _enc(v.value)}
-            except _Unsupported as e:
-                e.path.append(".value")
-                raise
-        if isinstance(v, BusLocalMessage):
-            raise _Unsupported(f"{t.__qualname__} is a local-only message")
-        return {TAG: name, "v": _enc_fields(v, t)}
-    raise _Unsupported(
-        f"{t.__qualname__} is not a supported type "
-        "(register it with register_message or convert it)"
-    )
-
-
-def _enc_seq(v: list[Any] | tuple[Any, ...]) -> list[Any]:
-    out: list[Any] = []
-    try:
-        for x in v:
-            out.append(x if type(x) in _SCALARS else _enc(x))
-    except _Unsupported as e:
-        e.path.append(f"[{len(out)}]")
-        raise
-    return out
-
-
-def _enc_pairs(v: dict[Any, Any]) -> list[list[Any]]:
-    out: list[list[Any]] = []
-    for k, x in v.items():
-        try:
-            key = _enc(k)
-        except _Unsupported as e:
-            e.path.append(f"<key {k!r}>")
-            raise
-        try:
-            out.append([key, _enc(x)])
-        except _Unsupported as e:
-            e.path.append(f"[{k!r}]")
-            raise
-    return out
-
-
-def _enc_fields(obj: Any, cls: type) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    name = ""
-    try:
-        for name in _fields_of(cls):
-            x = getattr(obj, name)
-            out[name] = x if type(x) in _SCALARS else _enc(x)
-    except _Unsupported as e:
-        e.path.append(f".{name}")
-        raise
-    return out
-
-
-def _nonfinite_path(v: Any, path: str) -> str | None:
-    """The path of the first NaN or infinity in ``v``, walked as :func:`_enc` walks it."""
-    t = type(v)
-    if t is float:
-        return None if math.isfinite(v) else path
-    found: str | None = None
-    if t is list or t is tuple:
-        for i, x in enumerate(v):
-            found = found or _nonfinite_path(x, f"{path}[{i}]")
-    elif t is dict:
-        for k, x in v.items():
-            found = found or _nonfinite_path(k, f"{path}<key {k!r}>")
-            found = found or _nonfinite_path(x, f"{path}[{k!r}]")
-    elif isinstance(v, enum.Enum):
-        found = _nonfinite_path(v.value, f"{path}.value")
-    elif dataclasses.is_dataclass(v):
-        for name in _fields_of(t):
-            found = found or _nonfinite_path(getattr(v, name), f"{path}.{name}")
-    return found
-
-
-# -- decoding ----------------------------------------------------------------------------------
-
-
-class _Drop(Exception):
-    def __init__(self, reason: str, name: str = "") -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.name = name
-
-
-def _dec(v: Any) -> Any:
-    t = type(v)
-    if t is list:
-        return [x if type(x) in _SCALARS else _dec(x) for x in v]
-    if t is not dict:
-        return v
-    if TAG not in v:
-        return {k: (x if type(x) in _SCALARS else _dec(x)) for k, x in v.items()}
-    if len(v) != 2 or "v" not in v:
-        raise _Drop("malformed")
-    tag, val = v[TAG], v["v"]
-    tt, vt = type(tag), type(val)
-    if tt is int:
-        if tag == _TUPLE and vt is list:
-            return tuple([x if type(x) in _SCALARS else _dec(x) for x in val])
-        if tag == _BYTES and vt is str:
-            return base64.b64decode(val, validate=True)
-        if tag == _PAIRS and vt is list:
-            out: dict[Any, Any] = {}
-            for pair in val:
-                if type(pair) is not list or len(pair) != 2:
-                    raise _Drop("malformed")
-                out[_dec(pair[0])] = _dec(pair[1])
-            return out
-        raise _Drop("malformed")
-    if tt is not str:
-        raise _Drop("malformed")
-    cls = lookup(tag)
-    if cls is None:
-        raise _Drop("unknown_type", tag)
-    if issubclass(cls, enum.Enum):
-        try:
-            return cls(_dec(val))
-        except (ValueError, TypeError):
-            raise _Drop("malformed", tag) from None
-    if vt is not dict:
-        raise _Drop("malformed", tag)
-    return _build(cls, tag, val)
-
-
-def _build(cls: type, name: str, raw: dict[str, Any]) -> Any:
-    kwargs = {k: (x if type(x) in _SCALARS else _dec(x)) for k, x in raw.items()}
-    try:
-        return cls(**kwargs)  # unknown or missing fields raise TypeError: no setattr of extras
-    except Exception:
-        raise _Drop("malformed", name) from None
 
 
 class JSONMessageSerializer(MessageSerializer):
@@ -364,7 +170,7 @@ class JSONMessageSerializer(MessageSerializer):
                 "(register it with register_message)"
             )
         try:
-            body = _enc_fields(message, cls)
+            body = encode_fields(message, cls)
             envelope = {
                 "v": PROTOCOL_VERSION,
                 "id": f"{self._id_prefix}{next(self._counter):x}",
@@ -375,11 +181,11 @@ class JSONMessageSerializer(MessageSerializer):
                 "body": body,
             }
             text = _dumps(envelope)
-        except _Unsupported as e:
+        except Unsupported as e:
             path = "".join(reversed(e.path))
             raise SerializationError(f"cannot encode {cls.__name__}{path}: {e.what}") from None
         except ValueError:
-            path = _nonfinite_path(message, cls.__name__) or cls.__name__
+            path = nonfinite_path(message, cls.__name__) or cls.__name__
             raise SerializationError(
                 f"cannot encode {path}: NaN and infinity are not supported"
             ) from None
@@ -404,7 +210,7 @@ class JSONMessageSerializer(MessageSerializer):
     def decode(self, data: bytes) -> Envelope | None:
         try:
             return self._decode(data)
-        except _Drop as drop:
+        except Drop as drop:
             self._drop(drop.reason, drop.name)
         except Exception:
             self._drop("malformed", "")
@@ -414,24 +220,24 @@ class JSONMessageSerializer(MessageSerializer):
         if type(data) is not bytes:
             data = data.encode("utf-8") if isinstance(data, str) else bytes(data)
         if len(data) > self._max_size:
-            raise _Drop("oversize")
+            raise Drop("oversize")
         key = self._key
         if key is not None:
             if data[-_SIG_LEN : 8 - _SIG_LEN] != _SIG_HEAD or data[-2:] != b'"}':
-                raise _Drop("unsigned")
+                raise Drop("unsigned")
             sig = data[-66:-2]
             data = data[:-_SIG_LEN] + b"}"
             if not hmac.compare_digest(hmac.digest(key, data, "sha256").hex().encode("ascii"), sig):
-                raise _Drop("forged")
+                raise Drop("forged")
         try:
             env = _parse(data.decode("utf-8"))
         except ValueError:
-            raise _Drop("malformed") from None
+            raise Drop("malformed") from None
         if type(env) is not dict:
-            raise _Drop("malformed")
+            raise Drop("malformed")
         version = env.get("v")
         if type(version) is not int or version != PROTOCOL_VERSION:
-            raise _Drop("malformed" if version is None else "version")
+            raise Drop("malformed" if version is None else "version")
         get = env.get
         mid: Any = get("id")
         sender: Any = get("from")
@@ -440,7 +246,7 @@ class JSONMessageSerializer(MessageSerializer):
         name: Any = get("type")
         body: Any = get("body")
         if type(name) is not str:
-            raise _Drop("malformed")
+            raise Drop("malformed")
         if (
             type(mid) is not str
             or type(sender) is not str
@@ -448,21 +254,21 @@ class JSONMessageSerializer(MessageSerializer):
             or type(ts) not in _NUMBERS
             or type(body) is not dict
         ):
-            raise _Drop("malformed", name)
+            raise Drop("malformed", name)
         if key is not None:
             self._check_fresh(mid, float(ts), name)
         cls = lookup(name)
         if cls is None:
-            raise _Drop("unknown_type", name)
+            raise Drop("unknown_type", name)
         if not issubclass(cls, BusMessage):
-            raise _Drop("not_a_message", name)
+            raise Drop("not_a_message", name)
         if issubclass(cls, BusLocalMessage):
-            raise _Drop("local_only", name)
-        message = _build(cls, name, body)
+            raise Drop("local_only", name)
+        message = build(cls, name, body)
         if type(message.source) is not str or not (
             message.target is None or type(message.target) is str
         ):
-            raise _Drop("malformed", name)
+            raise Drop("malformed", name)
         return Envelope(
             message=message,
             sender=sender,
@@ -474,10 +280,10 @@ class JSONMessageSerializer(MessageSerializer):
     def _check_fresh(self, mid: str, ts: float, name: str) -> None:
         now = time.time()
         if not abs(now - ts) <= self._max_age:
-            raise _Drop("stale", name)
+            raise Drop("stale", name)
         seen = self._seen_ids
         if mid in seen:
-            raise _Drop("replayed", name)
+            raise Drop("replayed", name)
         seen[mid] = ts
         cutoff = now - self._max_age
         while seen:
