@@ -16,6 +16,7 @@ import asyncio
 import logging
 from abc import ABC, abstractmethod
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Literal, Protocol, Self
 
 from pipecat_workers.bus.messages import SYSTEM_PRIORITY, BusLocalMessage, BusMessage
@@ -239,6 +240,15 @@ class WorkerBus(ABC):
                 if mailbox in self._control:
                     self._control.remove(mailbox)
                 mailbox.discard()
+
+    def bind(self, runner: str, incarnation: float, locate: Callable[[str], str | None]) -> None:
+        """Tell the bus which runner it carries messages for (network buses need it).
+
+        Args:
+            runner: The runner's name.
+            incarnation: The runner's start time.
+            locate: Returns the runner hosting a worker or runner name, or ``None``.
+        """
 
     def is_local(self, name: str) -> bool:
         """Whether a worker or runner of that name is subscribed in this process."""

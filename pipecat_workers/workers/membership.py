@@ -25,6 +25,7 @@ from pipecat_workers.bus.messages import (
     BusWorkerRegistryMessage,
     BusWorkerStoppedMessage,
 )
+from pipecat_workers.errors import BusError
 from pipecat_workers.registry import WorkerRegistry
 from pipecat_workers.settings import Settings
 from pipecat_workers.types import WorkerReadyData, WorkerRegistryEntry
@@ -100,17 +101,24 @@ class Membership:
         interval = self._settings.heartbeat_interval
         await self._send_snapshot()
         while True:
-            await self._bus.send(BusHeartbeatMessage(
-                source=self._runner, runner=self._runner, incarnation=self._incarnation,
-                digest=self._registry.digest(), interval=interval, stats=self._stats()))
+            try:
+                await self._bus.send(BusHeartbeatMessage(
+                    source=self._runner, runner=self._runner, incarnation=self._incarnation,
+                    digest=self._registry.digest(), interval=interval, stats=self._stats()))
+            except BusError as exc:  # the server is down: keep beating, peers will heal
+                logger.debug("heartbeat of '%s' not sent: %s", self._runner, exc)
             await asyncio.sleep(interval)
             await self._expire()
 
     async def _send_snapshot(self, target: str | None = None) -> None:
         await asyncio.sleep(0)  # let a burst of local changes settle into one snapshot
-        await self._bus.send(BusWorkerRegistryMessage(
-            source=self._runner, target=target, runner=self._runner, workers=self._entries(),
-            incarnation=self._incarnation, digest=self._registry.digest()))
+        try:
+            await self._bus.send(BusWorkerRegistryMessage(
+                source=self._runner, target=target, runner=self._runner,
+                workers=self._entries(), incarnation=self._incarnation,
+                digest=self._registry.digest()))
+        except BusError as exc:  # the next heartbeat's digest will ask for it again
+            logger.warning("snapshot of '%s' not sent: %s", self._runner, exc)
 
     async def _expire(self) -> None:
         now = asyncio.get_running_loop().time()

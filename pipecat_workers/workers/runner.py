@@ -27,6 +27,7 @@ from pipecat_workers.bus.messages import (
     BusEndWorkerMessage,
     BusMessage,
 )
+from pipecat_workers.bus.network import NetworkBus
 from pipecat_workers.errors import ConfigurationError, WorkerStateError
 from pipecat_workers.events import EventEmitter
 from pipecat_workers.jobs.types import JobStatus
@@ -106,6 +107,9 @@ class WorkerRunner(EventEmitter):
             registry=self._registry, settings=self._settings, entries=self._registry_entries,
             stats=self.stats)
         self._bus.subscribe(self, role="runner")
+        self._bus.bind(self._name, self._incarnation, self._locate)
+        if isinstance(self._bus, NetworkBus):
+            self._bus.add_event_handler("on_reconnected", self._on_bus_reconnected)
 
     # -- properties -------------------------------------------------------------------
 
@@ -351,6 +355,18 @@ class WorkerRunner(EventEmitter):
             data = WorkerErrorData(worker_name=child.name, error=str(exc))
             await parent.on_worker_failed(data)
             parent._emit("on_worker_failed", data)
+
+    def _locate(self, name: str) -> str | None:
+        """The runner that hosts a worker (or is that runner), for targeted routing."""
+        data = self._registry.get(name)
+        if data is not None:
+            return data.runner
+        return name if name in self._membership.peers else None
+
+    async def _on_bus_reconnected(self, bus: WorkerBus) -> None:
+        # Peers may have missed our changes (pub/sub keeps nothing): announce again.
+        if self._running:
+            self._membership.local_changed()
 
     def _registry_entries(self) -> list[WorkerRegistryEntry]:
         """This runner's registered workers, as announced to its peers."""

@@ -1,0 +1,1 @@
+"""Network backends; each module needs its driver (an optional extra)."""

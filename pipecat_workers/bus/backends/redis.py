@@ -1,0 +1,168 @@
+"""RedisBus: runners in many processes share a Redis pub/sub channel.
+
+Delivery guarantee: at most once, no persistence. Redis pub/sub stores nothing, so a process
+that is disconnected, or not yet subscribed, misses what is published meanwhile; order is kept
+per (sender, target) pair while connected. Membership heals what was missed: heartbeats carry
+registry digests, so a peer that missed a snapshot asks again, and jobs to a runner that went
+silent end with an error.
+
+Topology: broadcasts go to the channel itself (``pipecat:app``); each runner also listens on
+its own channel (``pipecat:app:runner:<name>``) so that a targeted message travels only to the
+process that hosts its target. Workers in one process talk without Redis at all, so they keep
+talking while Redis is down; the reader reconnects with capped exponential back-off,
+resubscribes and fires ``on_reconnected`` (the runner then re-announces its workers), and a
+publish retries for ``publish_timeout`` seconds before raising :class:`BusConnectionError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from pipecat_workers.bus.network import NetworkBus
+from pipecat_workers.bus.serializer import MessageSerializer
+from pipecat_workers.errors import BusConnectionError, ConfigurationError
+from pipecat_workers.settings import DEFAULT_SETTINGS
+
+logger = logging.getLogger("pipecat_workers.bus.redis")
+
+_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+_BACKOFF_FIRST, _BACKOFF_MAX = 0.05, 2.0
+
+
+class RedisBus(NetworkBus):
+    """A bus on a Redis pub/sub channel.
+
+    Args:
+        redis: A ``redis.asyncio.Redis`` client (yours to close), or a ``redis://`` URL (the
+            bus then creates and closes its client).
+        channel: The channel every runner of one application shares.
+        serializer: Encodes messages; defaults to :class:`JSONMessageSerializer`.
+        publish_timeout: Seconds a publish keeps retrying while Redis is unreachable.
+
+    Example::
+
+        bus = RedisBus(redis=Redis.from_url("redis://localhost:6379"), channel="pipecat:app")
+        runner = WorkerRunner(bus=bus)
+    """
+
+    def __init__(
+        self, redis: Redis | str | None = None, *, channel: str = "pipecat:bus",
+        serializer: MessageSerializer | None = None, publish_timeout: float = 5.0,
+        data_queue_size: int = DEFAULT_SETTINGS.data_queue_size,
+    ) -> None:
+        if redis is None:
+            raise ConfigurationError("RedisBus needs a redis.asyncio client or a redis:// URL")
+        if not channel:
+            raise ConfigurationError("RedisBus needs a non-empty channel name")
+        super().__init__(channel=channel, serializer=serializer, data_queue_size=data_queue_size)
+        self._url = redis if isinstance(redis, str) else None
+        self._client: Redis | None = None if isinstance(redis, str) else redis
+        self._publish_timeout = publish_timeout
+        self._pubsub: PubSub | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    def _runner_channel(self, runner: str) -> str:
+        return f"{self._channel}:runner:{runner}"
+
+    def _redis(self) -> Redis:
+        if self._client is None:
+            assert self._url is not None
+            self._client = Redis.from_url(self._url, socket_connect_timeout=2)
+        return self._client
+
+    async def _open(self) -> None:
+        try:
+            await self._subscribe()
+        except _DOWN as exc:
+            raise BusConnectionError(f"cannot reach Redis for channel '{self._channel}': "
+                                     f"{exc}") from exc
+        self._reader = asyncio.get_running_loop().create_task(self._read_forever())
+
+    async def _close(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.cancel()
+            await asyncio.wait({reader}, timeout=DEFAULT_SETTINGS.cancel_timeout)
+        await self._drop_pubsub()
+        self._mark_closed()
+        if self._url is not None and self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def _subscribe(self) -> None:
+        pubsub = self._redis().pubsub(ignore_subscribe_messages=True)
+        try:
+            channels = [self._channel]
+            if self._runner:
+                channels.append(self._runner_channel(self._runner))
+            await pubsub.subscribe(*channels)
+        except BaseException:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            raise
+        self._pubsub = pubsub
+        self._set_connected(True)
+
+    async def _drop_pubsub(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            with contextlib.suppress(*_DOWN):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _read_forever(self) -> None:
+        backoff = _BACKOFF_FIRST
+        while True:
+            try:
+                if self._pubsub is None:
+                    await self._subscribe()
+                    backoff = _BACKOFF_FIRST
+                await self._read(self._pubsub)
+            except _DOWN as exc:
+                if self._pubsub is not None:
+                    logger.warning("Redis connection lost on '%s': %s", self._channel, exc)
+                await self._drop_pubsub()
+                self._set_connected(False)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _BACKOFF_MAX)
+
+    async def _read(self, pubsub: PubSub | None) -> None:
+        assert pubsub is not None
+        on_payload = self._on_payload
+        async for item in pubsub.listen():
+            if item.get("type") == "message":
+                on_payload(item["data"])
+
+    async def _send_broadcast(self, data: bytes) -> None:
+        await self._publish_bytes(self._channel, data)
+
+    async def _send_to_runner(self, runner: str, data: bytes) -> None:
+        await self._publish_bytes(self._runner_channel(runner), data)
+
+    async def _publish_bytes(self, channel: str, data: bytes) -> None:
+        client = self._redis()
+        try:
+            await client.publish(channel, data)
+            return
+        except _DOWN as exc:
+            first_error: Any = exc
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._publish_timeout
+        delay = _BACKOFF_FIRST
+        while loop.time() + delay < deadline:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _BACKOFF_MAX)
+            try:
+                await client.publish(channel, data)
+                return
+            except _DOWN as exc:
+                first_error = exc
+        raise BusConnectionError(
+            f"cannot publish to Redis channel '{channel}' for {self._publish_timeout} s: "
+            f"{first_error}")
