@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, TypeVar
 
 from pipecat_workers.errors import ConfigurationError
+from pipecat_workers.tasks import cancel_and_wait
 
 logger = logging.getLogger("pipecat_workers")
 
@@ -81,7 +82,4 @@ class EventEmitter:
         if not tasks:
             return
         _, pending = await asyncio.wait(tasks, timeout=timeout)
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.wait(pending, timeout=timeout)
+        await cancel_and_wait(pending, timeout)

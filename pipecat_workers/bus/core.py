@@ -22,6 +22,7 @@ from typing import Any, Literal, Protocol, Self
 from pipecat_workers.bus.messages import SYSTEM_PRIORITY, BusLocalMessage, BusMessage
 from pipecat_workers.errors import BusClosedError, ConfigurationError
 from pipecat_workers.settings import DEFAULT_SETTINGS
+from pipecat_workers.tasks import cancel_and_wait
 
 logger = logging.getLogger("pipecat_workers.bus")
 
@@ -179,14 +180,9 @@ class WorkerBus(ABC):
         if self._loop is None:
             return
         self._loop = None
-        tasks = [t for mb in (*self._mailboxes.values(), *self._observers.values())
-                 for t in mb.tasks()]
-        current = asyncio.current_task()
-        tasks = [t for t in tasks if t is not current]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=DEFAULT_SETTINGS.cancel_timeout)
+        await cancel_and_wait(
+            (t for mb in (*self._mailboxes.values(), *self._observers.values())
+             for t in mb.tasks()), DEFAULT_SETTINGS.cancel_timeout)
         for mailbox in (*self._mailboxes.values(), *self._observers.values()):
             mailbox.forget_finished_tasks()
         await self._close()
@@ -249,6 +245,14 @@ class WorkerBus(ABC):
             incarnation: The runner's start time.
             locate: Returns the runner hosting a worker or runner name, or ``None``.
         """
+
+    async def probe(self, runner: str) -> bool | None:
+        """Whether the runner is still connected to the bus, if the backend can tell.
+
+        Returns:
+            True or False when the backend knows, ``None`` when it cannot tell.
+        """
+        return None
 
     def is_local(self, name: str) -> bool:
         """Whether a worker or runner of that name is subscribed in this process."""

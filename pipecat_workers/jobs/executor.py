@@ -27,6 +27,7 @@ from pipecat_workers.bus.messages import (
 )
 from pipecat_workers.errors import WorkerStateError
 from pipecat_workers.jobs.types import JobStatus
+from pipecat_workers.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from pipecat_workers.settings import Settings
@@ -229,11 +230,6 @@ class JobExecutorMixin:
 
     async def _cancel_all_jobs(self, reason: str) -> None:
         """Cancel every running handler and answer ``cancelled`` for each active job."""
-        current = asyncio.current_task()
-        tasks = [t for t in self._job_tasks.values() if t is not current and not t.done()]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=self._settings.cancel_timeout)
+        await cancel_and_wait(list(self._job_tasks.values()), self._settings.cancel_timeout)
         for job_id in list(self._active_jobs):
             await self.send_job_response(job_id, {"reason": reason}, status=JobStatus.CANCELLED)

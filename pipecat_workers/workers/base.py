@@ -49,6 +49,7 @@ from pipecat_workers.jobs.group import JobGroup
 from pipecat_workers.jobs.requester import JobRequesterMixin
 from pipecat_workers.registry import WorkerRegistry
 from pipecat_workers.settings import DEFAULT_SETTINGS, Settings
+from pipecat_workers.tasks import cancel_and_wait
 from pipecat_workers.types import (
     WorkerActivationArgs,
     WorkerErrorData,
@@ -315,14 +316,8 @@ class BaseWorker(EventEmitter, JobRequesterMixin, JobExecutorMixin):
         return task
 
     async def _cancel_own_tasks(self) -> None:
-        if not self._tasks:
-            return
-        current = asyncio.current_task()
-        tasks = [t for t in self._tasks if t is not current]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=self._settings.cancel_timeout)
+        if self._tasks:
+            await cancel_and_wait(list(self._tasks), self._settings.cancel_timeout)
 
     async def _leave(self) -> None:
         """Drop this worker's watches, leave the registry, and unsubscribe from the bus."""

@@ -28,6 +28,7 @@ from pipecat_workers.bus.messages import (
 from pipecat_workers.errors import BusError
 from pipecat_workers.registry import WorkerRegistry
 from pipecat_workers.settings import Settings
+from pipecat_workers.tasks import cancel_and_wait
 from pipecat_workers.types import WorkerReadyData, WorkerRegistryEntry
 
 logger = logging.getLogger("pipecat_workers.membership")
@@ -45,6 +46,7 @@ class Peer:
     interval: float
     digest: str = ""
     stats: dict[str, Any] | None = None
+    probed: bool = False
 
 
 class Membership:
@@ -78,10 +80,7 @@ class Membership:
 
     async def stop(self) -> None:
         """Stop heartbeating and tell the peers this runner is leaving."""
-        for task in (self._task, self._announce):
-            if task is not None and task is not asyncio.current_task():
-                task.cancel()
-                await asyncio.wait({task}, timeout=self._settings.cancel_timeout)
+        await cancel_and_wait((self._task, self._announce), self._settings.cancel_timeout)
         self._task = self._announce = None
         try:
             await self._bus.send(BusRunnerLeaveMessage(
@@ -99,16 +98,24 @@ class Membership:
 
     async def _beat(self) -> None:
         interval = self._settings.heartbeat_interval
+        loop = asyncio.get_running_loop()
         await self._send_snapshot()
+        next_beat = loop.time()
         while True:
-            try:
-                await self._bus.send(BusHeartbeatMessage(
-                    source=self._runner, runner=self._runner, incarnation=self._incarnation,
-                    digest=self._registry.digest(), interval=interval, stats=self._stats()))
-            except BusError as exc:  # the server is down: keep beating, peers will heal
-                logger.debug("heartbeat of '%s' not sent: %s", self._runner, exc)
-            await asyncio.sleep(interval)
+            if loop.time() >= next_beat:
+                next_beat = loop.time() + interval
+                await self._send_heartbeat(interval)
             await self._expire()
+            # Checked four times per interval, so a silent peer is noticed soon after it is due.
+            await asyncio.sleep(interval / 4)
+
+    async def _send_heartbeat(self, interval: float) -> None:
+        try:
+            await self._bus.send(BusHeartbeatMessage(
+                source=self._runner, runner=self._runner, incarnation=self._incarnation,
+                digest=self._registry.digest(), interval=interval, stats=self._stats()))
+        except BusError as exc:  # the server is down: keep beating, peers will heal
+            logger.debug("heartbeat of '%s' not sent: %s", self._runner, exc)
 
     async def _send_snapshot(self, target: str | None = None) -> None:
         await asyncio.sleep(0)  # let a burst of local changes settle into one snapshot
@@ -121,12 +128,18 @@ class Membership:
             logger.warning("snapshot of '%s' not sent: %s", self._runner, exc)
 
     async def _expire(self) -> None:
+        """Declare lost the peers silent for ``lost_after`` intervals, or sooner if the bus
+        can tell that a peer that missed a heartbeat and a half is gone (its process died)."""
         now = asyncio.get_running_loop().time()
         for name, peer in list(self._peers.items()):
-            if now - peer.last_seen > self._settings.lost_after * peer.interval:
+            silent = now - peer.last_seen
+            gone = silent > self._settings.lost_after * peer.interval
+            if not gone and silent > 1.5 * peer.interval and not peer.probed:
+                peer.probed = True
+                gone = await self._bus.probe(name) is False
+            if gone and self._peers.get(name) is peer:
                 del self._peers[name]
-                logger.warning("runner '%s' is lost: no heartbeat for %.1f s", name,
-                               now - peer.last_seen)
+                logger.warning("runner '%s' is lost: no heartbeat for %.1f s", name, silent)
                 await self._registry.remove_runner(name, reason="lost")
 
     # -- receiving ----------------------------------------------------------------------
@@ -169,6 +182,7 @@ class Membership:
             peer = self._peers[runner] = Peer(incarnation, now, interval)
         peer.last_seen = now
         peer.interval = interval
+        peer.probed = False
         return peer
 
     async def _on_heartbeat(self, message: BusHeartbeatMessage) -> None:

@@ -139,6 +139,15 @@ class RedisBus(NetworkBus):
             if item.get("type") == "message":
                 on_payload(item["data"])
 
+    async def probe(self, runner: str) -> bool | None:
+        """A runner is connected iff its channel has a subscriber; a killed process's
+        connection is closed by its kernel, so this answers well before heartbeats time out."""
+        try:
+            counts = await self._redis().pubsub_numsub(self._runner_channel(runner))
+        except _DOWN:
+            return None
+        return bool(counts and counts[0][1])
+
     async def _send_broadcast(self, data: bytes) -> None:
         await self._publish_bytes(self._channel, data)
 
