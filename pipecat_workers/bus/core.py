@@ -70,7 +70,7 @@ class Mailbox:
         data = self._data
         if data is None:
             data = self._data = deque()
-        elif len(data) >= bus._data_queue_size:
+        elif len(data) >= bus._data_queue_size and not message.ESSENTIAL:
             return False
         data.append(message)
         if self._data_task is None and bus._loop is not None:
@@ -131,6 +131,12 @@ class Mailbox:
             message = queue.popleft()
             try:
                 await handle(message)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # this drain task is being cancelled
+                # A handler that awaited something cancelled: one message lost, not the lane.
+                logger.error("%s: handling %s was cancelled", self.subscriber.name, message)
             except Exception:
                 logger.exception("%s failed to handle %s", self.subscriber.name, message)
 
@@ -156,6 +162,7 @@ class WorkerBus(ABC):
         self._sent: dict[type, int] = {}
         self._received: dict[type, int] = {}
         self._dropped: dict[type, int] = {}
+        self._unknown_targets: set[str] = set()
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -282,9 +289,14 @@ class WorkerBus(ABC):
                 if not observer.put(message):
                     self._drop(observer, message)
             return
-        for mailbox in self._control if cls.CONTROL else self._everyone:
+        recipients = self._control if cls.CONTROL else self._everyone
+        for i, mailbox in enumerate(recipients):
             if not mailbox.put(message):
-                await self._push_back(mailbox, message)
+                # Yielding lets subscribers come and go: finish on a copy of the rest.
+                for late in (mailbox, *recipients[i + 1:]):
+                    if not late.put(message):
+                        await self._push_back(late, message)
+                break
         if not isinstance(message, BusLocalMessage):
             await self._publish(message)
 
@@ -312,6 +324,15 @@ class WorkerBus(ABC):
             if mailbox.put(message):
                 return
         self._drop(mailbox, message)
+
+    def count_undeliverable(self, message: BusMessage) -> None:
+        """Count a message whose target is nowhere; the first one per target is logged."""
+        cls = type(message)
+        self._dropped[cls] = self._dropped.get(cls, 0) + 1
+        target = message.target or ""
+        if target not in self._unknown_targets and len(self._unknown_targets) < 1024:
+            self._unknown_targets.add(target)
+            logger.warning("no worker named '%s' on this bus: dropped %s", target, cls.__name__)
 
     def _drop(self, mailbox: Mailbox, message: BusMessage) -> None:
         cls = type(message)

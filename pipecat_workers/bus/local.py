@@ -21,4 +21,5 @@ class AsyncQueueBus(WorkerBus):
 
     async def _publish(self, message: BusMessage) -> None:
         if message.target is not None:
-            logger.debug("no subscriber named '%s' for %s", message.target, message)
+            # Nobody of that name is here (a typo, or a worker that stopped): count and say so.
+            self.count_undeliverable(message)

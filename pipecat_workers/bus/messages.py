@@ -7,7 +7,9 @@ changes, cancellation, liveness) are handled ahead of, and never wait behind,
 the process.
 
 Broadcast *control* messages (registry, liveness, session end/cancel) reach runners and
-observers only; application broadcasts reach every subscriber.
+observers only; application broadcasts reach every subscriber. A full queue drops data
+messages, except *essential* ones (job requests and final answers, activation, end), whose
+loss would leave work waiting forever.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ class BusMessage:
 
     PRIORITY: ClassVar[int] = DATA_PRIORITY
     CONTROL: ClassVar[bool] = False
+    # Never dropped when a subscriber's queue is full: losing it would leave work hanging.
+    ESSENTIAL: ClassVar[bool] = False
 
     source: str
     target: str | None = None
@@ -102,6 +106,8 @@ class BusTTSSpeakMessage(BusDataMessage):
 class BusActivateWorkerMessage(BusDataMessage):
     """Activates the target worker with optional arguments."""
 
+    ESSENTIAL: ClassVar[bool] = True
+
     args: dict[str, Any] | None = None
 
 
@@ -109,6 +115,8 @@ class BusActivateWorkerMessage(BusDataMessage):
 @dataclass(kw_only=True, slots=True)
 class BusDeactivateWorkerMessage(BusDataMessage):
     """Deactivates the target worker."""
+
+    ESSENTIAL: ClassVar[bool] = True
 
 
 @register_message(name="session.end")
@@ -124,6 +132,8 @@ class BusEndMessage(BusDataMessage):
 @dataclass(kw_only=True, slots=True)
 class BusEndWorkerMessage(BusDataMessage):
     """Ends the target worker gracefully (it finishes its jobs and its children first)."""
+
+    ESSENTIAL: ClassVar[bool] = True
 
     reason: str | None = None
 
@@ -257,6 +267,8 @@ class BusDuplicateWorkerMessage(BusSystemMessage):
 class BusJobRequestMessage(BusDataMessage):
     """Asks the target worker to do a job."""
 
+    ESSENTIAL: ClassVar[bool] = True
+
     job_id: str
     job_name: str | None = None
     payload: dict[str, Any] | None = None
@@ -266,6 +278,8 @@ class BusJobRequestMessage(BusDataMessage):
 @dataclass(kw_only=True, slots=True)
 class BusJobResponseMessage(BusDataMessage):
     """A worker's final answer to a job."""
+
+    ESSENTIAL: ClassVar[bool] = True
 
     job_id: str
     status: JobStatus = JobStatus.COMPLETED
@@ -339,6 +353,8 @@ class BusJobStreamDataMessage(BusDataMessage):
 @dataclass(kw_only=True, slots=True)
 class BusJobStreamEndMessage(BusDataMessage):
     """The end of a stream; also the worker's final answer."""
+
+    ESSENTIAL: ClassVar[bool] = True
 
     job_id: str
     data: dict[str, Any] | None = None

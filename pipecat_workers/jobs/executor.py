@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("pipecat_workers.jobs")
 
+_EARLY_CANCEL_MEMORY = 256  # cancels kept per worker for requests that have not arrived yet
+
 
 class JobExecutorMixin:
     """Runs the jobs other workers send; mixed into :class:`BaseWorker`."""
@@ -51,6 +53,7 @@ class JobExecutorMixin:
     _active_jobs: dict[str, BusJobRequestMessage]
     _job_tasks: dict[str, asyncio.Task[None]]
     _job_locks: dict[str, asyncio.Lock] | None
+    _early_cancels: dict[str, tuple[str, str | None]] | None
     _emit: Any
     _job_handlers: ClassVar[dict[str, JobHandlerSpec]]
     _handles_unnamed_jobs: ClassVar[bool]
@@ -146,7 +149,7 @@ class JobExecutorMixin:
             logger.warning("%s: ignored a second request for active job %s", self.name, job_id)
             return
         self._active_jobs[job_id] = message
-        refusal = self._job_refusal()
+        refusal = self._job_refusal() or self._cancelled_before_arrival(message)
         if refusal is not None:
             # Ending or stopping: a handler started now would outlive the worker.
             await self.send_job_response(job_id, {"reason": refusal},
@@ -201,9 +204,21 @@ class JobExecutorMixin:
             lock = self._job_locks[name] = asyncio.Lock()
         return lock
 
+    def _cancelled_before_arrival(self, request: BusJobRequestMessage) -> str | None:
+        early = self._early_cancels.pop(request.job_id, None) if self._early_cancels else None
+        if early is not None and early[0] == request.source:
+            return early[1] or "cancelled"
+        return None
+
     async def _handle_job_cancel(self, message: BusJobCancelMessage) -> None:
         request = self._active_jobs.get(message.job_id)
         if request is None:
+            # A cancel is a system message and may overtake its own request: remember it.
+            if self._early_cancels is None:
+                self._early_cancels = {}
+            self._early_cancels[message.job_id] = (message.source, message.reason)
+            if len(self._early_cancels) > _EARLY_CANCEL_MEMORY:
+                del self._early_cancels[next(iter(self._early_cancels))]
             return
         if message.source != request.source:
             logger.warning("%s: ignored a cancel of job %s from '%s', who did not request it",

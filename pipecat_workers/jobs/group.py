@@ -134,7 +134,7 @@ class JobGroup:
         self._wake()
         return True
 
-    async def put_event(self, event: RawEvent) -> bool:
+    async def put_event(self, event: RawEvent, *, wait: bool = True) -> bool:
         """Queue an event; if full, wait while a reader is iterating, else drop it.
 
         Waiting here holds up the requester's data messages, so the bus slows the sender to
@@ -143,13 +143,15 @@ class JobGroup:
         the event was dropped.
         """
         while not self.push_event(event):
-            if self._reading and not self._done.done():
+            if wait and self._reading and not self._done.done():
                 self._room = room = asyncio.get_running_loop().create_future()
                 try:
                     await asyncio.wait_for(room, self._event_wait)
                     continue
                 except TimeoutError:
-                    pass  # the reader is stuck (perhaps on this very requester): drop
+                    # The reader is stuck (perhaps on this very requester): drop, and stop
+                    # waiting for it until it reads again.
+                    self._reading = False
             self._events_dropped += 1
             if self._events_dropped == 1:
                 logger.warning("job %s: %d events unread and the reader is not keeping up; "

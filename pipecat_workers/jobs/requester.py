@@ -11,9 +11,11 @@ import asyncio
 import itertools
 import logging
 import os
-from typing import TYPE_CHECKING, Any
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pipecat_workers.bus.messages import (
+    SYSTEM_PRIORITY,
     BusJobCancelMessage,
     BusJobRequestMessage,
     BusJobResponseMessage,
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
     from pipecat_workers.workers.runner import RunnerStats
 
 logger = logging.getLogger("pipecat_workers.jobs")
+T = TypeVar("T")
 
 
 def _fresh_prefix() -> str:
@@ -69,6 +72,9 @@ class JobRequesterMixin:
 
         @property
         def name(self) -> str: ...
+
+        def create_task(self, coro: Coroutine[Any, Any, T], *, name: str | None = None
+                        ) -> asyncio.Task[T]: ...
 
     registry: WorkerRegistry
     _settings: Settings
@@ -252,8 +258,7 @@ class JobRequesterMixin:
         group = self._job_groups.get(job_id)
         if group is not None:
             group.timer = None
-            asyncio.get_running_loop().create_task(
-                self.cancel_job_group(job_id, reason=f"timeout after {timeout} s"))
+            self.create_task(self.cancel_job_group(job_id, reason=f"timeout after {timeout} s"))
 
     # -- receiving ----------------------------------------------------------------------
 
@@ -296,7 +301,9 @@ class JobRequesterMixin:
         self._emit("on_job_update", message)
         group = self._job_groups.get(message.job_id)
         if group is not None and message.source in group.pending:
-            await self._put_event(group, (JobEventType.UPDATE, message.source, message.update))
+            # An urgent update is handled on the system lane, which must never wait.
+            await self._put_event(group, (JobEventType.UPDATE, message.source, message.update),
+                                  wait=message.PRIORITY != SYSTEM_PRIORITY)
 
     async def _handle_stream_start(self, message: BusJobStreamStartMessage) -> None:
         await self.on_job_stream_start(message)
@@ -323,8 +330,8 @@ class JobRequesterMixin:
             await self._put_event(group, (JobEventType.STREAM_END, message.source, message.data))
             await self._settle(group, message.source, JobStatus.COMPLETED, message.data, message)
 
-    async def _put_event(self, group: JobGroup, event: RawEvent) -> None:
-        if not await group.put_event(event) and self._stats is not None:
+    async def _put_event(self, group: JobGroup, event: RawEvent, *, wait: bool = True) -> None:
+        if not await group.put_event(event, wait=wait) and self._stats is not None:
             self._stats.events_dropped += 1
 
     async def _on_peer_departed(self, lost: WorkerLostData) -> None:

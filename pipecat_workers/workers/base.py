@@ -134,11 +134,13 @@ class BaseWorker(EventEmitter, JobRequesterMixin, JobExecutorMixin):
         self._active_jobs: dict[str, BusJobRequestMessage] = {}
         self._job_tasks: dict[str, asyncio.Task[None]] = {}
         self._job_locks: dict[str, asyncio.Lock] | None = None
+        self._early_cancels: dict[str, tuple[str, str | None]] | None = None
         self._job_groups: dict[str, JobGroup] = {}
         self._finished: asyncio.Future[None] | None = None
         self._done_callbacks: list[Callable[[BaseWorker], None]] = []
         self._end_task: asyncio.Task[None] | None = None
         self._tasks: dict[asyncio.Task[Any], None] | None = None
+        self._registered: asyncio.Future[None] | None = None
 
     # -- properties -------------------------------------------------------------------
 
@@ -263,15 +265,31 @@ class BaseWorker(EventEmitter, JobRequesterMixin, JobExecutorMixin):
         runner = self.worker_runner
         self._state = WorkerState.READY
         self._started_at = time.time()
-        await self.send_bus_message(BusWorkerReadyMessage(
-            source=self._name, runner=runner.name, parent=self._parent,
-            active=self._pending_activation, bridged=self.bridged, started_at=self._started_at))
-        await self.registry.register(WorkerReadyData(
-            worker_name=self._name, runner=runner.name, incarnation=runner.incarnation,
-            parent=self._parent))
+        try:
+            await self.send_bus_message(BusWorkerReadyMessage(
+                source=self._name, runner=runner.name, parent=self._parent,
+                active=self._pending_activation, bridged=self.bridged,
+                started_at=self._started_at))
+            await self.registry.register(WorkerReadyData(
+                worker_name=self._name, runner=runner.name, incarnation=runner.incarnation,
+                parent=self._parent))
+        finally:
+            self._mark_registered()  # whoever waits for it must not wait for a failed start
         await self._maybe_activate()
         for name in (*self._ready_handlers, *self._watched):
             await self.registry.watch(name, self._on_watched_ready, on_lost=self._on_watched_lost)
+
+    def _mark_registered(self) -> None:
+        if self._registered is None:
+            self._registered = asyncio.get_running_loop().create_future()
+        if not self._registered.done():
+            self._registered.set_result(None)
+
+    async def wait_registered(self) -> None:
+        """Wait until :meth:`start` has registered the worker (or gave up trying)."""
+        if self._registered is None:
+            self._registered = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._registered)
 
     async def stop(self, *, reason: str | None = None) -> None:
         """Stop for good: cancel launched groups and running jobs, leave registry and bus.

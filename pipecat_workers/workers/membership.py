@@ -33,6 +33,8 @@ from pipecat_workers.types import WorkerReadyData, WorkerRegistryEntry
 
 logger = logging.getLogger("pipecat_workers.membership")
 
+_LEFT_MEMORY = 1024  # runners whose leave is remembered, to ignore their late messages
+
 _MEMBERSHIP_MESSAGES = (BusHeartbeatMessage, BusWorkerRegistryMessage, BusRegistryRequestMessage,
                         BusRunnerLeaveMessage, BusWorkerStoppedMessage)
 
@@ -65,6 +67,7 @@ class Membership:
         self._entries = entries
         self._stats = stats
         self._peers: dict[str, Peer] = {}
+        self._left: dict[str, float] = {}  # runner -> the incarnation that said it leaves
         self._task: asyncio.Task[None] | None = None
         self._announce: asyncio.Task[None] | None = None
 
@@ -162,7 +165,8 @@ class Membership:
             await self._on_leave(message)
         elif isinstance(message, BusWorkerStoppedMessage):
             known = self._registry.get(message.source)
-            if known is not None and known.runner == message.runner:
+            if (known is not None and known.runner == message.runner
+                    and known.incarnation <= message.incarnation):
                 await self._registry.unregister(message.source, reason="stopped")
         else:
             return False
@@ -171,6 +175,8 @@ class Membership:
     async def _meet(self, runner: str, incarnation: float, interval: float) -> Peer | None:
         """The peer record for a runner, replacing an older incarnation; None if stale."""
         now = asyncio.get_running_loop().time()
+        if incarnation <= self._left.get(runner, -1.0):
+            return None  # a late message from an incarnation that already left
         peer = self._peers.get(runner)
         if peer is not None and incarnation < peer.incarnation:
             return None  # a message from an incarnation that was already replaced
@@ -221,4 +227,7 @@ class Membership:
         if peer is not None and message.incarnation < peer.incarnation:
             return
         self._peers.pop(message.runner, None)
+        self._left[message.runner] = message.incarnation
+        if len(self._left) > _LEFT_MEMORY:
+            del self._left[next(iter(self._left))]
         await self._registry.remove_runner(message.runner, reason="left")

@@ -101,6 +101,7 @@ class WorkerRunner(EventEmitter):
         self._auto_end = True
         self._roots_started = 0
         self._signalled = False
+        self._signal_task: asyncio.Task[None] | None = None
         self._cancelled = False
         self._membership = Membership(
             runner=self._name, incarnation=self._incarnation, bus=self._bus,
@@ -178,9 +179,15 @@ class WorkerRunner(EventEmitter):
             return
         if worker.parent is None:
             self._roots_started += 1
+        # Each worker starts in a task of its own: its hooks may wait for other workers
+        # (a job in on_activated, say) that start after it.
+        worker.create_task(self._run_start(worker), name=f"start {worker.name}")
+        await worker.wait_registered()
+        self._membership.local_changed()
+
+    async def _run_start(self, worker: BaseWorker) -> None:
         try:
             await worker.start()
-            self._membership.local_changed()
         except Exception as exc:
             logger.exception("worker '%s' failed to start", worker.name)
             self._emit("on_error", WorkerErrorData(worker_name=worker.name, error=str(exc)))
@@ -190,8 +197,7 @@ class WorkerRunner(EventEmitter):
         if self._workers.get(worker.name) is worker:
             del self._workers[worker.name]  # the name is free again
         if (self._auto_end and self._running and worker.parent is None
-                and not any(w.parent is None and w.state is not WorkerState.CREATED
-                            for w in self._workers.values())):
+                and not any(w.parent is None for w in self._workers.values())):
             self._request_shutdown("all workers finished")
 
     # -- run ----------------------------------------------------------------------------
@@ -233,6 +239,8 @@ class WorkerRunner(EventEmitter):
             await self._stop_workers(graceful=self._shutdown.result() == "end")
         finally:
             self._running = False
+            if self._signal_task is not None:
+                await asyncio.wait({self._signal_task}, timeout=self._settings.cancel_timeout)
             await self._membership.stop()
             await self._wait_event_handlers(self._settings.cancel_timeout)
             if owns_bus:
@@ -328,7 +336,8 @@ class WorkerRunner(EventEmitter):
             return
         self._signalled = True
         logger.warning("%s received: cancelling workers", signal.Signals(sig).name)
-        asyncio.get_running_loop().create_task(self.cancel(reason="interrupt signal"))
+        self._signal_task = asyncio.get_running_loop().create_task(
+            self.cancel(reason="interrupt signal"))
 
     # -- bus --------------------------------------------------------------------------------
 
