@@ -175,15 +175,20 @@ class WorkerRunner(EventEmitter):
                     await self.add_workers(child)
 
     async def _start_worker(self, worker: BaseWorker) -> None:
-        if worker.state is not WorkerState.CREATED:
-            return
-        if worker.parent is None:
-            self._roots_started += 1
-        # Each worker starts in a task of its own: its hooks may wait for other workers
-        # (a job in on_activated, say) that start after it.
-        worker.create_task(self._run_start(worker), name=f"start {worker.name}")
-        await worker.wait_registered()
-        self._membership.local_changed()
+        await self._start_workers([worker])
+
+    async def _start_workers(self, workers: list[BaseWorker]) -> None:
+        """Start workers, each in a task of its own (its hooks may wait for workers that
+        start after it), and return once all are registered."""
+        starting = [w for w in workers if w.state is WorkerState.CREATED]
+        for worker in starting:
+            if worker.parent is None:
+                self._roots_started += 1
+            worker.create_task(self._run_start(worker), name=f"start {worker.name}")
+        for worker in starting:
+            await worker.wait_registered()
+        if starting:
+            self._membership.local_changed()
 
     async def _run_start(self, worker: BaseWorker) -> None:
         try:
@@ -224,8 +229,7 @@ class WorkerRunner(EventEmitter):
             await self._bus.start()
             self._running = True
             await self._membership.start()
-            for worker in list(self._workers.values()):
-                await self._start_worker(worker)
+            await self._start_workers(list(self._workers.values()))
             if auto_end and self._roots_started and not any(
                     w.parent is None for w in self._workers.values()):
                 self._request_shutdown("all workers finished")

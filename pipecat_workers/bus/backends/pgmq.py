@@ -195,7 +195,7 @@ class PgmqBus(NetworkBus):
         if pool is not None and self._dsn is not None:  # never close what we did not create
             try:
                 await asyncio.wait_for(pool.close(), _IO_TIMEOUT)
-            except (Exception, asyncio.CancelledError):
+            except Exception:
                 pool.terminate()
 
     async def forget_runner(self, runner: str) -> None:
@@ -245,7 +245,7 @@ class PgmqBus(NetworkBus):
     async def _release(self, conn: Any) -> None:
         try:
             await self._pool.release(conn, timeout=_IO_TIMEOUT)
-        except (Exception, asyncio.CancelledError):
+        except Exception:
             conn.terminate()
 
     async def _read_forever(self) -> None:
@@ -294,13 +294,12 @@ class PgmqBus(NetworkBus):
         await self._send(_SEND_TOPIC, self._topic, data)
 
     async def _send_to_runner(self, runner: str, data: bytes) -> None:
-        try:
-            await self._send(_SEND, self.queue_name(runner), data)
-        except asyncpg.UndefinedTableError:
+        if not await self._send(_SEND, self.queue_name(runner), data):
             logger.debug("runner '%s' has no queue on '%s': message dropped", runner,
                          self._channel)
 
-    async def _send(self, sql: str, key: str, data: bytes) -> None:
+    async def _send(self, sql: str, key: str, data: bytes) -> bool:
+        """Run a send, retrying while the server is down; False if the queue does not exist."""
         try:
             message = '{"e":' + json.dumps(data.decode("utf-8"), ensure_ascii=False) + "}"
         except UnicodeDecodeError:
@@ -315,12 +314,12 @@ class PgmqBus(NetworkBus):
                 raise BusConnectionError(f"PgmqBus on '{self._channel}' is not started")
             try:
                 await pool.execute(sql, key, message, timeout=_IO_TIMEOUT)
-                return
+                return True
             except _DOWN as exc:
                 error: Exception = exc
-            except asyncpg.UndefinedTableError:
-                raise
             except asyncpg.PostgresError as exc:
+                if sql is _SEND and isinstance(exc, asyncpg.UndefinedTableError):
+                    return False
                 raise BusError(f"PGMQ refused a message on '{self._channel}': {exc}") from exc
             if loop.time() + delay >= deadline:
                 raise BusConnectionError(f"cannot send on PGMQ channel '{self._channel}' for "
