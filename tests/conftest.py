@@ -1,0 +1,97 @@
+"""Real Redis and PostgreSQL (+ PGMQ) servers for the tests, found through the environment.
+
+``scripts/services.sh start`` runs both servers and writes their addresses to
+``.services/env``; ``scripts/test.sh`` does all of that. A test gets a server by requesting the
+``redis_url`` or ``postgres_dsn`` fixture, or by carrying the ``redis`` or ``postgres`` marker.
+Each server is pinged once per session. When it is unreachable, its tests skip locally and fail
+in CI (``CI=true``), so CI can never pass by skipping them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from collections.abc import Callable
+from typing import NoReturn
+
+import pytest
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6390/0"
+DEFAULT_POSTGRES_DSN = "postgresql://postgres@127.0.0.1:5439/postgres"
+
+# Marker -> the fixture that provides (and checks) its server.
+_SERVICE_FIXTURES = {"redis": "redis_url", "postgres": "postgres_dsn"}
+
+
+def _unreachable(service: str, url: str, error: Exception) -> NoReturn:
+    """Skip the test, or fail it in CI, because ``service`` at ``url`` cannot be used."""
+    shown = re.sub(r"(//[^:/@]*):[^@/]*@", r"\1:***@", url)  # no passwords in CI logs
+    message = (
+        f"{service} not reachable at {shown}: run scripts/services.sh start"
+        f" ({type(error).__name__}: {error})"
+    )
+    if os.environ.get("CI", "").lower() in ("true", "1"):
+        pytest.fail(f"{message}; CI must not skip it", pytrace=False)
+    pytest.skip(message)
+
+
+def _problem(check: Callable[[str], object], url: str) -> Exception | None:
+    """What makes ``check(url)`` fail, if anything (returned, so skips carry no traceback)."""
+    try:
+        check(url)
+    except Exception as error:
+        return error
+    return None
+
+
+def _ping_redis(url: str) -> None:
+    import redis  # the driver is an extra: a missing one reads like a missing server
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        client.ping()
+    finally:
+        client.close()
+
+
+def _check_postgres(dsn: str) -> None:
+    # A loop of its own: a session fixture must not borrow (or close) a test's loop.
+    asyncio.run(_check_postgres_async(dsn))
+
+
+async def _check_postgres_async(dsn: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn, timeout=5)
+    try:
+        if not await conn.fetchval("SELECT 1 FROM pg_namespace WHERE nspname = 'pgmq'"):
+            raise LookupError("the server has no pgmq schema")
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """URL of a reachable Redis server (``PIPECAT_TEST_REDIS_URL``)."""
+    url = os.environ.get("PIPECAT_TEST_REDIS_URL", DEFAULT_REDIS_URL)
+    if (error := _problem(_ping_redis, url)) is not None:
+        _unreachable("Redis", url, error)
+    return url
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn() -> str:
+    """DSN of a reachable PostgreSQL server with PGMQ (``PIPECAT_TEST_POSTGRES_DSN``)."""
+    dsn = os.environ.get("PIPECAT_TEST_POSTGRES_DSN", DEFAULT_POSTGRES_DSN)
+    if (error := _problem(_check_postgres, dsn)) is not None:
+        _unreachable("PostgreSQL", dsn, error)
+    return dsn
+
+
+@pytest.fixture(autouse=True)
+def _require_marked_services(request: pytest.FixtureRequest) -> None:
+    """Give tests marked ``redis``/``postgres`` the same check as the fixtures' users."""
+    for marker, fixture in _SERVICE_FIXTURES.items():
+        if request.node.get_closest_marker(marker) is not None:
+            request.getfixturevalue(fixture)
