@@ -52,7 +52,7 @@ from pipecat_workers.errors import MissingDependencyError
 # name -> (backend module, driver module it needs, extra that installs the driver)
 _LAZY: dict[str, tuple[str, str, str]] = {
     "RedisBus": ("pipecat_workers.bus.backends.redis", "redis", "redis"),
-    "PgmqBus": ("pipecat_workers.bus.backends.pgmq", "pgmq", "pgmq"),
+    "PgmqBus": ("pipecat_workers.bus.backends.pgmq", "pgmq.async_queue", "pgmq"),
 }
 
 

@@ -261,6 +261,9 @@ class WorkerBus(ABC):
         """
         return None
 
+    async def forget_runner(self, runner: str) -> None:
+        """Free what the backend keeps for a runner that is gone (its queue, say)."""
+
     def is_local(self, name: str) -> bool:
         """Whether a worker or runner of that name is subscribed in this process."""
         return name in self._mailboxes

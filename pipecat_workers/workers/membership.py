@@ -144,6 +144,7 @@ class Membership:
                 del self._peers[name]
                 logger.warning("runner '%s' is lost: no heartbeat for %.1f s", name, silent)
                 await self._registry.remove_runner(name, reason="lost")
+                await self._bus.forget_runner(name)
 
     # -- receiving ----------------------------------------------------------------------
 

@@ -1,33 +1,29 @@
 """PgmqBus: runners in many processes share a channel through PostgreSQL queues (PGMQ).
 
 Delivery guarantee: at least once while the receiving runner runs, with a visibility timeout.
-A message is stored in the receiving runner's queue once its send returns (the queue is
-unlogged: it survives reconnects and clean server restarts, not a server crash). The reader
-deletes a batch only after handing it to this process's mailboxes; if the connection fails
-between read and delete, the batch becomes visible again after ``visibility_timeout`` seconds
-and is delivered again (a late duplicate, out of order; a signing serializer drops it as a
-replay within its ``max_age``). Mailboxes are in memory, so a process that crashes loses what
-it had queued locally. A message to a runner that has no queue (not started, stopped, or
-dropped as lost) is dropped, and a runner starts with an empty queue: what was sent to its
-previous incarnation is discarded. Order is FIFO per (sender, receiving runner), broadcasts and
-targeted messages alike, except for a redelivered batch.
+A message is stored in the receiving runner's queue once its send returns (unlogged: it survives
+reconnects and clean server restarts, not a server crash). The reader deletes a batch only after
+handing it to this process's mailboxes; if the connection fails between read and delete, the
+batch is read again after ``visibility_timeout`` seconds (a late duplicate; a signing serializer
+drops it as a replay within ``max_age``). Mailboxes are in memory: a process that crashes loses
+what it had queued. A message to a runner without a queue (not started, stopped, dropped as
+lost) is dropped, and a runner starts with an empty queue. Sends leave a process in call order,
+so order is FIFO per (sender, receiving runner), broadcasts and targeted messages alike, except
+for a redelivered batch.
 
-Topology: each runner owns one unlogged queue ``pw_<h(channel)>_<h(runner)>`` (64-bit
-blake2b digests of the exact strings: channels ``a:b``, ``a/b`` and ``a_b`` never share a queue,
-and names stay far below PGMQ's 47 characters), bound with an exact pattern to the channel's
-topic ``pw.<h(channel)>``. A broadcast is one ``pgmq.send_topic`` (one round trip and one
-transaction for every runner, the sender's own echo included and dropped on read); a targeted
-message is one ``pgmq.send`` into the queue of the runner that hosts the target. The reader
-holds one pooled connection that LISTENs to its queue's insert notifications
-(``pgmq.enable_notify_insert``) and drains with ``pgmq.read`` + ``pgmq.delete`` when woken; it
-polls every ``poll_interval`` only as a safety net. When the connection or the queue is lost it
-backs off (capped, exponential), reconnects, re-creates and re-binds its queue and fires
-``on_reconnected``; a send retries for ``publish_timeout`` seconds, then raises
-:class:`BusConnectionError`. A graceful stop unbinds and drops the own queue, and
+Topology: each runner owns an unlogged queue ``pw_<h(channel)>_<h(runner)>`` (64-bit blake2b
+digests of the exact strings: channels ``a:b``, ``a/b`` and ``a_b`` never share a queue), bound
+with an exact pattern to the channel's topic ``pw.<h(channel)>``. A broadcast is one
+``pgmq.send_topic`` (one round trip, one transaction, every queue, the sender's own included:
+that echo is dropped on read); a targeted message is one ``pgmq.send`` into the queue of the
+runner hosting the target. The reader LISTENs to its queue's insert notifications, drains with
+``pgmq.read`` + ``pgmq.delete`` when woken, and polls every ``poll_interval`` only as a safety
+net. When its connection or queue is lost it backs off (capped, exponential), reconnects,
+re-creates its queue and fires ``on_reconnected``; a send retries for ``publish_timeout``
+seconds, then raises :class:`BusConnectionError`. A graceful stop drops the queue, and
 :meth:`PgmqBus.forget_runner` drops a lost peer's. A database without PGMQ gets it at start
-(``CREATE EXTENSION`` if the server has it, else the SQL the ``pgmq`` package ships), under an
-advisory lock. Runner names must be unique per channel (a name owns one queue), and anyone who
-can bind a queue to the topic in that database can read the channel.
+(``CREATE EXTENSION``, else the SQL the ``pgmq`` package ships) under an advisory lock. Runner
+names must be unique per channel; any role that can bind a queue to the topic can read it.
 """
 
 from __future__ import annotations
@@ -61,7 +57,7 @@ _DOWN = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
          asyncpg.exceptions.InsufficientResourcesError)
 _FAILED = (*_DOWN, asyncpg.PostgresError)
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.05, 2.0
-_IO_TIMEOUT = 10.0  # bound on every statement and pool acquire
+_IO_TIMEOUT = 10.0  # bound on every statement, connect and pool acquire
 _INSTALL_LOCK = 0x7069706563617400  # advisory lock key that serialises PGMQ installs
 
 _HAS_PGMQ = ("SELECT to_regprocedure('pgmq.send_topic(text,jsonb)') IS NOT NULL AND "
@@ -70,11 +66,13 @@ _READ = "SELECT msg_id, message->>'e' FROM pgmq.read($1, $2, $3)"
 _DELETE = "SELECT pgmq.delete($1::text, $2::bigint[])"
 _SEND = "SELECT pgmq.send($1, $2::jsonb)"
 _SEND_TOPIC = "SELECT pgmq.send_topic($1, $2::jsonb)"
-_CREATE = "SELECT pgmq.create_unlogged($1)"
-_NOTIFY = "SELECT pgmq.enable_notify_insert($1, 0)"
-_BIND = "SELECT pgmq.bind_topic($1, $2)"
-_UNBIND = "SELECT pgmq.unbind_topic($1, $2)"
 _DROP = "SELECT pgmq.drop_queue($1)"
+# Simple queries (one round trip, one transaction); names are hex digests, safe inline.
+_SETUP = ("SELECT pgmq.create_unlogged('{q}'); SELECT pgmq.enable_notify_insert('{q}', 0); "
+          "SELECT pgmq.bind_topic('{t}', '{q}')")
+_TEARDOWN = "SELECT pgmq.unbind_topic('{t}', '{q}'); SELECT pgmq.drop_queue('{q}')"
+
+_Item = tuple[str, str, str, "asyncio.Future[bool]"]  # (sql, queue or topic, message, sent)
 
 
 def _digest(text: str) -> str:
@@ -85,11 +83,12 @@ class PgmqBus(NetworkBus):
     """A bus on PostgreSQL with PGMQ: one queue per runner, broadcasts through a PGMQ topic.
 
     Args:
-        pgmq: An initialised ``pgmq.async_queue.PGMQueue`` (its asyncpg pool is used, and
-            stays yours to close; the reader holds one of its connections, so give it at least
-            two), or a ``postgresql://`` DSN (the bus then creates and closes a small pool).
+        pgmq: An initialised ``pgmq.async_queue.PGMQueue`` (its asyncpg pool is used and stays
+            yours to close; the reader holds one of its connections, so give it two or more),
+            or a ``postgresql://`` DSN (the bus then opens, and closes, a reader connection and
+            a small pool for sending).
         channel: The channel every runner of one application shares.
-        serializer: Encodes messages (to UTF-8 text); defaults to :class:`JSONMessageSerializer`.
+        serializer: Encodes messages (as UTF-8); defaults to :class:`JSONMessageSerializer`.
         batch_size: Messages read per round trip.
         visibility_timeout: Seconds after which a message read but not deleted is read again.
         poll_interval: Seconds between safety reads when no notification arrives.
@@ -108,13 +107,11 @@ class PgmqBus(NetworkBus):
         visibility_timeout: int = 30, poll_interval: float = 1.0, publish_timeout: float = 5.0,
         data_queue_size: int = DEFAULT_SETTINGS.data_queue_size,
     ) -> None:
-        if isinstance(pgmq, str):
-            if not pgmq.startswith(("postgresql://", "postgres://")):
-                raise ConfigurationError("PgmqBus needs a postgresql:// DSN, got "
-                                         f"{pgmq.split('://')[0]!r}")
-        elif not isinstance(pgmq, PGMQueue):
+        if not (isinstance(pgmq, PGMQueue) or (isinstance(pgmq, str)
+                and pgmq.startswith(("postgresql://", "postgres://")))):
+            got = "another URL" if isinstance(pgmq, str) else type(pgmq).__name__
             raise ConfigurationError("PgmqBus needs a pgmq.async_queue.PGMQueue or a "
-                                     f"postgresql:// DSN, got {type(pgmq).__name__}")
+                                     f"postgresql:// DSN, got {got}")
         if not channel:
             raise ConfigurationError("PgmqBus needs a non-empty channel name")
         if batch_size < 1 or visibility_timeout < 1 or not poll_interval > 0 or publish_timeout < 0:
@@ -130,9 +127,11 @@ class PgmqBus(NetworkBus):
         self._topic = f"pw.{_digest(channel)}"
         self._queue = ""
         self._pool: Any = None  # asyncpg.Pool while open
-        self._conn: Any = None  # the reader's pooled connection (LISTEN, read, delete)
+        self._conn: Any = None  # the reader's connection (LISTEN, read, delete)
         self._wake: asyncio.Event | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._send_lock = asyncio.Lock()
+        self._outbox: list[_Item] = []  # sends waiting for the lock, in call order
 
     def queue_name(self, runner: str | None = None) -> str:
         """The PGMQ queue of ``runner`` on this channel (default: this bus's own queue)."""
@@ -145,6 +144,16 @@ class PgmqBus(NetworkBus):
         stats["queue"] = self._queue
         return stats
 
+    async def forget_runner(self, runner: str) -> None:
+        """Drop the queue of a runner that is gone, so nothing piles up for it. Never raises;
+        a runner that was wrongly thought lost re-creates its queue on its next read."""
+        if runner == self.runner_name or self._pool is None:
+            return
+        try:
+            await self._pool.execute(_DROP, self.queue_name(runner), timeout=_IO_TIMEOUT)
+        except _FAILED as exc:
+            logger.debug("could not drop the queue of runner '%s': %s", runner, exc)
+
     # -- lifecycle ------------------------------------------------------------------------
 
     async def _open(self) -> None:
@@ -152,24 +161,23 @@ class PgmqBus(NetworkBus):
         self._queue = self.queue_name(self.runner_name or f"~{os.urandom(6).hex()}")
         self._wake = asyncio.Event()
         try:
-            if self._client is not None:
-                if self._client.pool is None:
-                    raise ConfigurationError("PGMQueue is not initialised: await pgmq.init() "
-                                             "before starting the bus")
-                self._pool = self._client.pool
-            else:
-                self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=4,
+            if self._client is None:
+                self._pool = await asyncpg.create_pool(self._dsn, min_size=0, max_size=4,
                                                        timeout=_IO_TIMEOUT)
+            elif self._client.pool is None:
+                raise ConfigurationError("await pgmq.init() before starting the bus")
+            elif self._client.pool.get_max_size() < 2:
+                raise ConfigurationError("PgmqBus needs a PGMQueue with pool_size >= 2")
+            else:
+                self._pool = self._client.pool
             async with self._pool.acquire(timeout=_IO_TIMEOUT) as conn:
                 await _ensure_pgmq(conn)
             await self._connect(fresh=True)
         except BaseException as exc:
             await self._close_pool()
-            if isinstance(exc, _DOWN):
-                raise BusConnectionError(f"cannot reach PostgreSQL for channel "
-                                         f"'{self._channel}': {exc}") from exc
-            if isinstance(exc, asyncpg.PostgresError):
-                raise BusError(f"cannot set up PGMQ queue '{self._queue}': {exc}") from exc
+            if isinstance(exc, _FAILED):
+                raise BusConnectionError(f"cannot set up PGMQ queue '{self._queue}' for "
+                                         f"channel '{self._channel}': {exc}") from exc
             raise
         self._reader = asyncio.get_running_loop().create_task(self._read_forever())
 
@@ -181,9 +189,8 @@ class PgmqBus(NetworkBus):
         await self._drop_conn()
         if self._pool is not None:
             try:
-                async with self._pool.acquire(timeout=_IO_TIMEOUT) as conn, conn.transaction():
-                    await conn.execute(_UNBIND, self._topic, self._queue, timeout=_IO_TIMEOUT)
-                    await conn.execute(_DROP, self._queue, timeout=_IO_TIMEOUT)
+                await self._pool.execute(_TEARDOWN.format(q=self._queue, t=self._topic),
+                                         timeout=_IO_TIMEOUT)
             except _FAILED as exc:
                 logger.warning("could not drop queue '%s' of '%s' (peers drop it once this "
                                "runner counts as lost): %s", self._queue, self._channel, exc)
@@ -198,28 +205,19 @@ class PgmqBus(NetworkBus):
             except Exception:
                 pool.terminate()
 
-    async def forget_runner(self, runner: str) -> None:
-        """Drop the queue of a runner that is gone, so nothing piles up for it. Never raises;
-        a runner that was wrongly thought lost re-creates its queue on its next read."""
-        if runner == self.runner_name or self._pool is None:
-            return
-        try:
-            await self._pool.execute(_DROP, self.queue_name(runner), timeout=_IO_TIMEOUT)
-        except _FAILED as exc:
-            logger.debug("could not drop the queue of runner '%s': %s", runner, exc)
-
     # -- reading --------------------------------------------------------------------------
 
     async def _connect(self, *, fresh: bool) -> None:
         """Take the reader's connection, set up the queue (emptied if ``fresh``), LISTEN."""
-        conn = await self._pool.acquire(timeout=_IO_TIMEOUT)
+        if self._dsn is not None:  # a connection of its own, outside the senders' pool
+            conn = await asyncpg.connect(self._dsn, timeout=_IO_TIMEOUT)
+        else:
+            conn = await self._pool.acquire(timeout=_IO_TIMEOUT)
         try:
-            async with conn.transaction():
-                if fresh:  # what was sent to a previous incarnation is not for us
-                    await conn.execute(_DROP, self._queue, timeout=_IO_TIMEOUT)
-                for sql in (_CREATE, _NOTIFY):
-                    await conn.execute(sql, self._queue, timeout=_IO_TIMEOUT)
-                await conn.execute(_BIND, self._topic, self._queue, timeout=_IO_TIMEOUT)
+            setup = _SETUP.format(q=self._queue, t=self._topic)
+            if fresh:  # what was sent to a previous incarnation is not for us
+                setup = f"SELECT pgmq.drop_queue('{self._queue}'); {setup}"
+            await conn.execute(setup, timeout=_IO_TIMEOUT)
             await conn.add_listener(f"pgmq.q_{self._queue}.INSERT", self._notified)
             conn.add_termination_listener(self._notified)
         except BaseException:
@@ -236,15 +234,19 @@ class PgmqBus(NetworkBus):
     async def _drop_conn(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            conn.remove_termination_listener(self._notified)
-            with contextlib.suppress(*_FAILED, TimeoutError):
+            # A pooled connection that closed was handed back already and refuses every call.
+            with contextlib.suppress(*_FAILED):
+                conn.remove_termination_listener(self._notified)
                 await asyncio.wait_for(conn.remove_listener(
                     f"pgmq.q_{self._queue}.INSERT", self._notified), _IO_TIMEOUT)
             await self._release(conn)
 
     async def _release(self, conn: Any) -> None:
         try:
-            await self._pool.release(conn, timeout=_IO_TIMEOUT)
+            if self._dsn is not None:
+                await conn.close(timeout=_IO_TIMEOUT)
+            else:
+                await self._pool.release(conn, timeout=_IO_TIMEOUT)
         except Exception:
             conn.terminate()
 
@@ -256,9 +258,10 @@ class PgmqBus(NetworkBus):
                     await self._connect(fresh=False)
                     backoff = _BACKOFF_FIRST
                 await self._read(self._conn)
-            except _FAILED as exc:  # connection lost, or our queue dropped: set up again
+            except Exception as exc:  # connection lost, or our queue dropped: set up again
                 if self._conn is not None:
-                    logger.warning("PGMQ reader of '%s' failed: %s", self._channel, exc)
+                    logger.warning("PGMQ reader of '%s' failed: %s", self._channel, exc,
+                                   exc_info=not isinstance(exc, _FAILED))
                 await self._drop_conn()
                 self._set_connected(False)
                 await asyncio.sleep(backoff)
@@ -274,9 +277,8 @@ class PgmqBus(NetworkBus):
                 if not rows:
                     break
                 for row in rows:
-                    text = row[1]
                     try:
-                        self._on_payload(text.encode("utf-8") if text is not None else b"")
+                        self._on_payload(row[1].encode("utf-8") if row[1] is not None else b"")
                     except Exception:
                         logger.exception("could not deliver a message from '%s'", queue)
                 # Ack after local delivery.
@@ -299,33 +301,76 @@ class PgmqBus(NetworkBus):
                          self._channel)
 
     async def _send(self, sql: str, key: str, data: bytes) -> bool:
-        """Run a send, retrying while the server is down; False if the queue does not exist."""
+        """Send in call order, even from concurrent tasks: the task holding the lock sends all
+        that was queued meanwhile, consecutive sends of one kind pipelined in one round trip.
+        False if the target queue does not exist."""
         try:
             message = '{"e":' + json.dumps(data.decode("utf-8"), ensure_ascii=False) + "}"
         except UnicodeDecodeError:
             raise SerializationError("PgmqBus carries text: the serializer must produce "
                                      "UTF-8") from None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._publish_timeout
-        delay = _BACKOFF_FIRST
-        while True:
-            pool = self._pool
-            if pool is None:
-                raise BusConnectionError(f"PgmqBus on '{self._channel}' is not started")
+        if self._pool is None:
+            raise BusConnectionError(f"PgmqBus on '{self._channel}' is not started")
+        sent: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        sent.add_done_callback(_consume)  # a sender cancelled meanwhile never reads it
+        self._outbox.append((sql, key, message, sent))
+        async with self._send_lock:
+            batch, self._outbox = self._outbox, []
             try:
-                await pool.execute(sql, key, message, timeout=_IO_TIMEOUT)
-                return True
+                while batch:
+                    n = next((i for i, it in enumerate(batch) if it[0] is not batch[0][0]),
+                             len(batch))
+                    await self._send_group(batch[:n])
+                    del batch[:n]
+            except asyncio.CancelledError:
+                self._outbox[:0] = [it for it in batch if not it[3].done()]  # for the next
+                raise
+            except Exception as exc:
+                for item in batch:
+                    if not item[3].done():
+                        item[3].set_exception(exc)
+        return sent.result()
+
+    async def _send_group(self, group: list[_Item]) -> None:
+        sql, loop = group[0][0], asyncio.get_running_loop()
+        deadline, delay = loop.time() + self._publish_timeout, _BACKOFF_FIRST
+        while True:
+            if self._pool is None:
+                raise BusConnectionError(f"PgmqBus on '{self._channel}' is closed")
+            try:
+                if len(group) == 1:
+                    await self._pool.execute(sql, *group[0][1:3], timeout=_IO_TIMEOUT)
+                else:  # pipelined, and atomic
+                    await self._pool.executemany(sql, [item[1:3] for item in group],
+                                                 timeout=_IO_TIMEOUT)
+                for item in group:
+                    item[3].set_result(True)
+                return
             except _DOWN as exc:
                 error: Exception = exc
+            except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as exc:
+                # Concurrent fan-outs lock the same notify rows in different orders; Postgres
+                # rolled this batch back, so sending it again is safe.
+                error = exc
             except asyncpg.PostgresError as exc:
-                if sql is _SEND and isinstance(exc, asyncpg.UndefinedTableError):
-                    return False
-                raise BusError(f"PGMQ refused a message on '{self._channel}': {exc}") from exc
+                if sql is not _SEND or not isinstance(exc, asyncpg.UndefinedTableError):
+                    raise BusError(f"PGMQ refused a message on '{self._channel}': {exc}") from exc
+                if len(group) == 1:
+                    group[0][3].set_result(False)
+                    return
+                for item in group:  # find the queue that is missing
+                    await self._send_group([item])
+                return
             if loop.time() + delay >= deadline:
                 raise BusConnectionError(f"cannot send on PGMQ channel '{self._channel}' for "
                                          f"{self._publish_timeout} s: {error}") from error
             await asyncio.sleep(delay)
             delay = min(delay * 2, _BACKOFF_MAX)
+
+
+def _consume(future: asyncio.Future[bool]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 async def _ensure_pgmq(conn: Any) -> None:
@@ -334,29 +379,29 @@ async def _ensure_pgmq(conn: Any) -> None:
     if await conn.fetchval(_HAS_PGMQ, timeout=_IO_TIMEOUT):
         return
     sql_file = files("pgmq").joinpath("sql", "pgmq.sql")
+    # A session lock, so that the check below runs in a transaction of its own and sees what
+    # another process installed while we waited.
+    await conn.execute("SELECT pg_advisory_lock($1)", _INSTALL_LOCK, timeout=_IO_TIMEOUT)
     try:
-        async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _INSTALL_LOCK)
-            if await conn.fetchval(_HAS_PGMQ):
-                return
-            if await conn.fetchval("SELECT to_regnamespace('pgmq') IS NOT NULL"):
-                raise BusConnectionError(
-                    "the PGMQ in this database has no topics or insert notifications: upgrade "
-                    "it (PgmqBus needs PGMQ 1.13, as shipped with the pgmq package >= 1.1.4)")
-            installed = False
-            if await conn.fetchval(
-                    "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name='pgmq')"):
-                with contextlib.suppress(asyncpg.PostgresError):
-                    async with conn.transaction():  # a savepoint: fall back to the SQL
-                        await conn.execute("CREATE EXTENSION IF NOT EXISTS pgmq")
-                        installed = True
-            if not installed:
+        if await conn.fetchval(_HAS_PGMQ):
+            return
+        if await conn.fetchval("SELECT to_regnamespace('pgmq') IS NOT NULL"):
+            raise BusConnectionError(
+                "the PGMQ in this database has no topics or insert notifications: upgrade it "
+                "(PgmqBus needs PGMQ 1.13, as shipped with the pgmq package >= 1.1.4)")
+        if await conn.fetchval("SELECT count(*) FROM pg_available_extensions WHERE name='pgmq'"):
+            await conn.execute("CREATE EXTENSION IF NOT EXISTS pgmq")
+        else:
+            async with conn.transaction():
                 await conn.execute(sql_file.read_text(encoding="utf-8"))
-    except _DOWN:
-        raise
     except asyncpg.PostgresError as exc:
+        if isinstance(exc, _DOWN):
+            raise
         raise BusConnectionError(
             f"PGMQ is not installed in this database and this role cannot install it ({exc}); "
             f"install it once as an owner: CREATE EXTENSION pgmq, or psql -f {sql_file}"
         ) from exc
+    finally:
+        with contextlib.suppress(*_FAILED):
+            await conn.execute("SELECT pg_advisory_unlock($1)", _INSTALL_LOCK)
     logger.info("installed PGMQ in the database")

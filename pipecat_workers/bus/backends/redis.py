@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
@@ -30,6 +29,7 @@ from pipecat_workers.bus.network import NetworkBus
 from pipecat_workers.bus.serializer import MessageSerializer
 from pipecat_workers.errors import BusConnectionError, ConfigurationError
 from pipecat_workers.settings import DEFAULT_SETTINGS
+from pipecat_workers.tasks import cancel_and_wait
 
 logger = logging.getLogger("pipecat_workers.bus.redis")
 
@@ -68,6 +68,8 @@ class RedisBus(NetworkBus):
         self._publish_timeout = publish_timeout
         self._pubsub: PubSub | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._sender: asyncio.Task[None] | None = None
+        self._outbox: list[tuple[str, bytes, asyncio.Future[None]]] = []
 
     def _runner_channel(self, runner: str) -> str:
         return f"{self._channel}:runner:{runner}"
@@ -87,10 +89,10 @@ class RedisBus(NetworkBus):
         self._reader = asyncio.get_running_loop().create_task(self._read_forever())
 
     async def _close(self) -> None:
-        reader, self._reader = self._reader, None
-        if reader is not None:
-            reader.cancel()
-            await asyncio.wait({reader}, timeout=DEFAULT_SETTINGS.cancel_timeout)
+        if self._sender is not None:  # let what was sent before the close leave
+            await asyncio.wait({self._sender}, timeout=DEFAULT_SETTINGS.cancel_timeout)
+        await cancel_and_wait((self._reader, self._sender), DEFAULT_SETTINGS.cancel_timeout)
+        self._reader = self._sender = None
         await self._drop_pubsub()
         self._mark_closed()
         if self._url is not None and self._client is not None:
@@ -155,23 +157,56 @@ class RedisBus(NetworkBus):
         await self._publish_bytes(self._runner_channel(runner), data)
 
     async def _publish_bytes(self, channel: str, data: bytes) -> None:
+        """Publish in call order, even from concurrent tasks.
+
+        Concurrent publishes on a pooled client may leave on different connections and
+        overtake each other; here one sender task drains an outbox in order, pipelining what
+        piled up meanwhile into one round trip.
+        """
+        sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._outbox.append((channel, data, sent))
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.get_running_loop().create_task(self._flush())
+        await asyncio.shield(sent)
+
+    async def _flush(self) -> None:
+        while self._outbox:
+            batch, self._outbox = self._outbox, []
+            try:
+                await self._publish_batch(batch)
+            except Exception as exc:
+                for _, _, sent in batch:
+                    if not sent.done():
+                        sent.set_exception(exc)
+                        sent.add_done_callback(_consume)
+            else:
+                for _, _, sent in batch:
+                    if not sent.done():
+                        sent.set_result(None)
+
+    async def _publish_batch(self, batch: list[tuple[str, bytes, asyncio.Future[None]]]) -> None:
         client = self._redis()
-        try:
-            await client.publish(channel, data)
-            return
-        except _DOWN as exc:
-            first_error: Any = exc
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._publish_timeout
         delay = _BACKOFF_FIRST
-        while loop.time() + delay < deadline:
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _BACKOFF_MAX)
+        while True:
             try:
-                await client.publish(channel, data)
+                if len(batch) == 1:
+                    await client.publish(batch[0][0], batch[0][1])
+                else:
+                    async with client.pipeline(transaction=False) as pipe:
+                        for channel, data, _ in batch:
+                            pipe.publish(channel, data)
+                        await pipe.execute()
                 return
             except _DOWN as exc:
-                first_error = exc
-        raise BusConnectionError(
-            f"cannot publish to Redis channel '{channel}' for {self._publish_timeout} s: "
-            f"{first_error}")
+                if loop.time() + delay >= deadline:
+                    raise BusConnectionError(
+                        f"cannot publish to Redis channel '{self._channel}' for "
+                        f"{self._publish_timeout} s: {exc}") from exc
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _BACKOFF_MAX)
+
+
+def _consume(future: asyncio.Future[None]) -> None:
+    future.exception()  # retrieved here if the sender that awaited it was cancelled
