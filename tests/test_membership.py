@@ -12,6 +12,7 @@ import pytest
 
 from pipecat_workers import (
     BaseWorker,
+    ConfigurationError,
     JobError,
     JobStatus,
     Settings,
@@ -205,3 +206,40 @@ async def test_a_worker_stopping_in_a_peer_leaves_this_registry(bus) -> None:
         await wait_until(lambda: "remote" not in a.registry)
         assert watcher.events[-1] == ("lost", "remote:stopped")
         assert "other" in a.registry
+
+
+async def test_a_name_taken_on_another_runner_is_refused_before_it_starts(bus) -> None:
+    a = runner_on(bus, "runner-a")
+    async with running(a):
+        await fake_runner(bus, "elsewhere", 1.0, ["taken"])
+        await wait_until(lambda: "taken" in a.registry)
+        with pytest.raises(ConfigurationError, match="already runs on runner 'elsewhere'"):
+            await a.add_workers(Echo("taken"))
+
+
+async def test_two_live_workers_with_one_name_stop_the_newcomer_and_tell_both() -> None:
+    # Two buses joined by hand stand for two processes that started at the same moment.
+    left_bus, right_bus = AsyncQueueBus(), AsyncQueueBus()
+    a = WorkerRunner(name="runner-a", bus=left_bus, handle_sigint=False, settings=FAST)
+    b = WorkerRunner(name="runner-b", bus=right_bus, handle_sigint=False, settings=FAST)
+    errors: dict[str, list[str]] = {"runner-a": [], "runner-b": []}
+    for runner in (a, b):
+        async def on_error(r: WorkerRunner, data: object) -> None:
+            errors[r.name].append(data.error)  # type: ignore[attr-defined]
+        runner.add_event_handler("on_error", on_error)
+    old, new = Echo("same"), Echo("same")
+    await a.add_workers(old)
+    await b.add_workers(new)
+    async with running(a):
+        await asyncio.sleep(0.02)  # old starts first
+        async with running(b):
+            await wait_until(lambda: new.started_at is not None)
+            # exchange snapshots the way a network would
+            for src, dst in ((a, right_bus), (b, left_bus)):
+                await dst.send(BusWorkerRegistryMessage(
+                    source=src.name, runner=src.name, incarnation=src.incarnation,
+                    digest="x", workers=src._registry_entries()))
+            await wait_until(lambda: new.state.value == "stopped", timeout=2)
+            await wait_until(lambda: errors["runner-a"] and errors["runner-b"], timeout=2)
+            assert old.state.value == "ready"
+            assert "newcomer on 'runner-b'" in errors["runner-a"][0]

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from pipecat_workers.bus.core import WorkerBus
 from pipecat_workers.bus.messages import (
+    BusDuplicateWorkerMessage,
     BusHeartbeatMessage,
     BusMessage,
     BusRegistryRequestMessage,
@@ -35,8 +36,8 @@ logger = logging.getLogger("pipecat_workers.membership")
 
 _LEFT_MEMORY = 1024  # runners whose leave is remembered, to ignore their late messages
 
-_MEMBERSHIP_MESSAGES = (BusHeartbeatMessage, BusWorkerRegistryMessage, BusRegistryRequestMessage,
-                        BusRunnerLeaveMessage, BusWorkerStoppedMessage)
+_MEMBERSHIP_MESSAGES = (BusDuplicateWorkerMessage, BusHeartbeatMessage, BusWorkerRegistryMessage,
+                        BusRegistryRequestMessage, BusRunnerLeaveMessage, BusWorkerStoppedMessage)
 
 
 @dataclass(slots=True)
@@ -58,6 +59,7 @@ class Membership:
         self, *, runner: str, incarnation: float, bus: WorkerBus, registry: WorkerRegistry,
         settings: Settings, entries: Callable[[], list[WorkerRegistryEntry]],
         stats: Callable[[], dict[str, Any]],
+        on_duplicate: Callable[[WorkerRegistryEntry, str], Awaitable[None]],
     ) -> None:
         self._runner = runner
         self._incarnation = incarnation
@@ -66,6 +68,7 @@ class Membership:
         self._settings = settings
         self._entries = entries
         self._stats = stats
+        self._on_duplicate = on_duplicate
         self._peers: dict[str, Peer] = {}
         self._left: dict[str, float] = {}  # runner -> the incarnation that said it leaves
         self._task: asyncio.Task[None] | None = None
@@ -164,6 +167,9 @@ class Membership:
                 await self._send_snapshot(target=message.runner)
         elif isinstance(message, BusRunnerLeaveMessage):
             await self._on_leave(message)
+        elif isinstance(message, BusDuplicateWorkerMessage):
+            logger.error("runner '%s' reports that its worker '%s' has the name of one of ours",
+                         message.runner, message.worker_name)
         elif isinstance(message, BusWorkerStoppedMessage):
             known = self._registry.get(message.source)
             if (known is not None and known.runner == message.runner
@@ -217,6 +223,10 @@ class Membership:
             if data.worker_name not in listed:
                 await self._registry.unregister(data.worker_name, reason="stopped")
         for entry in message.workers:
+            known = self._registry.get(entry.name)
+            if known is not None and known.runner == self._runner:
+                await self._on_duplicate(entry, message.runner)
+                continue
             await self._registry.register(WorkerReadyData(
                 worker_name=entry.name, runner=message.runner,
                 incarnation=message.incarnation, parent=entry.parent))

@@ -23,6 +23,7 @@ from pipecat_workers.bus.messages import (
     BusAddWorkerMessage,
     BusCancelMessage,
     BusCancelWorkerMessage,
+    BusDuplicateWorkerMessage,
     BusEndMessage,
     BusEndWorkerMessage,
     BusMessage,
@@ -106,7 +107,7 @@ class WorkerRunner(EventEmitter):
         self._membership = Membership(
             runner=self._name, incarnation=self._incarnation, bus=self._bus,
             registry=self._registry, settings=self._settings, entries=self._registry_entries,
-            stats=self.stats)
+            stats=self.stats, on_duplicate=self._on_duplicate)
         self._bus.subscribe(self, role="runner")
         self._bus.bind(self._name, self._incarnation, self._locate)
         if isinstance(self._bus, NetworkBus):
@@ -164,6 +165,10 @@ class WorkerRunner(EventEmitter):
         for worker in workers:
             if worker.name in self._workers or self._bus.is_local(worker.name):
                 raise ConfigurationError(f"a worker named '{worker.name}' is already on this bus")
+            known = self._registry.get(worker.name)
+            if known is not None:
+                raise ConfigurationError(f"a worker named '{worker.name}' already runs on "
+                                         f"runner '{known.runner}'")
             worker.attach(registry=self._registry, bus=self._bus, worker_runner=self)
             self._workers[worker.name] = worker
             worker.add_done_callback(self._on_worker_stopped)
@@ -380,6 +385,25 @@ class WorkerRunner(EventEmitter):
         # Peers may have missed our changes (pub/sub keeps nothing): announce again.
         if self._running:
             self._membership.local_changed()
+
+    async def _on_duplicate(self, remote: WorkerRegistryEntry, runner: str) -> None:
+        """Two live workers claim one name: the one that started later (the newcomer) stops,
+        and both runners are told. Both sides see both snapshots, so they agree."""
+        local = self._workers.get(remote.name)
+        if local is None:
+            return
+        ours = (local.started_at or float("inf"), self._name)
+        theirs = (remote.started_at or float("inf"), runner)
+        newcomer = self._name if ours > theirs else runner
+        error = (f"worker name '{remote.name}' is used by runners '{self._name}' and "
+                 f"'{runner}'; the newcomer on '{newcomer}' is stopped")
+        logger.error(error)
+        self._emit("on_error", WorkerErrorData(worker_name=remote.name, error=error))
+        await self._bus.send(BusDuplicateWorkerMessage(
+            source=self._name, target=runner, worker_name=remote.name, runner=self._name,
+            other_runner=runner))
+        if newcomer == self._name:
+            await local.stop(reason="stopped: its name is taken")
 
     def _registry_entries(self) -> list[WorkerRegistryEntry]:
         """This runner's registered workers, as announced to its peers."""
