@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -51,3 +52,24 @@ def test_readme_python_example(index, tmp_path):
     out = run(str(script))
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["HELLO", "THERE", "{'words': 2}"]
+
+
+@pytest.mark.redis
+def test_distributed_example_runs_one_worker_per_process(redis_url: str) -> None:
+    channel = f"example-{uuid.uuid4().hex[:8]}"
+    agents = [subprocess.Popen([sys.executable, "-m", "examples.distributed", name, "--redis",
+                                redis_url, "--channel", channel], cwd=ROOT, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+              for name in ("greeter", "support")]
+    try:
+        out = run("-m", "examples.distributed", "acme", "--redis", redis_url,
+                  "--channel", channel)
+        assert out.returncode == 0, out.stderr
+        assert "support -> user: Billing support here." in out.stdout
+        # the conversation's end ends every runner on the channel
+        outputs = [agent.communicate(timeout=15)[0] for agent in agents]
+        assert [agent.returncode for agent in agents] == [0, 0]
+        assert "[support] active (from greeter" in outputs[1]
+    finally:
+        for agent in agents:
+            agent.kill()

@@ -1,0 +1,1 @@
+"""The hand-off example split over processes (or machines) on Redis or PGMQ."""
