@@ -340,17 +340,19 @@ async def test_request_is_active_while_the_handler_runs() -> None:
 # -- events -----------------------------------------------------------------------------------
 
 
+async def read_all(ctx: Any) -> tuple[Any, list[Any]]:
+    """Enter a job()/job_group() block, read every event, and return the context and events."""
+    events = []
+    async with ctx:
+        async for event in ctx:
+            events.append(event)
+    return ctx, events
+
+
 async def test_job_iterates_updates_then_ends() -> None:
     requester, worker = Requester(), Worker("w")
     async with running(requester, worker):
-        async def go() -> Any:
-            events = []
-            async with requester.job("w", name="updates") as j:
-                async for event in j:
-                    events.append(event)
-            return j, events
-
-        j, events = await within(go())
+        j, events = await within(read_all(requester.job("w", name="updates")))
         assert events == [JobEvent(JobEvent.UPDATE, {"step": 1}),
                           JobEvent(JobEvent.UPDATE, {"step": 2})]
         assert all(isinstance(e, JobEvent) for e in events)
@@ -360,14 +362,7 @@ async def test_job_iterates_updates_then_ends() -> None:
 async def test_job_group_iterates_events_with_worker_names() -> None:
     requester, a, b = Requester(), Worker("a"), Worker("b")
     async with running(requester, a, b):
-        async def go() -> Any:
-            events = []
-            async with requester.job_group("a", "b", name="updates") as g:
-                async for event in g:
-                    events.append(event)
-            return g, events
-
-        g, events = await within(go())
+        g, events = await within(read_all(requester.job_group("a", "b", name="updates")))
         assert all(isinstance(e, JobGroupEvent) for e in events)
         for name in ("a", "b"):
             mine = [(e.type, e.data) for e in events if e.worker_name == name]
@@ -380,14 +375,7 @@ async def test_job_group_iterates_events_with_worker_names() -> None:
 async def test_iteration_ends_when_the_group_ends_without_events() -> None:
     requester, a, b = Requester(), Worker("a"), Worker("b")
     async with running(requester, a, b):
-        async def go() -> Any:
-            events = []
-            async with requester.job_group("a", "b", name="echo") as g:
-                async for event in g:
-                    events.append(event)
-            return g, events
-
-        g, events = await within(go())
+        g, events = await within(read_all(requester.job_group("a", "b", name="echo")))
         assert events == []
         assert g.result.ok
 
@@ -417,14 +405,7 @@ async def test_not_iterating_still_works() -> None:
 async def test_stream_events_and_the_end_is_the_final_answer() -> None:
     requester, worker = Requester(), Worker("w")
     async with running(requester, worker):
-        async def go() -> Any:
-            events = []
-            async with requester.job("w", name="stream") as j:
-                async for event in j:
-                    events.append(event)
-            return j, events
-
-        j, events = await within(go())
+        j, events = await within(read_all(requester.job("w", name="stream")))
         assert events == [
             JobEvent(JobEvent.STREAM_START, {"kind": "text"}),
             JobEvent(JobEvent.STREAM_DATA, {"chunk": "a"}),
@@ -444,14 +425,7 @@ async def test_stream_events_and_the_end_is_the_final_answer() -> None:
 async def test_job_group_stream_events_carry_worker_names() -> None:
     requester, a, b = Requester(), Worker("a"), Worker("b")
     async with running(requester, a, b):
-        async def go() -> Any:
-            events = []
-            async with requester.job_group("a", "b", name="stream") as g:
-                async for event in g:
-                    events.append(event)
-            return g, events
-
-        g, events = await within(go())
+        g, events = await within(read_all(requester.job_group("a", "b", name="stream")))
         for name in ("a", "b"):
             assert [e.type for e in events if e.worker_name == name] == [
                 JobEventType.STREAM_START, JobEventType.STREAM_DATA,
