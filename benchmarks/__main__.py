@@ -15,7 +15,7 @@ from benchmarks.core import Scale, run, select
 from benchmarks.table import fmt_target, render, write_json
 
 # Modules that register benchmarks; a new backend adds its module here.
-SUITES = ("benchmarks.local",)
+SUITES = ("benchmarks.local", "benchmarks.network")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     for bench in benches:
         print(f"running {bench.key} ...", end=" ", file=sys.stderr, flush=True)
         row = run(bench, scale)
-        print(f"{row.seconds:.1f} s" + (f" ({row.error})" if row.error else ""),
-              file=sys.stderr, flush=True)
+        outcome = f" ({row.error})" if row.error else " (skipped)" if row.skipped else ""
+        print(f"{row.seconds:.1f} s{outcome}", file=sys.stderr, flush=True)
         rows.append(row)
     title = "pipecat-workers benchmarks" + (" (quick: small counts, not comparable)"
                                             if args.quick else "")

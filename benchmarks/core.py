@@ -7,6 +7,11 @@ a benchmark that crashes still shows up in the table with its target.
 
 New backends add a module that registers its own benchmarks under another group (for example
 ``"redis"``) and list that module in ``benchmarks.__main__.SUITES``.
+
+A benchmark that cannot run here (its server is unreachable, say) raises :class:`Skip`: its
+row says "skipped" with the reason, which is neither a crash nor a missed target. A benchmark
+registered with ``target=None`` is a reference row (a floor other rows are compared with): it
+shows its number and counts neither as met nor as missed.
 """
 
 from __future__ import annotations
@@ -34,6 +39,10 @@ class Target:
         return "≤" if self.op == "<=" else "≥"
 
 
+class Skip(Exception):
+    """Raised by a benchmark that cannot run here; the message is the row's note."""
+
+
 @dataclass(frozen=True, slots=True)
 class Scale:
     """How hard to push: the full run, or a quick smoke run."""
@@ -59,12 +68,15 @@ class Measurement:
         details: Anything else worth keeping in the JSON report.
         valid: False if the run was wrong even though it produced a number (e.g. lost
             chunks); such a row never meets its target.
+        display: The result cell, when the value alone says too little (e.g.
+            ``"412 µs (1.31x floor)"`` for a ratio); default: the value and its unit.
     """
 
     value: float
     notes: str = ""
     details: dict[str, Any] = field(default_factory=dict)
     valid: bool = True
+    display: str = ""
 
 
 BenchmarkFn = Callable[[Scale], Measurement]
@@ -78,7 +90,7 @@ class Benchmark:
     group: str
     workload: str
     unit: str
-    target: Target
+    target: Target | None
     fn: BenchmarkFn
 
 
@@ -90,26 +102,36 @@ class Row:
     group: str
     workload: str
     unit: str
-    target: Target
+    target: Target | None
     value: float | None
     notes: str
     details: dict[str, Any]
     valid: bool
     seconds: float
     error: str | None = None
+    skipped: str | None = None
+    display: str = ""
 
     @property
     def passed(self) -> bool:
-        return self.error is None and self.valid and self.value is not None \
+        return self.error is None and self.skipped is None and self.valid \
+            and self.value is not None and self.target is not None \
             and self.target.met(self.value)
 
+    @property
+    def judged(self) -> bool:
+        """Whether the row counts towards "N/M targets met": it has a target and ran."""
+        return self.target is not None and self.skipped is None
+
     def to_json(self) -> dict[str, Any]:
+        target = None if self.target is None else {"op": self.target.op,
+                                                   "limit": self.target.limit}
         return {
             "key": self.key, "group": self.group, "workload": self.workload,
-            "value": self.value, "unit": self.unit,
-            "target": {"op": self.target.op, "limit": self.target.limit},
+            "value": self.value, "unit": self.unit, "target": target,
             "passed": self.passed, "valid": self.valid, "notes": self.notes,
-            "details": self.details, "seconds": round(self.seconds, 3), "error": self.error,
+            "display": self.display, "details": self.details,
+            "seconds": round(self.seconds, 3), "error": self.error, "skipped": self.skipped,
         }
 
 
@@ -117,9 +139,10 @@ BENCHMARKS: dict[str, Benchmark] = {}
 
 
 def benchmark(
-    key: str, *, group: str, workload: str, unit: str, target: Target
+    key: str, *, group: str, workload: str, unit: str, target: Target | None
 ) -> Callable[[BenchmarkFn], BenchmarkFn]:
-    """Register a benchmark function under ``key`` (unique, e.g. ``"local.round_trip"``)."""
+    """Register a benchmark function under ``key`` (unique, e.g. ``"local.round_trip"``);
+    ``target=None`` makes a reference row."""
 
     def register(fn: BenchmarkFn) -> BenchmarkFn:
         if key in BENCHMARKS:
@@ -136,19 +159,23 @@ def select(patterns: Sequence[str] = ()) -> list[Benchmark]:
 
 
 def run(bench: Benchmark, scale: Scale) -> Row:
-    """Run one benchmark after a full collection; an exception becomes an error row."""
+    """Run one benchmark after a full collection; an exception becomes an error row, and
+    :class:`Skip` a skipped one."""
     gc.collect()
     started = time.perf_counter()
     value: float | None = None
-    notes, details, valid, error = "", {}, True, None
+    notes, details, valid, error, skipped, display = "", {}, True, None, None, ""
     try:
         result = bench.fn(scale)
         value, notes, details, valid = result.value, result.notes, result.details, result.valid
+        display = result.display
+    except Skip as exc:
+        skipped = str(exc) or "skipped"
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
         details = {"traceback": traceback.format_exc()}
     return Row(bench.key, bench.group, bench.workload, bench.unit, bench.target, value, notes,
-               details, valid, time.perf_counter() - started, error)
+               details, valid, time.perf_counter() - started, error, skipped, display)
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:

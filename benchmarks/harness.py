@@ -13,6 +13,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from pipecat_workers import BaseWorker, WorkerRunner, job
+from pipecat_workers.bus import WorkerBus
 from pipecat_workers.bus.messages import BusJobRequestMessage
 
 PAYLOAD = {"x": 1}
@@ -54,12 +55,15 @@ class Streamer(BaseWorker):
 class Session:
     """A runner with ``handle_sigint=False``, run in a task until the session ends.
 
+    ``bus`` and ``name`` go to the runner (default: the in-memory bus, a generated name).
+
     ``start()`` returns once the runner has emitted ``on_ready``, i.e. every worker added
     before it is registered; ``stop()`` ends the runner gracefully and waits for it.
     """
 
-    def __init__(self, *workers: BaseWorker) -> None:
-        self.runner = WorkerRunner(handle_sigint=False)
+    def __init__(self, *workers: BaseWorker, bus: WorkerBus | None = None,
+                 name: str | None = None) -> None:
+        self.runner = WorkerRunner(name=name, bus=bus, handle_sigint=False)
         self._workers = workers
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None

@@ -32,23 +32,43 @@ def fmt_value(value: float, unit: str) -> str:
     return f"{fmt_number(value)}{unit}" if unit == "×" else f"{fmt_number(value)} {unit}"
 
 
-def fmt_target(target: Target, unit: str) -> str:
+def fmt_target(target: Target | None, unit: str) -> str:
+    if target is None:
+        return "reference"
     limit = f"{target.limit:,g}"
     return f"{target.symbol} {limit}{unit}" if unit == "×" else f"{target.symbol} {limit} {unit}"
 
 
+def status(row: Row) -> str:
+    if row.skipped is not None:
+        return "skipped"
+    if row.target is None and row.error is None:
+        return "—"
+    return "✓" if row.passed else "✗"
+
+
 def cells(row: Row) -> tuple[str, str, str, str, str]:
-    result = "error" if row.value is None else fmt_value(row.value, row.unit)
-    notes = row.error or row.notes
-    return (row.workload, result, fmt_target(row.target, row.unit),
-            "✓" if row.passed else "✗", notes)
+    if row.skipped is not None:
+        result = "—"
+    elif row.value is None:
+        result = "error"
+    else:
+        result = row.display or fmt_value(row.value, row.unit)
+    notes = row.skipped or row.error or row.notes
+    return (row.workload, result, fmt_target(row.target, row.unit), status(row), notes)
 
 
 def summary(rows: Sequence[Row]) -> str:
-    met = sum(r.passed for r in rows)
-    line = f"{met}/{len(rows)} targets met"
+    judged = [r for r in rows if r.judged]
+    line = f"{sum(r.passed for r in judged)}/{len(judged)} targets met"
+    extra = []
     errors = sum(r.error is not None for r in rows)
-    return line + (f" ({errors} benchmark(s) failed to run)" if errors else "")
+    if errors:
+        extra.append(f"{errors} benchmark(s) failed to run")
+    skipped = sum(r.skipped is not None for r in rows)
+    if skipped:
+        extra.append(f"{skipped} skipped")
+    return line + (f" ({', '.join(extra)})" if extra else "")
 
 
 def render(rows: Sequence[Row], *, title: str, out: TextIO = sys.stdout) -> None:
@@ -64,7 +84,12 @@ def render(rows: Sequence[Row], *, title: str, out: TextIO = sys.stdout) -> None
         table.add_column(header, justify="right" if header in ("result", "target") else "left",
                          no_wrap=header != "notes")
     for row in rows:
-        style = None if row.passed else "red"
+        if row.skipped is not None:
+            style = "dim"
+        elif row.passed or (row.target is None and row.error is None):
+            style = None
+        else:
+            style = "red"
         table.add_row(*cells(row), style=style)
     # Piped output defaults to 80 columns; the notes column deserves more.
     console = Console(file=out, width=max(Console(file=out).width, 160))
@@ -91,7 +116,8 @@ def write_json(path: Path, rows: Sequence[Row], *, quick: bool) -> None:
         "quick": quick,
         "python": sys.version.split()[0],
         "platform": platform.platform(),
-        "summary": {"met": sum(r.passed for r in rows), "total": len(rows)},
+        "summary": {"met": sum(r.passed for r in rows), "total": sum(r.judged for r in rows),
+                    "skipped": sum(r.skipped is not None for r in rows)},
         "rows": [r.to_json() for r in rows],
     }
     path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
