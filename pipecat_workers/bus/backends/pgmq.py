@@ -67,12 +67,20 @@ _DELETE = "SELECT pgmq.delete($1::text, $2::bigint[])"
 _SEND = "SELECT pgmq.send($1, $2::jsonb)"
 _SEND_TOPIC = "SELECT pgmq.send_topic($1, $2::jsonb)"
 _DROP = "SELECT pgmq.drop_queue($1)"
+_TRY_LOCK = "SELECT pg_try_advisory_lock($1)"
+_UNLOCK = "SELECT pg_advisory_unlock($1)"
 # Simple queries (one round trip, one transaction); names are hex digests, safe inline.
 _SETUP = ("SELECT pgmq.create_unlogged('{q}'); SELECT pgmq.enable_notify_insert('{q}', 0); "
           "SELECT pgmq.bind_topic('{t}', '{q}')")
 _TEARDOWN = "SELECT pgmq.unbind_topic('{t}', '{q}'); SELECT pgmq.drop_queue('{q}')"
 
 _Item = tuple[str, str, str, "asyncio.Future[bool]"]  # (sql, queue or topic, message, sent)
+
+
+def _lock_key(queue: str) -> int:
+    """A signed 64-bit advisory lock key for a runner's queue."""
+    return int.from_bytes(hashlib.blake2b(queue.encode(), digest_size=8).digest(), "big",
+                          signed=True)
 
 
 def _digest(text: str) -> str:
@@ -143,6 +151,20 @@ class PgmqBus(NetworkBus):
         stats = super().stats()
         stats["queue"] = self._queue
         return stats
+
+    async def probe(self, runner: str) -> bool | None:
+        """A runner is alive iff its reader holds its advisory lock (see ``_connect``)."""
+        if runner == self.runner_name or self._pool is None:
+            return None
+        key = _lock_key(self.queue_name(runner))
+        try:
+            async with self._pool.acquire(timeout=_IO_TIMEOUT) as conn:
+                taken = await conn.fetchval(_TRY_LOCK, key, timeout=_IO_TIMEOUT)
+                if taken:
+                    await conn.execute(_UNLOCK, key, timeout=_IO_TIMEOUT)
+        except _FAILED:
+            return None
+        return not taken
 
     async def forget_runner(self, runner: str) -> None:
         """Drop the queue of a runner that is gone, so nothing piles up for it. Never raises;
@@ -215,6 +237,9 @@ class PgmqBus(NetworkBus):
             conn = await self._pool.acquire(timeout=_IO_TIMEOUT)
         try:
             setup = _SETUP.format(q=self._queue, t=self._topic)
+            # Held while this reader lives: a peer probing for us finds it taken; a killed
+            # process's session ends with its socket, and the lock with it.
+            setup = f"SELECT pg_try_advisory_lock({_lock_key(self._queue)}); {setup}"
             if fresh:  # what was sent to a previous incarnation is not for us
                 setup = f"SELECT pgmq.drop_queue('{self._queue}'); {setup}"
             await conn.execute(setup, timeout=_IO_TIMEOUT)
@@ -352,15 +377,20 @@ class PgmqBus(NetworkBus):
                 # Concurrent fan-outs lock the same notify rows in different orders; Postgres
                 # rolled this batch back, so sending it again is safe.
                 error = exc
-            except asyncpg.PostgresError as exc:
-                if sql is not _SEND or not isinstance(exc, asyncpg.UndefinedTableError):
-                    raise BusError(f"PGMQ refused a message on '{self._channel}': {exc}") from exc
-                if len(group) == 1:
+            except asyncpg.UndefinedTableError as exc:
+                if sql is _SEND_TOPIC:
+                    # A bound queue was dropped under the fan-out (a peer leaving): the batch
+                    # was rolled back, and the binding is gone now, so send it again.
+                    error = exc
+                elif len(group) == 1:
                     group[0][3].set_result(False)
                     return
-                for item in group:  # find the queue that is missing
-                    await self._send_group([item])
-                return
+                else:
+                    for item in group:  # find the queue that is missing
+                        await self._send_group([item])
+                    return
+            except asyncpg.PostgresError as exc:
+                raise BusError(f"PGMQ refused a message on '{self._channel}': {exc}") from exc
             if loop.time() + delay >= deadline:
                 raise BusConnectionError(f"cannot send on PGMQ channel '{self._channel}' for "
                                          f"{self._publish_timeout} s: {error}") from error

@@ -33,6 +33,8 @@ from pipecat_workers.tasks import cancel_and_wait
 
 logger = logging.getLogger("pipecat_workers.bus.redis")
 
+# (channel, payload, future of the sender waiting for it, if any)
+_Outgoing = tuple[str, bytes, "asyncio.Future[None] | None"]
 _DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.05, 2.0
 
@@ -69,7 +71,8 @@ class RedisBus(NetworkBus):
         self._pubsub: PubSub | None = None
         self._reader: asyncio.Task[None] | None = None
         self._sender: asyncio.Task[None] | None = None
-        self._outbox: list[tuple[str, bytes, asyncio.Future[None]]] = []
+        self._outbox: list[_Outgoing] = []
+        self._busy = False  # a publish is in flight: later ones queue behind it
 
     def _runner_channel(self, runner: str) -> str:
         return f"{self._channel}:runner:{runner}"
@@ -77,7 +80,9 @@ class RedisBus(NetworkBus):
     def _redis(self) -> Redis:
         if self._client is None:
             assert self._url is not None
-            self._client = Redis.from_url(self._url, socket_connect_timeout=2)
+            # No socket timeout: it costs a task per command, and pub/sub waits are ours.
+            self._client = Redis.from_url(self._url, socket_connect_timeout=2,
+                                          socket_timeout=None)
         return self._client
 
     async def _open(self) -> None:
@@ -163,41 +168,59 @@ class RedisBus(NetworkBus):
         overtake each other; here one sender task drains an outbox in order, pipelining what
         piled up meanwhile into one round trip.
         """
+        if not self._busy:
+            # Nothing in flight: publish from this task, and hand what queues up meanwhile
+            # (sent after this one) to a sender task.
+            self._busy = True
+            try:
+                await self._publish_batch([(channel, data, None)])
+            finally:
+                if self._outbox:
+                    self._sender = asyncio.get_running_loop().create_task(self._flush())
+                else:
+                    self._busy = False
+            return
         sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._outbox.append((channel, data, sent))
-        if self._sender is None or self._sender.done():
-            self._sender = asyncio.get_running_loop().create_task(self._flush())
         await asyncio.shield(sent)
 
     async def _flush(self) -> None:
+        try:
+            await self._flush_outbox()
+        finally:
+            self._busy = bool(self._outbox)
+
+    async def _flush_outbox(self) -> None:
         while self._outbox:
             batch, self._outbox = self._outbox, []
             try:
                 await self._publish_batch(batch)
             except Exception as exc:
                 for _, _, sent in batch:
-                    if not sent.done():
+                    if sent is not None and not sent.done():
                         sent.set_exception(exc)
                         sent.add_done_callback(_consume)
             else:
                 for _, _, sent in batch:
-                    if not sent.done():
+                    if sent is not None and not sent.done():
                         sent.set_result(None)
 
-    async def _publish_batch(self, batch: list[tuple[str, bytes, asyncio.Future[None]]]) -> None:
+    async def _publish_batch(self, batch: list[_Outgoing]) -> None:
         client = self._redis()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._publish_timeout
         delay = _BACKOFF_FIRST
         while True:
             try:
-                if len(batch) == 1:
-                    await client.publish(batch[0][0], batch[0][1])
-                else:
-                    async with client.pipeline(transaction=False) as pipe:
-                        for channel, data, _ in batch:
-                            pipe.publish(channel, data)
-                        await pipe.execute()
+                # The deadline also covers a connection whose server vanished without a word.
+                async with asyncio.timeout_at(deadline):
+                    if len(batch) == 1:
+                        await client.publish(batch[0][0], batch[0][1])
+                    else:
+                        async with client.pipeline(transaction=False) as pipe:
+                            for channel, data, _ in batch:
+                                pipe.publish(channel, data)
+                            await pipe.execute()
                 return
             except _DOWN as exc:
                 if loop.time() + delay >= deadline:
