@@ -21,7 +21,9 @@ runner hosting the target. The reader LISTENs to its queue's insert notification
 net. When its connection or queue is lost it backs off (capped, exponential), reconnects,
 re-creates its queue and fires ``on_reconnected``; a send retries for ``publish_timeout``
 seconds, then raises :class:`BusConnectionError`. A graceful stop drops the queue, and
-:meth:`PgmqBus.forget_runner` drops a lost peer's. A database without PGMQ gets it at start
+:meth:`PgmqBus.forget_runner` drops a lost peer's. Each reader holds an advisory lock named
+after its queue, so :meth:`PgmqBus.probe` tells a killed runner (its session, and lock, end with
+its socket) from a slow one. A database without PGMQ gets it at start
 (``CREATE EXTENSION``, else the SQL the ``pgmq`` package ships) under an advisory lock. Runner
 names must be unique per channel; any role that can bind a queue to the topic can read it.
 """
