@@ -24,8 +24,8 @@ class JobGroup:
     """
 
     __slots__ = ("job_id", "worker_names", "responses", "statuses", "cancel_on_error",
-                 "pending", "error", "timer", "_done", "_events", "_event_limit",
-                 "_events_dropped", "_event_wait", "_waiter", "_reading", "_room")
+                 "pending", "error", "timer", "_ended", "_enders", "_events", "_event_limit",
+                 "_events_dropped", "_event_wait", "_waiter", "_reading", "_room", "_loop")
 
     def __init__(
         self, job_id: str, worker_names: tuple[str, ...], *, cancel_on_error: bool,
@@ -39,7 +39,11 @@ class JobGroup:
         self.pending: dict[str, None] = dict.fromkeys(worker_names)
         self.error: str | None = None
         self.timer: asyncio.TimerHandle | None = None
-        self._done: asyncio.Future[None] = loop.create_future()
+        self._ended = False
+        # One future per waiter, resolved directly: a waiter wakes one loop turn after the
+        # end, and cancelling one waiter touches nobody else.
+        self._enders: list[asyncio.Future[None]] = []
+        self._loop = loop
         self._events: deque[RawEvent] | None = None
         self._event_limit = 0
         self._event_wait = 0.0
@@ -51,7 +55,7 @@ class JobGroup:
     @property
     def done(self) -> bool:
         """Whether the group has ended, successfully or not."""
-        return self._done.done()
+        return self._ended
 
     def result(self) -> JobGroupResponse:
         """What the members answered so far."""
@@ -76,19 +80,31 @@ class JobGroup:
         self._end(reason)
 
     def _end(self, error: str | None) -> None:
-        if self._done.done():
+        if self._ended:
             return
+        self._ended = True
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
         self.error = error
-        self._done.set_result(None)
+        enders, self._enders = self._enders, []
+        for ender in enders:
+            if not ender.done():
+                ender.set_result(None)
         self._wake()
         self._free_room()
 
     async def wait_ended(self) -> None:
         """Wait for the end, whatever it was; never raises (for shutdown bookkeeping)."""
-        await asyncio.shield(self._done)
+        if self._ended:
+            return
+        ender = self._loop.create_future()
+        self._enders.append(ender)
+        try:
+            await ender
+        finally:
+            if ender in self._enders:
+                self._enders.remove(ender)
 
     async def wait(self) -> JobGroupResponse:
         """Wait for the end.
@@ -96,7 +112,7 @@ class JobGroup:
         Raises:
             JobGroupError: if the group did not complete with every member ``completed``.
         """
-        await asyncio.shield(self._done)
+        await self.wait_ended()
         if self.error is not None:
             raise JobGroupError(
                 self.error, job_id=self.job_id, responses=dict(self.responses),
@@ -143,7 +159,7 @@ class JobGroup:
         the event was dropped.
         """
         while not self.push_event(event):
-            if wait and self._reading and not self._done.done():
+            if wait and self._reading and not self._ended:
                 self._room = room = asyncio.get_running_loop().create_future()
                 try:
                     await asyncio.wait_for(room, self._event_wait)
@@ -188,7 +204,7 @@ class JobGroup:
                 if self._room is not None:
                     self._free_room()
                 return events.popleft()
-            if self._done.done():
+            if self._ended:
                 return None
             self._waiter = asyncio.get_running_loop().create_future()
             await self._waiter
