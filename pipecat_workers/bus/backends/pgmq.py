@@ -64,7 +64,8 @@ _INSTALL_LOCK = 0x7069706563617400  # advisory lock key that serialises PGMQ ins
 
 _HAS_PGMQ = ("SELECT to_regprocedure('pgmq.send_topic(text,jsonb)') IS NOT NULL AND "
              "to_regprocedure('pgmq.enable_notify_insert(text,integer)') IS NOT NULL")
-_READ = "SELECT msg_id, message->>'e' FROM pgmq.read($1, $2, $3)"
+# pgmq.read picks the oldest rows, but UPDATE ... RETURNING gives them in no set order.
+_READ = "SELECT msg_id, message->>'e' FROM pgmq.read($1, $2, $3) ORDER BY msg_id"
 _DELETE = "SELECT pgmq.delete($1::text, $2::bigint[])"
 _SEND = "SELECT pgmq.send($1, $2::jsonb)"
 _SEND_TOPIC = "SELECT pgmq.send_topic($1, $2::jsonb)"
