@@ -3,7 +3,6 @@ it disturbs no other test."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import shutil
@@ -17,15 +16,10 @@ from pathlib import Path
 import pytest
 
 from pipecat_workers import (
-    BaseWorker,
-    BusConnectionError,
-    JobError,
     Settings,
     WorkerRunner,
-    job,
 )
-from pipecat_workers.bus import BusJobRequestMessage
-from tests.helpers import running, wait_until
+from tests.bus.outage import survive_a_restart
 
 pytestmark = pytest.mark.postgres
 
@@ -94,51 +88,12 @@ def own_postgres(postgres_dsn: str) -> Iterator[OwnPostgres]:
     server.remove()
 
 
-class Echo(BaseWorker):
-    @job("echo")
-    async def echo(self, message: BusJobRequestMessage) -> dict[str, str]:
-        return {"by": self.name}
-
-
-async def _ask(client: BaseWorker, name: str, timeout: float | None) -> dict[str, object]:
-    async with client.job(name, name="echo", timeout=timeout) as j:
-        pass
-    return j.response
-
-
 async def test_the_bus_survives_a_postgres_restart(own_postgres: OwnPostgres) -> None:
     from pipecat_workers.bus import PgmqBus
 
     channel = f"pgrestart-{uuid.uuid4().hex[:8]}"
     # The first bus installs the PGMQ schema into the fresh database.
-    a = WorkerRunner(name="a", handle_sigint=False, settings=SETTINGS,
-                     bus=PgmqBus(own_postgres.dsn, channel=channel, publish_timeout=0.5))
-    b = WorkerRunner(name="b", handle_sigint=False, settings=SETTINGS,
-                     bus=PgmqBus(own_postgres.dsn, channel=channel, publish_timeout=0.5))
-    client, near = BaseWorker("client"), Echo("near")
-    await a.add_workers(client, near)
-    await b.add_workers(Echo("far"))
-    events: list[str] = []
-
-    async def on_down(bus: object) -> None:
-        events.append("down")
-
-    async def on_up(bus: object) -> None:
-        events.append("up")
-
-    a.bus.add_event_handler("on_disconnected", on_down)  # type: ignore[attr-defined]
-    a.bus.add_event_handler("on_reconnected", on_up)  # type: ignore[attr-defined]
-    async with running(a), running(b):
-        await wait_until(lambda: "far" in a.registry, timeout=10)
-        assert (await _ask(client, "far", timeout=5)) == {"by": "far"}
-        await asyncio.to_thread(own_postgres.stop)
-        await wait_until(lambda: events[-1:] == ["down"], timeout=10)
-        # same-process workers keep talking while the database is down
-        assert (await _ask(client, "near", timeout=2)) == {"by": "near"}
-        # another process cannot be reached: the job fails in bounded time, no hang
-        with pytest.raises((BusConnectionError, JobError)):
-            await asyncio.wait_for(_ask(client, "far", timeout=2), 10)
-        await asyncio.to_thread(own_postgres.start)
-        await wait_until(lambda: events[-1:] == ["up"], timeout=15)
-        await wait_until(lambda: "far" in a.registry, timeout=10)
-        assert (await asyncio.wait_for(_ask(client, "far", timeout=5), 10)) == {"by": "far"}
+    a, b = (WorkerRunner(name=name, handle_sigint=False, settings=SETTINGS,
+                         bus=PgmqBus(own_postgres.dsn, channel=channel, publish_timeout=0.5))
+            for name in ("a", "b"))
+    await survive_a_restart(a, b, own_postgres.stop, own_postgres.start, patience=15)

@@ -20,11 +20,11 @@ from pipecat_workers import (
     BaseWorker,
     BusConnectionError,
     ConfigurationError,
-    JobError,
     Settings,
     WorkerRunner,
 )
 from pipecat_workers.bus import BusEndMessage, JSONMessageSerializer
+from tests.bus.outage import Echo, survive_a_restart
 from tests.helpers import running, wait_until
 
 pytestmark = pytest.mark.redis
@@ -42,14 +42,6 @@ def publish_raw(url: str, channel: str, payload: bytes) -> None:
     """Inject bytes into the channel the way an attacker or a buggy client would."""
     subprocess.run(["redis-cli", "-u", url, "-x", "PUBLISH", channel], input=payload,
                    check=True, capture_output=True, timeout=10)
-
-
-class Echo(BaseWorker):
-    from pipecat_workers import job as _job
-
-    @_job("echo")
-    async def echo(self, message):  # type: ignore[no-untyped-def]
-        return {"by": self.name}
 
 
 async def test_forged_and_malformed_input_is_dropped_and_counted(redis_url: str) -> None:
@@ -168,40 +160,4 @@ async def pair_on(own_redis: OwnRedis) -> AsyncIterator[tuple[WorkerRunner, Work
 
 async def test_the_bus_survives_a_redis_restart(own_redis: OwnRedis, pair_on) -> None:  # type: ignore[no-untyped-def]
     a, b = pair_on
-    client, near = BaseWorker("client"), Echo("near")
-    await a.add_workers(client, near)
-    await b.add_workers(Echo("far"))
-    events: list[str] = []
-
-    async def on_down(bus: object) -> None:
-        events.append("down")
-
-    async def on_up(bus: object) -> None:
-        events.append("up")
-
-    a.bus.add_event_handler("on_disconnected", on_down)  # type: ignore[attr-defined]
-    a.bus.add_event_handler("on_reconnected", on_up)  # type: ignore[attr-defined]
-    async with running(a), running(b):
-        await wait_until(lambda: "far" in a.registry, timeout=5)
-        hanging = asyncio.ensure_future(_ask(client, "far", timeout=None))
-        await asyncio.sleep(0.05)
-        own_redis.stop()
-        await wait_until(lambda: events[-1:] == ["down"], timeout=5)
-        # same-process workers keep talking while Redis is down
-        assert (await _ask(client, "near", timeout=2)) == {"by": "near"}
-        # sending to another process fails in bounded time instead of hanging
-        with pytest.raises((BusConnectionError, JobError)):
-            await asyncio.wait_for(_ask(client, "far", timeout=2), 5)
-        own_redis.start()
-        await wait_until(lambda: events[-1:] == ["up"], timeout=10)
-        await wait_until(lambda: "far" in a.registry, timeout=5)
-        assert (await _ask(client, "far", timeout=2)) == {"by": "far"}
-        # the job in flight when Redis died ended (its answer may have been lost) or completed
-        done, _ = await asyncio.wait({hanging}, timeout=5)
-        assert done, "a job sent before the restart is still hanging"
-
-
-async def _ask(client: BaseWorker, name: str, timeout: float | None) -> dict[str, object]:
-    async with client.job(name, name="echo", timeout=timeout) as j:
-        pass
-    return j.response
+    await survive_a_restart(a, b, own_redis.stop, own_redis.start)
