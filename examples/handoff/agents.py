@@ -7,10 +7,13 @@ two are never active together.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from pipecat_workers import BaseWorker, WorkerActivationArgs, job
 from pipecat_workers.bus import BusJobRequestMessage
+
+ACTIVATION_WAIT = 2.0  # seconds a turn waits for a hand-off that is on its way
 
 
 class ScriptedAgent(BaseWorker):
@@ -26,23 +29,37 @@ class ScriptedAgent(BaseWorker):
         super().__init__(name, active=False)
         self._persona = persona
         self._handoffs = handoffs or {}
+        self._is_active = asyncio.Event()
 
     async def on_activated(self, args: dict[str, Any] | None) -> None:
         await super().on_activated(args)
+        self._is_active.set()
         note = ((args or {}).get("metadata") or {}).get("note")
         print(f"  [{self.name}] active{f' ({note})' if note else ''}")
 
     async def on_deactivated(self) -> None:
         await super().on_deactivated()
+        self._is_active.clear()
         print(f"  [{self.name}] inactive")
 
     @job("turn")
     async def on_turn(self, message: BusJobRequestMessage) -> dict[str, Any]:
         text = (message.payload or {}).get("text", "")
         if not self.active:
-            return {"reply": None, "error": f"{self.name} is not active"}
+            # Across processes the user's next turn may overtake the hand-off that activates
+            # this agent (they come from different senders): give the hand-off a moment.
+            try:
+                await asyncio.wait_for(self._is_active.wait(), ACTIVATION_WAIT)
+            except TimeoutError:
+                return {"reply": None, "error": f"{self.name} is not active"}
         for keyword, target in self._handoffs.items():
             if keyword in text.lower():
+                # Hand off only to an agent that is up: on a network bus, a message to a
+                # process that has not joined yet is lost.
+                try:
+                    await self.registry.wait_for(target, ACTIVATION_WAIT)
+                except TimeoutError:
+                    return {"reply": f"Sorry, {target} is not available right now."}
                 await self.activate_worker(
                     target,
                     args=WorkerActivationArgs(metadata={"note": f"from {self.name}: {text}"}),
