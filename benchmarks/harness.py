@@ -132,3 +132,25 @@ async def round_trips(client: Client, target: str, *, iterations: int, warmup: i
         if start > deadline:
             break
     return samples
+
+
+async def jobs_in_flight(client: Client, target: str, *, total: int, in_flight: int,
+                         budget: float) -> tuple[int, float]:
+    """Run ``total`` echo jobs with ``in_flight`` of them open at once (until ``budget``
+    seconds pass); return how many ran and how long they took."""
+    left = total
+    deadline = time.perf_counter() + budget
+
+    async def lane() -> int:
+        nonlocal left
+        done = 0
+        while left > 0 and time.perf_counter() < deadline:
+            left -= 1
+            async with client.job(target, name="echo", payload=PAYLOAD):
+                pass
+            done += 1
+        return done
+
+    start = time.perf_counter()
+    counts = await asyncio.gather(*(lane() for _ in range(in_flight)))
+    return sum(counts), time.perf_counter() - start

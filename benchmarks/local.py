@@ -13,7 +13,16 @@ import tracemalloc
 from typing import Any
 
 from benchmarks.core import Measurement, Scale, Target, benchmark, percentile
-from benchmarks.harness import PAYLOAD, Client, Echo, Idle, Session, Streamer, round_trips
+from benchmarks.harness import (
+    PAYLOAD,
+    Client,
+    Echo,
+    Idle,
+    Session,
+    Streamer,
+    jobs_in_flight,
+    round_trips,
+)
 from pipecat_workers import JobEventType
 
 GROUP = "local"
@@ -67,23 +76,8 @@ async def _throughput(total: int, in_flight: int, budget: float) -> tuple[int, f
     client = Client("client")
     async with Session(client, Echo("echo")):
         await round_trips(client, "echo", iterations=0, warmup=1_000, budget=budget)
-        left = total
-        deadline = time.perf_counter() + budget
-
-        async def lane() -> int:
-            nonlocal left
-            done = 0
-            while left > 0 and time.perf_counter() < deadline:
-                left -= 1
-                async with client.job("echo", name="echo", payload=PAYLOAD):
-                    pass
-                done += 1
-            return done
-
-        start = time.perf_counter()
-        counts = await asyncio.gather(*(lane() for _ in range(in_flight)))
-        elapsed = time.perf_counter() - start
-    return sum(counts), elapsed
+        return await jobs_in_flight(client, "echo", total=total, in_flight=in_flight,
+                                    budget=budget)
 
 
 @benchmark("local.throughput", group=GROUP, workload="local jobs/s, 100 in flight",

@@ -36,7 +36,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from benchmarks.core import Measurement, Scale, Skip, Target, benchmark, percentile
-from benchmarks.harness import PAYLOAD, Client, Session, round_trips
+from benchmarks.harness import Client, Session, jobs_in_flight, round_trips
 from pipecat_workers import JobError, JobEventType, WorkerRunner
 from pipecat_workers.bus import WorkerBus
 from pipecat_workers.settings import DEFAULT_SETTINGS
@@ -387,27 +387,12 @@ async def _throughput(backend: str, url: str, total: int, in_flight: int, warmup
         runner = await cluster.session(client)
         await runner.registry.wait_for("echo", 10)
         await round_trips(client, "echo", iterations=0, warmup=warmup, budget=budget)
-        left = total
-        deadline = time.perf_counter() + budget
-
-        async def lane() -> int:
-            nonlocal left
-            done = 0
-            while left > 0 and time.perf_counter() < deadline:
-                left -= 1
-                async with client.job("echo", name="echo", payload=PAYLOAD):
-                    pass
-                done += 1
-            return done
-
         cpu_peer, cpu_self = peer.cpu(), time.process_time()
-        start = time.perf_counter()
-        counts = await asyncio.gather(*(lane() for _ in range(in_flight)))
-        elapsed = time.perf_counter() - start
+        jobs, elapsed = await jobs_in_flight(client, "echo", total=total, in_flight=in_flight,
+                                             budget=budget)
         cpu_self = time.process_time() - cpu_self
         after = peer.cpu()
         cpu_peer = None if after is None or cpu_peer is None else after - cpu_peer
-    jobs = sum(counts)
     return {"jobs": jobs, "seconds": elapsed, "rate": jobs / elapsed, "in_flight": in_flight,
             "cpu_client_s": cpu_self, "cpu_peer_s": cpu_peer}
 
