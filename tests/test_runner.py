@@ -299,8 +299,8 @@ async def test_end_grace_is_bounded():
     assert "BusCancelWorkerMessage" not in service.handled
 
 
-async def test_end_is_bounded_even_if_a_handler_ignores_cancellation():
-    release = asyncio.Event()
+def stubborn_worker(release: asyncio.Event) -> type[BaseWorker]:
+    """A worker class whose ``stubborn`` job ignores the first cancel and ends on ``release``."""
 
     class Stubborn(BaseWorker):
         @job("stubborn")
@@ -310,6 +310,13 @@ async def test_end_is_bounded_even_if_a_handler_ignores_cancellation():
             except asyncio.CancelledError:
                 await release.wait()  # ignores the first cancel
             return {}
+
+    return Stubborn
+
+
+async def test_end_is_bounded_even_if_a_handler_ignores_cancellation():
+    release = asyncio.Event()
+    Stubborn = stubborn_worker(release)
 
     runner = make_runner(settings=FAST)
     tester = Recorder("tester")
@@ -575,15 +582,7 @@ async def test_a_stopped_worker_leaves_and_its_name_can_be_reused():
 async def test_a_cancel_that_arrives_while_a_worker_ends_still_stops_it_completely():
     """Cancel during the end's own cleanup must not leave a half-stopped worker behind."""
     release = asyncio.Event()
-
-    class Stubborn(BaseWorker):
-        @job("stubborn")
-        async def stubborn(self, message):
-            try:
-                await release.wait()
-            except asyncio.CancelledError:
-                await release.wait()  # keeps the end's cleanup busy for cancel_timeout
-            return {}
+    Stubborn = stubborn_worker(release)
 
     runner = make_runner(settings=Settings(end_grace=0.05, cancel_timeout=0.5))
     tester = Recorder("tester")
