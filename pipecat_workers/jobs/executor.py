@@ -121,10 +121,8 @@ class JobExecutorMixin:
 
     async def send_job_stream_data(self, job_id: str, data: dict[str, Any] | None = None) -> None:
         """Send one chunk of the stream."""
-        request = self._active_jobs.get(job_id)
-        if request is None:
-            self._active_request(job_id)
-        assert request is not None
+        # The hot path of streaming: one dict lookup, the checked one only when it fails.
+        request = self._active_jobs.get(job_id) or self._active_request(job_id)
         await self.send_bus_message(BusJobStreamDataMessage(
             source=self.name, target=request.source, job_id=job_id, data=data))
 

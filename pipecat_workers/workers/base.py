@@ -501,15 +501,14 @@ class BaseWorker(EventEmitter, JobRequesterMixin, JobExecutorMixin):
         for child in self._children:
             await self.send_bus_message(BusEndWorkerMessage(
                 source=self._name, target=child.name, reason=reason))
-        waits = [asyncio.ensure_future(c.wait()) for c in self._children]
-        waits += [t for t in self._job_tasks.values() if not t.done()]
         # Stopping cancels the groups this worker launched, so let their answers arrive first.
-        waits += [asyncio.ensure_future(g.wait_ended()) for g in self._job_groups.values()]
-        if waits:
-            _, pending = await asyncio.wait(waits, timeout=grace)
-            for future in pending:
-                if not isinstance(future, asyncio.Task) or future not in self._job_tasks.values():
-                    future.cancel()
+        waiters = [asyncio.ensure_future(c.wait()) for c in self._children]
+        waiters += [asyncio.ensure_future(g.wait_ended()) for g in self._job_groups.values()]
+        handlers = [t for t in self._job_tasks.values() if not t.done()]
+        if waiters or handlers:
+            await asyncio.wait([*waiters, *handlers], timeout=grace)
+            for waiter in waiters:
+                waiter.cancel()  # only the waits: the handlers are stop()'s to cancel
         await self.stop(reason="ended")
 
     async def _handle_cancel_worker(self, message: BusCancelWorkerMessage) -> None:
