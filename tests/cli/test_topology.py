@@ -1,0 +1,534 @@
+"""The topology loader: what a file turns into, and the one-line error for each mistake."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+
+import cli.topology
+from cli.topology import (
+    BACKENDS,
+    RestartPolicy,
+    Topology,
+    TopologyError,
+    expand,
+    load_topology,
+    topology_schema,
+)
+from cli.topology.fields import WORKER_FIELDS
+from cli.topology.schema import CHANNEL_KEYS, TOP_KEYS, WORKER_KEYS, render_schema
+from pipecat_workers.errors import ConfigurationError, WorkersError
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+WORKER = "workers:\n  a:\n    class: m:A\n"  # the smallest valid file
+
+
+def load(tmp_path: Path, text: str, env: dict[str, str] | None = None,
+         name: str = "t.yaml") -> Topology:
+    path = tmp_path / name
+    path.write_text(text)
+    return load_topology(path, env={} if env is None else env)
+
+
+def error(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> TopologyError:
+    with pytest.raises(TopologyError) as info:
+        load(tmp_path, text, env)
+    return info.value
+
+
+def check(tmp_path: Path, text: str, line: int | None, field: str | None, message: str,
+          env: dict[str, str] | None = None) -> None:
+    """The error is exactly ``file:line: field: message``, on one line."""
+    err = error(tmp_path, text, env)
+    where = f"{tmp_path / 't.yaml'}:{line}" if line is not None else str(tmp_path / "t.yaml")
+    expected = ": ".join(p for p in (where, field, message) if p)
+    assert (err.line, err.field, err.message) == (line, field, message)
+    assert str(err) == expected
+    assert "\n" not in str(err)
+
+
+# -- what a valid file turns into ---------------------------------------------------------
+
+def test_full_file(tmp_path: Path) -> None:
+    topology = load(tmp_path, """\
+name: acme-support
+channels:
+  main:
+    backend: redis
+    url: redis://localhost:6379
+    channel: pipecat:acme
+workers:
+  acme:
+    class: examples.handoff.main:Conversation
+    args: {greeting: Hello, nested: {a: [1, 2.5, null, true]}}
+    env: {LOG_LEVEL: DEBUG, N: 3, F: 1.5, ON: true, OFF: false}
+    replicas: 2
+    depends_on: greeter
+    restart: always
+    stop_timeout: 500ms
+    ready_timeout: 2m
+  greeter:
+    class: pkg.mod:Outer.Inner
+""")
+    assert topology.name == "acme-support"
+    assert topology.path == tmp_path / "t.yaml" and topology.path.is_absolute()
+    assert topology.root == tmp_path
+    main = topology.channels["main"]
+    assert (main.backend, main.url, main.channel, main.line) == (
+        "redis", "redis://localhost:6379", "pipecat:acme", 3)
+    acme = topology.workers["acme"]
+    assert acme.class_path == "examples.handoff.main:Conversation"
+    assert acme.args == {"greeting": "Hello", "nested": {"a": [1, 2.5, None, True]}}
+    assert acme.env == {"LOG_LEVEL": "DEBUG", "N": "3", "F": "1.5", "ON": "true",
+                        "OFF": "false"}
+    assert (acme.replicas, acme.depends_on) == (2, ("greeter",))
+    assert acme.restart is RestartPolicy.ALWAYS
+    assert (acme.stop_timeout, acme.ready_timeout) == (0.5, 120.0)
+    assert (acme.channel, acme.line) == ("main", 8)
+    greeter = topology.workers["greeter"]
+    assert (greeter.class_path, greeter.line) == ("pkg.mod:Outer.Inner", 17)
+    assert (greeter.restart, greeter.stop_timeout, greeter.ready_timeout) == (
+        RestartPolicy.ON_FAILURE, 10.0, 30.0)
+    assert list(topology.workers) == ["acme", "greeter"]  # file order
+
+
+def test_defaults(tmp_path: Path) -> None:
+    topology = load(tmp_path, WORKER, name="My Project!.yaml")
+    assert topology.name == "my-project"
+    assert topology.root == tmp_path
+    assert list(topology.channels) == ["main"]
+    main = topology.channels["main"]
+    assert (main.backend, main.url, main.channel) == ("local", None, "my-project.main")
+    assert topology.workers["a"].channel == "main"
+
+
+@pytest.mark.parametrize(("stem", "name"), [
+    ("_Hidden", "hidden"), ("__", "topology"), ("a  b--", "a-b"),
+    ("Research.Redis", "research.redis"),
+])
+def test_default_name_is_made_valid(tmp_path: Path, stem: str, name: str) -> None:
+    assert load(tmp_path, WORKER, name=f"{stem}.yaml").name == name
+
+
+def test_root_is_relative_to_the_file(tmp_path: Path) -> None:
+    (tmp_path / "configs").mkdir()
+    topology = load(tmp_path, "root: ..\n" + WORKER, name="configs/t.yaml")
+    assert topology.root == tmp_path
+    assert topology.path == tmp_path / "configs" / "t.yaml"
+
+
+def test_root_must_exist(tmp_path: Path) -> None:
+    check(tmp_path, "root: nowhere\n" + WORKER, 1, "root",
+          f"directory not found: {tmp_path / 'nowhere'}")
+
+
+def test_the_only_channel_is_the_default(tmp_path: Path) -> None:
+    topology = load(tmp_path, "name: p\nchannels:\n  bus:\n" + WORKER)
+    assert topology.workers["a"].channel == "bus"
+    assert topology.channels["bus"].channel == "p.bus"
+    assert topology.channels["bus"].backend == "local"
+
+
+def test_main_is_the_default_among_several(tmp_path: Path) -> None:
+    text = ("channels:\n  jobs: {}\n  main: {}\n" + WORKER
+            + "    channel: jobs\n  b:\n    class: m:B\n")
+    topology = load(tmp_path, text)
+    assert (topology.workers["a"].channel, topology.workers["b"].channel) == ("jobs", "main")
+
+
+def test_pgmq_channel(tmp_path: Path) -> None:
+    text = "channels:\n  main:\n    backend: pgmq\n    url: postgres://u@h/db\n" + WORKER
+    assert load(tmp_path, text).channels["main"].url == "postgres://u@h/db"
+
+
+@pytest.mark.parametrize(("value", "seconds"), [
+    ("10", 10.0), ("2.5", 2.5), ("'500ms'", 0.5), ("10s", 10.0), ("2m", 120.0), ("1h", 3600.0),
+    ("1.5s", 1.5), ("'.5 s'", 0.5),
+])
+def test_durations(tmp_path: Path, value: str, seconds: float) -> None:
+    worker = load(tmp_path, WORKER + f"    stop_timeout: {value}\n").workers["a"]
+    assert worker.stop_timeout == seconds
+
+
+@pytest.mark.parametrize(("value", "policy"), [
+    ("no", RestartPolicy.NO), ("'no'", RestartPolicy.NO), ("false", RestartPolicy.NO),
+    ("on-failure", RestartPolicy.ON_FAILURE), ("always", RestartPolicy.ALWAYS),
+])
+def test_restart_policies(tmp_path: Path, value: str, policy: RestartPolicy) -> None:
+    assert load(tmp_path, WORKER + f"    restart: {value}\n").workers["a"].restart is policy
+
+
+def test_anchors_and_merge_keys(tmp_path: Path) -> None:
+    topology = load(tmp_path, """\
+workers:
+  a: &base
+    class: m:A
+    args: {n: 1}
+    replicas: 2
+  b:
+    <<: *base
+    replicas: 3
+""")
+    b = topology.workers["b"]
+    assert (b.class_path, b.args, b.replicas, b.line) == ("m:A", {"n": 1}, 3, 6)
+
+
+def test_integer_keys_are_names(tmp_path: Path) -> None:
+    topology = load(tmp_path, "workers:\n  1:\n    class: m:A\n  2:\n    class: m:A\n"
+                              "    depends_on: [1]\n")
+    assert topology.workers["2"].depends_on == ("1",)
+
+
+# -- interpolation --------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("value", "env", "result"), [
+    ("${HOST}", {"HOST": "h"}, "h"),
+    ("x-${HOST}-y", {"HOST": "h"}, "x-h-y"),
+    ("${HOST:-d}", {}, "d"),
+    ("${HOST:-d}", {"HOST": ""}, "d"),
+    ("${HOST-d}", {}, "d"),
+    ("${HOST-d}", {"HOST": ""}, ""),
+    ("${HOST:-d}", {"HOST": "h"}, "h"),
+    ("${A:-${B:-x}}", {"B": "b"}, "b"),
+    ("${A:-${B}}", {"A": "a"}, "a"),  # an unused default may name a missing variable
+    ("$$HOST", {"HOST": "h"}, "$HOST"),
+    ("pa$word", {}, "pa$word"),
+    ("${A:-}", {}, ""),
+])
+def test_interpolation(tmp_path: Path, value: str, env: dict[str, str], result: str) -> None:
+    worker = load(tmp_path, WORKER + f"    env: {{X: '{value}'}}\n", env).workers["a"]
+    assert worker.env == {"X": result}
+
+
+def test_interpolated_numbers_and_policies(tmp_path: Path) -> None:
+    text = WORKER + ("    replicas: ${N}\n    stop_timeout: ${T}\n    restart: ${R:-no}\n"
+                     "    args: {port: '${PORT}'}\n")
+    worker = load(tmp_path, text, {"N": "3", "T": "250ms", "PORT": "80"}).workers["a"]
+    assert (worker.replicas, worker.stop_timeout, worker.restart) == (3, 0.25, RestartPolicy.NO)
+    assert worker.args == {"port": "80"}  # interpolated values stay strings
+
+
+def test_url_from_the_environment(tmp_path: Path) -> None:
+    text = "channels:\n  main:\n    backend: redis\n    url: ${REDIS_URL:-redis://localhost}\n"
+    url = load(tmp_path, text + WORKER, {"REDIS_URL": "rediss://r:6380"}).channels["main"].url
+    assert url == "rediss://r:6380"
+
+
+def test_missing_variable(tmp_path: Path) -> None:
+    check(tmp_path, WORKER + "    env:\n      X: ${NOPE}\n", 5, "workers.a.env.X",
+          "variable NOPE is not set (give a default with ${NOPE:-default})")
+
+
+@pytest.mark.parametrize("value", ["${NOPE", "${}", "${1X}", "${A:x}", "${A:-x"])
+def test_malformed_reference(tmp_path: Path, value: str) -> None:
+    check(tmp_path, WORKER + f"    env: {{X: '{value}'}}\n", 4, "workers.a.env.X",
+          f"malformed variable reference {value!r}: expected ${{NAME}}, "
+          "${NAME:-default} or ${NAME-default}")
+
+
+def test_keys_are_not_interpolated(tmp_path: Path) -> None:
+    check(tmp_path, "workers:\n  ${W}:\n    class: m:A\n", 2, "workers.${W}",
+          "invalid name '${W}': expected letters, digits, '_' and '-', "
+          "starting with a letter or digit", {"W": "a"})
+
+
+# -- file-level errors ------------------------------------------------------------------------
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(TopologyError) as info:
+        load_topology(tmp_path / "none.yaml")
+    assert str(info.value) == f"{tmp_path / 'none.yaml'}: file not found"
+    assert info.value.line is None
+    assert isinstance(info.value, ConfigurationError) and isinstance(info.value, WorkersError)
+
+
+def test_messages_name_the_path_as_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "x.yaml").write_text(WORKER + "    restart: sometimes\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(TopologyError) as info:
+        load_topology("configs/x.yaml")
+    assert str(info.value) == ("configs/x.yaml:4: workers.a.restart: "
+                               "expected one of no, on-failure, always, got 'sometimes'")
+
+
+def test_directory(tmp_path: Path) -> None:
+    with pytest.raises(TopologyError, match=r": is a directory, not a topology file$"):
+        load_topology(tmp_path)
+
+
+def test_unreadable_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(self: Path) -> bytes:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "read_bytes", refuse)
+    check(tmp_path, WORKER, None, None, "cannot read the file: Permission denied")
+
+
+def test_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "t.yaml"
+    path.write_bytes(b"workers:\n  a:\n    class: m:\xff\n")
+    with pytest.raises(TopologyError) as info:
+        load_topology(path)
+    assert str(info.value) == f"{path}:3: not UTF-8 text (byte 0xff)"
+
+
+@pytest.mark.parametrize(("text", "line", "message"), [
+    ("workers:\n  a: [1, 2\n  b: 3\n", 3,
+     "invalid YAML: expected ',' or ']', but got ':' (while parsing a flow sequence)"),
+    ("workers:\n\ta: 1\n", 2, "invalid YAML: found character '\\t' that cannot start any "
+                              "token (while scanning for the next token)"),
+    ("workers: {}\n---\nx: 1\n", 2,
+     "invalid YAML: expected a single document in the stream, but found another document"),
+    ("# nothing here\n", 1, "the file is empty (expected a mapping with 'workers')"),
+    ("", 1, "the file is empty (expected a mapping with 'workers')"),
+    ("- a\n- b\n", 1, "expected a mapping at the top level, got a list"),
+    ("workers:\n  a: \x01\n", 2,
+     "invalid YAML: special characters are not allowed (character #x0001)"),
+    ("\nhello\n", 2, "expected a mapping at the top level, got 'hello'"),
+])
+def test_unusable_documents(tmp_path: Path, text: str, line: int, message: str) -> None:
+    check(tmp_path, text, line, None, message)
+
+
+# -- field errors -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("text", "line", "field", "message"), [
+    # structure
+    ("workers:\n  a:\n    class: m:A\n  a:\n    class: m:B\n", 4, "workers.a",
+     "duplicate key 'a' (first on line 2)"),
+    (WORKER + "    replica: 2\n", 4, "workers.a.replica",
+     "unknown key 'replica' (did you mean 'replicas'?)"),
+    (WORKER + "    colour: red\n", 4, "workers.a.colour", "unknown key 'colour'"),
+    ("worker:\n  a:\n    class: m:A\n", 1, "worker",
+     "unknown key 'worker' (did you mean 'workers'?)"),
+    ("name: p\n", 1, "workers", "required key missing"),
+    ("workers:\n  a:\n    args: {}\n", 2, "workers.a.class", "required key missing"),
+    ("workers:\n  a:\n", 2, "workers.a.class", "required key missing"),
+    ("workers: {}\n", 1, "workers", "expected a mapping of workers, got an empty mapping"),
+    ("workers:\n", 1, "workers", "expected a mapping of workers, got nothing"),
+    ("workers: [a]\n", 1, "workers", "expected a mapping of workers, got a list"),
+    ("workers:\n  a.b:\n    class: m:A\n", 2, "workers.a.b",
+     "invalid name 'a.b': expected letters, digits, '_' and '-', starting with a letter or digit"),
+    ("workers:\n  a: 3\n", 2, "workers.a", "expected a mapping, got 3"),
+    ("workers:\n  ? [a]\n  : 1\n", 2, "workers", "expected a string key, got a list"),
+    ("workers: &w\n  b: *w\n", 1, "workers.b", "an alias refers to itself"),
+    (WORKER + "    args: {when: 2024-01-01}\n", 4, "workers.a.args.when",
+     "unsupported YAML value '2024-01-01' (a timestamp); quote it to make it a string"),
+    # top level
+    ("name: Acme\n" + WORKER, 1, "name", "expected a project name (lower-case letters, digits "
+     "and '_.-', starting with a letter or digit), got 'Acme'"),
+    ("name: 5\n" + WORKER, 1, "name", "expected a string, got 5"),
+    # workers
+    ("workers:\n  a:\n    class: mA\n", 3, "workers.a.class",
+     "expected 'module:attr' (e.g. 'examples.handoff.main:MainWorker'), got 'mA'"),
+    ("workers:\n  a:\n    class: [m, A]\n", 3, "workers.a.class",
+     "expected a string, got a list"),
+    (WORKER + "    restart: sometimes\n", 4, "workers.a.restart",
+     "expected one of no, on-failure, always, got 'sometimes'"),
+    (WORKER + "    restart: yes\n", 4, "workers.a.restart",
+     "expected one of no, on-failure, always, got 'yes' (a boolean)"),
+    (WORKER + "    replicas: 0\n", 4, "workers.a.replicas", "expected an integer >= 1, got 0"),
+    (WORKER + "    replicas: 1.5\n", 4, "workers.a.replicas",
+     "expected an integer >= 1, got 1.5"),
+    (WORKER + "    replicas: true\n", 4, "workers.a.replicas",
+     "expected an integer >= 1, got 'true' (a boolean)"),
+    (WORKER + "    replicas: three\n", 4, "workers.a.replicas",
+     "expected an integer >= 1, got 'three'"),
+    (WORKER + "    replicas:\n", 4, "workers.a.replicas", "expected an integer >= 1, got nothing"),
+    (WORKER + "    stop_timeout: 10 parsecs\n", 4, "workers.a.stop_timeout",
+     "expected a duration > 0 (seconds, or '500ms', '10s', '2m'), got '10 parsecs'"),
+    (WORKER + "    ready_timeout: 0\n", 4, "workers.a.ready_timeout",
+     "expected a duration > 0 (seconds, or '500ms', '10s', '2m'), got 0"),
+    (WORKER + "    ready_timeout: -1s\n", 4, "workers.a.ready_timeout",
+     "expected a duration > 0 (seconds, or '500ms', '10s', '2m'), got '-1s'"),
+    (WORKER + "    ready_timeout: .inf\n", 4, "workers.a.ready_timeout",
+     "expected a duration > 0 (seconds, or '500ms', '10s', '2m'), got .inf"),
+    (WORKER + "    args: [1]\n", 4, "workers.a.args",
+     "expected a mapping of keyword arguments, got a list"),
+    (WORKER + "    args:\n      two words: 1\n", 5, "workers.a.args.two words",
+     "argument name 'two words' is not a Python identifier"),
+    (WORKER + "    args: {name: x}\n", 4, "workers.a.args.name",
+     "'name' is not an argument: the worker key is its name"),
+    (WORKER + "    env: X=1\n", 4, "workers.a.env",
+     "expected a mapping of environment variables, got 'X=1'"),
+    (WORKER + "    env:\n      1X: a\n", 5, "workers.a.env.1X",
+     "'1X' is not a valid environment variable name"),
+    (WORKER + "    env:\n      X:\n", 5, "workers.a.env.X",
+     "expected a string, number or boolean, got nothing"),
+    (WORKER + "    env:\n      X: [1]\n", 5, "workers.a.env.X",
+     "expected a string, number or boolean, got a list"),
+    # channels
+    ("channels: {}\n" + WORKER, 1, "channels",
+     "expected a mapping of channels, got an empty mapping"),
+    ("channels:\n  main:\n    backend: kafka\n" + WORKER, 3, "channels.main.backend",
+     "expected one of local, redis, pgmq, got 'kafka'"),
+    ("channels:\n  main:\n    backend: redis\n" + WORKER, 2, "channels.main.url",
+     "required for the redis backend (a redis://, rediss:// or unix:// URL)"),
+    ("channels:\n  main:\n    backend: redis\n    url: ${U:-}\n" + WORKER, 4,
+     "channels.main.url", "required for the redis backend (a redis://, rediss:// or unix:// URL)"),
+    ("channels:\n  main:\n    backend: redis\n    url: http://h\n" + WORKER, 4,
+     "channels.main.url",
+     "expected a redis://, rediss:// or unix:// URL for the redis backend, got 'http://h'"),
+    ("channels:\n  main:\n    backend: pgmq\n    url: redis://h\n" + WORKER, 4,
+     "channels.main.url",
+     "expected a postgresql:// or postgres:// URL for the pgmq backend, got 'redis://h'"),
+    ("channels:\n  main:\n    url: redis://h\n" + WORKER, 3, "channels.main.url",
+     "the local backend takes no url"),
+    ("channels:\n  main:\n    channel: ''\n" + WORKER, 3, "channels.main.channel",
+     "expected a non-empty string"),
+    ("channels:\n  main:\n    chanel: x\n" + WORKER, 3, "channels.main.chanel",
+     "unknown key 'chanel' (did you mean 'channel'?)"),
+    # channel references
+    (WORKER + "    channel: main\nchannels:\n  main: 3\n", 6, "channels.main",
+     "expected a mapping, got 3"),  # and no echo about the reference above it
+    ("channels:\n  x:\n  y:\n" + WORKER, 5, "workers.a.channel",
+     "required: there are several channels (x, y) and none is named 'main'"),
+    ("channels:\n  main:\n  jobs:\n" + WORKER + "    channel: job\n", 7, "workers.a.channel",
+     "unknown channel 'job' (did you mean 'jobs'?) (channels: main, jobs)"),
+    # dependencies
+    (WORKER + "    depends_on: [gretter]\n  greeter:\n    class: m:G\n", 4,
+     "workers.a.depends_on", "unknown worker 'gretter' (did you mean 'greeter'?)"),
+    (WORKER + "    depends_on:\n      - a\n", 5, "workers.a.depends_on",
+     "'a' cannot depend on itself"),
+    (WORKER + "    depends_on: [b, b]\n  b:\n    class: m:B\n", 4, "workers.a.depends_on",
+     "'b' is listed twice"),
+    (WORKER + "    depends_on: {b: 1}\n", 4, "workers.a.depends_on",
+     "expected a worker key or a list of worker keys, got a mapping"),
+    (WORKER + "    depends_on:\n", 4, "workers.a.depends_on",
+     "expected a worker key or a list of worker keys, got nothing"),
+    (WORKER + "    depends_on:\n      - [b]\n", 5, "workers.a.depends_on",
+     "expected a string, got a list"),
+])
+def test_field_errors(tmp_path: Path, text: str, line: int, field: str, message: str) -> None:
+    check(tmp_path, text, line, field, message)
+
+
+def test_cycle_is_named(tmp_path: Path) -> None:
+    text = """\
+workers:
+  x:
+    class: m:A
+    depends_on: b
+  a:
+    class: m:A
+    depends_on: c
+  b:
+    class: m:A
+    depends_on: [a]
+  c:
+    class: m:A
+    depends_on: [b]
+"""
+    # Found from x, named from its first member in the file.
+    check(tmp_path, text, 7, "workers.a.depends_on", "dependency cycle: a -> c -> b -> a")
+
+
+def test_two_worker_cycle(tmp_path: Path) -> None:
+    text = WORKER + "    depends_on: b\n  b:\n    class: m:B\n    depends_on: a\n"
+    check(tmp_path, text, 4, "workers.a.depends_on", "dependency cycle: a -> b -> a")
+
+
+def test_first_error_in_file_order(tmp_path: Path) -> None:
+    # Interpolation runs first, but the type error above it is reported.
+    text = WORKER + "    replicas: 0\n  b:\n    class: m:B\n    env: {X: '${NOPE}'}\n"
+    check(tmp_path, text, 4, "workers.a.replicas", "expected an integer >= 1, got 0")
+    # A cross-reference problem above a type error.
+    text = WORKER + "    depends_on: c\n  b:\n    class: m:B\n    restart: maybe\n"
+    check(tmp_path, text, 4, "workers.a.depends_on", "unknown worker 'c'")
+
+
+def test_misspelt_required_key_is_reported_once(tmp_path: Path) -> None:
+    check(tmp_path, "workers:\n  a:\n    clas: m:A\n", 3, "workers.a.clas",
+          "unknown key 'clas' (did you mean 'class'?)")
+
+
+def test_error_pickles(tmp_path: Path) -> None:
+    err = error(tmp_path, WORKER + "    restart: sometimes\n")
+    copy = pickle.loads(pickle.dumps(err))
+    assert (type(copy), str(copy), copy.line, copy.field) == (
+        TopologyError, str(err), 4, "workers.a.restart")
+
+
+def test_located_places_an_error(tmp_path: Path) -> None:
+    err = TopologyError("module 'm' not found").located(file="x.yaml", line=3,
+                                                        field="workers.a.class")
+    assert str(err) == "x.yaml:3: workers.a.class: module 'm' not found"
+
+
+# -- expand -----------------------------------------------------------------------------------
+
+def test_expand_names_replicas_and_orders_dependencies(tmp_path: Path) -> None:
+    topology = load(tmp_path, """\
+channels:
+  main:
+  jobs:
+workers:
+  coordinator:
+    class: m:C
+    depends_on: [researcher, store]
+  researcher:
+    class: m:R
+    replicas: 3
+    channel: jobs
+    depends_on: store
+  store:
+    class: m:S
+""")
+    processes = expand(topology)
+    assert [p.name for p in processes] == [
+        "store", "researcher.1", "researcher.2", "researcher.3", "coordinator"]
+    by_name = {p.name: p for p in processes}
+    assert by_name["coordinator"].depends_on == (
+        "researcher.1", "researcher.2", "researcher.3", "store")
+    assert by_name["researcher.2"].depends_on == ("store",)
+    assert by_name["researcher.2"].channel.key == "jobs"
+    assert by_name["coordinator"].channel.key == "main"
+    assert by_name["researcher.3"].worker is topology.workers["researcher"]
+
+
+# -- the JSON Schema and the examples ---------------------------------------------------------
+
+def test_published_schema_is_current() -> None:
+    published = ROOT / "configs" / "topology.schema.json"
+    assert published.read_text() == render_schema(), (
+        "regenerate: python -m cli.topology.schema > configs/topology.schema.json")
+    assert json.loads(published.read_text()) == topology_schema()
+
+
+def test_schema_matches_the_loader() -> None:
+    schema = topology_schema()
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert set(schema["properties"]) == {k.name for k in TOP_KEYS}
+    assert schema["required"] == ["workers"]
+    channel, worker = schema["$defs"]["channel"], schema["$defs"]["worker"]
+    assert set(channel["properties"]) == {k.name for k in CHANNEL_KEYS}
+    assert list(worker["properties"]) == list(WORKER_FIELDS) == [k.name for k in WORKER_KEYS]
+    assert worker["required"] == ["class"]
+    for part in (schema, channel, worker):
+        assert part["additionalProperties"] is False
+    assert channel["properties"]["backend"]["anyOf"][0]["enum"] == list(BACKENDS)
+    restart = worker["properties"]["restart"]["anyOf"]
+    assert restart[0]["enum"] == [p.value for p in RestartPolicy]
+    assert all(p["description"] for p in worker["properties"].values())
+
+
+@pytest.mark.parametrize("path", CONFIGS or [
+    pytest.param(None, marks=pytest.mark.skip(reason="configs/ has no *.yaml yet"))],
+    ids=lambda p: p.name if p else "none")
+def test_example_topologies_load(path: Path) -> None:
+    topology = load_topology(path, env={})  # every ${VAR} in the examples has a default
+    assert topology.workers
+    assert expand(topology)
+
+
+def test_public_names() -> None:
+    assert cli.topology.__all__ == sorted(cli.topology.__all__)
+    for name in cli.topology.__all__:
+        assert getattr(cli.topology, name) is not None
+    with pytest.raises(AttributeError):
+        _ = cli.topology.nothing_here
