@@ -36,7 +36,7 @@ from pipecat_workers.registry import WorkerRegistry
 from pipecat_workers.settings import DEFAULT_SETTINGS, Settings
 from pipecat_workers.types import WorkerErrorData, WorkerRegistryEntry
 from pipecat_workers.workers.base import BaseWorker, WorkerState
-from pipecat_workers.workers.membership import Membership
+from pipecat_workers.workers.membership import Membership, Peer
 
 logger = logging.getLogger("pipecat_workers.runner")
 
@@ -144,6 +144,11 @@ class WorkerRunner(EventEmitter):
     def stats_counters(self) -> RunnerStats:
         """The live job counters (prefer :meth:`stats` for a snapshot)."""
         return self._stats
+
+    @property
+    def peers(self) -> dict[str, Peer]:
+        """The other runners heard on the channel: incarnation, last heartbeat, counters."""
+        return self._membership.peers
 
     @property
     def running(self) -> bool:

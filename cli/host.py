@@ -1,0 +1,196 @@
+"""The process that hosts one worker of a topology: ``python -m cli.host``.
+
+The supervisor spawns one per worker replica, in the project directory, with the worker's
+description as JSON in ``PIPECAT_WORKERS_HOST``. The host builds the worker's bus, runs it in a
+:class:`WorkerRunner` and talks to the supervisor over two pipes:
+
+- status (fd ``status_fd``, JSON lines out): ``{"event": "ready", "runner": ..., "imports":
+  [...]}`` once the worker is registered on its bus (that is what *ready* means), or
+  ``{"event": "error", "message": ...}`` when it cannot start.
+- stdin (lines in): ``drain`` asks for a graceful end; end of file means the supervisor is
+  gone, and the host cancels its worker and exits.
+
+It imports nothing of the command line (no click, rich or yaml), so it starts fast.
+Exit codes: 0 when the worker ended, 1 when it failed, :data:`EXIT_CONFIG` when it could not
+be built (a bad class or arguments: restarting would not help).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HOST_ENV = "PIPECAT_WORKERS_HOST"
+EXIT_CONFIG = 78  # EX_CONFIG of sysexits.h: the supervisor does not restart it
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True, slots=True)
+class HostSpec:
+    """What the supervisor tells a host (all of it JSON-friendly)."""
+
+    name: str
+    class_path: str
+    args: Mapping[str, Any]
+    backend: str
+    channel: str
+    url: str | None = None        # redis/pgmq address, or the hub socket for "local"
+    runner: str = ""
+    root: str = "."
+    status_fd: int = -1
+    supervisor_pid: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps({f: getattr(self, f) for f in self.__dataclass_fields__})
+
+    @classmethod
+    def from_json(cls, text: str) -> HostSpec:
+        return cls(**json.loads(text))
+
+
+class _Status:
+    """The status pipe to the supervisor (a no-op when run by hand)."""
+
+    def __init__(self, fd: int) -> None:
+        self._file = os.fdopen(fd, "w", buffering=1, closefd=True) if fd >= 0 else None
+
+    def send(self, event: str, **fields: Any) -> None:
+        if self._file is None:
+            return
+        try:
+            self._file.write(json.dumps({"event": event, **fields}) + "\n")
+        except (BrokenPipeError, ValueError):
+            self._file = None  # the supervisor is gone; stdin's end of file says so too
+
+
+def die_with_parent(supervisor_pid: int) -> None:
+    """Be killed when the supervisor dies, even by SIGKILL (Linux; elsewhere, stdin's end of
+    file is the only notice). Checked once after arming, in case it died before."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if supervisor_pid and os.getppid() != supervisor_pid:
+        os._exit(1)
+
+
+def build_bus(spec: HostSpec) -> Any:
+    """The worker's bus for its channel's backend (drivers are imported only when needed)."""
+    if spec.backend == "local":
+        from pipecat_workers.bus import HubBus
+
+        return HubBus(spec.url or "", channel=spec.channel)
+    if spec.backend == "redis":
+        from pipecat_workers.bus import RedisBus
+
+        return RedisBus(spec.url, channel=spec.channel)
+    if spec.backend == "pgmq":
+        from pipecat_workers.bus import PgmqBus
+
+        return PgmqBus(spec.url, channel=spec.channel)
+    raise ValueError(f"unknown backend '{spec.backend}'")
+
+
+def project_imports(root: Path) -> list[str]:
+    """The files under the project directory that this process imported (for hot reload):
+    anything in a virtualenv or site-packages is somebody else's code."""
+    files: set[str] = set()
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if not path:
+            continue
+        try:
+            resolved = Path(path).resolve()
+            relative = resolved.relative_to(root)
+        except (OSError, ValueError):
+            continue
+        if not any(part in ("site-packages", ".venv", "venv", "__pycache__")
+                   or part.startswith(".") for part in relative.parts[:-1]):
+            files.add(str(resolved))
+    return sorted(files)
+
+
+async def _watch_stdin(runner: Any) -> None:
+    """Drain on ``drain``; cancel at end of file (the supervisor is gone)."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    try:
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    except (OSError, ValueError):
+        return  # no usable stdin (run by hand with it closed): nothing to watch
+    while True:
+        line = await reader.readline()
+        if not line:
+            await runner.cancel(reason="supervisor gone")
+            return
+        if line.strip() == b"drain":
+            await runner.end(reason="stopped by the supervisor")
+
+
+async def host(spec: HostSpec, status: _Status) -> int:
+    """Build and run the worker; the process's exit code."""
+    from cli.topology.classes import check_args, resolve_class
+    from pipecat_workers import WorkerRunner
+    from pipecat_workers.errors import WorkersError
+
+    try:
+        cls = resolve_class(spec.class_path)
+        check_args(cls, spec.name, spec.args)
+        worker = cls(spec.name, **spec.args)
+        bus = build_bus(spec)
+    except (WorkersError, ValueError, TypeError) as exc:
+        status.send("error", message=str(exc))
+        print(f"error: {spec.name}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    runner = WorkerRunner(name=spec.runner or None, bus=bus, handle_sigint=False,
+                          handle_sigterm=True)
+    await runner.add_workers(worker)
+    run = asyncio.ensure_future(runner.run(auto_end=True))
+    stdin = asyncio.ensure_future(_watch_stdin(runner))
+    try:
+        registered = asyncio.ensure_future(worker.wait_registered())
+        await asyncio.wait({registered, run}, return_when=asyncio.FIRST_COMPLETED)
+        if registered.done() and not run.done():
+            status.send("ready", runner=runner.name, pid=os.getpid(),
+                        imports=project_imports(Path(spec.root).resolve()))
+        else:
+            registered.cancel()
+        await run
+    except WorkersError as exc:
+        status.send("error", message=str(exc))
+        print(f"error: {spec.name}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        stdin.cancel()
+        await asyncio.gather(stdin, return_exceptions=True)
+    return 0
+
+
+def main() -> None:
+    raw = os.environ.get(HOST_ENV)
+    if not raw:
+        sys.exit(f"{HOST_ENV} is not set: this program is started by `workers up`")
+    spec = HostSpec.from_json(raw)
+    die_with_parent(spec.supervisor_pid)
+    if spec.root not in sys.path:
+        sys.path.insert(0, spec.root)
+    level = os.environ.get("LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(stream=sys.stderr, level=level,
+                        format="%(levelname)s %(name)s: %(message)s")
+    status = _Status(spec.status_fd)
+    sys.exit(asyncio.run(host(spec, status)))
+
+
+if __name__ == "__main__":
+    main()
