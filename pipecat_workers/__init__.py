@@ -7,40 +7,94 @@ many (Redis or PGMQ), with the same code.
 
 from __future__ import annotations
 
-from pipecat_workers.errors import (
-    BusClosedError,
-    BusConnectionError,
-    BusError,
-    ConfigurationError,
-    JobError,
-    JobGroupError,
-    MessageTooLargeError,
-    MissingDependencyError,
-    SerializationError,
-    WorkersError,
-    WorkerStateError,
-)
-from pipecat_workers.jobs.context import JobContext, JobGroupContext
-from pipecat_workers.jobs.group import JobGroup
-from pipecat_workers.jobs.types import (
-    JobEvent,
-    JobEventType,
-    JobGroupEvent,
-    JobGroupResponse,
-    JobStatus,
-)
-from pipecat_workers.registry import WorkerRegistry
-from pipecat_workers.settings import Settings
-from pipecat_workers.types import (
-    WorkerActivationArgs,
-    WorkerErrorData,
-    WorkerLostData,
-    WorkerReadyData,
-    WorkerRegistryEntry,
-)
-from pipecat_workers.workers.base import BaseWorker, WorkerState
-from pipecat_workers.workers.decorators import job, worker_ready
-from pipecat_workers.workers.runner import WorkerRunner
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipecat_workers.errors import (
+        BusClosedError,
+        BusConnectionError,
+        BusError,
+        ConfigurationError,
+        JobError,
+        JobGroupError,
+        MessageTooLargeError,
+        MissingDependencyError,
+        SerializationError,
+        WorkersError,
+        WorkerStateError,
+    )
+    from pipecat_workers.jobs.context import JobContext, JobGroupContext
+    from pipecat_workers.jobs.group import JobGroup
+    from pipecat_workers.jobs.types import (
+        JobEvent,
+        JobEventType,
+        JobGroupEvent,
+        JobGroupResponse,
+        JobStatus,
+    )
+    from pipecat_workers.registry import WorkerRegistry
+    from pipecat_workers.settings import Settings
+    from pipecat_workers.types import (
+        WorkerActivationArgs,
+        WorkerErrorData,
+        WorkerLostData,
+        WorkerReadyData,
+        WorkerRegistryEntry,
+    )
+    from pipecat_workers.workers.base import BaseWorker, WorkerState
+    from pipecat_workers.workers.decorators import job, worker_ready
+    from pipecat_workers.workers.runner import WorkerRunner
+
+# Public name -> the module that defines it. Imported on first use (PEP 562), so that a
+# tool importing one small module (``pipecat_workers.errors``, say) does not pay for all.
+_EXPORTS: dict[str, str] = {
+    "BaseWorker": "pipecat_workers.workers.base",
+    "BusClosedError": "pipecat_workers.errors",
+    "BusConnectionError": "pipecat_workers.errors",
+    "BusError": "pipecat_workers.errors",
+    "ConfigurationError": "pipecat_workers.errors",
+    "JobContext": "pipecat_workers.jobs.context",
+    "JobError": "pipecat_workers.errors",
+    "JobEvent": "pipecat_workers.jobs.types",
+    "JobEventType": "pipecat_workers.jobs.types",
+    "JobGroup": "pipecat_workers.jobs.group",
+    "JobGroupContext": "pipecat_workers.jobs.context",
+    "JobGroupError": "pipecat_workers.errors",
+    "JobGroupEvent": "pipecat_workers.jobs.types",
+    "JobGroupResponse": "pipecat_workers.jobs.types",
+    "JobStatus": "pipecat_workers.jobs.types",
+    "MessageTooLargeError": "pipecat_workers.errors",
+    "MissingDependencyError": "pipecat_workers.errors",
+    "SerializationError": "pipecat_workers.errors",
+    "Settings": "pipecat_workers.settings",
+    "WorkerActivationArgs": "pipecat_workers.types",
+    "WorkerErrorData": "pipecat_workers.types",
+    "WorkerLostData": "pipecat_workers.types",
+    "WorkerReadyData": "pipecat_workers.types",
+    "WorkerRegistry": "pipecat_workers.registry",
+    "WorkerRegistryEntry": "pipecat_workers.types",
+    "WorkerRunner": "pipecat_workers.workers.runner",
+    "WorkerState": "pipecat_workers.workers.base",
+    "WorkerStateError": "pipecat_workers.errors",
+    "WorkersError": "pipecat_workers.errors",
+    "job": "pipecat_workers.workers.decorators",
+    "worker_ready": "pipecat_workers.workers.decorators",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
 
 __version__ = "0.1.0"
 
