@@ -1,1 +1,6 @@
-"""Example worker systems; each runs with ``python -m examples.<name>``."""
+"""Example worker systems.
+
+Each runs in one process with ``python -m examples.<name>``. The hand-off, research and
+sensors systems also run one process per worker from ``configs/<name>.yaml`` (``workers up``),
+on the embedded bus or, with the ``.redis``/``.pgmq`` variants, on Redis or PGMQ.
+"""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,6 +46,17 @@ def test_family_example_runs_children_and_reports_their_errors():
     assert "{'clip': 'outro.opus'}" in out.stdout
 
 
+def test_sensors_example_reacts_to_readings_and_ends_at_its_limit():
+    out = run("-m", "examples.sensors")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert "[sensor] controller subscribed" in lines
+    assert sum(line.startswith("[controller] reading ") for line in lines) == 20
+    assert "[controller]   set_heater: heater on (100%)" in lines
+    assert lines.index("[controller] 20 readings: ending the session") > lines.index(
+        "[controller]   set_heater: heater off (100%)")
+
+
 @pytest.mark.parametrize("index", [0])
 def test_readme_python_example(index, tmp_path):
     blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
@@ -73,3 +86,47 @@ def test_distributed_example_runs_one_worker_per_process(redis_url: str) -> None
     finally:
         for agent in agents:
             agent.kill()
+
+
+# One worker of a topology file in a process of its own, the way the `workers` host runs it:
+# import `class`, build `cls(name, **args)`, run it with `run(auto_end=True)` on the channel.
+HOST = """
+import asyncio, importlib, json, sys
+from pipecat_workers import WorkerRunner
+from pipecat_workers.bus import RedisBus
+
+async def main(url, channel, name, class_path, args):
+    module, _, attribute = class_path.partition(":")
+    worker = getattr(importlib.import_module(module), attribute)(name, **json.loads(args))
+    runner = WorkerRunner(name=f"{name}-runner", bus=RedisBus(url, channel=channel))
+    await runner.add_workers(worker)
+    await runner.run(auto_end=True)
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+@pytest.mark.redis
+def test_handoff_topology_runs_one_process_per_worker_and_ends_them_all(
+        redis_url: str) -> None:
+    workers = yaml.safe_load((ROOT / "configs" / "handoff.redis.yaml").read_text())["workers"]
+    channel = f"topology-{uuid.uuid4().hex[:8]}"
+    # The conversation first: nothing may depend on the order in which the processes join.
+    processes = {name: subprocess.Popen(
+        [sys.executable, "-c", HOST, redis_url, channel, name, entry["class"],
+         json.dumps(entry.get("args") or {})],
+        cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for name, entry in sorted(workers.items())}
+    try:
+        outputs = {name: process.communicate(timeout=20)[0]
+                   for name, process in processes.items()}
+        codes = {name: process.returncode for name, process in processes.items()}
+        assert codes == {"acme": 0, "greeter": 0, "support": 0}
+        assert "support -> user: Billing support here." in outputs["acme"]
+        assert outputs["acme"].count(" -> user: ") == 4
+        assert "[support] active (from greeter: I have a question" in outputs["support"]
+        assert "[greeter] active (new customer)" in outputs["greeter"]
+        assert "[greeter] inactive" in outputs["greeter"]
+    finally:
+        for process in processes.values():
+            process.kill()

@@ -8,19 +8,21 @@ Start the agents, then the conversation, each in its own terminal (or machine)::
 
 or on PostgreSQL with PGMQ, with ``--pgmq postgresql://user@host/db`` instead. The processes
 find each other through the bus; the worker code is the one of ``examples.handoff``.
+``workers up configs/handoff.redis.yaml`` starts the same three processes in one command.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+from collections.abc import Callable
 
 from examples.handoff.agents import ScriptedAgent
 from examples.handoff.main import Conversation
 from pipecat_workers import BaseWorker, WorkerRunner
 from pipecat_workers.bus import WorkerBus
 
-AGENTS = {
+AGENTS: dict[str, Callable[[], BaseWorker]] = {
     "greeter": lambda: ScriptedAgent("greeter", persona="Welcome to Acme!",
                                      handoffs={"invoice": "support"}),
     "support": lambda: ScriptedAgent("support", persona="Billing support here.",
@@ -33,10 +35,12 @@ def make_bus(args: argparse.Namespace) -> WorkerBus:
     if args.redis:
         from pipecat_workers.bus import RedisBus
 
-        return RedisBus(args.redis, channel=args.channel)
+        redis: WorkerBus = RedisBus(args.redis, channel=args.channel)
+        return redis
     from pipecat_workers.bus import PgmqBus
 
-    return PgmqBus(args.pgmq, channel=args.channel)
+    pgmq: WorkerBus = PgmqBus(args.pgmq, channel=args.channel)
+    return pgmq
 
 
 async def main() -> None:

@@ -7,15 +7,16 @@ import asyncio
 from examples.research.workers import Coordinator, Researcher
 from pipecat_workers import WorkerRunner
 
-ANGLES = {"history": "history", "economics": "economics", "science": "science"}
+ANGLES = ["history", "economics", "science"]
 
 
 async def main() -> None:
     runner = WorkerRunner()
-    researchers = [Researcher(name, angle=angle) for name, angle in ANGLES.items()]
+    researchers = [Researcher(angle, angle=angle) for angle in ANGLES]
     await runner.add_workers(
         *researchers,
-        Coordinator(researchers=list(ANGLES), topic="the printing press"),
+        Coordinator(researchers=ANGLES, ask_on_start="the printing press",
+                    end_when_done=True),
     )
     await runner.run()
 
