@@ -120,6 +120,10 @@ def postgres_dsn() -> str:
 
 
 def make_bus(backend: str, url: str, channel: str) -> WorkerBus:
+    if backend == "hub":  # url: the hub's socket (benchmarks/hub.py)
+        from pipecat_workers.bus import HubBus
+
+        return HubBus(url, channel=channel)
     if backend == "redis":
         from pipecat_workers.bus import RedisBus
 

@@ -7,11 +7,19 @@ so a peer never outlives a benchmark process that died):
     Raw redis-py (``redis.asyncio``), no pipecat-workers: subscribes to channel X and
     republishes every message it reads there to channel Y. The floor of a Redis round trip.
 
-``runner --backend redis|pgmq --url URL --channel CH --name RUNNER WORKER ...``
+``hub --path PATH``
+    A :class:`BusHub` on the Unix socket PATH (the supervisor's part under ``workers up``).
+    SIGTERM stops it (removing its socket).
+
+``hubpong --path PATH --channel CH``
+    Raw hub protocol, no pipecat-workers runner: joins CH as runner ``pong`` and sends every
+    payload it receives back on CH. The floor of a round trip through the hub.
+
+``runner --backend hub|redis|pgmq --url URL --channel CH --name RUNNER WORKER ...``
     One :class:`WorkerRunner` hosting a :class:`PeerWorker` per name, with the library's
     default :class:`Settings` (what users get). SIGTERM cancels its workers and exits.
 
-``newcomers --backend redis|pgmq --url URL --channel CH``
+``newcomers --backend hub|redis|pgmq --url URL --channel CH``
     Imported and connected to nothing until told: each ``go NAME`` line on stdin builds and
     runs a new runner (``NAME-runner``) hosting one worker ``NAME`` and prints
     ``STARTED NAME <t_go> <t_run>`` (``time.monotonic_ns()`` when the line was read and just
@@ -24,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -70,6 +79,10 @@ def stdin_lines() -> asyncio.Queue[str | None]:
 
 
 def make_bus(backend: str, url: str, channel: str) -> WorkerBus:
+    if backend == "hub":  # url: the hub's socket
+        from pipecat_workers.bus import HubBus
+
+        return HubBus(url, channel=channel)
     if backend == "redis":
         from pipecat_workers.bus import RedisBus
 
@@ -100,6 +113,40 @@ async def pingpong(args: argparse.Namespace) -> None:
     task.cancel()
     await pubsub.aclose()  # type: ignore[no-untyped-call]
     await client.aclose()
+
+
+async def hub(args: argparse.Namespace) -> None:
+    from pipecat_workers.bus import BusHub
+
+    loop = asyncio.get_running_loop()
+    eof = asyncio.create_task(_until_eof(stdin_lines()))
+    loop.add_signal_handler(signal.SIGTERM, eof.cancel)
+    async with BusHub(args.path):
+        say("READY")
+        with contextlib.suppress(asyncio.CancelledError):
+            await eof
+
+
+async def hubpong(args: argparse.Namespace) -> None:
+    from pipecat_workers.bus.hub_wire import OP_PAYLOAD, frame, hello, read_frame
+
+    reader, writer = await asyncio.open_unix_connection(args.path)
+    writer.write(hello(args.channel, "pong", 1.0))
+    await read_frame(reader)  # WELCOME
+
+    async def bounce() -> None:
+        while True:
+            op, body = await read_frame(reader)
+            if op == OP_PAYLOAD:
+                writer.write(frame(OP_PAYLOAD, body))
+
+    task = asyncio.create_task(bounce())
+    say("READY")
+    eof = asyncio.create_task(_until_eof(stdin_lines()))
+    await asyncio.wait({task, eof}, return_when=asyncio.FIRST_COMPLETED)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    writer.close()
 
 
 async def _until_eof(lines: asyncio.Queue[str | None]) -> None:
@@ -166,9 +213,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     pp.add_argument("--url", required=True)
     pp.add_argument("--ping", required=True)
     pp.add_argument("--pong", required=True)
+    hb = modes.add_parser("hub")
+    hb.add_argument("--path", required=True)
+    hp = modes.add_parser("hubpong")
+    hp.add_argument("--path", required=True)
+    hp.add_argument("--channel", required=True)
     for mode in ("runner", "newcomers"):
         p = modes.add_parser(mode)
-        p.add_argument("--backend", choices=["redis", "pgmq"], required=True)
+        p.add_argument("--backend", choices=["hub", "redis", "pgmq"], required=True)
         p.add_argument("--url", required=True)
         p.add_argument("--channel", required=True)
         if mode == "runner":
@@ -180,7 +232,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    modes: dict[str, Any] = {"pingpong": pingpong, "runner": runner, "newcomers": newcomers}
+    modes: dict[str, Any] = {"pingpong": pingpong, "runner": runner, "newcomers": newcomers,
+                             "hub": hub, "hubpong": hubpong}
     asyncio.run(modes[args.mode](args))
 
 

@@ -1,9 +1,15 @@
-"""Runners in real OS processes on a network bus: discovery, jobs, crashes, forged input."""
+"""Runners in real OS processes on a network bus: discovery, jobs, crashes, forged input.
+
+Every scenario runs on the embedded hub (a ``BusHub`` in this process, as ``workers up`` hosts
+it), on Redis and on PGMQ.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import shutil
 import sys
+import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -20,12 +26,13 @@ from pipecat_workers import (
     WorkerLostData,
     WorkerRunner,
 )
-from pipecat_workers.bus import JSONMessageSerializer, WorkerBus
+from pipecat_workers.bus import BusHub, HubBus, JSONMessageSerializer, WorkerBus
 from tests.helpers import running, wait_until
 from tests.procs.control import PeerProcess
 
 SETTINGS = Settings(heartbeat_interval=0.5, lost_after=3, end_grace=2.0, cancel_timeout=0.5)
 BACKENDS = [
+    "hub",
     pytest.param("redis", marks=pytest.mark.redis),
     pytest.param("pgmq", marks=pytest.mark.postgres),
 ]
@@ -52,6 +59,8 @@ class Cluster:
 
     def bus(self, secret: str | None = None) -> WorkerBus:
         serializer = JSONMessageSerializer(secret=secret) if secret else None
+        if self.backend == "hub":
+            return HubBus(self.url, channel=self.channel, serializer=serializer)
         if self.backend == "redis":
             from pipecat_workers.bus import RedisBus
 
@@ -82,8 +91,15 @@ class Cluster:
 
 @pytest.fixture(params=BACKENDS)
 async def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Cluster]:
-    url = request.getfixturevalue("redis_url" if request.param == "redis" else "postgres_dsn")
     async with AsyncExitStack() as stack:
+        if request.param == "hub":  # hosted here, as the supervisor hosts it
+            directory = tempfile.mkdtemp(prefix="pw-")  # tmp_path is too long for a socket
+            stack.callback(shutil.rmtree, directory, ignore_errors=True)
+            hub = await stack.enter_async_context(BusHub(f"{directory}/hub.sock"))
+            url = hub.path
+        else:
+            url = request.getfixturevalue(
+                "redis_url" if request.param == "redis" else "postgres_dsn")
         yield Cluster(request.param, url, tmp_path, stack)
 
 

@@ -1,6 +1,7 @@
 """The worker bus: messages, routing, serialization and backends.
 
-``RedisBus`` and ``PgmqBus`` are imported on first use, so their drivers stay optional.
+``RedisBus`` and ``PgmqBus`` are imported on first use, so their drivers stay optional;
+``HubBus`` and its ``BusHub`` (the embedded ``local`` bus) need no driver.
 """
 
 from __future__ import annotations
@@ -8,7 +9,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from pipecat_workers.bus.backends.hub import HubBus
 from pipecat_workers.bus.core import BusSubscriber, WorkerBus
+from pipecat_workers.bus.hub import BusHub
 from pipecat_workers.bus.local import AsyncQueueBus
 from pipecat_workers.bus.messages import (
     BusActivateWorkerMessage,
@@ -80,6 +83,7 @@ __all__ = [
     "BusEndWorkerMessage",
     "BusFrameMessage",
     "BusHeartbeatMessage",
+    "BusHub",
     "BusJobCancelMessage",
     "BusJobRequestMessage",
     "BusJobResponseMessage",
@@ -104,6 +108,7 @@ __all__ = [
     "BusWorkerStoppedMessage",
     "Envelope",
     "FrameDirection",
+    "HubBus",
     "JSONMessageSerializer",
     "MessageSerializer",
     "PgmqBus",

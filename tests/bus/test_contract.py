@@ -1,15 +1,18 @@
 """One contract, every bus: what two runners sharing a channel can rely on.
 
-The same tests run on the in-process bus (two runners sharing one ``AsyncQueueBus``), on
-Redis and on PGMQ (each runner with its own bus on one channel, as separate processes would
-be). Backends are built lazily, so a run on the local bus never touches a server.
+The same tests run on the in-process bus (two runners sharing one ``AsyncQueueBus``), on the
+embedded hub (a ``BusHub`` on a Unix socket), on Redis and on PGMQ (each runner with its own bus
+on one channel, as separate processes would be). Backends are built lazily, so a run on the
+local bus never touches a server.
 """
 
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +34,9 @@ from pipecat_workers.bus import (
     AsyncQueueBus,
     BusActivateWorkerMessage,
     BusDataMessage,
+    BusHub,
     BusJobRequestMessage,
+    HubBus,
     WorkerBus,
     register_message,
 )
@@ -90,17 +95,33 @@ class Peer(BaseWorker):
 MakeRunner = Callable[[str], WorkerRunner]
 
 
+@pytest.fixture
+def socket_dir() -> Iterator[str]:
+    """A short temporary directory for Unix sockets: pytest's tmp_path can be longer than the
+    107 bytes a socket path may have."""
+    directory = tempfile.mkdtemp(prefix="pw-")
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
 @pytest.fixture(params=[
     "local",
+    "hub",
     pytest.param("redis", marks=pytest.mark.redis),
     pytest.param("pgmq", marks=pytest.mark.postgres),
 ])
 async def make_runner(request: pytest.FixtureRequest) -> AsyncIterator[MakeRunner]:
     channel = f"contract-{uuid.uuid4().hex[:10]}"
+    hub: BusHub | None = None
     if request.param == "local":
         shared = AsyncQueueBus()
         await shared.start()  # the test owns it, so no runner stops it under the other
         new_bus: Callable[[], WorkerBus] = lambda: shared  # noqa: E731
+    elif request.param == "hub":
+        hub = BusHub(f"{request.getfixturevalue('socket_dir')}/hub.sock")
+        await hub.start()
+        path = hub.path
+        new_bus = lambda: HubBus(path, channel=channel)  # noqa: E731
     elif request.param == "redis":
         from pipecat_workers.bus import RedisBus
 
@@ -114,6 +135,8 @@ async def make_runner(request: pytest.FixtureRequest) -> AsyncIterator[MakeRunne
     yield lambda name: WorkerRunner(name=name, bus=new_bus(), handle_sigint=False, settings=FAST)
     if request.param == "local":
         await shared.close()
+    if hub is not None:
+        await hub.stop()
 
 
 async def pair(stack: AsyncExitStack, make_runner: MakeRunner, left: list[BaseWorker],

@@ -2,6 +2,8 @@
 
     python tests/procs/peer.py --backend redis --url URL --channel CH --name RUNNER w1 w2 ...
 
+``--backend hub`` takes the hub's socket path as ``--url``.
+
 Hosts one :class:`Peer` worker per name and prints ``READY <runner>`` once they are all
 registered. Runs until it receives SIGTERM (or is killed).
 """
@@ -32,6 +34,10 @@ class Peer(BaseWorker):
 
 def make_bus(args: argparse.Namespace) -> WorkerBus:
     serializer = JSONMessageSerializer(secret=args.secret) if args.secret else None
+    if args.backend == "hub":
+        from pipecat_workers.bus import HubBus
+
+        return HubBus(args.url, channel=args.channel, serializer=serializer)
     if args.backend == "redis":
         from pipecat_workers.bus import RedisBus
 
@@ -43,7 +49,7 @@ def make_bus(args: argparse.Namespace) -> WorkerBus:
 
 async def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--backend", choices=["redis", "pgmq"], required=True)
+    parser.add_argument("--backend", choices=["hub", "redis", "pgmq"], required=True)
     parser.add_argument("--url", required=True)
     parser.add_argument("--channel", required=True)
     parser.add_argument("--name", required=True)
