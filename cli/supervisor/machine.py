@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Literal
 
@@ -100,6 +100,9 @@ class Proc:
     deadline: float | None = None   # when tick() has something to do for it
     phase: Literal["drain", "term", "kill"] | None = None
     restart_when_stopped: bool = False
+    quick_stop: bool = False        # skip the drain (a reload: its code is already stale)
+    removed: bool = False           # gone from the topology: forgotten once it has stopped
+    held: bool = False              # stopped by a `stop` request: may be started again
 
     @property
     def name(self) -> str:
@@ -114,6 +117,7 @@ class Machine:
     clock: Callable[[], float]
     random: Callable[[], float]
     timing: Timing = field(default_factory=Timing)
+    reload: bool = False   # a crashed worker waits for a change instead of restarting
     procs: dict[str, Proc] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -125,28 +129,37 @@ class Machine:
     def start(self, names: Iterable[str] | None = None) -> list[Action]:
         """Run these processes (all by default), their dependencies first."""
         for proc in self._select(names, with_dependencies=True):
-            proc.wanted = True
+            proc.wanted, proc.held = True, False
             if proc.state is State.STOPPING:
                 proc.restart_when_stopped = True  # it is on its way down: bring it back
             elif proc.state in FINAL:
                 proc.state, proc.failures, proc.reason = State.WAITING, 0, ""
         return self._advance()
 
-    def stop(self, names: Iterable[str] | None = None) -> list[Action]:
-        """Stop these processes (all by default); of those, dependents stop first."""
+    def stop(self, names: Iterable[str] | None = None, *, hold: bool = False
+             ) -> list[Action]:
+        """Stop these processes (all by default); of those, dependents stop first.
+
+        ``hold``: they were stopped on request and may be started again, so the project is
+        not over when nothing else runs.
+        """
         actions: list[Action] = []
         for proc in self._select(names):
-            proc.wanted = False
+            proc.wanted, proc.held = False, hold
             proc.restart_when_stopped = False
             if proc.state in (State.WAITING, State.BACKOFF):
                 proc.state, proc.deadline = State.STOPPED, None
                 actions.append(Note(proc.name, "stopped"))
         return actions + self._advance()
 
-    def restart(self, names: Iterable[str]) -> list[Action]:
-        """Stop and start these processes again (their dependents keep running)."""
+    def restart(self, names: Iterable[str], *, quick: bool = False) -> list[Action]:
+        """Stop and start these processes again (their dependents keep running).
+
+        ``quick`` skips the graceful drain: SIGTERM cancels the worker's jobs at once.
+        """
         actions: list[Action] = []
         for proc in self._select(names):
+            proc.quick_stop, proc.held = quick, False
             proc.wanted = True
             if proc.state is State.STOPPING:
                 proc.restart_when_stopped = True  # keep the stop already under way
@@ -157,6 +170,36 @@ class Machine:
                 proc.restarts += 1
                 proc.state, proc.failures, proc.reason, proc.deadline = (
                     State.WAITING, 0, "", None)
+        return actions + self._advance()
+
+    def update(self, specs: Sequence[ProcessSpec]) -> list[Action]:
+        """Apply an edited topology: start what is new, stop what is gone, restart what
+        changed (quickly), and leave the rest running."""
+        old = self.procs
+        actions: list[Action] = []
+        new: dict[str, Proc] = {}
+        for spec in specs:
+            proc = old.get(spec.name)
+            if proc is None or proc.removed:
+                new[spec.name] = Proc(spec)
+                actions.append(Note(spec.name, "added to the topology"))
+                continue
+            new[spec.name] = proc
+            if not same_process(proc.spec, spec):
+                proc.spec = spec
+                actions.append(Note(spec.name, "changed in the topology"))
+                actions += self.restart([spec.name], quick=True)
+        for name, proc in old.items():
+            if name not in new:
+                proc.removed = True
+                new[name] = proc  # kept until it has stopped
+                actions.append(Note(name, "removed from the topology"))
+        self.procs = new
+        gone = [p.name for p in new.values() if p.removed]
+        for name in gone:
+            self.procs[name].quick_stop = True
+        actions += self.stop(gone) if gone else []
+        self._forget_removed()
         return actions + self._advance()
 
     def force(self) -> list[Action]:
@@ -212,7 +255,7 @@ class Machine:
         # Only time spent ready counts as stable: a worker that never got ready is failing.
         stable = proc.ready_at is not None and now - proc.ready_at >= self.timing.stable_after
         proc.pid, proc.exit_code, proc.phase, proc.deadline = None, code, None, None
-        proc.ready_at = None
+        proc.ready_at, proc.quick_stop = None, False
         actions: list[Action] = [Note(name, f"exited with {describe_exit(code)}")]
         if proc.restart_when_stopped:
             proc.restart_when_stopped = False
@@ -224,6 +267,7 @@ class Machine:
             if stable:
                 proc.failures = 0
             actions += self._after_exit(proc, code)
+        self._forget_removed()
         return actions + self._advance()
 
     def tick(self) -> list[Action]:
@@ -246,6 +290,13 @@ class Machine:
         return proc.failures >= self.timing.crash_loop_after and proc.state in (
             State.BACKOFF, State.WAITING, State.STARTING)
 
+    def parked(self) -> list[str]:
+        """Workers that crashed in reload mode and wait for a change."""
+        return [p.name for p in self.procs.values() if self.is_parked(p)]
+
+    def is_parked(self, proc: Proc) -> bool:
+        return self.reload and proc.state is State.CRASHED and proc.wanted
+
     def unknown(self, names: Iterable[str]) -> list[str]:
         """Those of ``names`` that are neither a process nor a worker of the project."""
         known = {p.name for p in self.procs.values()} | {
@@ -256,6 +307,11 @@ class Machine:
     def done(self) -> bool:
         """Nothing runs and nothing will: every process is in a final state."""
         return all(p.state in FINAL for p in self.procs.values())
+
+    @property
+    def holding(self) -> bool:
+        """Some process was stopped on request and waits to be started again."""
+        return any(p.held for p in self.procs.values())
 
     def exit_code(self) -> int:
         """0 if every process ended well, else the first failing process's code."""
@@ -269,6 +325,9 @@ class Machine:
 
     def _after_exit(self, proc: Proc, code: int) -> list[Action]:
         policy = proc.spec.worker.restart
+        if self.reload and code != 0:
+            proc.state, proc.reason = State.CRASHED, "waiting for a change"
+            return [Note(proc.name, "crashed: waiting for a change to restart it")]
         if code == EXIT_CONFIG:
             proc.state = State.FAILED
             return [Note(proc.name, "not restarted: fix its class or arguments")]
@@ -288,7 +347,7 @@ class Machine:
     def _backoff(self, failures: int) -> float:
         """Exponential, capped, with jitter so that crashed peers do not restart in step."""
         base = min(self.timing.backoff_max, self.timing.backoff_first * 2 ** (failures - 1))
-        return base * (0.5 + self.random() / 2)
+        return float(base * (0.5 + self.random() / 2))
 
     def _forgive_at(self, proc: Proc) -> float | None:
         if proc.failures and proc.ready_at is not None:
@@ -350,11 +409,15 @@ class Machine:
     def _begin_stop(self, proc: Proc) -> list[Action]:
         now = self.clock()
         proc.state = State.STOPPING
-        if proc.ready_at is not None:
+        if proc.ready_at is not None and not proc.quick_stop:
             proc.phase, proc.deadline = "drain", now + proc.spec.worker.stop_timeout
             return [Drain(proc.name)]
         proc.phase, proc.deadline = "term", now + self.timing.term_timeout
         return [Kill(proc.name, signal.SIGTERM)]
+
+    def _forget_removed(self) -> None:
+        for name in [p.name for p in self.procs.values() if p.removed and p.state in FINAL]:
+            del self.procs[name]
 
     def _stopping_dependents(self, proc: Proc) -> bool:
         """Whether something that depends on it is still on its way down: it goes first."""
@@ -380,6 +443,13 @@ class Machine:
             if with_dependencies:
                 pending.extend(proc.spec.depends_on)
         return [p for p in self.procs.values() if p.name in chosen]
+
+
+def same_process(a: ProcessSpec, b: ProcessSpec) -> bool:
+    """Whether two specs run the same process (where they sit in the file does not count)."""
+    return (a.name, a.depends_on) == (b.name, b.depends_on) and replace(
+        a.worker, line=0) == replace(b.worker, line=0) and replace(
+        a.channel, line=0) == replace(b.channel, line=0)
 
 
 def describe_exit(code: int) -> str:

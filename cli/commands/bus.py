@@ -1,0 +1,197 @@
+"""``workers check``, ``call`` and ``tail``: the topology's classes, and the bus itself."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import sys
+from datetime import datetime
+from typing import Any
+
+import click
+
+from cli.commands.channel import Where, locate
+from cli.errors import CommandError
+from cli.topology import load_topology
+from cli.topology.classes import check_args, resolve_class
+from pipecat_workers import BaseWorker, JobError, JobStatus, WorkerRunner
+from pipecat_workers.bus import BusHeartbeatMessage, BusMessage
+from pipecat_workers.errors import WorkersError
+from pipecat_workers.monitor import BusMonitor
+
+
+@click.command()
+@click.argument("file", required=False)
+@click.pass_context
+def check(ctx: click.Context, file: str | None) -> None:
+    """Validate FILE and import every worker class, without starting anything."""
+    path = file or ctx.obj.get("file")
+    if path is None:
+        raise CommandError("which topology? `workers check FILE`")
+    topology = load_topology(path)
+    sys.path.insert(0, str(topology.root))
+    failures = 0
+    for spec in topology.workers.values():
+        try:
+            cls = resolve_class(spec.class_path)
+            check_args(cls, spec.key, spec.args)
+        except WorkersError as exc:
+            failures += 1
+            click.secho(f"{topology.path.name}:{spec.line}: workers.{spec.key}: {exc}",
+                        fg="red", err=True)
+        else:
+            click.echo(f"ok  {spec.key:<16} {spec.class_path}")
+    if failures:
+        raise CommandError(f"{failures} of {len(topology.workers)} workers have errors")
+    click.echo(f"{topology.name}: {len(topology.workers)} workers, "
+               f"{len(topology.channels)} channels: ok")
+
+
+@click.command()
+@click.argument("worker")
+@click.option("--job", "job_name", metavar="NAME", help="The job's name (its @job handler).")
+@click.option("--payload", metavar="JSON", default="{}", help="The job's payload, a JSON "
+              "object.")
+@click.option("--timeout", type=float, default=30.0, show_default=True,
+              help="Seconds to wait for the worker and its answer.")
+@click.option("--json", "as_json", is_flag=True, help="Print events as JSON lines.")
+@click.option("--channel", metavar="KEY|NAME", help="The channel (default: the worker's).")
+@click.option("--url", metavar="URL", help="Join this bus instead of the project's.")
+@click.pass_context
+def call(ctx: click.Context, worker: str, job_name: str | None, payload: str,
+         timeout: float, as_json: bool, channel: str | None, url: str | None) -> None:
+    """Send a job to WORKER and show its updates, stream and answer.
+
+    Exits 0 when the job completed, 1 when it failed, errored or was cancelled, 124 when no
+    answer came in time.
+    """
+    try:
+        body = json.loads(payload)
+    except ValueError as exc:
+        raise CommandError(f"--payload: not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise CommandError("--payload: expected a JSON object, like '{\"topic\": \"solar\"}'")
+    where = locate(ctx.obj, channel, url, worker=worker)
+    sys.exit(asyncio.run(_call(where, worker, job_name, body, timeout, as_json)))
+
+
+class _Caller(BaseWorker):
+    """The terminal's stand-in on the bus."""
+
+
+async def _call(where: Where, target: str, job_name: str | None, payload: dict[str, Any],
+                timeout: float, as_json: bool) -> int:
+    name = f"workers-call-{os.getpid()}"
+    runner = WorkerRunner(name=f"{name}-runner", bus=where.bus(), handle_sigint=False)
+    caller = _Caller(name)
+    await runner.add_workers(caller)
+    run = asyncio.ensure_future(runner.run(auto_end=False))
+    try:
+        return await asyncio.wait_for(
+            _request(caller, target, job_name, payload, timeout, as_json), timeout)
+    except TimeoutError:
+        click.secho(f"no answer from '{target}' within {timeout:g} s", fg="red", err=True)
+        return 124
+    except WorkersError as exc:
+        if run.done() and run.exception() is not None:
+            raise CommandError(f"cannot join channel '{where.channel}': "
+                               f"{run.exception()}") from None
+        raise CommandError(str(exc)) from None
+    finally:
+        await runner.cancel(reason="call done")
+        await asyncio.gather(run, return_exceptions=True)
+
+
+async def _request(caller: _Caller, target: str, job_name: str | None,
+                   payload: dict[str, Any], timeout: float, as_json: bool) -> int:
+    await caller.wait_registered()
+    try:
+        async with caller.job(target, name=job_name, payload=payload, timeout=timeout) as job:
+            async for event in job:
+                _show(as_json, {"event": str(event.type), "data": event.data})
+    except JobError as exc:
+        status = exc.statuses.get(target) if exc.statuses else None
+        _show(as_json, {"event": "response", "status": str(status or "error"),
+                        "data": (exc.responses or {}).get(target), "error": exc.reason})
+        return 1
+    status = job.status
+    _show(as_json, {"event": "response", "status": str(status), "data": job.response})
+    return 0 if status is JobStatus.COMPLETED else 1
+
+
+def _show(as_json: bool, event: dict[str, Any]) -> None:
+    if as_json:
+        click.echo(json.dumps(event, default=str))
+        return
+    kind = event["event"]
+    data = json.dumps(event.get("data"), default=str)
+    if kind == "response":
+        if event.get("error"):
+            click.secho(f"{event['status']}: {event['error']}", fg="red")
+        else:
+            colour = "green" if event["status"] == "completed" else "red"
+            click.secho(f"{event['status']}: {data}", fg=colour)
+    else:
+        click.echo(f"{kind:<13} {data}")
+
+
+@click.command()
+@click.option("--channel", metavar="KEY|NAME", help="The channel (default: the only one).")
+@click.option("--url", metavar="URL", help="Join this bus instead of the project's.")
+@click.option("--heartbeats", is_flag=True, help="Also show heartbeats (one per runner per "
+              "second).")
+@click.option("--json", "as_json", is_flag=True, help="Print messages as JSON lines.")
+@click.pass_context
+def tail(ctx: click.Context, channel: str | None, url: str | None, heartbeats: bool,
+         as_json: bool) -> None:
+    """Print the messages on a channel as they pass, until Ctrl-C.
+
+    On the embedded bus it shows every message. On Redis and PGMQ it shows what reaches
+    every runner (registry, heartbeats, broadcasts): a message for one worker travels only
+    to its process.
+    """
+    where = locate(ctx.obj, channel, url)
+    try:
+        asyncio.run(_tail(where, heartbeats=heartbeats, as_json=as_json))
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def describe(message: BusMessage) -> tuple[str, dict[str, Any]]:
+    """A message's short type name (``JobRequest``) and its fields that are set."""
+    kind = type(message).__name__.removeprefix("Bus").removesuffix("Message")
+    values = {f.name: getattr(message, f.name) for f in dataclasses.fields(message)
+              if f.name not in ("source", "target")}
+    return kind, {k: v for k, v in values.items() if v not in (None, "", [], {})}
+
+
+def _plain(value: object) -> object:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return str(value)
+
+
+async def _tail(where: Where, *, heartbeats: bool, as_json: bool) -> None:
+    name = f"workers-tail-{os.getpid()}"
+
+    def show(message: BusMessage) -> None:
+        if message.source == name or (
+                not heartbeats and isinstance(message, BusHeartbeatMessage)):
+            return
+        kind, fields = describe(message)
+        if as_json:
+            click.echo(json.dumps({"type": kind, "source": message.source,
+                                   "target": message.target, **fields}, default=_plain))
+            return
+        to = f" -> {message.target}" if message.target else ""
+        when = datetime.now().strftime("%H:%M:%S.%f")[:-3]
+        body = " ".join(f"{k}={json.dumps(v, default=_plain)}" for k, v in fields.items())
+        click.echo(f"{when} {kind:<16} {message.source}{to}  {body[:300]}")
+
+    try:
+        async with BusMonitor(where.bus(everything=True), name=name, on_message=show):
+            await asyncio.Event().wait()
+    except (WorkersError, OSError) as exc:
+        raise CommandError(f"cannot join channel '{where.channel}': {exc}") from None

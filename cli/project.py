@@ -1,0 +1,68 @@
+"""Which project a command is about: from ``-f FILE``, ``-p NAME``, or the current directory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from cli.errors import CommandError
+from cli.supervisor.statedir import StateDir, find_state_dirs
+from cli.supervisor.status import ProjectStatus
+from cli.topology import Topology, load_topology
+
+
+@dataclass(frozen=True, slots=True)
+class Project:
+    """A project's state directory, and its topology when a file was given."""
+
+    state: StateDir
+    topology: Topology | None = None
+
+    @property
+    def name(self) -> str:
+        return self.state.project
+
+    def topology_or_recorded(self) -> Topology:
+        """The topology: the one given, or the file the running project was started from."""
+        if self.topology is not None:
+            return self.topology
+        recorded = (self.state.read_state() or {}).get("file")
+        if not recorded:
+            raise CommandError(f"project '{self.name}' records no topology file; pass -f FILE")
+        return load_topology(recorded)
+
+    def last_status(self) -> ProjectStatus | None:
+        data = self.state.read_state()
+        if data is None:
+            return None
+        try:
+            return ProjectStatus.from_json(data)
+        except (KeyError, TypeError):
+            return None
+
+
+def find_project(file: str | None, name: str | None, cwd: Path | None = None) -> Project:
+    """The project named by the options, or the only one found from ``cwd`` upwards.
+
+    Raises:
+        CommandError: none or several match.
+    """
+    if file is not None:
+        topology = load_topology(file)
+        return Project(StateDir.of(topology.root, topology.name), topology)
+    found = find_state_dirs(cwd or Path.cwd())
+    if name is not None:
+        found = [s for s in found if s.project == name]
+        if not found:
+            raise CommandError(f"no project named '{name}' here; pass -f FILE")
+    if not found:
+        raise CommandError("no project found here: pass -f FILE (the topology) or run "
+                           "this in the directory where `workers up` ran")
+    if len(found) > 1:
+        live = [s for s in found if s.supervisor_alive()]
+        if len(live) == 1:
+            found = live
+        else:
+            names = ", ".join(s.project for s in (live or found))
+            raise CommandError(f"several projects here ({names}): choose one with -p NAME")
+    return Project(found[0])

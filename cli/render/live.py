@@ -1,0 +1,75 @@
+"""The live view of ``workers up`` in a terminal: a table of workers over a feed of events.
+
+The table shows each worker's state, pid, uptime, restarts and jobs; the feed shows the
+latest lines (supervisor notes and worker output), newest last. Rich redraws a few times a
+second; the renderer only keeps the data.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.text import Text
+
+from cli.logs.reader import LogRecord
+from cli.render.plain import PALETTE
+from cli.render.tables import channel_table, project_table
+from cli.supervisor.status import ProjectStatus
+from cli.topology import Topology
+
+_FEED = 12
+
+
+class LiveRenderer:
+    """Keeps the last status and feed lines; rich's refresh thread draws them."""
+
+    def __init__(self, topology: Topology, console: Console | None = None) -> None:
+        self._topology = topology
+        self._console = console or Console()
+        self._status: ProjectStatus | None = None
+        self._feed: deque[LogRecord] = deque(maxlen=_FEED)
+        self._colours: dict[str, str] = {}
+        self._live = Live(self._render(), console=self._console, refresh_per_second=4,
+                          transient=False, get_renderable=self._render)
+
+    def start(self) -> None:
+        self._live.start()
+
+    def stop(self) -> None:
+        self._live.stop()
+        self._console.print(f"every line is kept: `workers -p {self._topology.name} logs`",
+                            style="dim")
+
+    def record(self, record: LogRecord) -> None:
+        self._feed.append(record)
+
+    def status(self, status: ProjectStatus) -> None:
+        self._status = status
+
+    def _colour(self, worker: str) -> str:
+        if worker not in self._colours:
+            self._colours[worker] = PALETTE[len(self._colours) % len(PALETTE)]
+        return self._colours[worker]
+
+    def _render(self) -> Group:
+        parts: list[object] = []
+        if self._status is None:
+            parts.append(Text(f"starting {self._topology.name}...", style="dim"))
+        else:
+            parts.append(project_table(self._status))
+            parts.extend(channel_table(c) for c in self._status.channels)
+        records = list(self._feed)  # one copy: rich draws from its own thread
+        width = max((len(r.worker) for r in records), default=0)
+        feed = Text()
+        for record in records:
+            feed.append(f"{record.time:%H:%M:%S} ", style="dim")
+            feed.append(f"{record.worker:<{width}} ", style=self._colour(record.worker))
+            style = "dim italic" if record.stream == "sup" else (
+                "red" if record.stream == "err" else "")
+            feed.append(record.text[:200] + "\n", style=style)
+        parts.append(Panel(feed, title="events", title_align="left", border_style="dim"))
+        parts.append(Text("Ctrl-C stops every worker; twice kills them", style="dim"))
+        return Group(*parts)  # type: ignore[arg-type]

@@ -1,0 +1,431 @@
+"""The supervisor: runs a project's worker processes and carries out the machine's decisions.
+
+One loop owns everything: process events, control requests and signals arrive on one queue;
+the :class:`~cli.supervisor.machine.Machine` decides; the loop spawns, drains and signals, writes
+each worker's log, keeps the state file current and tells the renderer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import signal
+import time
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from cli.errors import CommandError
+from cli.host import HostSpec
+from cli.logs.reader import LogRecord
+from cli.logs.writer import LogWriter
+from cli.supervisor.control import ControlServer
+from cli.supervisor.machine import Action, Drain, Kill, Machine, Note, Spawn, State, Timing
+from cli.supervisor.monitors import Monitors
+from cli.supervisor.process import Exited, Output, ProcessEvent, Status, WorkerProcess
+from cli.supervisor.reload import ChangeWatcher, plan
+from cli.supervisor.statedir import StateDir
+from cli.supervisor.status import ProjectStatus, WorkerStatus
+from cli.topology import load_topology
+from cli.topology.model import ProcessSpec, Topology, expand
+from pipecat_workers.bus import BusHub
+from pipecat_workers.errors import WorkersError
+
+logger = logging.getLogger("cli.supervisor")
+
+_STATE_EVERY = 0.2  # seconds between state file writes while things change
+
+
+class Renderer(Protocol):
+    """Shows a running project: the live view, or plain prefixed lines."""
+
+    def record(self, record: LogRecord) -> None: ...
+
+    def status(self, status: ProjectStatus) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    payload: dict[str, Any]
+    answer: asyncio.Future[dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Signal:
+    sig: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Changed:
+    paths: set[Path]
+
+
+_Event = ProcessEvent | _Request | _Signal | _Changed
+
+
+class Supervisor:
+    """Runs one project until every worker has ended or it is told to stop.
+
+    Args:
+        topology: The loaded project.
+        renderer: Where records and status go.
+        only: Worker names (or keys) to start with their dependencies; all by default.
+        timing: Delays of the stop sequence and restart back-off.
+        reload: Watch the project's files: restart the workers whose code changed, apply
+            edits of the topology, and park a crashed worker until the next change.
+        clock, rng: Injected for tests.
+    """
+
+    def __init__(
+        self, topology: Topology, renderer: Renderer, *, only: Sequence[str] | None = None,
+        timing: Timing | None = None, env: Mapping[str, str] | None = None,
+        reload: bool = False,
+        clock: Callable[[], float] = time.monotonic, rng: Callable[[], float] = random.random,
+    ) -> None:
+        self._topology = topology
+        self._renderer = renderer
+        self._only = list(only) if only else None
+        self._env = dict(os.environ if env is None else env)
+        self._clock = clock
+        self._specs: dict[str, ProcessSpec] = {p.name: p for p in expand(topology)}
+        self._machine = Machine(list(self._specs.values()), clock, rng,
+                                timing or Timing(), reload=reload)
+        self._reload = reload
+        self._watcher: ChangeWatcher | None = None
+        self._imports: dict[str, set[str]] = {}
+        self._stopping = False
+        self._state = StateDir.of(topology.root, topology.name)
+        self._queue: asyncio.Queue[_Event] = asyncio.Queue()
+        self._processes: dict[str, WorkerProcess] = {}
+        self._writers: dict[str, LogWriter] = {}
+        self._hub: BusHub | None = None
+        self._control: ControlServer | None = None
+        self._monitors: Monitors | None = None
+        self._signalled: int | None = None
+        self._runners: dict[str, str] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._dirty = True
+
+    @property
+    def state_dir(self) -> StateDir:
+        return self._state
+
+    async def run(self) -> int:
+        """Supervise until the end; returns the exit code for the command."""
+        if self._only and (unknown := self._machine.unknown(self._only)):
+            raise CommandError(f"no worker named {', '.join(map(repr, unknown))} in "
+                               f"{self._topology.path.name}")
+        lock = self._state.lock()
+        loop = asyncio.get_running_loop()
+        installed = self._install_signals(loop)
+        try:
+            await self._open()
+            self._perform(self._machine.start(self._only))
+            self._write_state()
+            await self._loop()
+        finally:
+            self._remove_signals(loop, installed)
+            await self._close()
+            os.close(lock)
+        if self._signalled is not None:
+            return 128 + self._signalled
+        return self._machine.exit_code()
+
+    # -- resources --------------------------------------------------------------------
+
+    async def _open(self) -> None:
+        self._state.logs_dir.mkdir(parents=True, exist_ok=True)
+        if any(c.backend == "local" for c in self._topology.channels.values()):
+            self._hub = BusHub(self._state.socket_path("hub"))
+            await self._hub.start()
+        self._control = ControlServer(self._state.socket_path("control"), self._on_control)
+        await self._control.start()
+        self._monitors = Monitors(self._topology, self._hub_path())
+        self._monitors.start()
+        if self._reload:
+            self._watcher = ChangeWatcher(self._topology.root,
+                                          extra=[self._topology.path.parent])
+            self._background(self._watch(self._watcher))
+
+    async def _close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.stop()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for process in list(self._processes.values()):
+            process.signal(signal.SIGKILL)  # only left if the loop itself failed
+            await process.close()
+        if self._monitors is not None:
+            await self._monitors.stop()
+        if self._control is not None:
+            await self._control.stop()
+        if self._hub is not None:
+            await self._hub.stop()
+        self._write_state(running=False)
+        for writer in self._writers.values():
+            writer.close()
+
+    def _hub_path(self) -> str | None:
+        return str(self._hub.path) if self._hub is not None else None
+
+    # -- the loop ---------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        last_state = 0.0
+        while not (self._machine.done and not self._processes and (
+                self._stopping or not (self._reload or self._machine.holding))):
+            deadline = self._machine.next_deadline()
+            timeout = _STATE_EVERY if deadline is None else min(
+                _STATE_EVERY, max(0.0, deadline - self._clock()))
+            try:
+                event = await asyncio.wait_for(self._queue.get(), timeout)
+            except TimeoutError:
+                event = None
+            if event is not None:
+                self._handle(event)
+            self._perform(self._machine.tick())
+            now = self._clock()
+            if self._dirty or now - last_state >= _STATE_EVERY:
+                last_state = now
+                self._publish_status()
+        self._publish_status()
+
+    def _handle(self, event: _Event) -> None:
+        machine = self._machine
+        if isinstance(event, Output):
+            self._log(event.name, event.stream, event.raw.decode("utf-8", "replace"))
+        elif isinstance(event, Status):
+            kind = event.event.get("event")
+            if kind == "ready":
+                self._runners[event.name] = str(event.event.get("runner", ""))
+                self._imports[event.name] = set(event.event.get("imports") or ())
+                self._perform(machine.ready(event.name))
+            elif kind == "error":
+                self._perform(machine.reported_error(event.name,
+                                                     str(event.event.get("message", ""))))
+        elif isinstance(event, Exited):
+            process = self._processes.get(event.name)
+            if process is not None and process.pid == event.pid:
+                del self._processes[event.name]
+                self._background(process.close())
+                self._perform(machine.exited(event.name, event.code))
+        elif isinstance(event, _Request):
+            self._answer(event)
+        elif isinstance(event, _Signal):
+            self._on_signal(event.sig)
+        elif isinstance(event, _Changed):
+            self._on_changes(event.paths)
+
+    def _perform(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Spawn):
+                self._background(self._spawn(action.name))
+            elif isinstance(action, Drain):
+                if (process := self._processes.get(action.name)) is not None:
+                    process.drain()
+            elif isinstance(action, Kill):
+                if (process := self._processes.get(action.name)) is not None:
+                    process.signal(action.sig)
+            elif isinstance(action, Note):
+                self._log(action.name, "sup", action.text)
+        if actions:
+            self._dirty = True
+
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _spawn(self, name: str) -> None:
+        spec = self._specs[name]
+        channel = spec.channel
+        host = HostSpec(
+            name=name, class_path=spec.worker.class_path, args=dict(spec.worker.args),
+            backend=channel.backend, channel=channel.channel,
+            url=self._hub_path() if channel.backend == "local" else channel.url,
+            runner=f"{self._topology.name}/{name}", root=str(self._topology.root))
+        env = {**self._env, **spec.worker.env}
+        try:
+            process = await WorkerProcess.spawn(host, env=env, cwd=self._topology.root,
+                                                emit=self._queue.put_nowait)
+        except OSError as exc:
+            self._perform(self._machine.spawn_failed(name, str(exc)))
+            return
+        self._processes[name] = process
+        self._perform(self._machine.spawned(name, process.pid))
+
+    # -- logs and status --------------------------------------------------------------
+
+    def _log(self, name: str, stream: str, text: str) -> None:
+        writer = self._writers.get(name)
+        if writer is None:
+            writer = self._writers[name] = LogWriter(self._state.logs_dir / f"{name}.log")
+        self._renderer.record(writer.write(stream, text))
+
+    def status(self, *, running: bool = True) -> ProjectStatus:
+        """The project as of now, joined with what the bus monitors see."""
+        now = self._clock()
+        machine = self._machine
+        bus = self._monitors.views() if self._monitors is not None else {}
+        workers = []
+        for proc in machine.procs.values():
+            runner = self._runners.get(proc.name, f"{self._topology.name}/{proc.name}")
+            seen = bus.get(proc.spec.channel.key)
+            stats = seen.runner_stats.get(runner) if seen is not None else None
+            mine = ((stats or {}).get("workers") or {}).get(proc.name) or {}
+            alive = proc.state in (State.STARTING, State.READY, State.STOPPING)
+            workers.append(WorkerStatus(
+                name=proc.name, worker=proc.spec.worker.key, channel=proc.spec.channel.key,
+                state=str(proc.state), pid=proc.pid,
+                uptime=now - proc.started_at if alive and proc.started_at else None,
+                restarts=proc.restarts, exit_code=proc.exit_code, reason=proc.reason,
+                retry_in=(proc.deadline - now if proc.state is State.BACKOFF
+                          and proc.deadline is not None else None),
+                crash_loop=machine.in_crash_loop(proc),
+                registered=seen is not None and proc.name in seen.status.workers,
+                active=mine.get("active"),
+                jobs=dict((stats or {}).get("jobs") or {}) if alive else {}))
+        channels = [v.status for v in bus.values()]
+        return ProjectStatus(project=self._topology.name, file=str(self._topology.path),
+                             running=running, supervisor_pid=os.getpid(), workers=workers,
+                             channels=channels)
+
+    def _publish_status(self) -> None:
+        """Tell the renderer; rewrite the state file when a process changed state (so
+        ``up -d`` and ``ps`` see a worker ready as soon as it is)."""
+        status = self.status()
+        self._renderer.status(status)
+        if self._dirty:
+            self._dirty = False
+            self._write_state(status)
+
+    def _write_state(self, status: ProjectStatus | None = None, *, running: bool = True
+                     ) -> None:
+        status = status or self.status(running=running)
+        status.running = running
+        data = status.to_json()
+        data["sockets"] = {"control": str(self._state.socket_path("control")),
+                           "hub": self._hub_path()}
+        with contextlib.suppress(OSError):
+            self._state.write_state(data)
+
+    # -- control and signals ----------------------------------------------------------
+
+    async def _on_control(self, payload: dict[str, Any]) -> dict[str, Any]:
+        answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Request(payload, answer))
+        return await answer
+
+    def _answer(self, request: _Request) -> None:
+        payload, machine = request.payload, self._machine
+        cmd = payload.get("cmd")
+        names = payload.get("workers") or None
+        try:
+            if names and (unknown := machine.unknown(names)):
+                raise CommandError(f"no worker named {', '.join(map(repr, unknown))}")
+            if cmd == "status":
+                result: dict[str, Any] = {"status": self.status().to_json()}
+            elif cmd in ("stop", "down"):
+                self._stopping = self._stopping or cmd == "down"
+                self._perform(machine.stop(names if cmd == "stop" else None,
+                                           hold=cmd == "stop"))
+                result = {}
+            elif cmd == "start":
+                self._perform(machine.start(names))
+                result = {}
+            elif cmd == "restart":
+                self._perform(machine.restart(names or list(machine.procs)))
+                result = {}
+            else:
+                raise CommandError(f"unknown command {cmd!r}")
+        except CommandError as exc:
+            request.answer.set_result({"ok": False, "error": str(exc)})
+            return
+        request.answer.set_result({"ok": True, **result})
+
+    def _on_signal(self, sig: int) -> None:
+        self._stopping = True
+        if self._signalled is None:
+            self._signalled = sig
+            logger.warning("%s: stopping every worker (again to force)",
+                           signal.Signals(sig).name)
+            self._perform(self._machine.stop())
+        else:
+            logger.warning("forcing: killing every worker")
+            self._perform(self._machine.force())
+
+    # -- reload -----------------------------------------------------------------------
+
+    async def _watch(self, watcher: ChangeWatcher) -> None:
+        async for paths in watcher.changes():
+            self._queue.put_nowait(_Changed(paths))
+
+    def _on_changes(self, paths: set[Path]) -> None:
+        if self._stopping:
+            return
+        result = plan(paths, topology=self._topology.path, imports=self._imports,
+                      parked=self._machine.parked())
+        if result.topology_changed:
+            self._apply_topology()
+        for name, path in result.restart.items():
+            if name in self._machine.procs:
+                self._log(name, "sup", f"reloading: {self._relative(path)} changed")
+                self._perform(self._machine.restart([name], quick=True))
+
+    def _apply_topology(self) -> None:
+        """Run the edited topology's difference; a broken edit changes nothing."""
+        try:
+            topology = load_topology(self._topology.path)
+        except WorkersError as exc:
+            self._project_note(f"topology not applied: {exc}")
+            return
+        if topology.name != self._topology.name or topology.root != self._topology.root:
+            self._project_note("topology not applied: its name or root changed; "
+                               "stop and run `workers up` again")
+            return
+        specs = expand(topology)
+        if topology.channels != self._topology.channels:
+            self._background(self._rewatch(topology))
+        self._topology = topology
+        self._specs = {p.name: p for p in specs}
+        self._project_note(f"applying the edited {topology.path.name}")
+        self._perform(self._machine.update(specs))
+
+    async def _rewatch(self, topology: Topology) -> None:
+        """Channels changed: host the hub if one is new, and watch the new channels."""
+        if self._hub is None and any(c.backend == "local" for c in topology.channels.values()):
+            self._hub = BusHub(self._state.socket_path("hub"))
+            await self._hub.start()
+        if self._monitors is not None:
+            await self._monitors.stop()
+        self._monitors = Monitors(topology, self._hub_path())
+        self._monitors.start()
+
+    def _relative(self, path: Path) -> str:
+        try:
+            return str(path.relative_to(self._topology.root))
+        except ValueError:
+            return str(path)
+
+    def _project_note(self, text: str) -> None:
+        """A line about the whole project, for the renderer (and the supervisor's log)."""
+        logger.info("%s", text)
+        self._renderer.record(LogRecord(time=datetime.now(UTC), worker="workers",
+                                        stream="sup", text=text))
+
+    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> list[int]:
+        installed: list[int] = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, self._queue.put_nowait, _Signal(sig))
+                installed.append(sig)
+        return installed
+
+    @staticmethod
+    def _remove_signals(loop: asyncio.AbstractEventLoop, installed: list[int]) -> None:
+        for sig in installed:
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,94 @@
+"""Hot reload: which files changed, and which workers that concerns.
+
+:class:`ChangeWatcher` wraps ``watchfiles.awatch`` over the project directory, with the usual
+ignores plus our own state directory and virtualenvs, and yields batches of changed paths.
+:func:`plan` decides, without I/O, what a batch means: the topology file changed, or these
+workers imported a file that changed (each host reports the project files it imported when
+it gets ready), or a parked worker (one that crashed and waits) may now start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Collection, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from watchfiles import Change, DefaultFilter, awatch
+
+from cli.supervisor.statedir import STATE_DIRNAME
+
+# Besides watchfiles' defaults (VCS, caches, .venv, node_modules, editor droppings).
+EXTRA_IGNORED_DIRS = (STATE_DIRNAME, "venv", "env", ".ruff_cache", ".nox", "build", "dist",
+                      ".eggs", ".services", ".benchmarks")
+DEBOUNCE_STEP_MS = 50   # quiet time that ends a batch of changes (an editor's save burst)
+DEBOUNCE_MAX_MS = 1000  # a batch never waits longer than this
+
+
+class ProjectFilter(DefaultFilter):
+    """What may trigger a reload: Python sources and YAML, outside ignored directories."""
+
+    def __init__(self) -> None:
+        super().__init__(ignore_dirs=(*DefaultFilter.ignore_dirs, *EXTRA_IGNORED_DIRS))
+
+    def __call__(self, change: Change, path: str) -> bool:
+        if not path.endswith((".py", ".yaml", ".yml")) or path.endswith(".egg-info"):
+            return False
+        return super().__call__(change, path)
+
+
+class ChangeWatcher:
+    """Yields sets of changed files under ``root`` until ``stop`` is set."""
+
+    def __init__(self, root: Path, *, extra: Collection[Path] = ()) -> None:
+        self._paths = [root, *[p for p in extra if not _inside(p, root)]]
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def changes(self) -> AsyncIterator[set[Path]]:
+        async for batch in awatch(*self._paths, watch_filter=ProjectFilter(),
+                                  step=DEBOUNCE_STEP_MS, debounce=DEBOUNCE_MAX_MS,
+                                  stop_event=self._stop):
+            yield {Path(path).resolve() for _, path in batch}
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadPlan:
+    """What one batch of changes asks for."""
+
+    topology_changed: bool = False
+    restart: dict[str, Path] = field(default_factory=dict)  # worker -> the file that did it
+
+    def __bool__(self) -> bool:
+        return self.topology_changed or bool(self.restart)
+
+
+def plan(changed: Collection[Path], *, topology: Path, imports: Mapping[str, Collection[str]],
+         parked: Collection[str]) -> ReloadPlan:
+    """Workers to restart for ``changed`` files.
+
+    A running worker restarts when a file it imported changed. A parked worker (crashed,
+    waiting) restarts on any Python change: what broke it may be a file it never managed to
+    import (a syntax error, say).
+    """
+    topology = topology.resolve()
+    sources = sorted(p for p in changed if p.suffix == ".py")
+    restart: dict[str, Path] = {}
+    for worker, files in imports.items():
+        hit = next((p for p in sources if str(p) in files), None)
+        if hit is not None:
+            restart[worker] = hit
+    if sources:
+        for worker in parked:
+            restart.setdefault(worker, sources[0])
+    return ReloadPlan(topology_changed=topology in changed, restart=restart)
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,125 @@
+"""Where a running project keeps its lock, sockets, state file and logs.
+
+``<project root>/.workers/<project name>/`` holds ``lock`` (held by the live supervisor),
+``state.json`` (what ``ps`` shows when no supervisor answers), ``supervisor.log`` and
+``logs/<worker>.log``. Sockets go there too, unless the path is too long for a Unix socket
+(about 100 bytes); then they go to a private directory under the system's temporary
+directory, and ``state.json`` records where.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cli.errors import CommandError
+
+STATE_DIRNAME = ".workers"
+_SOCKET_PATH_MAX = 100  # AF_UNIX allows 108 bytes on Linux, fewer elsewhere
+
+
+@dataclass(frozen=True, slots=True)
+class StateDir:
+    """The state directory of one project."""
+
+    path: Path
+    project: str
+
+    @classmethod
+    def of(cls, root: Path, project: str) -> StateDir:
+        return cls(root / STATE_DIRNAME / project, project)
+
+    @property
+    def state_file(self) -> Path:
+        return self.path / "state.json"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.path / "logs"
+
+    @property
+    def supervisor_log(self) -> Path:
+        return self.path / "supervisor.log"
+
+    def socket_path(self, kind: str) -> Path:
+        """A socket path short enough for AF_UNIX, private to this user."""
+        here = self.path / f"{kind}.sock"
+        if len(os.fsencode(here)) <= _SOCKET_PATH_MAX:
+            return here
+        digest = hashlib.sha256(os.fsencode(self.path)).hexdigest()[:16]
+        private = Path(tempfile.gettempdir()) / f"pipecat-workers-{os.getuid()}"
+        private.mkdir(mode=0o700, exist_ok=True)
+        return private / f"{digest}-{kind}.sock"
+
+    def lock(self) -> int:
+        """Take the project's lock for this supervisor's lifetime; returns the open fd.
+
+        Raises:
+            CommandError: another supervisor runs this project.
+        """
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            pid = (self.read_state() or {}).get("supervisor_pid", "?")
+            raise CommandError(
+                f"project '{self.project}' is already running (supervisor pid {pid}); "
+                "use `workers down` to stop it") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        return fd
+
+    def supervisor_alive(self) -> bool:
+        """Whether a supervisor holds the lock right now."""
+        try:
+            fd = os.open(self.path / "lock", os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+    def read_state(self) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self.state_file.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def write_state(self, data: dict[str, Any]) -> None:
+        """Replace the state file atomically: a reader never sees half of it."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".state-", suffix=".json")
+        try:
+            with os.fdopen(fd, "w") as file:
+                json.dump(data, file, indent=1, default=str)
+            os.replace(tmp, self.state_file)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+
+def find_state_dirs(start: Path) -> list[StateDir]:
+    """Projects with a state directory in ``start`` or the nearest parent that has any."""
+    for directory in (start, *start.parents):
+        base = directory / STATE_DIRNAME
+        if base.is_dir():
+            found = [StateDir(p, p.name) for p in sorted(base.iterdir())
+                     if (p / "state.json").exists()]
+            if found:
+                return found
+    return []

@@ -1,0 +1,64 @@
+"""What ``ps``, ``up -d`` and the live view know of a project: plain, JSON-ready data."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class WorkerStatus:
+    """One worker process: the supervisor's view joined with the bus's."""
+
+    name: str
+    worker: str                   # its key in the topology (replicas share it)
+    channel: str
+    state: str
+    pid: int | None = None
+    uptime: float | None = None   # seconds since it was spawned, while it runs
+    restarts: int = 0
+    exit_code: int | None = None
+    reason: str = ""
+    retry_in: float | None = None
+    crash_loop: bool = False
+    parked: bool = False          # crashed under --reload: waits for the next change
+    registered: bool = False      # the bus's registry lists it
+    active: bool | None = None
+    jobs: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class ChannelStatus:
+    """One bus, as the supervisor's monitor sees it."""
+
+    key: str
+    backend: str
+    channel: str
+    connected: bool = False
+    runners: int = 0
+    workers: list[str] = field(default_factory=list)
+    jobs_running: int = 0
+
+
+@dataclass(slots=True)
+class ProjectStatus:
+    project: str
+    file: str
+    running: bool
+    supervisor_pid: int | None
+    workers: list[WorkerStatus]
+    channels: list[ChannelStatus]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ProjectStatus:
+        return cls(
+            project=data["project"], file=data["file"], running=data["running"],
+            supervisor_pid=data.get("supervisor_pid"),
+            workers=[WorkerStatus(**w) for w in data.get("workers", [])],
+            channels=[ChannelStatus(**c) for c in data.get("channels", [])])
+
+    def worker(self, name: str) -> WorkerStatus | None:
+        return next((w for w in self.workers if w.name == name), None)
