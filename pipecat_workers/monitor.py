@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from pipecat_workers.bus.core import WorkerBus
-from pipecat_workers.bus.messages import BusMessage
+from pipecat_workers.bus.messages import BusCancelMessage, BusEndMessage, BusMessage
 from pipecat_workers.registry import WorkerRegistry
 from pipecat_workers.settings import Settings
 from pipecat_workers.tasks import cancel_and_wait
@@ -49,6 +49,14 @@ class _Tap:
         self._callback(message)
 
 
+class _WatchingRunner(WorkerRunner):
+    """A runner that only watches: the session's end or cancel is not its own."""
+
+    async def on_bus_message(self, message: BusMessage) -> None:
+        if not isinstance(message, BusEndMessage | BusCancelMessage):
+            await super().on_bus_message(message)
+
+
 class BusMonitor:
     """Joins a channel to watch it; hosts no workers.
 
@@ -70,7 +78,7 @@ class BusMonitor:
         on_message: Callable[[BusMessage], None] | None = None,
         settings: Settings | None = None,
     ) -> None:
-        self._runner = WorkerRunner(name=name or f"monitor-{os.urandom(4).hex()}", bus=bus,
+        self._runner = _WatchingRunner(name=name or f"monitor-{os.urandom(4).hex()}", bus=bus,
                                     handle_sigint=False, settings=settings)
         if on_message is not None:
             bus.subscribe(_Tap(f"{self._runner.name}.tap", on_message), role="observer")
