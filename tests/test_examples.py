@@ -57,6 +57,35 @@ def test_sensors_example_reacts_to_readings_and_ends_at_its_limit():
         "[controller]   set_heater: heater off (100%)")
 
 
+def test_readme_main_command_runs_the_handoff_topology_to_its_end():
+    """The README's first command, as a newcomer runs it (piped, so plain lines)."""
+    out = subprocess.run([str(Path(sys.executable).with_name("workers")), "up",
+                          "configs/handoff.yaml"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    handed = "support |   [support] active (from greeter: I have a question about my invoice.)"
+    assert handed in lines
+    assert lines.index("greeter |   [greeter] inactive") < lines.index(handed)
+    assert sum(line.endswith("[exited with code 0]") for line in lines) == 3
+    assert "Traceback" not in out.stderr
+
+
+def test_readme_topology_example_loads(tmp_path):
+    from cli.topology import load_topology
+
+    block = re.search(r"```yaml\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    assert block is not None
+    (tmp_path / "configs").mkdir()
+    path = tmp_path / "configs" / "research.yaml"
+    path.write_text(block.group(1))
+    topology = load_topology(path)
+    assert topology.root == tmp_path
+    assert [w.stop_timeout for w in topology.workers.values()] == [10.0, 10.0]
+    assert topology.workers["researcher"].instance_names() == [
+        "researcher.1", "researcher.2", "researcher.3"]
+
+
 @pytest.mark.parametrize("index", [0])
 def test_readme_python_example(index, tmp_path):
     blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
