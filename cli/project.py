@@ -8,7 +8,7 @@ from pathlib import Path
 from cli.errors import CommandError
 from cli.supervisor.statedir import StateDir, find_state_dirs
 from cli.supervisor.status import ProjectStatus
-from cli.topology import Topology, load_topology
+from cli.topology.model import Topology
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +29,8 @@ class Project:
         recorded = (self.state.read_state() or {}).get("file")
         if not recorded:
             raise CommandError(f"project '{self.name}' records no topology file; pass -f FILE")
+        from cli.topology import load_topology
+
         return load_topology(recorded)
 
     def last_status(self) -> ProjectStatus | None:
@@ -48,6 +50,8 @@ def find_project(file: str | None, name: str | None, cwd: Path | None = None) ->
         CommandError: none or several match.
     """
     if file is not None:
+        from cli.topology import load_topology
+
         topology = load_topology(file)
         return Project(StateDir.of(topology.root, topology.name), topology)
     found = find_state_dirs(cwd or Path.cwd())

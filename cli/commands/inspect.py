@@ -6,6 +6,7 @@ import asyncio
 import json
 import sys
 from datetime import UTC, datetime
+from typing import Any
 
 import click
 
@@ -13,8 +14,6 @@ from cli.errors import CommandError
 from cli.logs.reader import follow, merge, read_records
 from cli.logs.timespec import parse_since
 from cli.project import Project, find_project
-from cli.render.plain import PlainRenderer
-from cli.render.tables import channel_table, project_table
 from cli.supervisor.status import ProjectStatus
 
 
@@ -42,6 +41,8 @@ def ps(ctx: click.Context, as_json: bool, channel: str | None, url: str | None,
         click.echo(json.dumps(status.to_json(), indent=2))
         return
     from rich.console import Console
+
+    from cli.render.tables import channel_table, project_table
 
     console = Console(highlight=False)
     console.print(project_table(status))
@@ -98,6 +99,8 @@ def logs(ctx: click.Context, workers: tuple[str, ...], follow_: bool, tail: int 
         start = parse_since(since, datetime.now(UTC)) if since else None
     except ValueError as exc:
         raise CommandError(str(exc)) from None
+    from cli.render.plain import PlainRenderer
+
     renderer = PlainRenderer(width=max(map(len, chosen), default=0), timestamps=timestamps)
     if not follow_:
         for record in merge([read_records(logs_dir, n, since=start, tail=tail)
@@ -111,7 +114,7 @@ def logs(ctx: click.Context, workers: tuple[str, ...], follow_: bool, tail: int 
 
 
 async def _follow(project: Project, names: list[str], since: datetime | None,
-                  tail: int | None, renderer: PlainRenderer) -> None:
+                  tail: int | None, renderer: Any) -> None:
     """Print lines as they come; stop once the supervisor is gone and the files are read."""
     stop = asyncio.Event()
 

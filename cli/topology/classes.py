@@ -14,10 +14,12 @@ import re
 import traceback
 from collections.abc import Mapping
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cli.topology.errors import WorkerClassError
-from pipecat_workers.workers.base import BaseWorker
+
+if TYPE_CHECKING:
+    from pipecat_workers.workers.base import BaseWorker
 
 _DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
 CLASS_PATH_PATTERN = f"^{_DOTTED}:{_DOTTED}$"
@@ -74,6 +76,8 @@ def resolve_class(class_path: str) -> type[BaseWorker]:
         walked = f"{walked}:{part}" if walked == module_name else f"{walked}.{part}"
     if not isinstance(obj, type):
         raise WorkerClassError(f"'{class_path}' is not a class (got {type(obj).__name__})")
+    from pipecat_workers.workers.base import BaseWorker  # only once there is a class to check
+
     if not issubclass(obj, BaseWorker):
         raise WorkerClassError(f"'{class_path}' is not a BaseWorker subclass")
     return obj
