@@ -15,7 +15,8 @@ from benchmarks.core import Scale, run, select
 from benchmarks.table import fmt_target, render, write_json
 
 # Modules that register benchmarks; a new backend adds its module here.
-SUITES = ("benchmarks.local", "benchmarks.network", "benchmarks.hub", "benchmarks.cli")
+SUITES = ("benchmarks.local", "benchmarks.network", "benchmarks.hub", "benchmarks.cli",
+          "benchmarks.reload")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

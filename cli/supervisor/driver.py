@@ -32,7 +32,7 @@ from cli.supervisor.reload import ChangeWatcher, plan
 from cli.supervisor.statedir import StateDir
 from cli.supervisor.status import ProjectStatus, WorkerStatus
 from cli.topology import load_topology
-from cli.topology.model import ProcessSpec, Topology, expand
+from cli.topology.model import Topology, expand
 from pipecat_workers.bus import BusHub
 from pipecat_workers.errors import WorkersError
 
@@ -92,8 +92,7 @@ class Supervisor:
         self._only = list(only) if only else None
         self._env = dict(os.environ if env is None else env)
         self._clock = clock
-        self._specs: dict[str, ProcessSpec] = {p.name: p for p in expand(topology)}
-        self._machine = Machine(list(self._specs.values()), clock, rng,
+        self._machine = Machine(expand(topology), clock, rng,
                                 timing or Timing(), reload=reload)
         self._reload = reload
         self._watcher: ChangeWatcher | None = None
@@ -241,7 +240,7 @@ class Supervisor:
         task.add_done_callback(self._tasks.discard)
 
     async def _spawn(self, name: str) -> None:
-        spec = self._specs[name]
+        spec = self._machine.procs[name].spec
         channel = spec.channel
         host = HostSpec(
             name=name, class_path=spec.worker.class_path, args=dict(spec.worker.args),
@@ -285,7 +284,7 @@ class Supervisor:
                 restarts=proc.restarts, exit_code=proc.exit_code, reason=proc.reason,
                 retry_in=(proc.deadline - now if proc.state is State.BACKOFF
                           and proc.deadline is not None else None),
-                crash_loop=machine.in_crash_loop(proc),
+                crash_loop=machine.in_crash_loop(proc), parked=machine.is_parked(proc),
                 registered=seen is not None and proc.name in seen.status.workers,
                 active=mine.get("active"),
                 jobs=dict((stats or {}).get("jobs") or {}) if alive else {}))
@@ -367,7 +366,9 @@ class Supervisor:
     def _on_changes(self, paths: set[Path]) -> None:
         if self._stopping:
             return
-        result = plan(paths, topology=self._topology.path, imports=self._imports,
+        live = {n: files for n, files in self._imports.items()
+                if n in self._machine.procs and not self._machine.procs[n].removed}
+        result = plan(paths, topology=self._topology.path, imports=live,
                       parked=self._machine.parked())
         if result.topology_changed:
             self._apply_topology()
@@ -391,7 +392,6 @@ class Supervisor:
         if topology.channels != self._topology.channels:
             self._background(self._rewatch(topology))
         self._topology = topology
-        self._specs = {p.name: p for p in specs}
         self._project_note(f"applying the edited {topology.path.name}")
         self._perform(self._machine.update(specs))
 

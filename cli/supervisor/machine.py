@@ -145,12 +145,16 @@ class Machine:
         """
         actions: list[Action] = []
         for proc in self._select(names):
-            proc.wanted, proc.held = False, hold
-            proc.restart_when_stopped = False
-            if proc.state in (State.WAITING, State.BACKOFF):
-                proc.state, proc.deadline = State.STOPPED, None
-                actions.append(Note(proc.name, "stopped"))
+            actions += self._stop(proc, hold=hold)
         return actions + self._advance()
+
+    def _stop(self, proc: Proc, *, hold: bool) -> list[Action]:
+        proc.wanted, proc.held = False, hold
+        proc.restart_when_stopped = False
+        if proc.state in (State.WAITING, State.BACKOFF):
+            proc.state, proc.deadline = State.STOPPED, None
+            return [Note(proc.name, "stopped")]
+        return []
 
     def restart(self, names: Iterable[str], *, quick: bool = False) -> list[Action]:
         """Stop and start these processes again (their dependents keep running).
@@ -159,18 +163,22 @@ class Machine:
         """
         actions: list[Action] = []
         for proc in self._select(names):
-            proc.quick_stop, proc.held = quick, False
-            proc.wanted = True
-            if proc.state is State.STOPPING:
-                proc.restart_when_stopped = True  # keep the stop already under way
-            elif proc.state in ALIVE:
-                proc.restart_when_stopped = True
-                actions += self._begin_stop(proc)
-            else:
-                proc.restarts += 1
-                proc.state, proc.failures, proc.reason, proc.deadline = (
-                    State.WAITING, 0, "", None)
+            actions += self._restart(proc, quick=quick)
         return actions + self._advance()
+
+    def _restart(self, proc: Proc, *, quick: bool) -> list[Action]:
+        if proc.removed:
+            return []  # on its way out of the topology
+        proc.quick_stop, proc.held, proc.wanted = quick, False, True
+        if proc.state is State.STOPPING:
+            proc.restart_when_stopped = True  # keep the stop already under way
+            return []
+        if proc.state in ALIVE:
+            proc.restart_when_stopped = True
+            return self._begin_stop(proc)
+        proc.restarts += 1
+        proc.state, proc.failures, proc.reason, proc.deadline = State.WAITING, 0, "", None
+        return []
 
     def update(self, specs: Sequence[ProcessSpec]) -> list[Action]:
         """Apply an edited topology: start what is new, stop what is gone, restart what
@@ -180,25 +188,27 @@ class Machine:
         new: dict[str, Proc] = {}
         for spec in specs:
             proc = old.get(spec.name)
-            if proc is None or proc.removed:
+            if proc is None:
                 new[spec.name] = Proc(spec)
                 actions.append(Note(spec.name, "added to the topology"))
                 continue
             new[spec.name] = proc
-            if not same_process(proc.spec, spec):
+            if proc.removed:  # back before its old process is gone: start it once that is
+                proc.removed, proc.spec = False, spec
+                actions.append(Note(spec.name, "added to the topology again"))
+                actions += self._restart(proc, quick=True)
+            elif not same_process(proc.spec, spec):
                 proc.spec = spec
                 actions.append(Note(spec.name, "changed in the topology"))
-                actions += self.restart([spec.name], quick=True)
+                if not proc.held:  # stopped on request: it starts with its new spec later
+                    actions += self._restart(proc, quick=True)
         for name, proc in old.items():
             if name not in new:
-                proc.removed = True
+                proc.removed, proc.quick_stop = True, True
                 new[name] = proc  # kept until it has stopped
                 actions.append(Note(name, "removed from the topology"))
+                actions += self._stop(proc, hold=False)
         self.procs = new
-        gone = [p.name for p in new.values() if p.removed]
-        for name in gone:
-            self.procs[name].quick_stop = True
-        actions += self.stop(gone) if gone else []
         self._forget_removed()
         return actions + self._advance()
 
@@ -446,9 +456,10 @@ class Machine:
 
 
 def same_process(a: ProcessSpec, b: ProcessSpec) -> bool:
-    """Whether two specs run the same process (where they sit in the file does not count)."""
+    """Whether two specs run the same process: where they sit in the file, and how many
+    replicas their worker has, do not count."""
     return (a.name, a.depends_on) == (b.name, b.depends_on) and replace(
-        a.worker, line=0) == replace(b.worker, line=0) and replace(
+        a.worker, line=0, replicas=1) == replace(b.worker, line=0, replicas=1) and replace(
         a.channel, line=0) == replace(b.channel, line=0)
 
 

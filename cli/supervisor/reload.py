@@ -10,6 +10,7 @@ it gets ready), or a parked worker (one that crashed and waits) may now start.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,15 +27,26 @@ DEBOUNCE_MAX_MS = 1000  # a batch never waits longer than this
 
 
 class ProjectFilter(DefaultFilter):
-    """What may trigger a reload: Python sources and YAML, outside ignored directories."""
+    """What may trigger a reload: Python sources and YAML, outside ignored directories.
 
-    def __init__(self) -> None:
+    Directories are judged by the part of the path inside a watched root, so a project that
+    itself lives under a folder called ``build`` or ``env`` still reloads.
+    """
+
+    def __init__(self, roots: Collection[Path] = ()) -> None:
         super().__init__(ignore_dirs=(*DefaultFilter.ignore_dirs, *EXTRA_IGNORED_DIRS))
+        self._roots = [str(r.resolve()) for r in roots]
 
     def __call__(self, change: Change, path: str) -> bool:
-        if not path.endswith((".py", ".yaml", ".yml")) or path.endswith(".egg-info"):
+        if not path.endswith((".py", ".yaml", ".yml")):
             return False
-        return super().__call__(change, path)
+        return super().__call__(change, self._inner(path))
+
+    def _inner(self, path: str) -> str:
+        for root in self._roots:
+            if path.startswith(root + os.sep):
+                return path[len(root) + 1:]
+        return path
 
 
 class ChangeWatcher:
@@ -48,7 +60,7 @@ class ChangeWatcher:
         self._stop.set()
 
     async def changes(self) -> AsyncIterator[set[Path]]:
-        async for batch in awatch(*self._paths, watch_filter=ProjectFilter(),
+        async for batch in awatch(*self._paths, watch_filter=ProjectFilter(self._paths),
                                   step=DEBOUNCE_STEP_MS, debounce=DEBOUNCE_MAX_MS,
                                   stop_event=self._stop):
             yield {Path(path).resolve() for _, path in batch}
