@@ -14,6 +14,7 @@ import os
 import random
 import signal
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,13 +26,22 @@ from cli.host import HostSpec
 from cli.logs.reader import LogRecord
 from cli.logs.writer import LogWriter
 from cli.supervisor.control import ControlServer
-from cli.supervisor.machine import Action, Drain, Kill, Machine, Note, Spawn, State, Timing
+from cli.supervisor.machine import (
+    Action,
+    Drain,
+    Kill,
+    Machine,
+    Note,
+    Spawn,
+    Timing,
+    describe_exit,
+)
 from cli.supervisor.monitors import Monitors
 from cli.supervisor.process import Exited, Output, ProcessEvent, Status, WorkerProcess
-from cli.supervisor.reload import ChangeWatcher, plan
+from cli.supervisor.reload import ChangeWatcher, plan, reload_topology, shown
+from cli.supervisor.report import FeedHandler, project_status
 from cli.supervisor.statedir import StateDir
-from cli.supervisor.status import ProjectStatus, WorkerStatus
-from cli.topology import load_topology
+from cli.supervisor.status import ProjectStatus
 from cli.topology.model import Topology, expand
 from pipecat_workers.bus import BusHub
 from pipecat_workers.errors import WorkersError
@@ -99,7 +109,9 @@ class Supervisor:
         self._imports: dict[str, set[str]] = {}
         self._stopping = False
         self._state = StateDir.of(topology.root, topology.name)
-        self._queue: asyncio.Queue[_Event] = asyncio.Queue()
+        self._events: deque[_Event] = deque()
+        self._wakeup = asyncio.Event()
+        self._last_err: dict[str, str] = {}
         self._processes: dict[str, WorkerProcess] = {}
         self._writers: dict[str, LogWriter] = {}
         self._hub: BusHub | None = None
@@ -122,6 +134,10 @@ class Supervisor:
         lock = self._state.lock()
         loop = asyncio.get_running_loop()
         installed = self._install_signals(loop)
+        root, handlers = logging.getLogger(), logging.getLogger().handlers[:]
+        # Our own warnings (and the library's) join the feed: printed around a live view,
+        # they would tear it.
+        root.handlers = [FeedHandler(self._project_note)]
         try:
             await self._open()
             self._perform(self._machine.start(self._only))
@@ -131,6 +147,7 @@ class Supervisor:
             self._remove_signals(loop, installed)
             await self._close()
             os.close(lock)
+            root.handlers = handlers
         if self._signalled is not None:
             return 128 + self._signalled
         return self._machine.exit_code()
@@ -152,6 +169,8 @@ class Supervisor:
             self._background(self._watch(self._watcher))
 
     async def _close(self) -> None:
+        if self._control is not None:
+            await self._control.stop()  # first: nobody waits on a loop that has ended
         if self._watcher is not None:
             self._watcher.stop()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -160,8 +179,6 @@ class Supervisor:
             await process.close()
         if self._monitors is not None:
             await self._monitors.stop()
-        if self._control is not None:
-            await self._control.stop()
         if self._hub is not None:
             await self._hub.stop()
         self._write_state(running=False)
@@ -180,12 +197,13 @@ class Supervisor:
             deadline = self._machine.next_deadline()
             timeout = _STATE_EVERY if deadline is None else min(
                 _STATE_EVERY, max(0.0, deadline - self._clock()))
-            try:
-                event = await asyncio.wait_for(self._queue.get(), timeout)
-            except TimeoutError:
-                event = None
-            if event is not None:
-                self._handle(event)
+            if not self._events:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(timeout):
+                        await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._events:
+                self._handle(self._events.popleft())
             self._perform(self._machine.tick())
             now = self._clock()
             if self._dirty or now - last_state >= _STATE_EVERY:
@@ -193,11 +211,25 @@ class Supervisor:
                 self._publish_status()
         self._publish_status()
 
+    def _emit(self, event: _Event) -> None:
+        """Queue an event for the loop. Output is written at once instead: the pipe's
+        reader then goes only as fast as the log, so a chatty worker slows down rather
+        than fill the supervisor's memory, and requests and signals never wait behind it."""
+        if isinstance(event, Output):
+            text = event.raw.decode("utf-8", "replace")
+            if event.stream == "err" and text.strip():
+                self._last_err[event.name] = text.strip()
+            self._log(event.name, event.stream, text)
+            return
+        self._events.append(event)
+        self._wakeup.set()
+
     def _handle(self, event: _Event) -> None:
         machine = self._machine
-        if isinstance(event, Output):
-            self._log(event.name, event.stream, event.raw.decode("utf-8", "replace"))
-        elif isinstance(event, Status):
+        if isinstance(event, Status):
+            process = self._processes.get(event.name)
+            if process is None or process.pid != event.pid:
+                return  # from a process that has been replaced since
             kind = event.event.get("event")
             if kind == "ready":
                 self._runners[event.name] = str(event.event.get("runner", ""))
@@ -211,6 +243,10 @@ class Supervisor:
             if process is not None and process.pid == event.pid:
                 del self._processes[event.name]
                 self._background(process.close())
+                last = self._last_err.pop(event.name, "")
+                proc = machine.procs[event.name]
+                if event.code != 0 and not proc.reason:
+                    proc.reason = describe_exit(event.code) + (f": {last}" if last else "")
                 self._perform(machine.exited(event.name, event.code))
         elif isinstance(event, _Request):
             self._answer(event)
@@ -250,7 +286,7 @@ class Supervisor:
         env = {**self._env, **spec.worker.env}
         try:
             process = await WorkerProcess.spawn(host, env=env, cwd=self._topology.root,
-                                                emit=self._queue.put_nowait)
+                                                emit=self._emit)
         except OSError as exc:
             self._perform(self._machine.spawn_failed(name, str(exc)))
             return
@@ -267,31 +303,9 @@ class Supervisor:
 
     def status(self, *, running: bool = True) -> ProjectStatus:
         """The project as of now, joined with what the bus monitors see."""
-        now = self._clock()
-        machine = self._machine
-        bus = self._monitors.views() if self._monitors is not None else {}
-        workers = []
-        for proc in machine.procs.values():
-            runner = self._runners.get(proc.name, f"{self._topology.name}/{proc.name}")
-            seen = bus.get(proc.spec.channel.key)
-            stats = seen.runner_stats.get(runner) if seen is not None else None
-            mine = ((stats or {}).get("workers") or {}).get(proc.name) or {}
-            alive = proc.state in (State.STARTING, State.READY, State.STOPPING)
-            workers.append(WorkerStatus(
-                name=proc.name, worker=proc.spec.worker.key, channel=proc.spec.channel.key,
-                state=str(proc.state), pid=proc.pid,
-                uptime=now - proc.started_at if alive and proc.started_at else None,
-                restarts=proc.restarts, exit_code=proc.exit_code, reason=proc.reason,
-                retry_in=(proc.deadline - now if proc.state is State.BACKOFF
-                          and proc.deadline is not None else None),
-                crash_loop=machine.in_crash_loop(proc), parked=machine.is_parked(proc),
-                registered=seen is not None and proc.name in seen.status.workers,
-                active=mine.get("active"),
-                jobs=dict((stats or {}).get("jobs") or {}) if alive else {}))
-        channels = [v.status for v in bus.values()]
-        return ProjectStatus(project=self._topology.name, file=str(self._topology.path),
-                             running=running, supervisor_pid=os.getpid(), workers=workers,
-                             channels=channels)
+        views = self._monitors.views() if self._monitors is not None else {}
+        return project_status(self._topology, self._machine, views, self._runners,
+                              now=self._clock(), running=running)
 
     def _publish_status(self) -> None:
         """Tell the renderer; rewrite the state file when a process changed state (so
@@ -316,13 +330,18 @@ class Supervisor:
 
     async def _on_control(self, payload: dict[str, Any]) -> dict[str, Any]:
         answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Request(payload, answer))
+        self._emit(_Request(payload, answer))
         return await answer
 
     def _answer(self, request: _Request) -> None:
         payload, machine = request.payload, self._machine
         cmd = payload.get("cmd")
         names = payload.get("workers") or None
+        if names is not None and not (isinstance(names, list)
+                                      and all(isinstance(n, str) for n in names)):
+            request.answer.set_result({"ok": False, "error": "workers: expected a list of "
+                                       "worker names"})
+            return
         try:
             if names and (unknown := machine.unknown(names)):
                 raise CommandError(f"no worker named {', '.join(map(repr, unknown))}")
@@ -361,7 +380,7 @@ class Supervisor:
 
     async def _watch(self, watcher: ChangeWatcher) -> None:
         async for paths in watcher.changes():
-            self._queue.put_nowait(_Changed(paths))
+            self._emit(_Changed(paths))
 
     def _on_changes(self, paths: set[Path]) -> None:
         if self._stopping:
@@ -374,19 +393,15 @@ class Supervisor:
             self._apply_topology()
         for name, path in result.restart.items():
             if name in self._machine.procs:
-                self._log(name, "sup", f"reloading: {self._relative(path)} changed")
+                self._log(name, "sup", f"reloading: {shown(path, self._topology.root)} changed")
                 self._perform(self._machine.restart([name], quick=True))
 
     def _apply_topology(self) -> None:
         """Run the edited topology's difference; a broken edit changes nothing."""
         try:
-            topology = load_topology(self._topology.path)
+            topology = reload_topology(self._topology)
         except WorkersError as exc:
             self._project_note(f"topology not applied: {exc}")
-            return
-        if topology.name != self._topology.name or topology.root != self._topology.root:
-            self._project_note("topology not applied: its name or root changed; "
-                               "stop and run `workers up` again")
             return
         specs = expand(topology)
         if topology.channels != self._topology.channels:
@@ -405,15 +420,8 @@ class Supervisor:
         self._monitors = Monitors(topology, self._hub_path())
         self._monitors.start()
 
-    def _relative(self, path: Path) -> str:
-        try:
-            return str(path.relative_to(self._topology.root))
-        except ValueError:
-            return str(path)
-
     def _project_note(self, text: str) -> None:
-        """A line about the whole project, for the renderer (and the supervisor's log)."""
-        logger.info("%s", text)
+        """A line about the whole project, for the renderer."""
         self._renderer.record(LogRecord(time=datetime.now(UTC), worker="workers",
                                         stream="sup", text=text))
 
@@ -421,7 +429,7 @@ class Supervisor:
         installed: list[int] = []
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(sig, self._queue.put_nowait, _Signal(sig))
+                loop.add_signal_handler(sig, self._emit, _Signal(sig))
                 installed.append(sig)
         return installed
 

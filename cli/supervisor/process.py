@@ -31,6 +31,7 @@ class Output:
 @dataclass(frozen=True, slots=True)
 class Status:
     name: str
+    pid: int
     event: dict[str, Any]
 
 
@@ -78,7 +79,7 @@ class WorkerProcess:
         readers = [
             loop.create_task(pump(proc.stdout, lambda raw: emit(Output(name, "out", raw)))),
             loop.create_task(pump(proc.stderr, lambda raw: emit(Output(name, "err", raw)))),
-            loop.create_task(_read_status(status_read, name, emit)),
+            loop.create_task(_read_status(status_read, name, proc.pid, emit)),
         ]
         waiter = loop.create_task(_wait(proc, name, readers, emit))
         return cls(name, proc, [*readers, waiter])
@@ -125,7 +126,8 @@ async def _wait(proc: asyncio.subprocess.Process, name: str,
     emit(Exited(name, proc.pid, code))
 
 
-async def _read_status(fd: int, name: str, emit: Callable[[ProcessEvent], None]) -> None:
+async def _read_status(fd: int, name: str, pid: int,
+                       emit: Callable[[ProcessEvent], None]) -> None:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     file = os.fdopen(fd, "rb", buffering=0)
@@ -136,7 +138,7 @@ async def _read_status(fd: int, name: str, emit: Callable[[ProcessEvent], None])
             with contextlib.suppress(ValueError):
                 event = json.loads(line)
                 if isinstance(event, dict):
-                    emit(Status(name, event))
+                    emit(Status(name, pid, event))
     finally:
         transport.close()
 

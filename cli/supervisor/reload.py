@@ -17,7 +17,9 @@ from pathlib import Path
 
 from watchfiles import Change, DefaultFilter, awatch
 
+from cli.errors import CommandError
 from cli.supervisor.statedir import STATE_DIRNAME
+from cli.topology.model import Topology
 
 # Besides watchfiles' defaults (VCS, caches, .venv, node_modules, editor droppings).
 EXTRA_IGNORED_DIRS = (STATE_DIRNAME, "venv", "env", ".ruff_cache", ".nox", "build", "dist",
@@ -96,6 +98,29 @@ def plan(changed: Collection[Path], *, topology: Path, imports: Mapping[str, Col
         for worker in parked:
             restart.setdefault(worker, sources[0])
     return ReloadPlan(topology_changed=topology in changed, restart=restart)
+
+
+def reload_topology(current: Topology) -> Topology:
+    """The topology file as edited, if it can replace ``current`` in a running supervisor.
+
+    Raises:
+        TopologyError: the file has an error (it says where).
+        CommandError: the project's name or root changed (that takes a new ``up``).
+    """
+    from cli.topology import load_topology
+
+    edited = load_topology(current.path)
+    if (edited.name, edited.root) != (current.name, current.root):
+        raise CommandError("its name or root changed; stop and run `workers up` again")
+    return edited
+
+
+def shown(path: Path, root: Path) -> str:
+    """A path as the user knows it: relative to the project when it is inside."""
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
 
 
 def _inside(path: Path, root: Path) -> bool:

@@ -1,0 +1,60 @@
+"""What the supervisor reports: its status joined with the bus's view, and its own log lines.
+
+Kept apart from the loop (:mod:`cli.supervisor.driver`) because it only reads state.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+
+from cli.supervisor.machine import Machine
+from cli.supervisor.model import ALIVE, State
+from cli.supervisor.monitors import ChannelView
+from cli.supervisor.status import ProjectStatus, WorkerStatus
+from cli.topology.model import Topology
+
+
+def project_status(topology: Topology, machine: Machine, views: Mapping[str, ChannelView],
+                   runners: Mapping[str, str], *, now: float, running: bool) -> ProjectStatus:
+    """Every worker's state from the machine, with its counters from its runner's heartbeat
+    (``runners`` maps a worker to the runner name its host reported)."""
+    workers = []
+    for proc in machine.procs.values():
+        runner = runners.get(proc.name, f"{topology.name}/{proc.name}")
+        seen = views.get(proc.spec.channel.key)
+        stats = (seen.runner_stats.get(runner) if seen is not None else None) or {}
+        mine = (stats.get("workers") or {}).get(proc.name) or {}
+        alive = proc.state in ALIVE
+        workers.append(WorkerStatus(
+            name=proc.name, worker=proc.spec.worker.key, channel=proc.spec.channel.key,
+            state=str(proc.state), pid=proc.pid,
+            uptime=now - proc.started_at if alive and proc.started_at else None,
+            restarts=proc.restarts, exit_code=proc.exit_code, reason=proc.reason,
+            retry_in=(proc.deadline - now if proc.state is State.BACKOFF
+                      and proc.deadline is not None else None),
+            crash_loop=machine.in_crash_loop(proc), parked=machine.is_parked(proc),
+            registered=seen is not None and proc.name in seen.status.workers,
+            active=mine.get("active"),
+            jobs=dict(stats.get("jobs") or {}) if alive else {}))
+    return ProjectStatus(project=topology.name, file=str(topology.path), running=running,
+                         supervisor_pid=os.getpid(), workers=workers,
+                         channels=[v.status for v in views.values()])
+
+
+class FeedHandler(logging.Handler):
+    """Sends log records to the renderer's feed, one line each."""
+
+    def __init__(self, note: Callable[[str], None]) -> None:
+        super().__init__(logging.INFO)
+        self._note = note
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+            if record.exc_info and record.exc_info[1] is not None:
+                text += f" ({type(record.exc_info[1]).__name__}: {record.exc_info[1]})"
+            self._note(f"{record.levelname.lower()}: {text}")
+        except Exception:
+            self.handleError(record)
