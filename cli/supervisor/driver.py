@@ -39,7 +39,7 @@ from cli.supervisor.machine import (
 from cli.supervisor.monitors import Monitors
 from cli.supervisor.process import Exited, Output, ProcessEvent, Status, WorkerProcess
 from cli.supervisor.reload import ChangeWatcher, plan, reload_topology, shown
-from cli.supervisor.report import FeedHandler, project_status
+from cli.supervisor.report import FeedHandler, job_news, project_status
 from cli.supervisor.statedir import StateDir
 from cli.supervisor.status import ProjectStatus
 from cli.topology.model import Topology, expand
@@ -112,6 +112,7 @@ class Supervisor:
         self._events: deque[_Event] = deque()
         self._wakeup = asyncio.Event()
         self._last_err: dict[str, str] = {}
+        self._jobs_seen: dict[str, dict[str, int]] = {}
         self._processes: dict[str, WorkerProcess] = {}
         self._writers: dict[str, LogWriter] = {}
         self._hub: BusHub | None = None
@@ -311,6 +312,9 @@ class Supervisor:
         """Tell the renderer; rewrite the state file when a process changed state (so
         ``up -d`` and ``ps`` see a worker ready as soon as it is)."""
         status = self.status()
+        for name, text in job_news(self._jobs_seen, status):
+            self._log(name, "sup", text)
+        self._jobs_seen = {w.name: w.jobs for w in status.workers if w.jobs}
         self._renderer.status(status)
         if self._dirty:
             self._dirty = False

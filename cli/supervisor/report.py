@@ -43,6 +43,25 @@ def project_status(topology: Topology, machine: Machine, views: Mapping[str, Cha
                          channels=[v.status for v in views.values()])
 
 
+_JOB_OUTCOMES = ("completed", "failed", "errored", "cancelled")
+
+
+def job_news(before: Mapping[str, Mapping[str, int]], status: ProjectStatus
+             ) -> list[tuple[str, str]]:
+    """``(worker, text)`` for each worker whose job counters moved since ``before`` (the
+    counters come with heartbeats, so this is news about the last second or so)."""
+    news = []
+    for worker in status.workers:
+        old, new = before.get(worker.name), worker.jobs
+        if old is None or not new:
+            continue
+        moved = [f"+{new.get(k, 0) - old.get(k, 0)} {k}" for k in _JOB_OUTCOMES
+                 if new.get(k, 0) > old.get(k, 0)]
+        if moved:
+            news.append((worker.name, "jobs: " + ", ".join(moved)))
+    return news
+
+
 class FeedHandler(logging.Handler):
     """Sends log records to the renderer's feed, one line each."""
 
