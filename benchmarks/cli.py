@@ -14,14 +14,14 @@ import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from benchmarks.core import Measurement, Scale, Target, benchmark
 
 WORKERS = 10
 
-_MODULE = '''
+IDLE_MODULE = '''
 from pipecat_workers import BaseWorker, job
 
 
@@ -39,7 +39,7 @@ def _topology(n: int) -> str:
     return f"name: bench\nworkers:\n{workers}\n"
 
 
-def _workers(project: Path, *args: str, timeout: float = 60.0) -> float:
+def run_cli(project: Path, *args: str, timeout: float = 60.0) -> float:
     """Run ``workers ARGS`` in the project; its wall time in seconds."""
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "cli", *args], cwd=project, check=True,
@@ -48,16 +48,22 @@ def _workers(project: Path, *args: str, timeout: float = 60.0) -> float:
 
 
 @contextmanager
-def _project(n: int) -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="pw-bench-") as tmp:
+def throwaway_project(files: dict[str, str], *, prefix: str = "pw-bench-"
+                      ) -> Iterator[Path]:
+    """A temporary project holding ``files`` (name -> text); brought down at the end."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         project = Path(tmp)
-        (project / "idle.py").write_text(textwrap.dedent(_MODULE))
-        (project / "workers.yaml").write_text(_topology(n))
+        for name, text in files.items():
+            (project / name).write_text(textwrap.dedent(text))
         try:
             yield project
         finally:
             subprocess.run([sys.executable, "-m", "cli", "down"], cwd=project,
                            timeout=60, capture_output=True)
+
+
+def _project(n: int) -> AbstractContextManager[Path]:
+    return throwaway_project({"idle.py": IDLE_MODULE, "workers.yaml": _topology(n)})
 
 
 def _python_startup() -> float:
@@ -73,8 +79,8 @@ def up_ready(scale: Scale) -> Measurement:
     times: list[float] = []
     with _project(WORKERS) as project:
         for _ in range(runs):
-            times.append(_workers(project, "up", "-d", "workers.yaml"))
-            _workers(project, "down")
+            times.append(run_cli(project, "up", "-d", "workers.yaml"))
+            run_cli(project, "down")
     return Measurement(statistics.median(times),
                        notes=f"median of {runs}, best {min(times):.2f} s",
                        details={"runs": times})
@@ -86,9 +92,9 @@ def ps_latency(scale: Scale) -> Measurement:
     runs = scale.pick(20, 5)
     floor = statistics.median(_python_startup() for _ in range(runs)) * 1000
     with _project(WORKERS) as project:
-        _workers(project, "up", "-d", "workers.yaml")
-        times = [_workers(project, "ps", "--json") * 1000 for _ in range(runs)]
-        table = [_workers(project, "ps") * 1000 for _ in range(runs)]
+        run_cli(project, "up", "-d", "workers.yaml")
+        times = [run_cli(project, "ps", "--json") * 1000 for _ in range(runs)]
+        table = [run_cli(project, "ps") * 1000 for _ in range(runs)]
     p50 = statistics.median(times)
     return Measurement(p50, notes=f"table {statistics.median(table):.0f} ms; bare "
                        f"python startup {floor:.0f} ms", display=f"{p50:.0f} ms",

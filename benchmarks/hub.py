@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from benchmarks.core import Measurement, Scale, Target, benchmark
-from benchmarks.harness import Client, round_trips
+from benchmarks.harness import Client
 from benchmarks.network import (
     FLOOR_MESSAGE_SIZE,
     Cluster,
@@ -44,10 +44,9 @@ from benchmarks.network import (
     _kill,
     _kill_row,
     _quiet,
-    _stats,
     _throughput,
     _throughput_row,
-    _us,
+    interleaved,
 )
 from pipecat_workers.bus.hub_wire import OP_PAYLOAD, frame, hello, read_frame
 
@@ -110,22 +109,9 @@ async def _floor_and_round_trip(path: str, rounds: int, n: int, warmup: int,
         runner = await cluster.session(client)
         await runner.registry.wait_for("echo", 10)
 
-        await _pingpong(reader, writer, warmup, budget)
-        await round_trips(client, "echo", iterations=0, warmup=warmup, budget=budget)
-        floor: list[int] = []
-        trips: list[int] = []
-        per_round = []
-        for _ in range(rounds):  # A B A B: machine drift hits both alike
-            f = await _pingpong(reader, writer, n, budget / rounds / 2)
-            t = await round_trips(client, "echo", iterations=n, warmup=0,
-                                  budget=budget / rounds / 2)
-            per_round.append((_us(sorted(f)[len(f) // 2]), _us(sorted(t)[len(t) // 2])))
-            floor += f
-            trips += t
-    floor.sort()
-    trips.sort()
-    return {"floor": _stats(floor), "round_trip": _stats(trips), "rounds": rounds,
-            "per_round_p50_us": [{"floor": a, "round_trip": b} for a, b in per_round]}
+        return await interleaved(
+            lambda count, seconds: _pingpong(reader, writer, count, seconds),
+            client, rounds=rounds, n=n, warmup=warmup, budget=budget)
 
 
 _pair: dict[bool, dict[str, Any]] = {}  # scale.quick -> the one interleaved measurement

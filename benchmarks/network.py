@@ -327,21 +327,30 @@ async def _floor_and_round_trip(url: str, rounds: int, n: int, warmup: int,
         runner = await cluster.session(client)
         await runner.registry.wait_for("echo", 10)
 
-        await _pingpong(redis.publish, listen, ping, warmup, budget)
-        await round_trips(client, "echo", iterations=0, warmup=warmup, budget=budget)
-        floor: list[int] = []
-        trips: list[int] = []
-        per_round = []
-        for _ in range(rounds):  # A B A B: machine drift hits both alike
-            f = await _pingpong(redis.publish, listen, ping, n, budget / rounds / 2)
-            t = await round_trips(client, "echo", iterations=n, warmup=0,
-                                  budget=budget / rounds / 2)
-            per_round.append((_us(sorted(f)[len(f) // 2]), _us(sorted(t)[len(t) // 2])))
-            floor += f
-            trips += t
-    floor.sort()
+        return await interleaved(
+            lambda count, seconds: _pingpong(redis.publish, listen, ping, count, seconds),
+            client, rounds=rounds, n=n, warmup=warmup, budget=budget)
+
+
+async def interleaved(floor: Callable[[int, float], Awaitable[list[int]]], client: Client, *,
+                      rounds: int, n: int, warmup: int, budget: float) -> dict[str, Any]:
+    """Time a floor (``floor(count, seconds)`` returns ns samples) and job round trips to
+    the peer's ``echo``, A B A B after a warm-up of each, so machine drift hits both alike."""
+    await floor(warmup, budget)
+    await round_trips(client, "echo", iterations=0, warmup=warmup, budget=budget)
+    floors: list[int] = []
+    trips: list[int] = []
+    per_round = []
+    for _ in range(rounds):
+        f = await floor(n, budget / rounds / 2)
+        t = await round_trips(client, "echo", iterations=n, warmup=0,
+                              budget=budget / rounds / 2)
+        per_round.append((_us(sorted(f)[len(f) // 2]), _us(sorted(t)[len(t) // 2])))
+        floors += f
+        trips += t
+    floors.sort()
     trips.sort()
-    return {"floor": _stats(floor), "round_trip": _stats(trips), "rounds": rounds,
+    return {"floor": _stats(floors), "round_trip": _stats(trips), "rounds": rounds,
             "per_round_p50_us": [{"floor": a, "round_trip": b} for a, b in per_round]}
 
 

@@ -14,10 +14,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import subprocess
-import sys
-import tempfile
-import textwrap
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from benchmarks.cli import IDLE_MODULE, run_cli, throwaway_project
 from benchmarks.core import Measurement, Scale, Target, benchmark
 
 WORKERS = 4
@@ -32,43 +29,19 @@ PROJECT = "bench-reload"
 _POLL = 0.005
 _RUN_TIMEOUT = 10.0
 
-_MODULE = '''
-from pipecat_workers import BaseWorker, job
-
-
-class Idle(BaseWorker):
-    """Registers, answers pings, and otherwise waits."""
-
-    @job("ping")
-    async def ping(self, message):
-        return {"pong": True}
-'''
-
-
 def _topology(n: int) -> str:
     workers = "\n".join(f"  w{i}: {{class: 'w{i}:Idle', env: {{LOG_LEVEL: WARNING}}}}"
                         for i in range(n))
     return f"name: {PROJECT}\nworkers:\n{workers}\n"
 
 
-def _cli(project: Path, *args: str, timeout: float = 60.0) -> None:
-    subprocess.run([sys.executable, "-m", "cli", *args], cwd=project, check=True,
-                   timeout=timeout, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
 @contextmanager
 def _project(n: int) -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="pw-bench-reload-") as tmp:
-        project = Path(tmp)
-        for i in range(n):
-            (project / f"w{i}.py").write_text(textwrap.dedent(_MODULE))
-        (project / "workers.yaml").write_text(_topology(n))
-        try:
-            _cli(project, "up", "-d", "--reload", "workers.yaml")
-            yield project
-        finally:
-            subprocess.run([sys.executable, "-m", "cli", "down"], cwd=project,
-                           timeout=60, capture_output=True)
+    files = {f"w{i}.py": IDLE_MODULE for i in range(n)}
+    with throwaway_project({**files, "workers.yaml": _topology(n)},
+                           prefix="pw-bench-reload-") as project:
+        run_cli(project, "up", "-d", "--reload", "workers.yaml")
+        yield project
 
 
 def _workers(state_file: Path) -> dict[str, dict[str, Any]]:
