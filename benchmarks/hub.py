@@ -46,7 +46,9 @@ from benchmarks.network import (
     _quiet,
     _throughput,
     _throughput_row,
+    floor_row,
     interleaved,
+    round_trip_row,
 )
 from pipecat_workers.bus.hub_wire import OP_PAYLOAD, frame, hello, read_frame
 
@@ -129,23 +131,13 @@ def _hub_pair(scale: Scale) -> dict[str, Any]:
            workload="raw hub ping-pong p50, 2 processes + hub (floor)", unit="µs",
            target=None)
 def hub_floor(scale: Scale) -> Measurement:
-    r = _hub_pair(scale)
-    f = r["floor"]
-    return Measurement(f["p50_us"], notes=f"p99 {f['p99_us']:.0f} µs, n={f['n']:,}, "
-                       "interleaved with hub.round_trip", details=r)
+    return floor_row(_hub_pair(scale), "hub.round_trip")
 
 
 @benchmark("hub.round_trip", group="hub",
            workload="hub job round trip p50, 2 processes + hub", unit="µs", target=None)
 def hub_round_trip(scale: Scale) -> Measurement:
-    r = _hub_pair(scale)
-    floor, trip = r["floor"]["p50_us"], r["round_trip"]["p50_us"]
-    ratio = trip / floor
-    return Measurement(
-        trip, display=f"{trip:.0f} µs ({ratio:.2f}× floor)",
-        notes=f"floor {floor:.0f} µs; p99 {r['round_trip']['p99_us']:.0f} µs, "
-              f"n={r['round_trip']['n']:,}; {r['rounds']} rounds A B A B",
-        details=r)
+    return round_trip_row(_hub_pair(scale), as_ratio=False)
 
 
 @benchmark("hub.throughput", group="hub", workload="hub jobs/s, 100 in flight",

@@ -370,23 +370,32 @@ def _redis_pair(scale: Scale) -> dict[str, Any]:
            workload="raw redis-py pub/sub ping-pong p50, 2 processes (floor)", unit="µs",
            target=None)
 def redis_floor(scale: Scale) -> Measurement:
-    r = _redis_pair(scale)
+    return floor_row(_redis_pair(scale), "redis.round_trip")
+
+
+def floor_row(r: dict[str, Any], paired: str) -> Measurement:
+    """The floor's row of an :func:`interleaved` measurement."""
     f = r["floor"]
     return Measurement(f["p50_us"], notes=f"p99 {f['p99_us']:.0f} µs, n={f['n']:,}, "
-                       f"interleaved with redis.round_trip", details=r)
+                       f"interleaved with {paired}", details=r)
+
+
+def round_trip_row(r: dict[str, Any], *, as_ratio: bool) -> Measurement:
+    """The round trip's row of an :func:`interleaved` measurement: its value is the p50, or
+    its ratio to the floor's p50 (``as_ratio``); the cell shows both."""
+    floor, trip = r["floor"]["p50_us"], r["round_trip"]["p50_us"]
+    ratio = trip / floor
+    return Measurement(
+        ratio if as_ratio else trip, display=f"{trip:.0f} µs ({ratio:.2f}× floor)",
+        notes=f"floor {floor:.0f} µs; p99 {r['round_trip']['p99_us']:.0f} µs, "
+              f"n={r['round_trip']['n']:,}; {r['rounds']} rounds A B A B",
+        details=r)
 
 
 @benchmark("redis.round_trip", group="redis",
            workload="Redis job round trip p50, 2 processes", unit="×", target=Target("<=", 1.5))
 def redis_round_trip(scale: Scale) -> Measurement:
-    r = _redis_pair(scale)
-    floor, trip = r["floor"]["p50_us"], r["round_trip"]["p50_us"]
-    ratio = trip / floor
-    return Measurement(
-        ratio, display=f"{trip:.0f} µs ({ratio:.2f}× floor)",
-        notes=f"floor {floor:.0f} µs; p99 {r['round_trip']['p99_us']:.0f} µs, "
-              f"n={r['round_trip']['n']:,}; {r['rounds']} rounds A B A B",
-        details=r)
+    return round_trip_row(_redis_pair(scale), as_ratio=True)
 
 
 # -- 3. throughput (the helper serves the PGMQ row too) ----------------------------------
