@@ -19,6 +19,7 @@ from cli.errors import CommandError
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 _LIMIT = 16 * 1024 * 1024  # a status answer of a large project fits
+_ANSWER_GRACE = 2.0        # seconds a stopping server waits for answers on their way
 
 
 class ControlServer:
@@ -29,6 +30,8 @@ class ControlServer:
         self._handler = handler
         self._server: asyncio.AbstractServer | None = None
         self._clients: set[asyncio.Task[None]] = set()
+        self._answering = 0          # requests read but not yet answered
+        self._answered = asyncio.Event()
 
     async def start(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -45,6 +48,13 @@ class ControlServer:
         if server is None:
             return
         server.close()
+        # A request that ended the supervisor ('down') still gets its answer out.
+        if self._answering:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_ANSWER_GRACE):
+                    while self._answering:
+                        self._answered.clear()
+                        await self._answered.wait()
         for task in list(self._clients):
             task.cancel()
         await asyncio.gather(*self._clients, return_exceptions=True)
@@ -58,17 +68,12 @@ class ControlServer:
         self._clients.add(task)
         try:
             while line := await reader.readline():
+                self._answering += 1
                 try:
-                    request = json.loads(line)
-                    if not isinstance(request, dict):
-                        raise ValueError("a request is a JSON object")
-                    answer = await self._handler(request)
-                except (ValueError, KeyError, TypeError) as exc:
-                    answer = {"ok": False, "error": f"bad request: {exc}"}
-                except CommandError as exc:
-                    answer = {"ok": False, "error": str(exc)}
-                writer.write(json.dumps(answer, default=str).encode() + b"\n")
-                await writer.drain()
+                    await self._answer(line, writer)
+                finally:
+                    self._answering -= 1
+                    self._answered.set()
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
@@ -76,6 +81,20 @@ class ControlServer:
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
+
+
+    async def _answer(self, line: bytes, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = json.loads(line)
+            if not isinstance(request, dict):
+                raise ValueError("a request is a JSON object")
+            answer = await self._handler(request)
+        except (ValueError, KeyError, TypeError) as exc:
+            answer = {"ok": False, "error": f"bad request: {exc}"}
+        except CommandError as exc:
+            answer = {"ok": False, "error": str(exc)}
+        writer.write(json.dumps(answer, default=str).encode() + b"\n")
+        await writer.drain()
 
 
 async def request(path: Path, payload: dict[str, Any], timeout: float = 10.0

@@ -170,6 +170,9 @@ class Supervisor:
             self._background(self._watch(self._watcher))
 
     async def _close(self) -> None:
+        for event in self._events:  # requests that came too late for the loop
+            if isinstance(event, _Request) and not event.answer.done():
+                event.answer.set_result({"ok": False, "error": "the supervisor is stopping"})
         if self._control is not None:
             await self._control.stop()  # first: nobody waits on a loop that has ended
         if self._watcher is not None:
@@ -312,8 +315,9 @@ class Supervisor:
         """Tell the renderer; rewrite the state file when a process changed state (so
         ``up -d`` and ``ps`` see a worker ready as soon as it is)."""
         status = self.status()
-        for name, text in job_news(self._jobs_seen, status):
-            self._log(name, "sup", text)
+        for name, text in job_news(self._jobs_seen, status):  # the feed's, not the log's
+            self._renderer.record(LogRecord(time=datetime.now(UTC), worker=name,
+                                            stream="sup", text=text))
         self._jobs_seen = {w.name: w.jobs for w in status.workers if w.jobs}
         self._renderer.status(status)
         if self._dirty:
