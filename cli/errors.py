@@ -1,4 +1,11 @@
-"""The command line's own errors: one red line for the user, never a traceback."""
+"""The command line's own errors: one red line for the user, never a traceback.
+
+Both are part of the library's tree, so the CLI's one ``except WorkersError`` prints them::
+
+    WorkersError
+    └── CommandError         a command cannot do what was asked
+        └── StateDirError    a project's state directory cannot be used (also an OSError)
+"""
 
 from __future__ import annotations
 
@@ -11,3 +18,9 @@ class CommandError(WorkersError):
     def __init__(self, message: str, exit_code: int = 1) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class StateDirError(CommandError, OSError):
+    """Raised when a project's state directory cannot be read or written (a read-only
+    project directory, a file named ``.workers``); an OSError too, so code that tolerates a
+    failed write of the state file keeps doing so."""

@@ -12,13 +12,17 @@ description as JSON in ``PIPECAT_WORKERS_HOST``. The host builds the worker's bu
 
 It imports nothing of the command line (no click, rich or yaml), so it starts fast.
 Exit codes: 0 when the worker ended, 1 when it failed, :data:`EXIT_CONFIG` when it could not
-be built (a bad class or arguments: restarting would not help).
+be built: a bad class or arguments, or anything raised while importing or constructing it
+(a missing API key, say), where restarting would not help. Then the host prints one line to
+stderr, ``error: <name>: RuntimeError: no API key (workers.py:11)`` (the type, the message
+and the place in the user's own code), and sends the same as the ``error`` event.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
+import importlib
 import json
 import logging
 import os
@@ -27,7 +31,10 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipecat_workers.bus import WorkerBus
 
 HOST_ENV = "PIPECAT_WORKERS_HOST"
 EXIT_CONFIG = 78  # EX_CONFIG of sysexits.h: the supervisor does not restart it
@@ -85,21 +92,33 @@ def die_with_parent(supervisor_pid: int) -> None:
         os._exit(1)
 
 
-def build_bus(spec: HostSpec) -> Any:
-    """The worker's bus for its channel's backend (drivers are imported only when needed)."""
-    if spec.backend == "local":
-        from pipecat_workers.bus import HubBus
+# backend -> its bus class in pipecat_workers.bus, imported (with its driver) when used
+BUS_CLASSES: Mapping[str, str] = {"local": "HubBus", "redis": "RedisBus", "pgmq": "PgmqBus"}
 
-        return HubBus(spec.url or "", channel=spec.channel)
-    if spec.backend == "redis":
-        from pipecat_workers.bus import RedisBus
 
-        return RedisBus(spec.url, channel=spec.channel)
-    if spec.backend == "pgmq":
-        from pipecat_workers.bus import PgmqBus
+def build_bus(backend: str, url: str | None, channel: str) -> WorkerBus:
+    """A new bus on ``channel`` of ``backend``; its driver is imported only now.
 
-        return PgmqBus(spec.url, channel=spec.channel)
-    raise ValueError(f"unknown backend '{spec.backend}'")
+    Args:
+        backend: A key of :data:`BUS_CLASSES`.
+        url: The server's URL, or the hub's socket path for ``local``.
+        channel: The channel's name on the wire.
+
+    Raises:
+        ConfigurationError: an unknown backend, or no URL.
+        MissingDependencyError: the backend's driver is not installed.
+    """
+    from pipecat_workers.errors import ConfigurationError
+
+    class_name = BUS_CLASSES.get(backend)
+    if class_name is None:
+        raise ConfigurationError(f"unknown backend '{backend}' (expected one of "
+                                 f"{', '.join(BUS_CLASSES)})")
+    if not url:
+        raise ConfigurationError(f"a {backend} bus needs a URL")
+    bus_class = getattr(importlib.import_module("pipecat_workers.bus"), class_name)
+    bus: WorkerBus = bus_class(url, channel=channel)
+    return bus
 
 
 def project_imports(root: Path) -> list[str]:
@@ -140,41 +159,48 @@ async def _watch_stdin(runner: Any) -> None:
 
 async def host(spec: HostSpec, status: _Status) -> int:
     """Build and run the worker; the process's exit code."""
-    from cli.topology.classes import check_args, resolve_class
+    from cli.topology.classes import check_args, raised_at, resolve_class
     from pipecat_workers import WorkerRunner
     from pipecat_workers.errors import WorkersError
 
     try:
         cls = resolve_class(spec.class_path)
         check_args(cls, spec.name, spec.args)
+        bus = build_bus(spec.backend, spec.url, spec.channel)
+    except Exception as exc:  # ours say what and where; anything else gets its place
+        return _cannot_start(spec, status,
+                             str(exc) if isinstance(exc, WorkersError) else raised_at(exc))
+    try:
         worker = cls(spec.name, **spec.args)
-        bus = build_bus(spec)
-    except (WorkersError, ValueError, TypeError) as exc:
-        status.send("error", message=str(exc))
-        print(f"error: {spec.name}: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+    except Exception as exc:  # the worker's own code: one line, not a traceback
+        return _cannot_start(spec, status, raised_at(exc))
     runner = WorkerRunner(name=spec.runner or None, bus=bus, handle_sigint=False,
                           handle_sigterm=True)
     await runner.add_workers(worker)
     run = asyncio.ensure_future(runner.run(auto_end=True))
     stdin = asyncio.ensure_future(_watch_stdin(runner))
+    registered = asyncio.ensure_future(worker.wait_registered())
     try:
-        registered = asyncio.ensure_future(worker.wait_registered())
         await asyncio.wait({registered, run}, return_when=asyncio.FIRST_COMPLETED)
         if registered.done() and not run.done():
             status.send("ready", runner=runner.name, pid=os.getpid(),
                         imports=project_imports(Path(spec.root).resolve()))
-        else:
-            registered.cancel()
         await run
     except WorkersError as exc:
         status.send("error", message=str(exc))
         print(f"error: {spec.name}: {exc}", file=sys.stderr)
         return 1
     finally:
-        stdin.cancel()
-        await asyncio.gather(stdin, return_exceptions=True)
+        for task in (registered, stdin):
+            task.cancel()
+        await asyncio.gather(registered, stdin, return_exceptions=True)
     return 0
+
+
+def _cannot_start(spec: HostSpec, status: _Status, message: str) -> int:
+    status.send("error", message=message)
+    print(f"error: {spec.name}: {message}", file=sys.stderr)
+    return EXIT_CONFIG
 
 
 def main() -> None:

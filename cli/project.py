@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cli.errors import CommandError
-from cli.supervisor.statedir import StateDir, find_state_dirs
+from cli.supervisor.statedir import STATE_DIRNAME, StateDir, find_state_dirs
 from cli.supervisor.status import ProjectStatus
 from cli.topology.model import Topology
 
@@ -60,8 +60,10 @@ def find_project(file: str | None, name: str | None, cwd: Path | None = None) ->
         if not found:
             raise CommandError(f"no project named '{name}' here; pass -f FILE")
     if not found:
-        raise CommandError("no project found here: pass -f FILE (the topology) or run "
-                           "this in the directory where `workers up` ran")
+        raise CommandError(f"no project found here: a project keeps its state in "
+                           f"{STATE_DIRNAME}/ under its root (the topology's `root:`), "
+                           "looked for from this directory upwards; pass -f FILE "
+                           "(the topology) or run this under the project's root")
     if len(found) > 1:
         live = [s for s in found if s.supervisor_alive()]
         if len(live) == 1:

@@ -70,7 +70,7 @@ class BusMonitor:
 
         async with BusMonitor(RedisBus(url, channel="pipecat:app")) as monitor:
             await monitor.wait_for_heartbeats()
-            print(monitor.registry.remote_workers())
+            print(monitor.registry.remote_workers)
     """
 
     def __init__(

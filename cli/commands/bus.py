@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from cli.commands.channel import Where, locate
+from cli.commands.channel import Where, joined, locate
 from cli.errors import CommandError
 from cli.topology import load_topology
 from cli.topology.classes import check_args, resolve_class
@@ -84,29 +84,45 @@ class _Caller(BaseWorker):
 async def _call(where: Where, target: str, job_name: str | None, payload: dict[str, Any],
                 timeout: float, as_json: bool) -> int:
     name = f"workers-call-{os.getpid()}"
-    runner = WorkerRunner(name=f"{name}-runner", bus=where.bus(), handle_sigint=False)
+    bus = where.bus()
+    runner = WorkerRunner(name=f"{name}-runner", bus=bus, handle_sigint=False)
     caller = _Caller(name)
     await runner.add_workers(caller)
-    run = asyncio.ensure_future(runner.run(auto_end=False))
+    async with joined(where, bus):
+        run = asyncio.ensure_future(runner.run(auto_end=False))
+
+        async def call() -> int:
+            await _registered(where, caller, run)
+            return await _request(caller, target, job_name, payload, timeout, as_json)
+
+        try:
+            return await asyncio.wait_for(call(), timeout)
+        except TimeoutError:
+            click.secho(f"no answer from '{target}' within {timeout:g} s", fg="red", err=True)
+            return 124
+        except CommandError:
+            raise
+        except WorkersError as exc:
+            raise CommandError(str(exc)) from None
+        finally:
+            await runner.cancel(reason="call done")
+            await asyncio.gather(run, return_exceptions=True)
+
+
+async def _registered(where: Where, caller: _Caller, run: asyncio.Future[None]) -> None:
+    """Wait until the caller is on the bus, or fail as soon as its runner does."""
+    registered = asyncio.ensure_future(caller.wait_registered())
     try:
-        return await asyncio.wait_for(
-            _request(caller, target, job_name, payload, timeout, as_json), timeout)
-    except TimeoutError:
-        click.secho(f"no answer from '{target}' within {timeout:g} s", fg="red", err=True)
-        return 124
-    except WorkersError as exc:
-        if run.done() and run.exception() is not None:
-            raise CommandError(f"cannot join channel '{where.channel}': "
-                               f"{run.exception()}") from None
-        raise CommandError(str(exc)) from None
+        await asyncio.wait({registered, run}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        await runner.cancel(reason="call done")
-        await asyncio.gather(run, return_exceptions=True)
+        registered.cancel()
+        await asyncio.gather(registered, return_exceptions=True)
+    if run.done():
+        raise where.cannot_join(run.exception() or "the bus stopped")
 
 
 async def _request(caller: _Caller, target: str, job_name: str | None,
                    payload: dict[str, Any], timeout: float, as_json: bool) -> int:
-    await caller.wait_registered()
     try:
         async with caller.job(target, name=job_name, payload=payload, timeout=timeout) as job:
             async for event in job:
@@ -190,8 +206,11 @@ async def _tail(where: Where, *, heartbeats: bool, as_json: bool) -> None:
         body = " ".join(f"{k}={json.dumps(v, default=_plain)}" for k, v in fields.items())
         click.echo(f"{when} {kind:<16} {message.source}{to}  {body[:300]}")
 
-    try:
-        async with BusMonitor(where.bus(everything=True), name=name, on_message=show):
-            await asyncio.Event().wait()
-    except (WorkersError, OSError) as exc:
-        raise CommandError(f"cannot join channel '{where.channel}': {exc}") from None
+    bus = where.bus(everything=True)
+    monitor = BusMonitor(bus, name=name, on_message=show)
+    async with joined(where, bus):
+        try:
+            async with monitor:
+                await asyncio.Event().wait()
+        except (WorkersError, OSError) as exc:
+            raise where.cannot_join(exc) from None

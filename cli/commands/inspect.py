@@ -6,7 +6,7 @@ import asyncio
 import json
 import sys
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -14,7 +14,15 @@ from cli.errors import CommandError
 from cli.logs.reader import follow, merge, read_records
 from cli.logs.timespec import parse_since
 from cli.project import Project, find_project
+from cli.states import ENDED
+from cli.supervisor.statedir import state_errors
 from cli.supervisor.status import ProjectStatus
+
+if TYPE_CHECKING:
+    from cli.render.plain import PlainRenderer
+
+_STALE = "supervisor not answering; showing its last recorded state"
+_ANSWER_WITHIN = 3.0  # seconds: a supervisor that takes longer is stuck, its data stale
 
 
 @click.command()
@@ -36,9 +44,9 @@ def ps(ctx: click.Context, as_json: bool, channel: str | None, url: str | None,
         show_channel(ctx.obj, channel, url, as_json=as_json, wait=wait)
         return
     project = find_project(ctx.obj.get("file"), ctx.obj.get("project"))
-    status = _status(project)
+    status, stale = _status(project)
     if as_json:
-        click.echo(json.dumps(status.to_json(), indent=2))
+        click.echo(json.dumps({**status.to_json(), "stale": stale}, indent=2))
         return
     from rich.console import Console
 
@@ -48,40 +56,46 @@ def ps(ctx: click.Context, as_json: bool, channel: str | None, url: str | None,
     console.print(project_table(status))
     for view in status.channels:
         console.print(channel_table(view))
+    if stale:
+        console.print(f"{_STALE} (supervisor pid {status.supervisor_pid})", style="yellow")
 
 
-def _status(project: Project) -> ProjectStatus:
-    """Live from the supervisor, or the last state it recorded (marked not running)."""
-    if project.state.supervisor_alive():
+def _status(project: Project) -> tuple[ProjectStatus, bool]:
+    """Live from the supervisor, or the last state it recorded; and whether that is stale:
+    recorded by a supervisor that still holds the lock but does not answer."""
+    alive = project.state.supervisor_alive()
+    if alive:
         from cli.commands.lifecycle import status_of
 
         try:
-            return status_of(project)
+            return status_of(project, _ANSWER_WITHIN), False
         except CommandError:
-            pass  # it is stopping right now: what it last wrote is as good
+            pass  # stopping right now, or stuck: show what it last wrote, marked
     status = project.last_status()
     if status is None:
         raise CommandError(f"project '{project.name}' has never run here")
-    if not project.state.supervisor_alive():
-        # What it recorded last; nothing of it runs now (its workers die with it).
-        status.running = False
-        status.channels = []
-        for worker in status.workers:
-            worker.jobs, worker.registered = {}, False
-            if worker.state in ("starting", "ready", "stopping", "waiting", "backing off"):
-                worker.state, worker.reason = "gone", "supervisor not running"
-                worker.pid = worker.uptime = None
-    return status
+    if alive and project.state.supervisor_alive():
+        return status, True
+    # What it recorded last; nothing of it runs now (its workers die with it).
+    status.running = False
+    status.channels = []
+    for worker in status.workers:
+        worker.jobs, worker.registered = {}, False
+        if worker.state not in ENDED:
+            worker.state, worker.reason = "gone", "supervisor not running"
+            worker.pid = worker.uptime = None
+    return status, False
 
 
 @click.command()
 @click.argument("workers", nargs=-1)
 @click.option("-f", "--follow", "follow_", is_flag=True, help="Keep printing new lines.")
-@click.option("-n", "--tail", type=int, default=None, metavar="N",
+@click.option("-n", "--tail", type=click.IntRange(min=0), default=None, metavar="N",
               help="Only the last N lines of each worker.")
 @click.option("--since", metavar="TIME", help="Only lines since a duration ago (10m, 1h30m) "
               "or a time (2026-11-22T05:00).")
-@click.option("-t", "--timestamps", is_flag=True, help="Show each line's time.")
+@click.option("-t", "--timestamps", is_flag=True, help="Show each line's time (local time, "
+              "as --since reads it).")
 @click.pass_context
 def logs(ctx: click.Context, workers: tuple[str, ...], follow_: bool, tail: int | None,
          since: str | None, timestamps: bool) -> None:
@@ -101,20 +115,21 @@ def logs(ctx: click.Context, workers: tuple[str, ...], follow_: bool, tail: int 
         raise CommandError(str(exc)) from None
     from cli.render.plain import PlainRenderer
 
-    renderer = PlainRenderer(width=max(map(len, chosen), default=0), timestamps=timestamps)
-    if not follow_:
-        for record in merge([read_records(logs_dir, n, since=start, tail=tail)
-                             for n in chosen]):
-            renderer.record(record)
-        return
-    try:
-        asyncio.run(_follow(project, chosen, start, tail, renderer))
-    except KeyboardInterrupt:
-        sys.exit(130)
+    renderer = PlainRenderer(chosen, timestamps=timestamps)
+    with state_errors():
+        if not follow_:
+            for record in merge([read_records(logs_dir, n, since=start, tail=tail)
+                                 for n in chosen]):
+                renderer.record(record)
+            return
+        try:
+            asyncio.run(_follow(project, chosen, start, tail, renderer))
+        except KeyboardInterrupt:
+            sys.exit(130)
 
 
 async def _follow(project: Project, names: list[str], since: datetime | None,
-                  tail: int | None, renderer: Any) -> None:
+                  tail: int | None, renderer: PlainRenderer) -> None:
     """Print lines as they come; stop once the supervisor is gone and the files are read."""
     stop = asyncio.Event()
 

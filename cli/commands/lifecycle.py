@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Collection
 from typing import Any
 
 import click
 
 from cli.errors import CommandError
 from cli.project import Project, find_project
+from cli.states import ENDED, FAILING, select, worker_line
 from cli.supervisor.control import request
-from cli.supervisor.status import ProjectStatus
+from cli.supervisor.status import ProjectStatus, WorkerStatus
 
 _POLL = 0.05
+_STARTED = frozenset({"ready", "exited"})  # what start and restart wait for
+_ANSWER_GRACE = 2.0  # seconds for a supervisor that did not answer `down` to be gone
 
 
 def _project(ctx: click.Context) -> Project:
@@ -23,34 +27,50 @@ def _project(ctx: click.Context) -> Project:
 def _ask(project: Project, payload: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
     if not project.state.supervisor_alive():
         raise CommandError(f"project '{project.name}' is not running")
-    socket = ((project.state.read_state() or {}).get("sockets") or {}).get("control")
-    path = socket or project.state.socket_path("control")
-    return asyncio.run(request(path, payload, timeout))
+    return asyncio.run(request(project.state.socket_from_state("control"), payload, timeout))
 
 
-def status_of(project: Project) -> ProjectStatus:
-    """The live status from the supervisor."""
-    return ProjectStatus.from_json(_ask(project, {"cmd": "status"})["status"])
+def status_of(project: Project, timeout: float = 10.0) -> ProjectStatus:
+    """The live status from the supervisor.
+
+    Raises:
+        CommandError: the project is not running, or its supervisor does not answer within
+            ``timeout`` seconds.
+    """
+    return ProjectStatus.from_json(_ask(project, {"cmd": "status"}, timeout)["status"])
 
 
-def _wait(project: Project, names: list[str], wanted: set[str], timeout: float) -> None:
-    """Wait until the named workers (all if none) are in one of the ``wanted`` states."""
+def _wait(project: Project, names: list[str], wanted: Collection[str], timeout: float
+          ) -> list[WorkerStatus]:
+    """Wait until the named workers (all if none) are in one of the ``wanted`` states;
+    returns them."""
     deadline = time.monotonic() + timeout
     while True:
-        status = status_of(project)
-        chosen = [w for w in status.workers if not names or w.name in names
-                  or w.worker in names]
+        chosen = select(status_of(project).workers, names)
         if all(w.state in wanted for w in chosen):
-            return
-        failed = [w for w in chosen if w.state in ("crashed", "failed", "backing off")]
+            return chosen
+        failed = [w for w in chosen if w.state in FAILING]
         if failed and "ready" in wanted:
-            raise CommandError("; ".join(f"{w.name} is {w.state}"
-                                         + (f" ({w.reason})" if w.reason else "")
-                                         for w in failed))
+            raise CommandError("; ".join(worker_line(w) for w in failed))
         if time.monotonic() > deadline:
             late = ", ".join(f"{w.name} ({w.state})" for w in chosen if w.state not in wanted)
             raise CommandError(f"timed out after {timeout:g} s waiting for {late}")
         time.sleep(_POLL)
+
+
+def _stops_within(project: Project, timeout: float) -> bool:
+    """Whether the supervisor is gone within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while project.state.supervisor_alive():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(_POLL)
+    return True
+
+
+def _report(workers: list[WorkerStatus]) -> None:
+    for worker in workers:
+        click.echo(worker_line(worker))
 
 
 _timeout = click.option("--timeout", type=float, default=60.0, show_default=True,
@@ -66,12 +86,14 @@ def down(ctx: click.Context, timeout: float) -> None:
     if not project.state.supervisor_alive():
         click.echo(f"project '{project.name}' is not running")
         return
-    _ask(project, {"cmd": "down"})
-    deadline = time.monotonic() + timeout
-    while project.state.supervisor_alive():
-        if time.monotonic() > deadline:
-            raise CommandError(f"the supervisor did not stop within {timeout:g} s")
-        time.sleep(_POLL)
+    try:
+        _ask(project, {"cmd": "down"})
+    except CommandError:
+        # With nothing left to stop, it may exit before its answer leaves: that is done too.
+        if not _stops_within(project, _ANSWER_GRACE):
+            raise
+    if not _stops_within(project, timeout):
+        raise CommandError(f"the supervisor did not stop within {timeout:g} s")
     click.echo(f"project '{project.name}' is down")
 
 
@@ -83,7 +105,7 @@ def stop(ctx: click.Context, workers: tuple[str, ...], timeout: float) -> None:
     """Stop WORKERS (all if none); the project keeps running."""
     project = _project(ctx)
     _ask(project, {"cmd": "stop", "workers": list(workers)})
-    _wait(project, list(workers), {"stopped", "exited", "crashed", "failed"}, timeout)
+    _report(_wait(project, list(workers), ENDED, timeout))
 
 
 @click.command()
@@ -94,7 +116,7 @@ def start(ctx: click.Context, workers: tuple[str, ...], timeout: float) -> None:
     """Start stopped WORKERS (all if none) and wait until they are ready."""
     project = _project(ctx)
     _ask(project, {"cmd": "start", "workers": list(workers)})
-    _wait(project, list(workers), {"ready", "exited"}, timeout)
+    _report(_wait(project, list(workers), _STARTED, timeout))
 
 
 @click.command()
@@ -109,12 +131,10 @@ def restart(ctx: click.Context, workers: tuple[str, ...], timeout: float) -> Non
     deadline = time.monotonic() + timeout
     # First see the restart happen, then wait for readiness.
     while True:
-        status = status_of(project)
-        chosen = [w for w in status.workers if not workers or w.name in workers
-                  or w.worker in workers]
+        chosen = select(status_of(project).workers, workers)
         if all(w.restarts > before.get(w.name, 0) for w in chosen):
             break
         if time.monotonic() > deadline:
             raise CommandError(f"timed out after {timeout:g} s waiting for the restart")
         time.sleep(_POLL)
-    _wait(project, list(workers), {"ready", "exited"}, max(0.0, deadline - time.monotonic()))
+    _report(_wait(project, list(workers), _STARTED, max(0.0, deadline - time.monotonic())))

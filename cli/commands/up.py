@@ -4,22 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Protocol
 
 import click
 
 from cli.errors import CommandError
 from cli.logs.reader import LogRecord
 from cli.render.plain import PlainRenderer
+from cli.states import ENDED, FAILING, worker_line
 from cli.supervisor.driver import Renderer, Supervisor
-from cli.supervisor.statedir import StateDir
-from cli.supervisor.status import ProjectStatus, WorkerStatus
-from cli.topology import Topology, load_topology
+from cli.supervisor.statedir import StateDir, state_errors
+from cli.supervisor.status import ProjectStatus
+from cli.topology import Topology, expand, load_topology
 
 _DAEMON_FLAG = "--supervise-detached"
 _POLL = 0.02
@@ -54,7 +55,7 @@ def up(ctx: click.Context, args: tuple[str, ...], detach: bool, no_ui: bool, rel
                            "`workers ps` shows it, `workers down` stops it")
     if detach:
         sys.exit(_detach(topology, state, names, timeout, reload=reload))
-    renderer: Renderer
+    renderer: _Shown
     if daemon:
         renderer = _NotesOnly()
     elif sys.stdout.isatty() and not no_ui:
@@ -62,23 +63,26 @@ def up(ctx: click.Context, args: tuple[str, ...], detach: bool, no_ui: bool, rel
 
         renderer = LiveRenderer(topology)
     else:
-        renderer = PlainRenderer()
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        renderer = PlainRenderer([p.name for p in expand(topology)])
     supervisor = Supervisor(topology, renderer, only=names, reload=reload)
     code = asyncio.run(_run(supervisor, renderer))
     sys.exit(code)
 
 
-async def _run(supervisor: Supervisor, renderer: Renderer) -> int:
-    start = getattr(renderer, "start", None)
-    if start is not None:
-        start()
+class _Shown(Renderer, Protocol):
+    """A renderer with a start and a stop around the supervisor's run."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+async def _run(supervisor: Supervisor, renderer: _Shown) -> int:
+    renderer.start()
     try:
         return await supervisor.run()
     finally:
-        stop = getattr(renderer, "stop", None)
-        if stop is not None:
-            stop()
+        renderer.stop()
 
 
 def _split(file: str | None, args: tuple[str, ...]) -> tuple[str, list[str]]:
@@ -93,10 +97,16 @@ def _split(file: str | None, args: tuple[str, ...]) -> tuple[str, list[str]]:
 class _NotesOnly:
     """The detached supervisor's output: its own notes (worker output is in the logs)."""
 
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
     def record(self, record: LogRecord) -> None:
         if record.stream == "sup":
-            print(f"{record.time:%Y-%m-%dT%H:%M:%S} {record.worker}: {record.text}",
-                  flush=True)
+            print(f"{record.time.astimezone():%Y-%m-%dT%H:%M:%S%z} {record.worker}: "
+                  f"{record.text}", flush=True)
 
     def status(self, status: ProjectStatus) -> None:
         pass
@@ -105,37 +115,66 @@ class _NotesOnly:
 def _detach(topology: Topology, state: StateDir, names: list[str], timeout: float, *,
             reload: bool) -> int:
     """Start a supervisor in its own session, wait until the workers are ready, report."""
-    state.path.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        state.state_file.unlink()  # so that waiting never reads the previous run's
-    log = open(state.supervisor_log, "ab")  # noqa: SIM115  (the child keeps it)
-    child = subprocess.Popen(
-        [sys.executable, "-m", "cli", "-f", str(topology.path), "up", _DAEMON_FLAG,
-         *(["--reload"] if reload else []), *names],
-        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True, cwd=Path.cwd(), env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    log.close()
+    child, log_start = _spawn_supervisor(topology, state, names, reload=reload)
+    try:
+        return _await_ready(state, child, log_start, timeout, partial=bool(names),
+                            reload=reload)
+    except KeyboardInterrupt:
+        click.echo(f"\nstopped waiting; project '{topology.name}' keeps starting in the "
+                   "background: `workers ps` shows it, `workers down` stops it", err=True)
+        return 130
+
+
+def _spawn_supervisor(topology: Topology, state: StateDir, names: list[str], *,
+                      reload: bool) -> tuple[subprocess.Popen[bytes], int]:
+    """The detached supervisor, and where its output starts in ``supervisor.log``."""
+    with state_errors():
+        state.path.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            state.state_file.unlink()  # so that waiting never reads the previous run's
+        log = open(state.supervisor_log, "ab")  # noqa: SIM115  (the child gets it)
+    with log:
+        start = log.tell()  # before the child writes: it shares this file offset
+        child = subprocess.Popen(
+            [sys.executable, "-m", "cli", "-f", str(topology.path), "up", _DAEMON_FLAG,
+             *(["--reload"] if reload else []), *names],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True, cwd=Path.cwd(),
+            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        return child, start
+
+
+def _await_ready(state: StateDir, child: subprocess.Popen[bytes], log_start: int,
+                 timeout: float, *, partial: bool, reload: bool) -> int:
+    """Print each worker's line once all are ready (0) or one fails (1).
+
+    Raises:
+        CommandError: the supervisor exited first, or the time ran out.
+    """
     deadline = time.monotonic() + timeout
     while True:
-        status = _running_status(state)
-        verdict = _verdict(status, bool(names)) if status is not None else None
-        if verdict is not None:
-            ok, lines = verdict
-            for line in lines:
-                click.echo(line)
+        status = _recorded_status(state)
+        ok = _verdict(status, partial) if status is not None and status.running else None
+        if status is not None and ok is not None:
+            _print_lines(status, only_started=ok)
+            if not ok and child.poll() is None and (
+                    reload or not all(w.state in ENDED for w in status.workers)):
+                click.echo("the project is still running: `workers down` stops it")
             return 0 if ok else 1
         if child.poll() is not None:
-            raise CommandError(f"the supervisor exited with code {child.returncode}; "
-                               f"see {state.supervisor_log}")
+            raise _exited_early(state, child.returncode, log_start)
         if time.monotonic() > deadline:
-            raise CommandError(f"not every worker was ready within {timeout:g} s; "
-                               "`workers ps` shows where they are")
+            if status is not None:
+                _print_lines(status, only_started=False)
+            raise CommandError(f"not every worker was ready within {timeout:g} s; the "
+                               "project keeps starting: `workers ps` shows where it is, "
+                               "`workers down` stops it")
         time.sleep(_POLL)
 
 
-def _running_status(state: StateDir) -> ProjectStatus | None:
+def _recorded_status(state: StateDir) -> ProjectStatus | None:
     data = state.read_state()
-    if data is None or not data.get("running"):
+    if data is None:
         return None
     try:
         return ProjectStatus.from_json(data)
@@ -143,21 +182,44 @@ def _running_status(state: StateDir) -> ProjectStatus | None:
         return None
 
 
-def _verdict(status: ProjectStatus, partial: bool) -> tuple[bool, list[str]] | None:
-    """None while workers are still starting; else success and one line per worker.
+def _verdict(status: ProjectStatus, partial: bool) -> bool | None:
+    """None while workers are still starting; else whether every one got going.
     A stopped worker is one not asked for (``partial``: some workers were named)."""
     settled = {"ready", "exited", "stopped"} if partial else {"ready", "exited"}
-    bad = {"crashed", "failed", "backing off"}
-    if any(w.state in bad for w in status.workers):
-        lines = [_line(w) for w in status.workers]
-        return False, lines
+    if any(w.state in FAILING for w in status.workers):
+        return False
     if all(w.state in settled for w in status.workers):
-        return True, [_line(w) for w in status.workers if w.state != "stopped"]
+        return True
     return None
 
 
-def _line(worker: WorkerStatus) -> str:
-    extra = f" pid {worker.pid}" if worker.pid else ""
-    if worker.reason:
-        extra += f" ({worker.reason})"
-    return f"{worker.name}: {worker.state}{extra}"
+def _print_lines(status: ProjectStatus, *, only_started: bool) -> None:
+    for worker in status.workers:
+        if not (only_started and worker.state == "stopped"):
+            click.echo(worker_line(worker))
+
+
+def _exited_early(state: StateDir, code: int, log_start: int) -> CommandError:
+    """What the supervisor that exited before its workers were ready left to say."""
+    status = _recorded_status(state)
+    if status is not None and status.workers:
+        _print_lines(status, only_started=False)
+        why = (" as no worker was left running"
+               if all(w.state in ENDED for w in status.workers) else "")
+        return CommandError(f"the supervisor exited with code {code}{why}; "
+                            f"its log: {state.supervisor_log}")
+    last = _last_line(state.supervisor_log, log_start)
+    return CommandError(f"the supervisor exited with code {code}"
+                        + (f": {last.removeprefix('error: ')}" if last else "")
+                        + f"; its log: {state.supervisor_log}")
+
+
+def _last_line(path: Path, start: int) -> str:
+    """The last non-blank line written to ``path`` from byte ``start`` on."""
+    try:
+        with open(path, "rb") as file:
+            file.seek(start)
+            text = file.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return next((line.strip() for line in reversed(text.splitlines()) if line.strip()), "")

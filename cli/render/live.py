@@ -2,7 +2,7 @@
 
 The table shows each worker's state, pid, uptime, restarts and jobs; the feed shows the
 latest lines (supervisor notes and worker output), newest last. Rich redraws a few times a
-second; the renderer only keeps the data.
+second; the renderer only keeps the data. Times show in local time.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from rich.panel import Panel
 from rich.text import Text
 
 from cli.logs.reader import LogRecord
-from cli.render.plain import PALETTE
+from cli.render.plain import Colours
 from cli.render.tables import channel_table, project_table
 from cli.supervisor.status import ProjectStatus
-from cli.topology import Topology
+from cli.topology import Topology, expand
 
 _FEED = 12
 
@@ -31,7 +31,9 @@ class LiveRenderer:
         self._console = console or Console()
         self._status: ProjectStatus | None = None
         self._feed: deque[LogRecord] = deque(maxlen=_FEED)
-        self._colours: dict[str, str] = {}
+        names = [p.name for p in expand(topology)]
+        self._width = max(map(len, names), default=0)
+        self._colours = Colours(names)
         self._live = Live(self._render(), console=self._console, refresh_per_second=4,
                           transient=False, get_renderable=self._render)
 
@@ -49,11 +51,6 @@ class LiveRenderer:
     def status(self, status: ProjectStatus) -> None:
         self._status = status
 
-    def _colour(self, worker: str) -> str:
-        if worker not in self._colours:
-            self._colours[worker] = PALETTE[len(self._colours) % len(PALETTE)]
-        return self._colours[worker]
-
     def _render(self) -> Group:
         parts: list[object] = []
         if self._status is None:
@@ -61,12 +58,10 @@ class LiveRenderer:
         else:
             parts.append(project_table(self._status))
             parts.extend(channel_table(c) for c in self._status.channels)
-        records = list(self._feed)  # one copy: rich draws from its own thread
-        width = max((len(r.worker) for r in records), default=0)
         feed = Text()
-        for record in records:
-            feed.append(f"{record.time:%H:%M:%S} ", style="dim")
-            feed.append(f"{record.worker:<{width}} ", style=self._colour(record.worker))
+        for record in list(self._feed):  # one copy: rich draws from its own thread
+            feed.append(f"{record.time.astimezone():%H:%M:%S} ", style="dim")
+            feed.append(f"{record.worker:<{self._width}} ", style=self._colours(record.worker))
             style = "dim italic" if record.stream == "sup" else (
                 "red" if record.stream == "err" else "")
             feed.append(record.text[:200] + "\n", style=style)

@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from cli.host import HostSpec, build_bus
+from cli.host import build_bus
 from cli.supervisor.status import ChannelStatus
 from cli.topology.model import ChannelSpec, Topology
 from pipecat_workers.errors import WorkersError
@@ -55,8 +55,7 @@ class Monitors:
     async def _connect(self, spec: ChannelSpec) -> None:
         url = self._hub_path if spec.backend == "local" else spec.url
         while True:
-            bus = build_bus(HostSpec(name="", class_path="", args={}, backend=spec.backend,
-                                     channel=spec.channel, url=url))
+            bus = build_bus(spec.backend, url, spec.channel)
             monitor = BusMonitor(bus, name=f"{self._topology.name}/supervisor")
             try:
                 await monitor.start()

@@ -1,18 +1,22 @@
 """Turn a topology's ``module:attr`` into a worker class, with one-line errors.
 
 The worker host imports this module before anything else, so it must stay cheap: stdlib,
-pipecat_workers and the topology's errors only (no yaml, click or rich).
+pipecat_workers and the topology's errors only (no yaml, click or rich). It also holds the
+two message helpers the loader shares: :func:`suggest` and :func:`raised_at`.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 import inspect
 import os
 import re
+import sysconfig
 import traceback
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -71,7 +75,7 @@ def resolve_class(class_path: str) -> type[BaseWorker]:
             owner = f"module '{walked}'" if walked == module_name else f"'{walked}'"
             names = [n for n in dir(obj) if not n.startswith("_")]
             raise WorkerClassError(
-                f"{owner} has no attribute {part!r}{_suggest(part, names)}"
+                f"{owner} has no attribute {part!r}{suggest(part, names)}"
             ) from None
         walked = f"{walked}:{part}" if walked == module_name else f"{walked}.{part}"
     if not isinstance(obj, type):
@@ -102,7 +106,7 @@ def check_args(cls: type[BaseWorker], name: str, args: Mapping[str, Any]) -> Non
     for key in args:
         if not takes_any and key not in keywords:
             raise WorkerClassError(
-                f"{where} takes no argument {key!r}{_suggest(key, keywords[1:])}"
+                f"{where} takes no argument {key!r}{suggest(key, keywords[1:])}"
             )
     try:
         signature.bind(name, **args)
@@ -135,13 +139,36 @@ def _import(module_name: str) -> ModuleType:
 
 def _failed(module_name: str, exc: BaseException) -> WorkerClassError:
     """An error raised while the module ran: its one-line message and where it came from."""
+    return WorkerClassError(f"importing '{module_name}' failed: {raised_at(exc)}")
+
+
+def raised_at(exc: BaseException) -> str:
+    """One line for an exception the user's code raised: ``RuntimeError: no key (w.py:11)``.
+
+    The place is the innermost frame of the user's own code (not Python's library, an
+    installed package, or ours), else the innermost frame; only the message's first line is
+    kept.
+    """
     lines = str(exc).strip().splitlines()
     detail = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
     frames = [f for f in traceback.extract_tb(exc.__traceback__)
               if not f.filename.startswith("<frozen ")]
-    if frames:
-        detail += f" ({_short_path(frames[-1].filename)}:{frames[-1].lineno})"
-    return WorkerClassError(f"importing '{module_name}' failed: {detail}")
+    users = [f for f in frames if not f.filename.startswith(_not_the_users())]
+    if users or frames:
+        frame = (users or frames)[-1]
+        detail += f" ({_short_path(frame.filename)}:{frame.lineno})"
+    return detail
+
+
+@functools.cache
+def _not_the_users() -> tuple[str, ...]:
+    """Directories of code that is not the user's: Python's, installed packages, ours."""
+    import cli
+    import pipecat_workers
+
+    dirs = {Path(sysconfig.get_path(kind)) for kind in ("stdlib", "purelib", "platlib")}
+    dirs |= {Path(module.__file__ or "").parent for module in (cli, pipecat_workers)}
+    return tuple(sorted({f"{d.resolve()}{os.sep}" for d in dirs}))
 
 
 def _short_path(filename: str) -> str:
@@ -153,6 +180,7 @@ def _short_path(filename: str) -> str:
     return filename if relative.startswith("..") else relative
 
 
-def _suggest(word: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=1)
+def suggest(word: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices``, or nothing."""
+    close = difflib.get_close_matches(word, list(choices), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""

@@ -8,14 +8,14 @@ field. :data:`WORKER_FIELDS` maps every key of
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from cli.topology.classes import parse_class_path
+from cli.topology.classes import suggest as suggest  # the loader's, shared
 from cli.topology.errors import TopologyError
 from cli.topology.model import BACKENDS, RestartPolicy
 from cli.topology.nodes import Node, got
@@ -205,7 +205,3 @@ def bad_key(key: str) -> str:
     return (f"invalid name {key!r}: expected letters, digits, '_' and '-', "
             "starting with a letter or digit")
 
-
-def suggest(word: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 from pipecat_workers import BaseWorker, WorkerReadyData, job, worker_ready
 
@@ -62,6 +63,22 @@ class Crasher(BaseWorker):
         super().__init__(name)
         print(f"{name} crashing with {code}", flush=True)
         os._exit(code)
+
+
+class Raiser(BaseWorker):
+    """Imports fine, then raises while it is being built: it cannot start, and says why."""
+
+    def __init__(self, name):
+        super().__init__(name)
+        raise RuntimeError("no API key configured")
+
+
+class Sleeper(BaseWorker):
+    """Takes ``seconds`` to be built: it stays starting meanwhile."""
+
+    def __init__(self, name, *, seconds=30):
+        super().__init__(name)
+        time.sleep(seconds)
 
 
 class Ender(BaseWorker):

@@ -127,6 +127,13 @@ def test_exception_at_import(write: Write) -> None:
         f"importing 'tw_raises' failed: RuntimeError: no config ({path}:3)")
 
 
+def test_exception_at_import_names_the_users_line_not_the_librarys(write: Write) -> None:
+    path = write("tw_json", "import json\n\nCONFIG = json.loads('{bad')\n")
+    assert failure("tw_json:A") == (
+        "importing 'tw_json' failed: JSONDecodeError: Expecting property name enclosed in "
+        f"double quotes: line 1 column 2 (char 1) ({path}:3)")
+
+
 def test_exit_at_import(write: Write) -> None:
     path = write("tw_exits", "import sys\nsys.exit(3)\n")
     assert failure("tw_exits:A") == f"importing 'tw_exits' failed: SystemExit: 3 ({path}:2)"

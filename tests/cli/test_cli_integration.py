@@ -17,6 +17,7 @@ import os
 import re
 import signal
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -109,8 +110,8 @@ def test_up_call_logs_restart_down(backend: str, request: pytest.FixtureRequest,
     # 1. up -d returns once every worker is ready; ps --json shows them ready, registered.
     up = cli.run("up", "-d", "workers.yaml", timeout=60)
     assert up.returncode == 0, (up.stdout, up.stderr)
-    assert re.search(r"^echo: ready pid \d+$", up.stdout, re.M), up.stdout
-    assert re.search(r"^peer: ready pid \d+$", up.stdout, re.M), up.stdout
+    assert re.search(r"^echo: ready \(pid \d+\)$", up.stdout, re.M), up.stdout
+    assert re.search(r"^peer: ready \(pid \d+\)$", up.stdout, re.M), up.stdout
     status = cli.ps()
     assert status["running"] is True and status["project"] == "core"
     assert isinstance(status["supervisor_pid"], int)
@@ -179,6 +180,7 @@ def test_up_call_logs_restart_down(backend: str, request: pytest.FixtureRequest,
     # 4. restart one worker: a new pid, restarts == 1, ready again; its peer untouched.
     restart = cli.run("restart", "echo", timeout=60)
     assert restart.returncode == 0, (restart.stdout, restart.stderr)
+    assert re.fullmatch(r"echo: ready \(pid \d+\)\n", restart.stdout), restart.stdout
     after = workers_by_name(cli.ps())
     assert after["echo"]["state"] == "ready", brief(cli.ps())
     assert after["echo"]["pid"] not in (None, pids["echo"])
@@ -399,11 +401,107 @@ def test_stop_all_keeps_the_project_so_start_brings_it_back(
     before = {w["name"]: w["pid"] for w in cli.ps()["workers"]}
     stop = cli.run("stop", timeout=60)
     assert stop.returncode == 0, (stop.stdout, stop.stderr)  # "the project keeps running"
+    assert stop.stdout.splitlines() == ["echo: stopped", "peer: stopped"], stop.stdout
     status = cli.ps()
     assert status["running"] is True, brief(status)
     assert {w["state"] for w in status["workers"]} == {"stopped"}, brief(status)
     start = cli.run("start", timeout=60)
     assert start.returncode == 0, (start.stdout, start.stderr)
     after = cli.ps()
+    assert start.stdout.splitlines() == [f"{w['name']}: ready (pid {w['pid']})"
+                                         for w in after["workers"]], start.stdout
     assert all(w["state"] == "ready" and w["pid"] != before[w["name"]]
                for w in after["workers"]), brief(after)
+
+
+# -- what a new user runs into: one line that says why, at once ---------------------------
+
+
+@pytest.mark.timeout(90)
+def test_a_worker_that_cannot_start_and_calls_that_cannot_succeed_say_why_at_once(
+        tmp_path: Path, clis: Callable[[Path], Cli]) -> None:
+    write_project(tmp_path, "told", {"echo": {"class": "Echo"},
+                                     "researcher": {"class": "Echo", "replicas": 2},
+                                     "broken": {"class": "Raiser"}})
+    cli = clis(tmp_path)
+    line = next(i for i, text in enumerate(
+        (tmp_path / "app_workers.py").read_text().splitlines(), 1)
+        if 'raise RuntimeError("no API key configured")' in text)
+    why = f"RuntimeError: no API key configured (app_workers.py:{line})"
+
+    # up -d: each worker's state, the reason of the one that failed, and what still runs.
+    up = cli.run("up", "-d", "workers.yaml", timeout=60)
+    assert up.returncode == 1, (up.stdout, up.stderr)
+    lines = up.stdout.splitlines()
+    assert f"broken: failed ({why})" in lines, up.stdout
+    assert re.search(r"^echo: ready \(pid \d+\)$", up.stdout, re.M), up.stdout
+    assert lines[-1] == "the project is still running: `workers down` stops it", up.stdout
+    logs = cli.run("logs", "broken")
+    assert f"broken | error: broken: {why}" in logs.stdout.splitlines(), logs.stdout
+    assert "Traceback" not in up.stdout + up.stderr + logs.stdout
+
+    # Calls that cannot succeed, and a bad --tail, fail at once in one line.
+    started = time.monotonic()
+    replicas, failed, unreachable, survey, tail, negative = cli.run_many(
+        ("call", "researcher", "--job", "echo"),
+        ("call", "broken", "--job", "echo"),
+        ("call", "echo", "--url", "redis://127.0.0.1:1/0", "--channel", "x", "--job", "echo"),
+        ("ps", "--url", "redis://127.0.0.1:1/0", "--channel", "x"),
+        ("tail", "--url", "redis://127.0.0.1:1/0", "--channel", "x"),
+        ("logs", "--tail", "-1"),
+    )
+    assert time.monotonic() - started < 15  # not call's 30 s timeout
+    one_line_error(replicas, "'researcher' has 2 replicas: researcher.1, researcher.2; "
+                             "call one of them")
+    one_line_error(failed, f"cannot call 'broken': it is failed ({why})")
+    for result in (unreachable, survey, tail):
+        one_line_error(result, "cannot join channel 'x': ", "127.0.0.1:1")
+    assert negative.returncode == 2 and "-1 is not in the range x>=0" in negative.stderr
+
+    # stop and start say where each worker is; a stopped worker is not called.
+    stop = cli.run("stop", "echo")
+    assert (stop.returncode, stop.stdout) == (0, "echo: stopped\n"), stop.stderr
+    call = cli.run("call", "echo", "--job", "echo")
+    one_line_error(call, "cannot call 'echo': it is stopped; `workers start echo` starts it")
+    start = cli.run("start", "echo", timeout=60)
+    assert start.returncode == 0, start.stderr
+    assert re.fullmatch(r"echo: ready \(pid \d+\)\n", start.stdout), start.stdout
+
+    # A supervisor that holds its lock but does not answer: ps says its data is stale.
+    supervisor = cli.ps()["supervisor_pid"]
+    os.kill(supervisor, signal.SIGSTOP)
+    try:
+        as_json, table = cli.run_many(("ps", "--json"), ("ps",))
+    finally:
+        os.kill(supervisor, signal.SIGCONT)
+    assert as_json.returncode == 0, as_json.stderr
+    stale = json.loads(as_json.stdout)
+    assert (stale["running"], stale["stale"]) == (True, True)
+    assert "supervisor not answering; showing its last recorded state" in table.stdout
+    assert cli.ps()["stale"] is False
+
+
+@pytest.mark.timeout(60)
+def test_up_detached_reports_an_early_exit_and_a_ctrl_c(
+        tmp_path: Path, clis: Callable[[Path], Cli]) -> None:
+    # Nothing could start: the supervisor ends, and up -d shows why instead of a log path.
+    alone = clis(tmp_path / "alone")
+    write_project(alone.cwd, "alone", {"broken": {"class": "Raiser"}})
+    up = alone.run("up", "-d", "workers.yaml", timeout=60)
+    assert up.returncode == 1, (up.stdout, up.stderr)
+    assert re.search(r"^broken: failed \(RuntimeError: no API key configured "
+                     r"\(app_workers\.py:\d+\)\)$", up.stdout, re.M), up.stdout
+    assert "still running" not in up.stdout
+    assert "Traceback" not in up.stdout + up.stderr
+
+    # Ctrl-C while up -d waits: 130, and the project keeps starting in the background.
+    slow = clis(tmp_path / "slow")
+    write_project(slow.cwd, "slow", {"sleeper": {"class": "Sleeper", "stop_timeout": 1}})
+    waiting = slow.popen("up", "-d", "workers.yaml")
+    wait_for(lambda: slow.state_files(), timeout=20, what="the detached supervisor's state")
+    waiting.proc.send_signal(signal.SIGINT)
+    assert waiting.wait(timeout=10) == 130, waiting.err.rest()
+    assert any("keeps starting in the background" in line and "`workers down` stops it"
+               in line for line in waiting.err.rest()), waiting.err.lines
+    assert "Aborted" not in "\n".join(waiting.err.lines)
+    assert slow.ps()["running"] is True

@@ -1,0 +1,232 @@
+"""What commands print, without running them: worker lines, the ``up -d`` verdict, plain
+prefixes and times, log records, state directory errors and the worker ``call`` resolves."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from cli.commands.bus import _registered
+from cli.commands.channel import Where, _channel_of
+from cli.commands.up import _exited_early, _verdict
+from cli.errors import CommandError, StateDirError
+from cli.logs.reader import LogRecord
+from cli.main import OneLineFormatter, configure_logging
+from cli.render.plain import PlainRenderer
+from cli.states import select, worker_line
+from cli.supervisor.statedir import StateDir
+from cli.supervisor.status import ProjectStatus, WorkerStatus
+from cli.topology import load_topology
+from pipecat_workers.errors import BusConnectionError
+
+
+def worker(name: str, state: str, **fields: object) -> WorkerStatus:
+    return WorkerStatus(name=name, worker=name.split(".")[0], channel="main", state=state,
+                        **fields)  # type: ignore[arg-type]
+
+
+def project(*workers: WorkerStatus) -> ProjectStatus:
+    return ProjectStatus(project="p", file="p.yaml", running=True, supervisor_pid=1,
+                         workers=list(workers), channels=[])
+
+
+# -- worker lines and the verdict of up -d -----------------------------------------------
+
+
+@pytest.mark.parametrize(("status", "line"), [
+    (worker("echo", "ready", pid=1234), "echo: ready (pid 1234)"),
+    (worker("echo", "stopped", exit_code=0), "echo: stopped"),
+    (worker("c", "backing off", exit_code=3, reason="exited with code 3: no database"),
+     "c: backing off (exited with code 3: no database)"),
+    (worker("c", "crashed", exit_code=3), "c: crashed (exit code 3)"),
+    (worker("s", "starting", pid=7, reason="slow"), "s: starting (pid 7; slow)"),
+])
+def test_worker_line(status: WorkerStatus, line: str) -> None:
+    assert worker_line(status) == line
+
+
+def test_select_by_name_or_by_key_for_every_replica() -> None:
+    workers = [worker("r.1", "ready"), worker("r.2", "ready"), worker("echo", "ready")]
+    assert [w.name for w in select(workers, ["r"])] == ["r.1", "r.2"]
+    assert [w.name for w in select(workers, ["r.2", "echo"])] == ["r.2", "echo"]
+    assert select(workers, []) == workers
+
+
+def test_verdict_waits_then_tells_success_or_failure() -> None:
+    assert _verdict(project(worker("a", "ready"), worker("b", "starting")), False) is None
+    assert _verdict(project(worker("a", "ready"), worker("b", "exited")), False) is True
+    assert _verdict(project(worker("a", "ready"), worker("b", "stopped")), True) is True
+    assert _verdict(project(worker("a", "starting"), worker("b", "backing off")),
+                    False) is False
+    assert _verdict(project(worker("a", "ready"), worker("b", "failed")), False) is False
+
+
+def test_a_supervisor_that_exited_early_is_explained(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    state = StateDir.of(tmp_path, "p")
+    state.path.mkdir(parents=True)
+    state.supervisor_log.write_text("error: an older run's\n")
+    start = state.supervisor_log.stat().st_size
+    with state.supervisor_log.open("a") as log:
+        log.write("error: no worker named 'x' in p.yaml\n\n")
+    error = _exited_early(state, 1, start)  # it wrote no state: its last words
+    assert str(error) == (f"the supervisor exited with code 1: no worker named 'x' in "
+                          f"p.yaml; its log: {state.supervisor_log}")
+    status = project(worker("b", "failed", exit_code=78, reason="RuntimeError: no key"))
+    status.running = False
+    state.write_state(status.to_json())
+    error = _exited_early(state, 78, start)  # it did: each worker's line, then why
+    assert capsys.readouterr().out == "b: failed (RuntimeError: no key)\n"
+    assert str(error) == ("the supervisor exited with code 78 as no worker was left "
+                          f"running; its log: {state.supervisor_log}")
+
+
+# -- plain output ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tokyo(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def plain(names: list[str], records: list[LogRecord], **options: bool) -> list[str]:
+    out = io.StringIO()
+    renderer = PlainRenderer(names, console=Console(file=out, highlight=False,
+                                                    soft_wrap=True), **options)
+    renderer.start()
+    for record in records:
+        renderer.record(record)
+    renderer.stop()
+    return out.getvalue().splitlines()
+
+
+def test_plain_prefixes_have_one_width_from_the_first_line() -> None:
+    at = datetime(2026, 11, 22, 5, 0, tzinfo=UTC)
+    records = [LogRecord(at, "a", "sup", "started"), LogRecord(at, "a", "out", "hi"),
+               LogRecord(at, "researcher.1", "out", "hello")]
+    assert plain(["a", "researcher.1"], records) == [
+        "a            | [started]", "a            | hi", "researcher.1 | hello"]
+
+
+def test_plain_timestamps_are_local_time(tokyo: None) -> None:
+    at = datetime(2026, 11, 22, 5, 0, 1, 250000, tzinfo=UTC)
+    assert plain(["a"], [LogRecord(at, "a", "out", "hi")], timestamps=True) == [
+        "14:00:01.250 a | hi"]  # UTC+9
+
+
+# -- log records -------------------------------------------------------------------------
+
+
+def test_log_records_are_one_line_with_the_exception_but_no_traceback() -> None:
+    formatter = OneLineFormatter("%(levelname)s %(name)s: %(message)s")
+    try:
+        raise ConnectionError("refused\nmore detail")
+    except ConnectionError:
+        record = logging.getLogger("x").makeRecord(
+            "x", logging.WARNING, __file__, 1, "could not %s", ("leave",),
+            sys.exc_info())
+    assert formatter.format(record) == "WARNING x: could not leave (ConnectionError: refused)"
+
+
+def test_logging_is_one_line_at_warning_unless_debugging(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", list(root.handlers))  # restored afterwards
+    monkeypatch.setattr(root, "level", root.level)
+    configure_logging()
+    assert root.level == logging.WARNING
+    assert [type(h.formatter) for h in root.handlers] == [OneLineFormatter]
+    monkeypatch.setenv("WORKERS_DEBUG", "1")
+    configure_logging()
+    assert [type(h.formatter) for h in root.handlers] == [logging.Formatter]
+
+
+# -- the state directory -----------------------------------------------------------------
+
+
+def test_a_file_in_the_way_of_the_state_directory_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / ".workers").write_text("")
+    state = StateDir.of(tmp_path, "p")
+    assert state.supervisor_alive() is False
+    assert state.read_state() is None
+    with pytest.raises(StateDirError) as info:
+        state.lock()
+    assert str(info.value) == (f"cannot use {state.path} for the project's state: "
+                               f"{tmp_path / '.workers'} is a file, not a directory")
+    with pytest.raises(OSError, match="is a file"):  # the supervisor tolerates OSError
+        state.write_state({})
+
+
+def test_an_unwritable_state_directory_is_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    state = StateDir.of(tmp_path, "p")
+    state.path.mkdir(parents=True)
+    (state.path / "lock").write_text("")
+
+    def denied(path: object, *args: object, **kwargs: object) -> int:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(os, "open", denied)
+    for action in (state.lock, state.supervisor_alive):
+        with pytest.raises(StateDirError) as info:
+            action()
+        assert isinstance(info.value, CommandError)
+        assert str(info.value) == (f"cannot use {state.path / 'lock'} for the project's "
+                                   "state: Permission denied")
+
+
+def test_the_socket_recorded_in_the_state_file_wins(tmp_path: Path) -> None:
+    state = StateDir.of(tmp_path, "p")
+    assert state.socket_from_state("control") == state.socket_path("control")
+    state.write_state({"sockets": {"control": "/run/x/control.sock", "hub": None}})
+    assert state.socket_from_state("control") == Path("/run/x/control.sock")
+    assert state.socket_from_state("hub") == state.socket_path("hub")
+
+
+# -- which worker `call` means -----------------------------------------------------------
+
+
+def test_call_refuses_a_key_with_replicas_and_names_them(tmp_path: Path) -> None:
+    path = tmp_path / "t.yaml"
+    path.write_text("name: t\nworkers:\n  r: {class: 'm:R', replicas: 3}\n"
+                    "  echo: {class: 'm:E'}\n")
+    topology = load_topology(path)
+    assert _channel_of(topology, "echo") == "main"
+    assert _channel_of(topology, "r.3") == "main"
+    with pytest.raises(CommandError, match=r"^'r' has 3 replicas: r\.1, r\.2, r\.3; "
+                                           "call one of them$"):
+        _channel_of(topology, "r")
+    for unknown in ("r.4", "echo.1", "nobody"):
+        with pytest.raises(CommandError, match=f"^no worker named '{unknown}' in t.yaml$"):
+            _channel_of(topology, unknown)
+
+
+def test_call_stops_waiting_for_its_registration_when_its_runner_fails() -> None:
+    class NeverRegistered:
+        async def wait_registered(self) -> None:
+            await asyncio.Event().wait()
+
+    async def scenario() -> None:
+        run: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_later(0.01, run.set_exception,
+                                              BusConnectionError("Redis went away"))
+        caller: Any = NeverRegistered()
+        await _registered(Where("redis", "redis://x", "c"), caller, run)
+
+    with pytest.raises(CommandError, match=r"^cannot join channel 'c': Redis went away$"):
+        asyncio.run(asyncio.wait_for(scenario(), 5))
