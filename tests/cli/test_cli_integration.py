@@ -19,7 +19,7 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,6 @@ from cliproj import (
     Cli,
     brief,
     pid_gone,
-    set_subreaper,
     wait_for,
     wait_gone,
     workers_by_name,
@@ -44,26 +43,6 @@ BACKENDS = [
     pytest.param("pgmq", marks=pytest.mark.postgres),
 ]
 TWO_ECHOES = {"echo": {"class": "Echo"}, "peer": {"class": "Echo"}}
-
-
-@pytest.fixture
-def clis() -> Iterator[Callable[[Path], Cli]]:
-    """Makes a :class:`Cli` for a project directory; cleans every one up at the end."""
-    made: list[Cli] = []
-    subreaper = set_subreaper(True)
-
-    def make(cwd: Path) -> Cli:
-        cli = Cli(cwd, subreaper=subreaper)
-        made.append(cli)
-        return cli
-
-    try:
-        yield make
-    finally:
-        for cli in made:
-            cli.cleanup()
-        if subreaper:
-            set_subreaper(False)
 
 
 def channel_for(backend: str, request: pytest.FixtureRequest) -> dict[str, Any]:

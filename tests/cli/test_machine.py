@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes import T0, FakeClock
 
 from cli.host import EXIT_CONFIG
 from cli.supervisor.machine import (
@@ -34,20 +35,6 @@ from cli.topology.model import (
 )
 
 SIGTERM, SIGKILL = signal.SIGTERM, signal.SIGKILL
-T0 = 100.0
-
-
-class FakeClock:
-    """A monotonic clock that only moves when the test says so."""
-
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def scripted(*values: float) -> Iterator[float]:

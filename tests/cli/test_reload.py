@@ -20,7 +20,7 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,6 @@ from cliproj import (
     Cli,
     brief,
     pid_gone,
-    set_subreaper,
     wait_for,
     wait_gone,
     workers_by_name,
@@ -137,26 +136,6 @@ def write_project(root: Path, name: str, workers: Mapping[str, Mapping[str, Any]
     path = root / "workers.yaml"
     path.write_text(topology(name, workers))
     return path
-
-
-@pytest.fixture
-def clis() -> Iterator[Callable[[Path], Cli]]:
-    """Makes a :class:`Cli` for a project directory; cleans every one up at the end."""
-    made: list[Cli] = []
-    subreaper = set_subreaper(True)
-
-    def make(cwd: Path) -> Cli:
-        cli = Cli(cwd, subreaper=subreaper)
-        made.append(cli)
-        return cli
-
-    try:
-        yield make
-    finally:
-        for cli in made:
-            cli.cleanup()
-        if subreaper:
-            set_subreaper(False)
 
 
 # -- helpers -------------------------------------------------------------------------------

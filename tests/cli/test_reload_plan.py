@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes import T0, FakeClock
 from watchfiles import Change
 
 from cli.host import EXIT_CONFIG
@@ -267,22 +268,6 @@ async def test_a_project_inside_a_directory_with_an_ignored_name_still_reloads(
 
 
 # -- the machine in reload mode ------------------------------------------------------------
-
-
-T0 = 100.0
-
-
-class FakeClock:
-    """A monotonic clock that only moves when the test says so."""
-
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def specs(workers: Mapping[str, Mapping[str, Any]], *, root: Path = ROOT
