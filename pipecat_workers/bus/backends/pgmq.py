@@ -60,6 +60,9 @@ _DOWN = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
 _FAILED = (*_DOWN, asyncpg.PostgresError)
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.05, 2.0
 _IO_TIMEOUT = 10.0  # bound on every statement, connect and pool acquire
+# After our own reconnection, a peer's missing lock may only mean that its reader has not
+# reconnected yet (a server restart drops every lock): probes say "can't tell" this long.
+_PROBE_GRACE = 2 * _BACKOFF_MAX + 1.0
 _INSTALL_LOCK = 0x7069706563617400  # advisory lock key that serialises PGMQ installs
 
 _HAS_PGMQ = ("SELECT to_regprocedure('pgmq.send_topic(text,jsonb)') IS NOT NULL AND "
@@ -138,6 +141,7 @@ class PgmqBus(NetworkBus):
         self._topic = f"pw.{_digest(channel)}"
         self._queue = ""
         self._pool: Any = None  # asyncpg.Pool while open
+        self._reader_since = float("-inf")  # loop time the reader last reconnected
         self._conn: Any = None  # the reader's connection (LISTEN, read, delete)
         self._wake: asyncio.Event | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -159,6 +163,8 @@ class PgmqBus(NetworkBus):
         """A runner is alive iff its reader holds its advisory lock (see ``_connect``)."""
         if runner == self.runner_name or self._pool is None:
             return None
+        if asyncio.get_running_loop().time() - self._reader_since < _PROBE_GRACE:
+            return None  # maybe the server restarted and the peer is reconnecting
         key = _lock_key(self.queue_name(runner))
         try:
             async with self._pool.acquire(timeout=_IO_TIMEOUT) as conn:
@@ -253,6 +259,8 @@ class PgmqBus(NetworkBus):
             raise
         self._conn = conn
         self._notified()  # drain what arrived before the LISTEN
+        if self._was_connected:  # a reconnection: see _PROBE_GRACE
+            self._reader_since = asyncio.get_running_loop().time()
         self._set_connected(True)
 
     def _notified(self, *args: object) -> None:
