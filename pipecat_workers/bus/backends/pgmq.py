@@ -60,8 +60,8 @@ _DOWN = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
 _FAILED = (*_DOWN, asyncpg.PostgresError)
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.05, 2.0
 _IO_TIMEOUT = 10.0  # bound on every statement, connect and pool acquire
-# After our own reconnection, a peer's missing lock may only mean that its reader has not
-# reconnected yet (a server restart drops every lock): probes say "can't tell" this long.
+# While our own reader is reconnecting, and this long after, a peer's missing lock may only
+# mean that its reader has not reconnected yet (a server restart drops every lock).
 _PROBE_GRACE = 2 * _BACKOFF_MAX + 1.0
 _INSTALL_LOCK = 0x7069706563617400  # advisory lock key that serialises PGMQ installs
 
@@ -163,8 +163,9 @@ class PgmqBus(NetworkBus):
         """A runner is alive iff its reader holds its advisory lock (see ``_connect``)."""
         if runner == self.runner_name or self._pool is None:
             return None
-        if asyncio.get_running_loop().time() - self._reader_since < _PROBE_GRACE:
-            return None  # maybe the server restarted and the peer is reconnecting
+        if not self.connected or (
+                asyncio.get_running_loop().time() - self._reader_since < _PROBE_GRACE):
+            return None  # maybe the server restarted and the peer is reconnecting too
         key = _lock_key(self.queue_name(runner))
         try:
             async with self._pool.acquire(timeout=_IO_TIMEOUT) as conn:
