@@ -80,16 +80,29 @@ class _Status:
 
 
 def die_with_parent(supervisor_pid: int) -> None:
-    """Be killed when the supervisor dies, even by SIGKILL (Linux; elsewhere, stdin's end of
-    file is the only notice). Checked once after arming, in case it died before."""
+    """Take the whole process group down when the supervisor dies, even by SIGKILL.
+
+    On Linux the kernel sends SIGHUP when the parent dies (the parent-death signal); the
+    handler kills the group, so whatever the worker started goes too. Elsewhere, stdin's
+    end of file is the only notice. Checked once after arming, in case it died before.
+    """
+    signal.signal(signal.SIGHUP, lambda *_: kill_own_group())
     if sys.platform.startswith("linux"):
         try:
             libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGHUP, 0, 0, 0)
         except (OSError, AttributeError):
             pass
     if supervisor_pid and os.getppid() != supervisor_pid:
-        os._exit(1)
+        kill_own_group()
+
+
+def kill_own_group() -> None:
+    """SIGKILL this process's group, this process included; only when the host leads its
+    group (the supervisor starts it in a session of its own), never a shell's group."""
+    if os.getpgid(0) == os.getpid():
+        os.killpg(os.getpid(), signal.SIGKILL)
+    os._exit(1)
 
 
 # backend -> its bus class in pipecat_workers.bus, imported (with its driver) when used
@@ -150,9 +163,8 @@ async def _watch_stdin(runner: Any) -> None:
         return  # no usable stdin (run by hand with it closed): nothing to watch
     while True:
         line = await reader.readline()
-        if not line:
-            await runner.cancel(reason="supervisor gone")
-            return
+        if not line:  # the supervisor is gone: so is everything it started
+            kill_own_group()
         if line.strip() == b"drain":
             await runner.end(reason="stopped by the supervisor")
 
@@ -161,7 +173,7 @@ async def host(spec: HostSpec, status: _Status) -> int:
     """Build and run the worker; the process's exit code."""
     from cli.topology.classes import check_args, raised_at, resolve_class
     from pipecat_workers import WorkerRunner
-    from pipecat_workers.errors import WorkersError
+    from pipecat_workers.errors import WorkersError, WorkerStateError
 
     try:
         cls = resolve_class(spec.class_path)
@@ -183,6 +195,8 @@ async def host(spec: HostSpec, status: _Status) -> int:
     try:
         await asyncio.wait({registered, run}, return_when=asyncio.FIRST_COMPLETED)
         if registered.done() and not run.done():
+            if runner.registry.get(spec.name) is None:  # start() gave up: not ready
+                raise WorkerStateError(f"'{spec.name}' could not register on its bus")
             status.send("ready", runner=runner.name, pid=os.getpid(),
                         imports=project_imports(Path(spec.root).resolve()))
         await run
@@ -191,9 +205,11 @@ async def host(spec: HostSpec, status: _Status) -> int:
         print(f"error: {spec.name}: {exc}", file=sys.stderr)
         return 1
     finally:
+        if not run.done():  # leaving early: the runner ends with us
+            await runner.cancel(reason="host exiting")
         for task in (registered, stdin):
             task.cancel()
-        await asyncio.gather(registered, stdin, return_exceptions=True)
+        await asyncio.gather(run, registered, stdin, return_exceptions=True)
     return 0
 
 

@@ -113,7 +113,11 @@ class BusMonitor:
         self._runner.add_event_handler("on_ready", on_ready)
         self._task = asyncio.get_running_loop().create_task(self._runner.run(auto_end=False))
         self._task.add_done_callback(lambda _: _resolve(ready))
-        await ready
+        try:
+            await ready
+        except BaseException:  # cancelled while connecting: leave no runner behind
+            await self.stop()
+            raise
         if self._task.done():
             task, self._task = self._task, None
             task.result()  # the bus could not start: raise why

@@ -136,7 +136,7 @@ def _spawn_supervisor(topology: Topology, state: StateDir, names: list[str], *,
     with log:
         start = log.tell()  # before the child writes: it shares this file offset
         child = subprocess.Popen(
-            [sys.executable, "-m", "cli", "-f", str(topology.path), "up", _DAEMON_FLAG,
+            [sys.executable, "-P", "-m", "cli", "-f", str(topology.path), "up", _DAEMON_FLAG,
              *(["--reload"] if reload else []), *names],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True, cwd=Path.cwd(),

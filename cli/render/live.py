@@ -62,7 +62,7 @@ class LiveRenderer:
         for record in list(self._feed):  # one copy: rich draws from its own thread
             feed.append(f"{record.time.astimezone():%H:%M:%S} ", style="dim")
             feed.append(f"{record.worker:<{self._width}} ", style=self._colours(record.worker))
-            style = "dim italic" if record.stream == "sup" else (
+            style = "dim italic" if record.stream in ("sup", "news") else (
                 "red" if record.stream == "err" else "")
             feed.append(record.text[:200] + "\n", style=style)
         parts.append(Panel(feed, title="events", title_align="left", border_style="dim"))

@@ -57,6 +57,8 @@ class PlainRenderer:
         """Nothing to tear down."""
 
     def record(self, record: LogRecord) -> None:
+        if record.stream == "news":
+            return  # heartbeat job counts: the live view's feed; a log of lines skips them
         line = Text()
         if self._timestamps:
             line.append(f"{record.time.astimezone():%H:%M:%S.%f}"[:-3] + " ", style="dim")

@@ -121,6 +121,7 @@ class Supervisor:
         self._signalled: int | None = None
         self._runners: dict[str, str] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._loop_over = False
         self._dirty = True
 
     @property
@@ -213,6 +214,7 @@ class Supervisor:
             if self._dirty or now - last_state >= _STATE_EVERY:
                 last_state = now
                 self._publish_status()
+        self._loop_over = True
         self._publish_status()
 
     def _emit(self, event: _Event) -> None:
@@ -291,8 +293,8 @@ class Supervisor:
         try:
             process = await WorkerProcess.spawn(host, env=env, cwd=self._topology.root,
                                                 emit=self._emit)
-        except OSError as exc:
-            self._perform(self._machine.spawn_failed(name, str(exc)))
+        except Exception as exc:  # a missing interpreter, a NUL in an env value, ...
+            self._perform(self._machine.spawn_failed(name, f"{type(exc).__name__}: {exc}"))
             return
         self._processes[name] = process
         self._perform(self._machine.spawned(name, process.pid))
@@ -317,7 +319,7 @@ class Supervisor:
         status = self.status()
         for name, text in job_news(self._jobs_seen, status):  # the feed's, not the log's
             self._renderer.record(LogRecord(time=datetime.now(UTC), worker=name,
-                                            stream="sup", text=text))
+                                            stream="news", text=text))
         self._jobs_seen = {w.name: w.jobs for w in status.workers if w.jobs}
         self._renderer.status(status)
         if self._dirty:
@@ -337,6 +339,8 @@ class Supervisor:
     # -- control and signals ----------------------------------------------------------
 
     async def _on_control(self, payload: dict[str, Any]) -> dict[str, Any]:
+        if self._loop_over:
+            return {"ok": False, "error": "the supervisor is stopping"}
         answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._emit(_Request(payload, answer))
         return await answer
@@ -421,12 +425,16 @@ class Supervisor:
     async def _rewatch(self, topology: Topology) -> None:
         """Channels changed: host the hub if one is new, and watch the new channels."""
         if self._hub is None and any(c.backend == "local" for c in topology.channels.values()):
-            self._hub = BusHub(self._state.socket_path("hub"))
-            await self._hub.start()
-        if self._monitors is not None:
-            await self._monitors.stop()
-        self._monitors = Monitors(topology, self._hub_path())
+            hub = self._hub = BusHub(self._state.socket_path("hub"))
+            try:
+                await hub.start()
+            except Exception as exc:
+                self._project_note(f"cannot host the embedded bus: {exc}")
+        # Swapped before the old ones are awaited, so a quick second edit cannot leak one.
+        old, self._monitors = self._monitors, Monitors(topology, self._hub_path())
         self._monitors.start()
+        if old is not None:
+            await old.stop()
 
     def _project_note(self, text: str) -> None:
         """A line about the whole project, for the renderer."""
@@ -435,7 +443,7 @@ class Supervisor:
 
     def _install_signals(self, loop: asyncio.AbstractEventLoop) -> list[int]:
         installed: list[int] = []
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: terminal closed
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, self._emit, _Signal(sig))
                 installed.append(sig)

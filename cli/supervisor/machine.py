@@ -167,7 +167,7 @@ class Machine:
         proc = self.procs[name]
         proc.reason, proc.deadline, proc.pid, proc.exit_code = error, None, None, None
         proc.phase, proc.restart_when_stopped = None, False
-        proc.state = State.FAILED if proc.wanted else State.STOPPED
+        self._settle(proc, State.FAILED if proc.wanted else State.STOPPED)
         return [Note(name, f"could not start: {error}"), *self._advance()]
 
     def reported_error(self, name: str, message: str) -> list[Action]:
@@ -248,26 +248,34 @@ class Machine:
         return any(p.held for p in self.procs.values())
 
     def exit_code(self) -> int:
-        """0 if every process ended well, else the first failing process's code."""
-        for proc in self.procs.values():
-            if proc.state in (State.CRASHED, State.FAILED):
-                code = proc.exit_code
-                return code if code is not None and code > 0 else 1
-        return 0
+        """0 if every process ended well, else the code of the one that failed first."""
+        failed = [p for p in self.procs.values()
+                  if p.state in (State.CRASHED, State.FAILED) and p.failed_at is not None]
+        if not failed:
+            return 0
+        code = min(failed, key=lambda p: p.failed_at or 0.0).exit_code
+        return code if code is not None and code > 0 else 1
+
+    def _settle(self, proc: Proc, state: State) -> None:
+        """Put it in a final state, noting when it failed (for the exit code)."""
+        proc.state = state
+        if state in (State.CRASHED, State.FAILED):
+            proc.failed_at = self.clock()
 
     # -- policy -----------------------------------------------------------------------
 
     def _after_exit(self, proc: Proc, code: int) -> list[Action]:
         policy = proc.spec.worker.restart
         if self.reload and code != 0:
-            proc.state, proc.reason = State.CRASHED, "waiting for a change"
+            self._settle(proc, State.CRASHED)
+            proc.reason = "waiting for a change"
             return [Note(proc.name, "crashed: waiting for a change to restart it")]
         if code == EXIT_CONFIG:
-            proc.state = State.FAILED
+            self._settle(proc, State.FAILED)
             return [Note(proc.name, "not restarted: fix its class or arguments")]
         if not (policy is RestartPolicy.ALWAYS
                 or (policy is RestartPolicy.ON_FAILURE and code != 0)):
-            proc.state = State.EXITED if code == 0 else State.CRASHED
+            self._settle(proc, State.EXITED if code == 0 else State.CRASHED)
             return []
         if code != 0:
             proc.failures += 1
@@ -330,13 +338,17 @@ class Machine:
     def _maybe_spawn(self, proc: Proc) -> list[Action]:
         deps = [self.procs[n] for n in proc.spec.depends_on]
         for dep in deps:
+            if self.is_parked(dep):
+                return []  # under --reload it comes back with the next change: wait for it
             if dep.state in (State.CRASHED, State.FAILED):
-                proc.state = State.FAILED
+                self._settle(proc, State.FAILED)
                 proc.reason = f"dependency '{dep.name}' is {dep.state}"
                 return [Note(proc.name, f"not started: {proc.reason}")]
         if all(d.state is State.READY or (d.state is State.EXITED and d.exit_code == 0)
                for d in deps):
             proc.state = State.STARTING
+            # Counted from the request, so a spawn that never reports cannot hang the project.
+            proc.deadline = self.clock() + proc.spec.worker.ready_timeout
             return [Spawn(proc.name)]
         return []
 

@@ -99,6 +99,7 @@ class Proc:
     quick_stop: bool = False        # skip the drain (a reload: its code is already stale)
     removed: bool = False           # gone from the topology: forgotten once it has stopped
     held: bool = False              # stopped by a `stop` request: may be started again
+    failed_at: float | None = None  # when it last became crashed or failed
 
     @property
     def name(self) -> str:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,7 +58,9 @@ class Monitors:
         url = self._hub_path if spec.backend == "local" else spec.url
         while True:
             bus = build_bus(spec.backend, url, spec.channel)
-            monitor = BusMonitor(bus, name=f"{self._topology.name}/supervisor")
+            # Unique per supervisor: one project may be supervised on several machines.
+            name = f"{self._topology.name}/supervisor@{socket.gethostname()}:{os.getpid()}"
+            monitor = BusMonitor(bus, name=name)
             try:
                 await monitor.start()
             except (WorkersError, OSError) as exc:

@@ -65,7 +65,8 @@ class WorkerProcess:
         full_env = {**env, HOST_ENV: host.to_json(), "PYTHONUNBUFFERED": "1"}
         try:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "cli.host", stdin=asyncio.subprocess.PIPE,
+                # -P: the project directory (its cwd) must not shadow our own modules.
+                sys.executable, "-P", "-m", "cli.host", stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
                 pass_fds=(status_write,), start_new_session=True, cwd=cwd, env=full_env)
         except BaseException:

@@ -17,6 +17,7 @@ import fcntl
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -60,6 +61,11 @@ class StateDir:
         digest = hashlib.sha256(os.fsencode(self.path)).hexdigest()[:16]
         private = Path(tempfile.gettempdir()) / f"pipecat-workers-{os.getuid()}"
         private.mkdir(mode=0o700, exist_ok=True)
+        info = private.lstat()
+        if info.st_uid != os.getuid() or info.st_mode & 0o077 or not stat.S_ISDIR(info.st_mode):
+            # Someone else made it first: a socket there could be swapped under us.
+            raise StateDirError(f"{private} is not a private directory of this user; "
+                                "remove it, or use a shorter project path")
         return private / f"{digest}-{kind}.sock"
 
     def socket_from_state(self, kind: str) -> Path:

@@ -454,7 +454,7 @@ def test_a_worker_backing_off_or_waiting_is_stopped_at_once() -> None:
     assert state(m) == {"db": State.STARTING, "api": State.WAITING, "w": State.BACKOFF}
     assert m.stop(["api", "w"]) == [Note("api", "stopped"), Note("w", "stopped")]
     assert state(m) == {"db": State.STARTING, "api": State.STOPPED, "w": State.STOPPED}
-    assert m.next_deadline() is None
+    assert m.next_deadline() == T0 + 30  # only db's readiness, counted from its spawn request
     up(m, "db")  # and nothing spawns api
     assert m.procs["api"].state is State.STOPPED
 
@@ -741,3 +741,36 @@ def test_next_deadline_is_the_earliest_pending_one() -> None:
     assert m.next_deadline() == T0 + 14
     m.exited("b", -SIGTERM)
     assert m.next_deadline() == T0 + 20
+
+
+def test_the_exit_code_is_the_first_failure_in_time_not_in_file_order() -> None:
+    m, clock = machine({"a": {"restart": RestartPolicy.NO}, "b": {"restart": RestartPolicy.NO}})
+    m.start()
+    m.spawned("a", 1)
+    m.spawned("b", 2)
+    m.exited("b", 7)
+    clock.advance(1)
+    m.exited("a", 5)
+    assert m.done and m.exit_code() == 7
+
+
+def test_a_spawn_that_never_reports_times_out_from_the_request() -> None:
+    m, clock = machine({"w": {}})
+    assert m.start() == [Spawn("w")]
+    assert m.next_deadline() == T0 + 30
+    clock.advance(30)
+    actions = m.tick()
+    assert Kill("w", SIGKILL) in actions and m.procs["w"].reason == "not ready within 30 s"
+
+
+def test_under_reload_a_dependent_waits_for_a_parked_dependency() -> None:
+    m, _ = machine({"dep": {}, "app": {"depends_on": ("dep",)}})
+    m.reload = True
+    m.start()
+    m.spawned("dep", 1)
+    m.exited("dep", 1)  # a syntax error, say: parked
+    assert m.parked() == ["dep"] and m.procs["app"].state is State.WAITING
+    assert m.restart(["dep"], quick=True) == [Spawn("dep")]
+    up(m, "dep")
+    assert m.procs["app"].state is State.STARTING
+
