@@ -1,21 +1,25 @@
 """A worker's state as commands read it: the groups they wait on, and one line per worker.
 
 The states are the strings of :attr:`WorkerStatus.state <cli.supervisor.status.WorkerStatus>`
-(what ``ps --json`` shows), so this module needs neither the supervisor nor rich.
+(what ``ps --json`` shows), the values of :class:`cli.supervisor.model.State`. This module
+takes them from that plain-data module, and needs neither the supervisor itself nor rich.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from cli.supervisor.model import FINAL, State
 from cli.supervisor.status import WorkerStatus
 
-FAILING = frozenset({"backing off", "crashed", "failed"})
+FAILING = frozenset(s.value for s in (State.BACKOFF, State.CRASHED, State.FAILED))
 """Did not get going: ``up -d`` and ``start`` stop waiting and say why."""
 
-ENDED = frozenset({"exited", "crashed", "failed", "stopped"})
+ENDED = frozenset(s.value for s in FINAL)
 """Nothing of the worker runs, nor will until asked: ``stop`` waits for these. When every
-worker is here, the supervisor exits (unless it reloads)."""
+worker is here the supervisor exits, unless some worker was stopped on request (``workers
+stop``, for ``start`` to bring back) or it runs with ``--reload``: then it stays until
+``down``."""
 
 
 def select(workers: Iterable[WorkerStatus], names: Sequence[str]) -> list[WorkerStatus]:

@@ -11,40 +11,38 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pipecat_workers.errors import (
-        BusClosedError,
-        BusConnectionError,
-        BusError,
-        ConfigurationError,
-        JobError,
-        JobGroupError,
-        MessageTooLargeError,
-        MissingDependencyError,
-        SerializationError,
-        WorkersError,
-        WorkerStateError,
-    )
-    from pipecat_workers.jobs.context import JobContext, JobGroupContext
-    from pipecat_workers.jobs.group import JobGroup
-    from pipecat_workers.jobs.types import (
-        JobEvent,
-        JobEventType,
-        JobGroupEvent,
-        JobGroupResponse,
-        JobStatus,
-    )
-    from pipecat_workers.registry import WorkerRegistry
-    from pipecat_workers.settings import Settings
-    from pipecat_workers.types import (
-        WorkerActivationArgs,
-        WorkerErrorData,
-        WorkerLostData,
-        WorkerReadyData,
-        WorkerRegistryEntry,
-    )
-    from pipecat_workers.workers.base import BaseWorker, WorkerState
-    from pipecat_workers.workers.decorators import job, worker_ready
-    from pipecat_workers.workers.runner import WorkerRunner
+    # `X as X` tells type checkers X is re-exported: __all__ is built from _EXPORTS.
+    from pipecat_workers.errors import BusClosedError as BusClosedError
+    from pipecat_workers.errors import BusConnectionError as BusConnectionError
+    from pipecat_workers.errors import BusError as BusError
+    from pipecat_workers.errors import ConfigurationError as ConfigurationError
+    from pipecat_workers.errors import JobError as JobError
+    from pipecat_workers.errors import JobGroupError as JobGroupError
+    from pipecat_workers.errors import MessageTooLargeError as MessageTooLargeError
+    from pipecat_workers.errors import MissingDependencyError as MissingDependencyError
+    from pipecat_workers.errors import SerializationError as SerializationError
+    from pipecat_workers.errors import WorkersError as WorkersError
+    from pipecat_workers.errors import WorkerStateError as WorkerStateError
+    from pipecat_workers.jobs.context import JobContext as JobContext
+    from pipecat_workers.jobs.context import JobGroupContext as JobGroupContext
+    from pipecat_workers.jobs.group import JobGroup as JobGroup
+    from pipecat_workers.jobs.types import JobEvent as JobEvent
+    from pipecat_workers.jobs.types import JobEventType as JobEventType
+    from pipecat_workers.jobs.types import JobGroupEvent as JobGroupEvent
+    from pipecat_workers.jobs.types import JobGroupResponse as JobGroupResponse
+    from pipecat_workers.jobs.types import JobStatus as JobStatus
+    from pipecat_workers.registry import WorkerRegistry as WorkerRegistry
+    from pipecat_workers.settings import Settings as Settings
+    from pipecat_workers.types import WorkerActivationArgs as WorkerActivationArgs
+    from pipecat_workers.types import WorkerErrorData as WorkerErrorData
+    from pipecat_workers.types import WorkerLostData as WorkerLostData
+    from pipecat_workers.types import WorkerReadyData as WorkerReadyData
+    from pipecat_workers.types import WorkerRegistryEntry as WorkerRegistryEntry
+    from pipecat_workers.workers.base import BaseWorker as BaseWorker
+    from pipecat_workers.workers.base import WorkerState as WorkerState
+    from pipecat_workers.workers.decorators import job as job
+    from pipecat_workers.workers.decorators import worker_ready as worker_ready
+    from pipecat_workers.workers.runner import WorkerRunner as WorkerRunner
 
 # Public name -> the module that defines it. Imported on first use (PEP 562), so that a
 # tool importing one small module (``pipecat_workers.errors``, say) does not pay for all.
@@ -98,36 +96,4 @@ def __dir__() -> list[str]:
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "BaseWorker",
-    "BusClosedError",
-    "BusConnectionError",
-    "BusError",
-    "ConfigurationError",
-    "JobContext",
-    "JobError",
-    "JobEvent",
-    "JobEventType",
-    "JobGroup",
-    "JobGroupContext",
-    "JobGroupError",
-    "JobGroupEvent",
-    "JobGroupResponse",
-    "JobStatus",
-    "MessageTooLargeError",
-    "MissingDependencyError",
-    "SerializationError",
-    "Settings",
-    "WorkerActivationArgs",
-    "WorkerErrorData",
-    "WorkerLostData",
-    "WorkerReadyData",
-    "WorkerRegistry",
-    "WorkerRegistryEntry",
-    "WorkerRunner",
-    "WorkerState",
-    "WorkerStateError",
-    "WorkersError",
-    "job",
-    "worker_ready",
-]
+__all__ = sorted([*_EXPORTS, "__version__"])

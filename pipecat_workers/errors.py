@@ -14,7 +14,8 @@ Catch :class:`WorkersError` to handle anything the library raises on purpose::
     └── JobError                    a single job did not complete
         └── JobGroupError           a job group did not complete
 
-Job errors carry the job id, the reason, and what each worker answered.
+Job errors carry the job id, the reason, and what each worker answered. Errors that never
+leave the module raising them (the bus hub's ``ProtocolError``) are not drawn.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import inspect
 import subprocess
 import sys
@@ -42,6 +43,19 @@ def test_package_exports_what_the_spec_names():
     assert set(pipecat_workers.__all__) >= SPEC_NAMES
     for name in pipecat_workers.__all__:
         assert getattr(pipecat_workers, name) is not None
+
+
+def test_type_checkers_see_what_runs():
+    """The ``TYPE_CHECKING`` imports, re-exported as ``X as X``, match the lazy ``_EXPORTS``
+    that ``__all__`` is built from."""
+    tree = ast.parse(inspect.getsource(pipecat_workers))
+    block = next(node for node in tree.body
+                 if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING")
+    imports = [node for node in block.body if isinstance(node, ast.ImportFrom)]
+    assert all(alias.asname == alias.name for node in imports for alias in node.names)
+    assert {alias.name: node.module for node in imports for alias in node.names} == (
+        pipecat_workers._EXPORTS)
+    assert set(pipecat_workers.__all__) == {*pipecat_workers._EXPORTS, "__version__"}
 
 
 def test_bus_exports_what_the_spec_names():

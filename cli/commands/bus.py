@@ -8,7 +8,7 @@ import json
 import os
 import sys
 from datetime import datetime
-from typing import Any
+from typing import IO, Any
 
 import click
 
@@ -162,7 +162,8 @@ def _show(as_json: bool, event: dict[str, Any]) -> None:
 @click.pass_context
 def tail(ctx: click.Context, channel: str | None, url: str | None, heartbeats: bool,
          as_json: bool) -> None:
-    """Print the messages on a channel as they pass, until Ctrl-C.
+    """Print the messages on a channel as they pass, until Ctrl-C or (piped into `head`,
+    say) until the reader stops.
 
     On the embedded bus it shows every message. On Redis and PGMQ it shows what reaches
     every runner (registry, heartbeats, broadcasts): a message for one worker travels only
@@ -170,9 +171,14 @@ def tail(ctx: click.Context, channel: str | None, url: str | None, heartbeats: b
     """
     where = locate(ctx.obj, channel, url)
     try:
-        asyncio.run(_tail(where, heartbeats=heartbeats, as_json=as_json))
+        asyncio.run(_tail(where, _Printer(f"workers-tail-{os.getpid()}",
+                                          heartbeats=heartbeats, as_json=as_json)))
     except KeyboardInterrupt:
         sys.exit(130)
+    # _tail returns only when the reader of our output went away (`workers tail | head`).
+    # End quietly, as Unix tools do: stdout on devnull, so that the interpreter's last
+    # flush (of what the pipe refused) does not fail too.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def describe(message: BusMessage) -> tuple[str, dict[str, Any]]:
@@ -189,28 +195,51 @@ def _plain(value: object) -> object:
     return str(value)
 
 
-async def _tail(where: Where, *, heartbeats: bool, as_json: bool) -> None:
-    name = f"workers-tail-{os.getpid()}"
+class _Printer:
+    """Prints the messages ``tail`` shows, until the reader of its output goes away.
 
-    def show(message: BusMessage) -> None:
-        if message.source == name or (
-                not heartbeats and isinstance(message, BusHeartbeatMessage)):
+    Args:
+        name: ``tail``'s own runner, whose messages are not shown.
+        heartbeats: Show heartbeats too.
+        as_json: One JSON object a line, instead of a timed line of text.
+        out: Where to print; default: stdout.
+    """
+
+    def __init__(self, name: str, *, heartbeats: bool, as_json: bool,
+                 out: IO[str] | None = None) -> None:
+        self.name = name
+        self.closed = asyncio.Event()  # the output's reader went away: print no more
+        self._heartbeats = heartbeats
+        self._as_json = as_json
+        self._out = out
+
+    def __call__(self, message: BusMessage) -> None:
+        if self.closed.is_set() or message.source == self.name or (
+                not self._heartbeats and isinstance(message, BusHeartbeatMessage)):
             return
+        try:
+            click.echo(self._line(message), file=self._out)
+        except BrokenPipeError:
+            self.closed.set()
+
+    def _line(self, message: BusMessage) -> str:
         kind, fields = describe(message)
-        if as_json:
-            click.echo(json.dumps({"type": kind, "source": message.source,
-                                   "target": message.target, **fields}, default=_plain))
-            return
+        if self._as_json:
+            return json.dumps({"type": kind, "source": message.source,
+                               "target": message.target, **fields}, default=_plain)
         to = f" -> {message.target}" if message.target else ""
         when = datetime.now().strftime("%H:%M:%S.%f")[:-3]
         body = " ".join(f"{k}={json.dumps(v, default=_plain)}" for k, v in fields.items())
-        click.echo(f"{when} {kind:<16} {message.source}{to}  {body[:300]}")
+        return f"{when} {kind:<16} {message.source}{to}  {body[:300]}"
 
+
+async def _tail(where: Where, printer: _Printer) -> None:
+    """Print the channel's messages until the output's reader goes away."""
     bus = where.bus(everything=True)
-    monitor = BusMonitor(bus, name=name, on_message=show)
+    monitor = BusMonitor(bus, name=printer.name, on_message=printer)
     async with joined(where, bus):
         try:
             async with monitor:
-                await asyncio.Event().wait()
+                await printer.closed.wait()
         except (WorkersError, OSError) as exc:
             raise where.cannot_join(exc) from None

@@ -17,7 +17,7 @@ from cli.supervisor.status import ProjectStatus, WorkerStatus
 
 _POLL = 0.05
 _STARTED = frozenset({"ready", "exited"})  # what start and restart wait for
-_ANSWER_GRACE = 2.0  # seconds for a supervisor that did not answer `down` to be gone
+_UNANSWERED_DOWN_WAIT = 2.0  # seconds for a supervisor that did not answer `down` to be gone
 
 
 def _project(ctx: click.Context) -> Project:
@@ -90,7 +90,7 @@ def down(ctx: click.Context, timeout: float) -> None:
         _ask(project, {"cmd": "down"})
     except CommandError:
         # With nothing left to stop, it may exit before its answer leaves: that is done too.
-        if not _stops_within(project, _ANSWER_GRACE):
+        if not _stops_within(project, _UNANSWERED_DOWN_WAIT):
             raise
     if not _stops_within(project, timeout):
         raise CommandError(f"the supervisor did not stop within {timeout:g} s")

@@ -9,7 +9,6 @@ from __future__ import annotations
 from cli.logs.reader import (
     LogRecord,
     follow,
-    format_record,
     format_time,
     log_path,
     merge,
@@ -24,7 +23,6 @@ __all__ = [
     "LogRecord",
     "LogWriter",
     "follow",
-    "format_record",
     "format_time",
     "log_path",
     "merge",

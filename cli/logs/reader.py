@@ -73,16 +73,6 @@ def parse_line(worker: str, line: str) -> LogRecord | None:
     return LogRecord(time.astimezone(UTC), worker, stream, text)
 
 
-def format_record(record: LogRecord, *, width: int, show_time: bool) -> str:
-    """A record as plain text, prefixed with its worker name padded to ``width``.
-
-    Example: ``format_record(r, width=8, show_time=False)`` gives ``"greeter  | hello"``.
-    """
-    if show_time:
-        return f"{record.worker:<{width}} | {format_time(record.time)} {record.text}"
-    return f"{record.worker:<{width}} | {record.text}"
-
-
 def merge(streams_of_records: Iterable[Iterable[LogRecord]]) -> list[LogRecord]:
     """Several workers' records ordered by time.
 

@@ -83,10 +83,6 @@ class LogWriter:
             self._append(prefix + piece + b"\n")
         return LogRecord(time, self.worker, stream, text)
 
-    def write_bytes_line(self, stream: str, raw: bytes) -> LogRecord:
-        """Writes one line read from a pipe; bytes that are not UTF-8 become U+FFFD."""
-        return self.write(stream, raw.decode("utf-8", "replace"))
-
     def close(self) -> None:
         """Closes the file; safe to call twice."""
         self._closed = True

@@ -23,7 +23,7 @@ from cli.topology.model import Topology
 
 # Besides watchfiles' defaults (VCS, caches, .venv, node_modules, editor droppings).
 EXTRA_IGNORED_DIRS = (STATE_DIRNAME, "venv", "env", ".ruff_cache", ".nox", "build", "dist",
-                      ".eggs", ".services", ".benchmarks")
+                      ".eggs")
 DEBOUNCE_STEP_MS = 50   # quiet time that ends a batch of changes (an editor's save burst)
 DEBOUNCE_MAX_MS = 1000  # a batch never waits longer than this
 
@@ -74,9 +74,6 @@ class ReloadPlan:
 
     topology_changed: bool = False
     restart: dict[str, Path] = field(default_factory=dict)  # worker -> the file that did it
-
-    def __bool__(self) -> bool:
-        return self.topology_changed or bool(self.restart)
 
 
 def plan(changed: Collection[Path], *, topology: Path, imports: Mapping[str, Collection[str]],

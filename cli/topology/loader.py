@@ -7,7 +7,6 @@ publishes them as a JSON Schema.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -105,17 +104,15 @@ class _Loader:
             return None
         known = {k.name: k for k in keys}
         entries: dict[str, Node] = node.value
-        meant: set[str] = set()
-        for key in entries:
-            if key not in known:
-                close = difflib.get_close_matches(key, known, n=1)
-                meant.update(close)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                self.problems.add(node.key_lines[key], path_join(field, key),
-                                  f"unknown key {key!r}{hint}")
+        hints = {key: suggest(key, known) for key in entries if key not in known}
+        for key, hint in hints.items():
+            self.problems.add(node.key_lines[key], path_join(field, key),
+                              f"unknown key {key!r}{hint}")
         for spec in known.values():
-            # A misspelt required key is reported once, as the misspelling.
-            if spec.required and spec.name not in entries and spec.name not in meant:
+            # A misspelt required key is reported once, as the misspelling whose hint
+            # names it (the hint names it as it names itself: " (did you mean 'class'?)").
+            misspelt = suggest(spec.name, [spec.name]) in hints.values()
+            if spec.required and spec.name not in entries and not misspelt:
                 self.problems.add(line, path_join(field, spec.name), "required key missing")
         return {k: v for k, v in entries.items() if k in known}
 

@@ -73,7 +73,8 @@ TOP_KEYS: tuple[Key, ...] = (
 )
 
 CHANNEL_KEYS: tuple[Key, ...] = (
-    Key("backend", "local (one process, default), redis (pub/sub) or pgmq (PostgreSQL).",
+    Key("backend", "local (default: the supervisor hosts the bus, its workers join over a "
+        "Unix socket), redis (pub/sub) or pgmq (PostgreSQL).",
         _or_var({"enum": list(BACKENDS)})),
     Key("url", "Server URL: redis://, rediss:// or unix:// for redis; postgresql:// for "
         "pgmq. Not used by local.", {"type": "string"}),

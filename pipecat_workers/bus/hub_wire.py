@@ -38,7 +38,12 @@ OnFrame = Callable[[int, bytes, int, int], None]
 
 
 class ProtocolError(BusError):
-    """Raised when a peer breaks the wire protocol; its connection is closed."""
+    """Raised when a peer breaks the wire protocol; its connection is closed.
+
+    It never leaves the hub's modules: the hub drops the connection, and a :class:`HubBus`
+    treats it as a lost hub (reconnecting), or raises :class:`BusConnectionError` when it
+    cannot connect. So it is not in the tree of :mod:`pipecat_workers.errors`.
+    """
 
 
 def check_socket_path(path: str | os.PathLike[str]) -> str:

@@ -4,7 +4,9 @@ prefixes and times, log records, state directory errors and the worker ``call`` 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
+import json
 import logging
 import os
 import sys
@@ -17,7 +19,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from cli.commands.bus import _registered
+from cli.commands.bus import _Printer, _registered
 from cli.commands.channel import Where, _channel_of
 from cli.commands.up import _exited_early, _verdict
 from cli.errors import CommandError, StateDirError
@@ -28,6 +30,7 @@ from cli.states import select, worker_line
 from cli.supervisor.statedir import StateDir
 from cli.supervisor.status import ProjectStatus, WorkerStatus
 from cli.topology import load_topology
+from pipecat_workers.bus import BusEndMessage, BusHeartbeatMessage
 from pipecat_workers.errors import BusConnectionError
 
 
@@ -230,3 +233,43 @@ def test_call_stops_waiting_for_its_registration_when_its_runner_fails() -> None
 
     with pytest.raises(CommandError, match=r"^cannot join channel 'c': Redis went away$"):
         asyncio.run(asyncio.wait_for(scenario(), 5))
+
+
+# -- what `tail` prints ------------------------------------------------------------------
+
+
+def heartbeat(source: str) -> BusHeartbeatMessage:
+    return BusHeartbeatMessage(source=source, runner=source, incarnation=1.0, digest="d")
+
+
+def test_tail_prints_json_lines_without_its_own_messages() -> None:
+    out = io.StringIO()
+    printer = _Printer("me", heartbeats=True, as_json=True, out=out)
+    for message in (heartbeat("me"), heartbeat("w"), BusEndMessage(source="w", reason="bye")):
+        printer(message)
+    assert [json.loads(line) for line in out.getvalue().splitlines()] == [
+        {"type": "Heartbeat", "source": "w", "target": None, "runner": "w",
+         "incarnation": 1.0, "digest": "d", "interval": 1.0},
+        {"type": "End", "source": "w", "target": None, "reason": "bye"},
+    ]
+    quiet = io.StringIO()
+    _Printer("me", heartbeats=False, as_json=False, out=quiet)(heartbeat("w"))
+    assert quiet.getvalue() == ""
+
+
+def test_tail_stops_quietly_when_its_reader_goes_away() -> None:
+    """`workers tail | head`: once the pipe's reader is gone, nothing more is written."""
+    read, write = os.pipe()
+    out = open(write, "w")  # noqa: SIM115 -- closed below, after its failed flush
+    try:
+        printer = _Printer("me", heartbeats=False, as_json=False, out=out)
+        printer(BusEndMessage(source="w", reason="first"))
+        assert b"End" in os.read(read, 4096)
+        assert not printer.closed.is_set()
+        os.close(read)
+        printer(BusEndMessage(source="w", reason="second"))  # raises no BrokenPipeError
+        assert printer.closed.is_set()
+        printer(BusEndMessage(source="w", reason="third"))
+    finally:
+        with contextlib.suppress(BrokenPipeError):
+            out.close()

@@ -20,7 +20,6 @@ from cli.logs import (
     LogRecord,
     LogWriter,
     follow,
-    format_record,
     log_path,
     merge,
     parse_line,
@@ -90,13 +89,6 @@ def test_write_appends_a_timestamped_line_flushed_at_once(tmp_path):
     w.close()
     w.close()
     assert texts(read_records(tmp_path, "greeter")) == ["hello world", ""]
-
-
-def test_write_bytes_line_decodes_with_replacement_and_drops_cr(tmp_path):
-    with writer(tmp_path, "w") as w:
-        record = w.write_bytes_line("err", b"bad \xff\xfe bytes\r")
-    assert record.text == "bad \ufffd\ufffd bytes"
-    assert read_records(tmp_path, "w") == [record]
 
 
 def test_write_splits_newlines_and_long_text_into_records(tmp_path):
@@ -234,14 +226,6 @@ def test_merge_orders_by_time_ties_by_worker_order():
     assert merge([]) == []
 
 
-def test_format_record():
-    record = LogRecord(T0, "greeter", "out", "hello")
-    assert format_record(record, width=9, show_time=False) == "greeter   | hello"
-    assert format_record(record, width=3, show_time=True) == (
-        "greeter | 2026-11-22T05:40:01.123456Z hello"
-    )
-
-
 def test_log_path_refuses_names_that_leave_the_directory(tmp_path):
     assert log_path(tmp_path, "worker.1") == tmp_path / "worker.1.log"
     for bad in ["", ".", "..", "../etc/passwd", "a/b"]:
@@ -363,10 +347,10 @@ async def test_pump_splits_long_lines_and_flushes_the_last_partial_one():
     assert await pumped(b"z" * 200_000 + b"\n") == [b"z" * MAX_LINE_BYTES] * 3 + [b"z" * 3392]
 
 
-async def test_pump_into_writer_decodes_invalid_utf8(tmp_path):
+async def test_pump_into_writer_keeps_lines_of_invalid_utf8(tmp_path):
     with writer(tmp_path, "w") as w:
         await pump(await_reader(b"ok\r\nbad \xc3\x28 \xff\n\xe2\x82"),
-                   lambda raw: w.write_bytes_line("out", raw))
+                   lambda raw: w.write("out", raw.decode("utf-8", "replace")))
     assert texts(read_records(tmp_path, "w")) == ["ok", "bad \ufffd( \ufffd", "\ufffd"]
 
 

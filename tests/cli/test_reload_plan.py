@@ -91,11 +91,10 @@ def test_of_several_changed_files_a_worker_imported_the_first_in_path_order_is_n
 def test_a_python_file_nobody_imported_restarts_nobody() -> None:
     result = plan({ROOT / "scratch.py"}, topology=TOPOLOGY, imports=RUNNING, parked=())
     assert result == ReloadPlan()
-    assert not result
 
 
 def test_nothing_changed_is_an_empty_plan() -> None:
-    assert not plan(set(), topology=TOPOLOGY, imports=RUNNING, parked=["a"])
+    assert plan(set(), topology=TOPOLOGY, imports=RUNNING, parked=["a"]) == ReloadPlan()
 
 
 def test_the_topology_file_is_detected_and_restarts_nobody_by_itself() -> None:
@@ -159,7 +158,7 @@ def test_a_topology_edit_alone_does_not_restart_a_parked_worker() -> None:
 @pytest.mark.parametrize("directory", [
     ".git", ".hg", ".svn", ".venv", "venv", "env", "__pycache__", ".workers", "node_modules",
     ".mypy_cache", ".pytest_cache", ".ruff_cache", ".hypothesis", ".tox", ".nox", ".idea",
-    "build", "dist", ".eggs", ".services", ".benchmarks",
+    "build", "dist", ".eggs",
 ])
 def test_files_in_ignored_directories_never_trigger(directory: str) -> None:
     accept = ProjectFilter()
@@ -186,7 +185,8 @@ def test_editor_lock_files_that_end_in_py_never_trigger() -> None:
 
 @pytest.mark.parametrize("name", ["agent_a.py", "pkg/sub/mod.py", "workers.yaml",
                                   "configs/topology.yml", ".hidden_module.py",
-                                  "environment.py", "builder/x.py", "my.venv.py"])
+                                  "environment.py", "builder/x.py", "my.venv.py",
+                                  ".services/x.py", ".benchmarks/x.py"])
 def test_python_and_yaml_files_trigger_on_every_kind_of_change(name: str) -> None:
     accept = ProjectFilter()
     for change in Change:
