@@ -120,7 +120,7 @@ class RedisBus(NetworkBus):
                 channels.append(self._runner_channel(self._runner))
             await pubsub.subscribe(*channels)
         except BaseException:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
             raise
         self._pubsub = pubsub
         self._set_connected(True)
@@ -129,7 +129,7 @@ class RedisBus(NetworkBus):
         pubsub, self._pubsub = self._pubsub, None
         if pubsub is not None:
             with contextlib.suppress(*_DOWN):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
 
     async def _read_forever(self) -> None:
         backoff = _BACKOFF_FIRST
@@ -245,7 +245,7 @@ class RedisBus(NetworkBus):
         conn = self._publisher
         if conn is None:
             pool = self._redis().connection_pool
-            conn = self._publisher = await pool.get_connection()  # type: ignore[no-untyped-call]
+            conn = self._publisher = await pool.get_connection()  # type: ignore[no-untyped-call,unused-ignore]
         if len(batch) == 1:
             await conn.send_command("PUBLISH", batch[0][0], batch[0][1])
         else:
