@@ -144,6 +144,25 @@ async def test_a_silent_runner_is_lost_after_three_intervals(bus) -> None:
         assert "ghost" not in a._membership.peers
 
 
+async def test_while_its_own_bus_is_down_a_runner_declares_nobody_lost(bus) -> None:
+    # Silence heard while our own connection is down says nothing about the peers.
+    a = runner_on(bus, "runner-a")
+    watcher = Watcher("watcher", "ghost-worker")
+    await a.add_workers(watcher)
+    async with running(a):
+        await fake_runner(bus, "ghost", 1.0, ["ghost-worker"])
+        await wait_until(lambda: ("ready", "ghost-worker") in watcher.events)
+        a._membership.bus_down()
+        await asyncio.sleep(10 * 0.05)  # well past lost_after
+        assert "ghost-worker" in a.registry
+        loop = asyncio.get_running_loop()
+        back = loop.time()
+        a._membership.bus_up()  # a fresh window from here, not from the last heartbeat
+        await wait_until(lambda: "ghost-worker" not in a.registry, timeout=2)
+        assert loop.time() - back >= 3 * 0.05 * 0.9
+        assert watcher.events[-1] == ("lost", "ghost-worker:lost")
+
+
 async def test_a_new_incarnation_replaces_the_old_and_watches_fire_again(bus) -> None:
     a = runner_on(bus, "runner-a")
     watcher = Watcher("watcher", "w")

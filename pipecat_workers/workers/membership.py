@@ -5,7 +5,8 @@ A peer that does not know that runner, or sees a digest it has not seen, asks fo
 snapshot; so a snapshot lost in a discovery race is repaired by the next heartbeat. A runner
 that stops says so (leave), a worker that stops says so, and a runner silent for
 ``Settings.lost_after`` intervals is declared lost. A newer incarnation of a runner replaces
-the older one's workers.
+the older one's workers. Silence heard while this runner's own bus connection is down proves
+nothing about the peers: nobody is declared lost then, and their clocks restart when it is back.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ class Membership:
         self._left: dict[str, float] = {}  # runner -> the incarnation that said it leaves
         self._task: asyncio.Task[None] | None = None
         self._announce: asyncio.Task[None] | None = None
+        self._deaf = False  # our own bus connection is down
 
     @property
     def peers(self) -> dict[str, Peer]:
@@ -99,6 +101,18 @@ class Membership:
         """This runner's workers changed: send one snapshot soon (changes are coalesced)."""
         if self._announce is None or self._announce.done():
             self._announce = asyncio.get_running_loop().create_task(self._send_snapshot())
+
+    def bus_down(self) -> None:
+        """This runner's bus connection dropped: stop counting the peers' silence."""
+        self._deaf = True
+
+    def bus_up(self) -> None:
+        """The connection is back: every peer gets a full ``lost_after`` window again."""
+        self._deaf = False
+        now = asyncio.get_running_loop().time()
+        for peer in self._peers.values():
+            peer.last_seen = max(peer.last_seen, now)
+            peer.probed = False
 
     # -- sending ----------------------------------------------------------------------
 
@@ -136,6 +150,8 @@ class Membership:
     async def _expire(self) -> None:
         """Declare lost the peers silent for ``lost_after`` intervals, or sooner if the bus
         can tell that a peer that missed a heartbeat and a half is gone (its process died)."""
+        if self._deaf:
+            return
         now = asyncio.get_running_loop().time()
         for name, peer in list(self._peers.items()):
             silent = now - peer.last_seen

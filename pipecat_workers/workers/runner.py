@@ -111,6 +111,7 @@ class WorkerRunner(EventEmitter):
         self._bus.subscribe(self, role="runner")
         self._bus.bind(self._name, self._incarnation, self._locate)
         if isinstance(self._bus, NetworkBus):
+            self._bus.add_event_handler("on_disconnected", self._on_bus_disconnected)
             self._bus.add_event_handler("on_reconnected", self._on_bus_reconnected)
 
     # -- properties -------------------------------------------------------------------
@@ -386,7 +387,11 @@ class WorkerRunner(EventEmitter):
             return data.runner
         return name if name in self._membership.peers else None
 
+    async def _on_bus_disconnected(self, bus: WorkerBus) -> None:
+        self._membership.bus_down()
+
     async def _on_bus_reconnected(self, bus: WorkerBus) -> None:
+        self._membership.bus_up()
         # Peers may have missed our changes (pub/sub keeps nothing): announce again.
         if self._running:
             self._membership.local_changed()

@@ -25,6 +25,7 @@ from pipecat_workers import (
     BusConnectionError,
     ConfigurationError,
     Settings,
+    WorkerLostData,
     WorkerRunner,
 )
 from pipecat_workers.bus import (
@@ -263,6 +264,41 @@ async def test_the_bus_survives_a_hub_restart(socket_dir: str) -> None:
         await survive_a_restart(a, b, stop, start)
     finally:
         await hubs[-1].stop()
+
+
+async def test_an_outage_longer_than_lost_after_loses_no_peer(socket_dir: str) -> None:
+    # Both runners hear nothing while the hub is down; neither may take the other for lost.
+    path = f"{socket_dir}/hub.sock"
+    patient = Settings(heartbeat_interval=0.25, lost_after=12, end_grace=1.0, cancel_timeout=0.5)
+    hub = BusHub(path)
+    await hub.start()
+    bus_a, bus_b = HubBus(path, channel="outage"), HubBus(path, channel="outage")
+    a = WorkerRunner(name="a", handle_sigint=False, settings=patient, bus=bus_a)
+    b = WorkerRunner(name="b", handle_sigint=False, settings=patient, bus=bus_b)
+    lost: list[str] = []
+
+    class Watcher(BaseWorker):
+        async def on_worker_lost(self, data: WorkerLostData) -> None:
+            lost.append(data.worker_name)
+
+    watcher = Watcher("watcher")
+    await a.add_workers(watcher)
+    await b.add_workers(Echo("far"))
+    try:
+        async with running(a), running(b):
+            await wait_until(lambda: "far" in a.registry, timeout=5)
+            await watcher.watch_workers("far")
+            await hub.stop()
+            await wait_until(lambda: not bus_a.connected and not bus_b.connected, timeout=5)
+            await asyncio.sleep(12 * 0.25 + 0.5)  # longer than lost_after
+            hub = BusHub(path)
+            await hub.start()
+            await wait_until(lambda: bus_a.connected and bus_b.connected, timeout=10)
+            await asyncio.sleep(1.0)  # heartbeats flow again
+            assert "far" in a.registry
+            assert lost == []
+    finally:
+        await hub.stop()
 
 
 async def test_sends_wait_for_the_hub_in_order_then_give_up(socket_dir: str) -> None:
