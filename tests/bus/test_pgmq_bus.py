@@ -31,7 +31,7 @@ from tests.helpers import Recorder, eventually, running, settle, wait_until
 
 asyncpg = pytest.importorskip("asyncpg")
 pgmq_async = pytest.importorskip("pgmq.async_queue")
-from pipecat_workers.bus.backends.pgmq import PgmqBus  # noqa: E402
+from pipecat_workers.bus.backends.pgmq import PgmqBus, _lock_key  # noqa: E402
 
 DSN = "postgresql://postgres@127.0.0.1:5439/postgres"  # for tests that never connect
 ODD = 'nul\x00 "quote" \\ back é 🎉 \u2028 {"e": 1}'
@@ -329,8 +329,26 @@ async def test_a_reader_whose_connections_are_killed_reconnects(dsn: str, db: An
 
 
 @postgres
-async def test_forget_runner_drops_a_queue_and_a_live_runner_recreates_it(dsn: str,
-                                                                          db: Any) -> None:
+async def test_forget_runner_keeps_the_queue_of_a_runner_that_is_still_alive(dsn: str,
+                                                                             db: Any) -> None:
+    # A peer declared lost only because it was slow (a starved machine) keeps its queue,
+    # and with it whatever was sent to it meanwhile.
+    channel = unique()
+    a, b = bus_for(dsn, channel, "ra"), bus_for(dsn, channel, "rb")
+    wb = Recorder("wb")
+    b.subscribe(wb)
+    async with a, b:
+        await a.forget_runner("ra")  # never its own
+        assert await exists(db, a.queue_name())
+        await a.forget_runner("rb")
+        assert await exists(db, b.queue_name())
+        await a.send(Note(source="wa", text="still here"))
+        await wb.wait_count(1, timeout=5)
+        assert b.connected and b.stats()["connected"]
+
+
+@postgres
+async def test_a_live_runner_whose_queue_is_dropped_recreates_it(dsn: str, db: Any) -> None:
     channel = unique()
     a, b = bus_for(dsn, channel, "ra"), bus_for(dsn, channel, "rb")
     wb = Recorder("wb")
@@ -342,16 +360,40 @@ async def test_forget_runner_drops_a_queue_and_a_live_runner_recreates_it(dsn: s
 
     b.add_event_handler("on_reconnected", on_reconnected)
     async with a, b:
-        await a.forget_runner("ra")  # never its own
-        assert await exists(db, a.queue_name())
-        await a.forget_runner("rb")
-        assert not await exists(db, b.queue_name())
+        await db.execute("SELECT pgmq.drop_queue($1)", b.queue_name())
         # b's next safety read finds its queue gone: it sets it up again, as after a reconnect
         await asyncio.wait_for(reconnected.wait(), 5)
         assert await db.fetchval("SELECT count(*) FROM pgmq.topic_bindings WHERE "
                                  "queue_name = $1", b.queue_name()) == 1
         await a.send(Note(source="wa", text="again"))
         await wb.wait_count(1, timeout=5)
+
+
+@postgres
+async def test_a_reconnecting_reader_waits_for_a_probe_to_release_its_lock(dsn: str,
+                                                                           db: Any) -> None:
+    app = f"pwt{uuid.uuid4().hex[:10]}"
+    parts = urlsplit(dsn)
+    query = f"{parts.query}&" if parts.query else ""
+    b = bus_for(urlunsplit(parts._replace(query=f"{query}application_name={app}")),
+                unique(), "rb")
+    taken = "SELECT pg_try_advisory_lock($1)"
+    async with b:
+        key = _lock_key(b.queue_name())
+        assert await db.fetchval(taken, key) is False  # b's reader holds it
+        await db.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                         "WHERE application_name = $1", app)
+        # Take b's lock the moment its session ends, as a peer's probe would, and hold it
+        # while b's reader reconnects.
+        deadline = time.monotonic() + 5
+        while not await db.fetchval(taken, key):
+            assert time.monotonic() < deadline, "b's session did not end"
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.3)
+        await db.execute("SELECT pg_advisory_unlock($1)", key)
+        await eventually(lambda: b.connected, "b reconnects")
+        # The reader took its lock once the "probe" let go: to its peers, b is alive.
+        assert await db.fetchval(taken, key) is False
 
 
 @postgres

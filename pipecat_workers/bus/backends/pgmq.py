@@ -23,9 +23,10 @@ re-creates its queue and fires ``on_reconnected``; a send retries for ``publish_
 seconds, then raises :class:`BusConnectionError`. A graceful stop drops the queue, and
 :meth:`PgmqBus.forget_runner` drops a lost peer's. Each reader holds an advisory lock named
 after its queue, so :meth:`PgmqBus.probe` tells a killed runner (its session, and lock, end with
-its socket) from a slow one. A database without PGMQ gets it at start
-(``CREATE EXTENSION``, else the SQL the ``pgmq`` package ships) under an advisory lock. Runner
-names must be unique per channel; any role that can bind a queue to the topic can read it.
+its socket) from a slow one, and the queue of a slow one is kept. A database without PGMQ
+gets it at start (``CREATE EXTENSION``, else the SQL the ``pgmq`` package ships) under an
+advisory lock. Runner names must be unique per channel; any role that can bind a queue to the
+topic can read it.
 """
 
 from __future__ import annotations
@@ -75,6 +76,8 @@ _SEND_TOPIC = "SELECT pgmq.send_topic($1, $2::jsonb)"
 _DROP = "SELECT pgmq.drop_queue($1)"
 _TRY_LOCK = "SELECT pg_try_advisory_lock($1)"
 _UNLOCK = "SELECT pg_advisory_unlock($1)"
+# If the lock is not free within the timeout the statement fails and the SET is rolled back.
+_LOCK = "SET lock_timeout = 1000; SELECT pg_advisory_lock({key}); RESET lock_timeout"
 # Simple queries (one round trip, one transaction); names are hex digests, safe inline.
 _SETUP = ("SELECT pgmq.create_unlogged('{q}'); SELECT pgmq.enable_notify_insert('{q}', 0); "
           "SELECT pgmq.bind_topic('{t}', '{q}')")
@@ -181,8 +184,18 @@ class PgmqBus(NetworkBus):
         a runner that was wrongly thought lost re-creates its queue on its next read."""
         if runner == self.runner_name or self._pool is None:
             return
+        queue = self.queue_name(runner)
+        key = _lock_key(queue)
         try:
-            await self._pool.execute(_DROP, self.queue_name(runner), timeout=_IO_TIMEOUT)
+            async with self._pool.acquire(timeout=_IO_TIMEOUT) as conn:
+                # Only if its reader's lock is free: a runner that is merely slow (a blocked
+                # loop, a starved machine) keeps its queue and catches up when it is back.
+                if not await conn.fetchval(_TRY_LOCK, key, timeout=_IO_TIMEOUT):
+                    return
+                try:
+                    await conn.execute(_DROP, queue, timeout=_IO_TIMEOUT)
+                finally:
+                    await conn.execute(_UNLOCK, key, timeout=_IO_TIMEOUT)
         except _FAILED as exc:
             logger.debug("could not drop the queue of runner '%s': %s", runner, exc)
 
@@ -246,10 +259,8 @@ class PgmqBus(NetworkBus):
         else:
             conn = await self._pool.acquire(timeout=_IO_TIMEOUT)
         try:
+            await self._lock_queue(conn)
             setup = _SETUP.format(q=self._queue, t=self._topic)
-            # Held while this reader lives: a peer probing for us finds it taken; a killed
-            # process's session ends with its socket, and the lock with it.
-            setup = f"SELECT pg_try_advisory_lock({_lock_key(self._queue)}); {setup}"
             if fresh:  # what was sent to a previous incarnation is not for us
                 setup = f"SELECT pgmq.drop_queue('{self._queue}'); {setup}"
             await conn.execute(setup, timeout=_IO_TIMEOUT)
@@ -263,6 +274,17 @@ class PgmqBus(NetworkBus):
         if self._was_connected:  # a reconnection: see _PROBE_GRACE
             self._reader_since = asyncio.get_running_loop().time()
         self._set_connected(True)
+
+    async def _lock_queue(self, conn: Any) -> None:
+        """Take the advisory lock named after our queue, held while this reader lives: a peer
+        probing for us finds it taken; a killed process's session ends with its socket, and the
+        lock with it. A peer's probe holds it for a moment, hence the short wait."""
+        try:
+            await conn.execute(_LOCK.format(key=_lock_key(self._queue)), timeout=_IO_TIMEOUT)
+        except asyncpg.LockNotAvailableError:
+            logger.warning("another session holds the lock of queue '%s' on '%s' (an earlier "
+                           "run of runner '%s'?); peers may take this runner for lost",
+                           self._queue, self._channel, self.runner_name)
 
     def _notified(self, *args: object) -> None:
         if self._wake is not None:
