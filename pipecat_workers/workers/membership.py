@@ -6,7 +6,8 @@ snapshot; so a snapshot lost in a discovery race is repaired by the next heartbe
 that stops says so (leave), a worker that stops says so, and a runner silent for
 ``Settings.lost_after`` intervals is declared lost. A newer incarnation of a runner replaces
 the older one's workers. Silence heard while this runner's own bus connection is down proves
-nothing about the peers: nobody is declared lost then, and their clocks restart when it is back.
+little about the peers, so up to ``lost_after`` intervals of it are excused; an outage that
+lasts longer than that counts as silence again.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ class Membership:
         self._left: dict[str, float] = {}  # runner -> the incarnation that said it leaves
         self._task: asyncio.Task[None] | None = None
         self._announce: asyncio.Task[None] | None = None
-        self._deaf = False  # our own bus connection is down
+        self._down_since: float | None = None  # loop time our own bus connection dropped
 
     @property
     def peers(self) -> dict[str, Peer]:
@@ -103,16 +104,25 @@ class Membership:
             self._announce = asyncio.get_running_loop().create_task(self._send_snapshot())
 
     def bus_down(self) -> None:
-        """This runner's bus connection dropped: stop counting the peers' silence."""
-        self._deaf = True
+        """This runner's bus connection dropped: the peers' silence from now on is excused."""
+        if self._down_since is None:
+            self._down_since = asyncio.get_running_loop().time()
 
     def bus_up(self) -> None:
-        """The connection is back: every peer gets a full ``lost_after`` window again."""
-        self._deaf = False
+        """The connection is back: what was excused of each peer's silence stays excused."""
         now = asyncio.get_running_loop().time()
         for peer in self._peers.values():
-            peer.last_seen = max(peer.last_seen, now)
+            peer.last_seen += self._excused(peer, now)
             peer.probed = False
+        self._down_since = None
+
+    def _excused(self, peer: Peer, now: float) -> float:
+        """How much of a peer's silence fell while our own connection was down, capped at
+        its ``lost_after`` window: an outage excuses a peer once, not forever."""
+        if self._down_since is None:
+            return 0.0
+        deaf = now - max(self._down_since, peer.last_seen)
+        return max(0.0, min(deaf, self._settings.lost_after * peer.interval))
 
     # -- sending ----------------------------------------------------------------------
 
@@ -150,18 +160,18 @@ class Membership:
     async def _expire(self) -> None:
         """Declare lost the peers silent for ``lost_after`` intervals, or sooner if the bus
         can tell that a peer that missed a heartbeat and a half is gone (its process died)."""
-        if self._deaf:
-            return
         now = asyncio.get_running_loop().time()
         for name, peer in list(self._peers.items()):
-            silent = now - peer.last_seen
+            silent = now - peer.last_seen - self._excused(peer, now)
             gone = silent > self._settings.lost_after * peer.interval
-            if not gone and silent > 1.5 * peer.interval and not peer.probed:
+            if (not gone and silent > 1.5 * peer.interval and not peer.probed
+                    and self._down_since is None):  # a probe needs the connection
                 peer.probed = True
                 gone = await self._bus.probe(name) is False
             if gone and self._peers.get(name) is peer:
                 del self._peers[name]
-                logger.warning("runner '%s' is lost: no heartbeat for %.1f s", name, silent)
+                logger.warning("runner '%s' is lost: no heartbeat for %.1f s", name,
+                               now - peer.last_seen)
                 await self._registry.remove_runner(name, reason="lost")
                 await self._bus.forget_runner(name)
 
