@@ -139,9 +139,10 @@ class RedisBus(NetworkBus):
                     await self._subscribe()
                     backoff = _BACKOFF_FIRST
                 await self._read(self._pubsub)
-            except _DOWN as exc:
-                if self._pubsub is not None:
-                    logger.warning("Redis connection lost on '%s': %s", self._channel, exc)
+            except Exception as exc:  # down, or refused (a NOPERM on resubscribe): again
+                if self._pubsub is not None or not isinstance(exc, _DOWN):
+                    logger.warning("Redis reader of '%s' failed: %s", self._channel, exc,
+                                   exc_info=not isinstance(exc, _DOWN))
                 await self._drop_pubsub()
                 self._set_connected(False)
                 await asyncio.sleep(backoff)
