@@ -397,6 +397,34 @@ async def test_a_reconnecting_reader_waits_for_a_probe_to_release_its_lock(dsn: 
 
 
 @postgres
+async def test_a_reader_that_could_not_take_its_lock_takes_it_later(dsn: str, db: Any) -> None:
+    app = f"pwt{uuid.uuid4().hex[:10]}"
+    parts = urlsplit(dsn)
+    query = f"{parts.query}&" if parts.query else ""
+    b = bus_for(urlunsplit(parts._replace(query=f"{query}application_name={app}")),
+                unique(), "rb")
+    taken = "SELECT pg_try_advisory_lock($1)"
+    async with b:
+        key = _lock_key(b.queue_name())
+        await db.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                         "WHERE application_name = $1", app)
+        deadline = time.monotonic() + 5
+        while not await db.fetchval(taken, key):
+            assert time.monotonic() < deadline, "b's session did not end"
+            await asyncio.sleep(0.005)
+        # Held past the reader's wait: it goes on without the lock, and reads meanwhile.
+        await eventually(lambda: not b.connected, "b notices that its session ended")
+        await eventually(lambda: b.connected, "b reconnects without its lock")
+        await db.execute("SELECT pg_advisory_unlock($1)", key)
+        # Its next safety poll (every 0.2 s here) takes the lock.
+        deadline = time.monotonic() + 5
+        while await db.fetchval(taken, key):
+            await db.execute("SELECT pg_advisory_unlock($1)", key)
+            assert time.monotonic() < deadline, "b never took its lock back"
+            await asyncio.sleep(0.05)
+
+
+@postgres
 async def test_pgmq_is_installed_into_a_database_without_it(dsn: str, db: Any) -> None:
     name = f"pwt_{uuid.uuid4().hex[:10]}"
     try:

@@ -76,6 +76,10 @@ _SEND_TOPIC = "SELECT pgmq.send_topic($1, $2::jsonb)"
 _DROP = "SELECT pgmq.drop_queue($1)"
 _TRY_LOCK = "SELECT pg_try_advisory_lock($1)"
 _UNLOCK = "SELECT pg_advisory_unlock($1)"
+# The server ends the reader's session (and frees its lock) within about 30 s of its host
+# vanishing, instead of after the system's TCP keepalive default of two hours.
+_KEEPALIVE = ("SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; "
+              "SET tcp_keepalives_count = 3; SET tcp_user_timeout = 30000")
 # If the lock is not free within the timeout the statement fails and the SET is rolled back.
 _LOCK = "SET lock_timeout = 1000; SELECT pg_advisory_lock({key}); RESET lock_timeout"
 # Simple queries (one round trip, one transaction); names are hex digests, safe inline.
@@ -146,6 +150,7 @@ class PgmqBus(NetworkBus):
         self._pool: Any = None  # asyncpg.Pool while open
         self._reader_since = float("-inf")  # loop time the reader last reconnected
         self._conn: Any = None  # the reader's connection (LISTEN, read, delete)
+        self._locked = False  # the reader's session holds our queue's advisory lock
         self._wake: asyncio.Event | None = None
         self._reader: asyncio.Task[None] | None = None
         self._send_lock = asyncio.Lock()
@@ -259,6 +264,7 @@ class PgmqBus(NetworkBus):
         else:
             conn = await self._pool.acquire(timeout=_IO_TIMEOUT)
         try:
+            await conn.execute(_KEEPALIVE, timeout=_IO_TIMEOUT)
             await self._lock_queue(conn)
             setup = _SETUP.format(q=self._queue, t=self._topic)
             if fresh:  # what was sent to a previous incarnation is not for us
@@ -279,12 +285,21 @@ class PgmqBus(NetworkBus):
         """Take the advisory lock named after our queue, held while this reader lives: a peer
         probing for us finds it taken; a killed process's session ends with its socket, and the
         lock with it. A peer's probe holds it for a moment, hence the short wait."""
+        self._locked = False
         try:
             await conn.execute(_LOCK.format(key=_lock_key(self._queue)), timeout=_IO_TIMEOUT)
         except asyncpg.LockNotAvailableError:
             logger.warning("another session holds the lock of queue '%s' on '%s' (an earlier "
-                           "run of runner '%s'?); peers may take this runner for lost",
-                           self._queue, self._channel, self.runner_name)
+                           "run of runner '%s'?); trying again at every read", self._queue,
+                           self._channel, self.runner_name)
+            return
+        self._locked = True
+
+    async def _retake_lock(self, conn: Any) -> None:
+        self._locked = bool(await conn.fetchval(_TRY_LOCK, _lock_key(self._queue),
+                                                timeout=_IO_TIMEOUT))
+        if self._locked:
+            logger.info("the reader of '%s' holds the lock of its queue again", self._channel)
 
     def _notified(self, *args: object) -> None:
         if self._wake is not None:
@@ -348,6 +363,8 @@ class PgmqBus(NetworkBus):
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._poll_interval):
                     await wake.wait()
+            if not self._locked:
+                await self._retake_lock(conn)
 
     # -- sending --------------------------------------------------------------------------
 
