@@ -25,7 +25,10 @@ from pipecat_workers import (
 from pipecat_workers.bus import (
     AsyncQueueBus,
     BusHeartbeatMessage,
+    BusJobCheckMessage,
     BusJobRequestMessage,
+    BusJobResponseMessage,
+    BusMessage,
     BusRegistryRequestMessage,
     BusRunnerLeaveMessage,
     BusWorkerRegistryMessage,
@@ -118,6 +121,72 @@ async def test_a_runner_that_leaves_is_forgotten_at_once_and_its_jobs_end(bus) -
         assert "remote" not in a.registry
         assert watcher.events[-1][0] == "lost"
         assert job_ctx.status in (JobStatus.ERROR, JobStatus.CANCELLED)
+
+
+# -- jobs whose messages are lost ---------------------------------------------------------
+# Network buses deliver at most once. A job that has waited lost_after intervals (0.15 s here)
+# on a worker of another runner is checked; the answer ends it if that worker does not run it.
+
+
+class Slow(Echo):
+    @job("slow")
+    async def slow(self, message: BusJobRequestMessage) -> dict[str, str]:
+        await asyncio.sleep(0.6)
+        return {"from": self.name}
+
+
+class LosesItsAnswer(Echo):
+    """Its first job answer never reaches the bus."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.dropped = 0
+
+    async def send_bus_message(self, message: BusMessage) -> None:
+        if isinstance(message, BusJobResponseMessage) and not self.dropped:
+            self.dropped += 1
+            return
+        await super().send_bus_message(message)
+
+
+async def test_a_job_whose_answer_was_lost_ends_with_an_error(bus) -> None:
+    a, b = runner_on(bus, "runner-a"), runner_on(bus, "runner-b")
+    client, far = BaseWorker("client"), LosesItsAnswer("far")
+    await a.add_workers(client)
+    await b.add_workers(far)
+    async with running(a), running(b):
+        await wait_until(lambda: "far" in a.registry)
+
+        async def ask() -> None:
+            async with client.job("far", name="echo", timeout=None):
+                pass
+
+        with pytest.raises(JobError, match=r"'far' is not running this job.*answer was lost"):
+            await asyncio.wait_for(ask(), 5)  # ends within about two windows, not never
+        assert far.dropped == 1
+        async with client.job("far", name="echo", timeout=5) as j:  # the next one is fine
+            pass
+        assert j.response == {"from": "far"}
+
+
+async def test_a_long_job_on_another_runner_is_checked_and_goes_on(bus) -> None:
+    a, b = runner_on(bus, "runner-a"), runner_on(bus, "runner-b")
+    client = BaseWorker("client")
+    seen = Recorder()
+    bus.subscribe(seen, role="observer")
+    await a.add_workers(client, Slow("near"))
+    await b.add_workers(Slow("far"))
+    async with running(a), running(b):
+        await wait_until(lambda: "far" in a.registry)
+        async with client.job("far", name="slow", timeout=5) as j:
+            pass
+        assert j.status == JobStatus.COMPLETED
+        checks = seen.of_type(BusJobCheckMessage)
+        assert checks and all(m.target == "far" for m in checks)
+        async with client.job("near", name="slow", timeout=5) as j:  # same runner: never
+            pass
+        assert j.status == JobStatus.COMPLETED
+        assert all(m.target == "far" for m in seen.of_type(BusJobCheckMessage))
 
 
 async def fake_runner(bus: AsyncQueueBus, name: str, incarnation: float, workers: list[str],

@@ -29,8 +29,9 @@ BUS_SPEC_NAMES = {
     "BusWorkerReadyMessage", "BusWorkerErrorMessage", "BusWorkerLocalErrorMessage",
     "BusJobRequestMessage", "BusJobResponseMessage", "BusJobResponseUrgentMessage",
     "BusJobUpdateMessage", "BusJobUpdateUrgentMessage", "BusJobUpdateRequestMessage",
-    "BusJobCancelMessage", "BusJobStreamStartMessage", "BusJobStreamDataMessage",
-    "BusJobStreamEndMessage", "BusHeartbeatMessage", "BusRunnerLeaveMessage",
+    "BusJobCancelMessage", "BusJobCheckMessage", "BusJobStreamStartMessage",
+    "BusJobStreamDataMessage", "BusJobStreamEndMessage", "BusHeartbeatMessage",
+    "BusRunnerLeaveMessage",
 }
 
 

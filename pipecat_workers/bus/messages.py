@@ -322,6 +322,16 @@ class BusJobUpdateRequestMessage(BusDataMessage):
     job_id: str
 
 
+@register_message(name="job.check")
+@dataclass(kw_only=True, slots=True)
+class BusJobCheckMessage(BusDataMessage):
+    """The requester asks whether a job it has waited on for long is still running; a worker
+    that does not run it answers ``error``. Network buses deliver at most once: this is how
+    a job whose request or answer was lost still ends."""
+
+    job_id: str
+
+
 @register_message(name="job.cancel")
 @dataclass(kw_only=True, slots=True)
 class BusJobCancelMessage(BusSystemMessage):

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pipecat_workers.bus.messages import (
     BusJobCancelMessage,
+    BusJobCheckMessage,
     BusJobRequestMessage,
     BusJobResponseMessage,
     BusJobResponseUrgentMessage,
@@ -240,6 +241,16 @@ class JobExecutorMixin:
         if message.job_id in self._active_jobs:
             await self.on_job_update_requested(message)
             self._emit("on_job_update_requested", message)
+
+    async def _handle_job_check(self, message: BusJobCheckMessage) -> None:
+        # Requests and checks travel in order between two workers: a job that is not active
+        # here has ended (its answer went before this one) or its request never arrived.
+        if message.job_id not in self._active_jobs:
+            await self.send_bus_message(BusJobResponseMessage(
+                source=self.name, target=message.source, job_id=message.job_id,
+                status=JobStatus.ERROR, response={"error": (
+                    f"worker '{self.name}' is not running this job: its request or its answer "
+                    "was lost on the bus")}))
 
     async def _cancel_all_jobs(self, reason: str) -> None:
         """Cancel every running handler and answer ``cancelled`` for each active job."""

@@ -24,8 +24,9 @@ class JobGroup:
     """
 
     __slots__ = ("job_id", "worker_names", "responses", "statuses", "cancel_on_error",
-                 "pending", "error", "timer", "_ended", "_enders", "_events", "_event_limit",
-                 "_events_dropped", "_event_wait", "_waiter", "_reading", "_room", "_loop")
+                 "pending", "error", "timer", "sent_at", "_ended", "_enders", "_events",
+                 "_event_limit", "_events_dropped", "_event_wait", "_waiter", "_reading", "_room",
+                 "_loop")
 
     def __init__(
         self, job_id: str, worker_names: tuple[str, ...], *, cancel_on_error: bool,
@@ -39,6 +40,7 @@ class JobGroup:
         self.pending: dict[str, None] = dict.fromkeys(worker_names)
         self.error: str | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.sent_at = loop.time()  # when the requests left, give or take
         self._ended = False
         # One future per waiter, resolved directly: a waiter wakes one loop turn after the
         # end, and cancelling one waiter touches nobody else.

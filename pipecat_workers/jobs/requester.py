@@ -11,12 +11,13 @@ import asyncio
 import itertools
 import logging
 import os
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pipecat_workers.bus.messages import (
     SYSTEM_PRIORITY,
     BusJobCancelMessage,
+    BusJobCheckMessage,
     BusJobRequestMessage,
     BusJobResponseMessage,
     BusJobStreamDataMessage,
@@ -26,7 +27,7 @@ from pipecat_workers.bus.messages import (
     BusJobUpdateRequestMessage,
     BusMessage,
 )
-from pipecat_workers.errors import ConfigurationError, JobGroupError
+from pipecat_workers.errors import BusError, ConfigurationError, JobGroupError, WorkerStateError
 from pipecat_workers.jobs.context import JobContext, JobGroupContext
 from pipecat_workers.jobs.group import JobGroup, RawEvent
 from pipecat_workers.jobs.types import JobEventType, JobGroupResponse, JobStatus
@@ -249,6 +250,22 @@ class JobRequesterMixin:
         """Ask a worker for a progress update on a job."""
         await self.send_bus_message(BusJobUpdateRequestMessage(
             source=self.name, target=worker_name, job_id=job_id))
+
+    async def _check_jobs(self, older_than: float, remote: Callable[[str], bool]) -> None:
+        """Send a :class:`BusJobCheckMessage` to each ``remote`` worker that has owed an answer
+        for more than ``older_than`` seconds; the answer, if the job is not running, ends it."""
+        now = asyncio.get_running_loop().time()
+        for group in list(self._job_groups.values()):
+            if now - group.sent_at < older_than:
+                continue
+            for worker in list(group.pending):
+                if not remote(worker):
+                    continue
+                try:
+                    await self.send_bus_message(BusJobCheckMessage(
+                        source=self.name, target=worker, job_id=group.job_id))
+                except (BusError, WorkerStateError) as exc:  # the next round asks again
+                    logger.debug("could not check job %s on '%s': %s", group.job_id, worker, exc)
 
     def _forget_group(self) -> None:
         if not self._job_groups:

@@ -5,7 +5,10 @@ A peer that does not know that runner, or sees a digest it has not seen, asks fo
 snapshot; so a snapshot lost in a discovery race is repaired by the next heartbeat. A runner
 that stops says so (leave), a worker that stops says so, and a runner silent for
 ``Settings.lost_after`` intervals is declared lost. A newer incarnation of a runner replaces
-the older one's workers. Silence heard while this runner's own bus connection is down proves
+the older one's workers. Every ``lost_after`` intervals the runner also asks the peers that
+owe its workers an answer for that long whether they still run those jobs (``check_jobs``):
+delivery is at most once, and a lost request or answer must not leave a job waiting forever.
+Silence heard while this runner's own bus connection is down proves
 little about the peers, so up to ``lost_after`` intervals of it are excused; an outage that
 lasts longer than that counts as silence again.
 """
@@ -62,6 +65,7 @@ class Membership:
         settings: Settings, entries: Callable[[], list[WorkerRegistryEntry]],
         stats: Callable[[], dict[str, Any]],
         on_duplicate: Callable[[WorkerRegistryEntry, str], Awaitable[None]],
+        check_jobs: Callable[[float], Awaitable[None]],
     ) -> None:
         self._runner = runner
         self._incarnation = incarnation
@@ -71,6 +75,7 @@ class Membership:
         self._entries = entries
         self._stats = stats
         self._on_duplicate = on_duplicate
+        self._check_jobs = check_jobs
         self._peers: dict[str, Peer] = {}
         self._left: dict[str, float] = {}  # runner -> the incarnation that said it leaves
         self._task: asyncio.Task[None] | None = None
@@ -129,13 +134,20 @@ class Membership:
     async def _beat(self) -> None:
         interval = self._settings.heartbeat_interval
         loop = asyncio.get_running_loop()
+        window = self._settings.lost_after * interval
         await self._send_snapshot()
-        next_beat = loop.time()
+        next_beat, next_check = loop.time(), loop.time() + window
         while True:
             if loop.time() >= next_beat:
                 next_beat = loop.time() + interval
                 await self._send_heartbeat(interval)
             await self._expire()
+            if loop.time() >= next_check and self._down_since is None:
+                next_check = loop.time() + window
+                try:
+                    await self._check_jobs(window)
+                except Exception:
+                    logger.exception("checking the jobs of runner '%s' failed", self._runner)
             # Checked four times per interval, so a silent peer is noticed soon after it is due.
             await asyncio.sleep(interval / 4)
 

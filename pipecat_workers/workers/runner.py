@@ -107,7 +107,7 @@ class WorkerRunner(EventEmitter):
         self._membership = Membership(
             runner=self._name, incarnation=self._incarnation, bus=self._bus,
             registry=self._registry, settings=self._settings, entries=self._registry_entries,
-            stats=self.stats, on_duplicate=self._on_duplicate)
+            stats=self.stats, on_duplicate=self._on_duplicate, check_jobs=self._check_jobs)
         self._bus.subscribe(self, role="runner")
         self._bus.bind(self._name, self._incarnation, self._locate)
         if isinstance(self._bus, NetworkBus):
@@ -379,6 +379,16 @@ class WorkerRunner(EventEmitter):
             data = WorkerErrorData(worker_name=child.name, error=str(exc))
             await parent.on_worker_failed(data)
             parent._emit("on_worker_failed", data)
+
+    async def _check_jobs(self, older_than: float) -> None:
+        """Ask workers in other processes about the jobs they have owed ours an answer for
+        more than ``older_than`` seconds; one that no longer runs a job answers ``error``."""
+        def remote(name: str) -> bool:
+            data = self._registry.get(name)
+            return data is not None and data.runner != self._name
+
+        for worker in list(self._workers.values()):
+            await worker._check_jobs(older_than, remote)
 
     def _locate(self, name: str) -> str | None:
         """The runner that hosts a worker (or is that runner), for targeted routing."""
