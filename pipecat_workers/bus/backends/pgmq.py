@@ -36,6 +36,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import operator
 import os
 from importlib.resources import files
 from typing import Any
@@ -417,16 +418,21 @@ class PgmqBus(NetworkBus):
                 if len(group) == 1:
                     await self._pool.execute(sql, *group[0][1:3], timeout=_IO_TIMEOUT)
                 else:  # pipelined, and atomic
-                    await self._pool.executemany(sql, [item[1:3] for item in group],
-                                                 timeout=_IO_TIMEOUT)
+                    # Each insert locks its queue's notify row until the commit. pgmq.send_topic
+                    # takes those rows in queue-name order; so do we, or concurrent fan-outs
+                    # and batches deadlock. A stable sort keeps each queue's messages in order.
+                    args = [item[1:3] for item in group]
+                    if sql is _SEND:
+                        args.sort(key=operator.itemgetter(0))
+                    await self._pool.executemany(sql, args, timeout=_IO_TIMEOUT)
                 for item in group:
                     item[3].set_result(True)
                 return
             except _DOWN as exc:
                 error: Exception = exc
             except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as exc:
-                # Concurrent fan-outs lock the same notify rows in different orders; Postgres
-                # rolled this batch back, so sending it again is safe.
+                # Should not happen (see above), but if it does Postgres rolled this batch
+                # back, so sending it again is safe.
                 error = exc
             except asyncpg.UndefinedTableError as exc:
                 if sql is _SEND_TOPIC:
