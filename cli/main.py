@@ -41,9 +41,10 @@ class WorkersGroup(click.Group):
             return super().invoke(ctx)
         except (CommandError, WorkersError) as exc:
             from rich.console import Console
+            from rich.markup import escape
 
             Console(stderr=True, highlight=False, soft_wrap=True).print(
-                f"[red]error:[/red] {exc}", markup=True)
+                f"[red]error:[/red] {escape(str(exc))}", markup=True)
             sys.exit(exc.exit_code if isinstance(exc, CommandError) else 1)
 
 

@@ -14,6 +14,7 @@ import click
 
 from cli.commands.channel import Where, joined, locate
 from cli.errors import CommandError
+from cli.render import plural
 from cli.topology import load_topology
 from cli.topology.classes import check_args, resolve_class
 from pipecat_workers import BaseWorker, JobError, JobStatus, WorkerRunner
@@ -34,19 +35,20 @@ def check(ctx: click.Context, file: str | None) -> None:
     sys.path.insert(0, str(topology.root))
     failures = 0
     for spec in topology.workers.values():
+        field = f"workers.{spec.key}.class"
         try:
             cls = resolve_class(spec.class_path)
+            field = f"workers.{spec.key}.args"
             check_args(cls, spec.key, spec.args)
         except WorkersError as exc:
             failures += 1
-            click.secho(f"{topology.path.name}:{spec.line}: workers.{spec.key}: {exc}",
-                        fg="red", err=True)
+            click.secho(f"error: {path}:{spec.line}: {field}: {exc}", fg="red", err=True)
         else:
             click.echo(f"ok  {spec.key:<16} {spec.class_path}")
     if failures:
         raise CommandError(f"{failures} of {len(topology.workers)} workers have errors")
-    click.echo(f"{topology.name}: {len(topology.workers)} workers, "
-               f"{len(topology.channels)} channels: ok")
+    click.echo(f"{topology.name}: {plural(len(topology.workers), 'worker')}, "
+               f"{plural(len(topology.channels), 'channel')}: ok")
 
 
 @click.command()

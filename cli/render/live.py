@@ -7,6 +7,7 @@ second; the renderer only keeps the data. Times show in local time.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 
 from rich.console import Console, Group
@@ -31,6 +32,7 @@ class LiveRenderer:
         self._console = console or Console()
         self._status: ProjectStatus | None = None
         self._feed: deque[LogRecord] = deque(maxlen=_FEED)
+        self._over = False  # the supervisor is done: the last frame shows no running project
         names = [p.name for p in expand(topology)]
         self._width = max(map(len, names), default=0)
         self._colours = Colours(names)
@@ -41,9 +43,11 @@ class LiveRenderer:
         self._live.start()
 
     def stop(self) -> None:
+        self._over = True
+        self._live.refresh()  # the last frame, drawn with what is true now
         self._live.stop()
-        self._console.print(f"every line is kept: `workers -p {self._topology.name} logs`",
-                            style="dim")
+        self._console.print(Text(f"every line is kept: `workers -p {self._topology.name} logs`",
+                                 style="dim"))
 
     def record(self, record: LogRecord) -> None:
         self._feed.append(record)
@@ -56,7 +60,10 @@ class LiveRenderer:
         if self._status is None:
             parts.append(Text(f"starting {self._topology.name}...", style="dim"))
         else:
-            parts.append(project_table(self._status))
+            status = self._status
+            if self._over and status.running:
+                status = dataclasses.replace(status, running=False)
+            parts.append(project_table(status))
             parts.extend(channel_table(c) for c in self._status.channels)
         feed = Text()
         for record in list(self._feed):  # one copy: rich draws from its own thread
@@ -66,5 +73,6 @@ class LiveRenderer:
                 "red" if record.stream == "err" else "")
             feed.append(record.text[:200] + "\n", style=style)
         parts.append(Panel(feed, title="events", title_align="left", border_style="dim"))
-        parts.append(Text("Ctrl-C stops every worker; twice kills them", style="dim"))
+        if not self._over:
+            parts.append(Text("Ctrl-C stops every worker; twice kills them", style="dim"))
         return Group(*parts)  # type: ignore[arg-type]

@@ -7,6 +7,7 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
+from cli.render import plural
 from cli.supervisor.status import ChannelStatus, ProjectStatus, WorkerStatus
 
 STATE_STYLES = {
@@ -50,8 +51,12 @@ def jobs_text(jobs: dict[str, int]) -> str:
     return f"{jobs.get('running', 0)}/{jobs.get('completed', 0)}/{failed}"
 
 
+# Names, reasons and errors come from topologies, workers and the bus: every cell and title is
+# a Text, so that none of it is read as rich markup ("[/]" in an error would not even print).
+
+
 def project_table(status: ProjectStatus) -> Table:
-    title = f"{status.project}" + ("" if status.running else " (not running)")
+    title = Text(f"{status.project}" + ("" if status.running else " (not running)"))
     table = Table(title=title, title_justify="left", box=None, pad_edge=False)
     for column in ("NAME", "STATE", "PID", "UPTIME", "RESTARTS", "JOBS run/ok/fail", "BUS"):
         table.add_column(column, no_wrap=column != "BUS")
@@ -59,21 +64,21 @@ def project_table(status: ProjectStatus) -> Table:
         bus = "registered" if w.registered else "-"
         if w.reason and w.state not in ("ready",):
             bus = w.reason
-        table.add_row(w.name, state_text(w), str(w.pid or "-"), duration(w.uptime),
-                      str(w.restarts), jobs_text(w.jobs), bus)
+        table.add_row(Text(w.name), state_text(w), str(w.pid or "-"), duration(w.uptime),
+                      str(w.restarts), jobs_text(w.jobs), Text(bus))
     return table
 
 
 def channel_table(channel: ChannelStatus) -> Text:
     link = "connected" if channel.connected else "not connected"
     return Text(f"channel {channel.key} ({channel.backend}, '{channel.channel}'): {link}, "
-                f"{channel.runners} runners, {len(channel.workers)} workers, "
-                f"{channel.jobs_running} jobs running", style="dim")
+                f"{plural(channel.runners, 'runner')}, {plural(len(channel.workers), 'worker')}, "
+                f"{plural(channel.jobs_running, 'job')} running", style="dim")
 
 
 def runners_table(survey: dict[str, Any]) -> Table:
     """What ``ps --channel`` heard on a channel: each runner and its workers."""
-    table = Table(title=f"channel '{survey['channel']}' ({survey['backend']})",
+    table = Table(title=Text(f"channel '{survey['channel']}' ({survey['backend']})"),
                   title_justify="left", box=None, pad_edge=False)
     for column in ("RUNNER", "WORKERS", "JOBS run/ok/fail", "LAST HEARD"):
         table.add_column(column)
@@ -83,7 +88,7 @@ def runners_table(survey: dict[str, Any]) -> Table:
         listed = ", ".join(f"{name} ({info.get('state', '?')}"
                            + (", active)" if info.get("active") else ")")
                            for name, info in workers.items()) or "-"
-        table.add_row(runner["name"], listed, jobs_text(stats.get("jobs") or {}),
+        table.add_row(Text(runner["name"]), Text(listed), jobs_text(stats.get("jobs") or {}),
                       f"{runner['seen_ago']:.1f}s ago")
     if not survey["runners"]:
         table.caption = "no runner heard"

@@ -355,12 +355,12 @@ def test_check_accepts_a_good_project_and_names_a_bad_class(
     cli = clis(tmp_path)
     good, bad = cli.run_many(("check", "good.yaml"), ("check", "bad.yaml"))
     assert good.returncode == 0, (good.stdout, good.stderr)
-    assert "good: 2 workers, 1 channels: ok" in good.stdout
+    assert "good: 2 workers, 1 channel: ok" in good.stdout
     assert bad.returncode == 1, (bad.stdout, bad.stderr)
     line = bad_file.read_text().splitlines().index("  broken:") + 1
     errors = bad.stderr.strip().splitlines()
-    assert errors[0] == (f"bad.yaml:{line}: workers.broken: module 'app_workers' has no "
-                         "attribute 'Missing'"), bad.stderr
+    assert errors[0] == (f"error: bad.yaml:{line}: workers.broken.class: module 'app_workers' "
+                         "has no attribute 'Missing'"), bad.stderr
     assert errors[-1].startswith("error: 1 of 2 workers"), bad.stderr
     assert "Traceback" not in bad.stderr
     assert not (tmp_path / ".workers").exists()  # check starts nothing

@@ -273,3 +273,48 @@ def test_tail_stops_quietly_when_its_reader_goes_away() -> None:
     finally:
         with contextlib.suppress(BrokenPipeError):
             out.close()
+
+
+# -- user text is never rich markup ----------------------------------------------------------
+
+
+def test_an_error_with_brackets_is_printed_as_it_is(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["check", "bad/[x].yaml"])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == "error: bad/[x].yaml: file not found"
+    closing = CliRunner().invoke(main, ["check", "a[/].yaml"])  # rich would raise on "[/]"
+    assert closing.exit_code == 1
+    assert closing.stderr.strip() == "error: a[/].yaml: file not found"
+
+
+def test_tables_show_names_and_reasons_as_they_are() -> None:
+    from cli.render.tables import project_table, runners_table
+
+    status = project(worker("w", "crashed", reason="bad [red]x[/] and [/]"))
+    out = io.StringIO()
+    console = Console(file=out, width=200, color_system=None)
+    console.print(project_table(status))
+    console.print(runners_table({"channel": "c[/]", "backend": "redis", "runners": [
+        {"name": "r[b]", "stats": {}, "seen_ago": 1.0}]}))
+    text = out.getvalue()
+    assert "bad [red]x[/] and [/]" in text and "c[/]" in text and "r[b]" in text
+
+
+def test_the_live_views_last_frame_does_not_say_it_still_runs() -> None:
+    from cli.render.live import LiveRenderer
+
+    out = io.StringIO()
+    view = LiveRenderer(load_topology(Path(__file__).parents[2] / "configs/sensors.yaml"),
+                        console=Console(file=out, width=120, color_system=None))
+    view.start()
+    view.status(project(worker("sensor", "exited", exit_code=0)))
+    view.stop()
+    last = out.getvalue().rsplit("p (not running)", 1)
+    assert len(last) == 2, out.getvalue()
+    assert "Ctrl-C" not in last[1]
