@@ -272,7 +272,9 @@ class Machine:
             return [Note(proc.name, "crashed: waiting for a change to restart it")]
         if code == EXIT_CONFIG:
             self._settle(proc, State.FAILED)
-            return [Note(proc.name, "not restarted: fix its class or arguments")]
+            worker = proc.spec.worker
+            return [Note(proc.name, "not restarted: fix its class or arguments "
+                                    f"(workers.{worker.key}, line {worker.line} of the topology)")]
         if not (policy is RestartPolicy.ALWAYS
                 or (policy is RestartPolicy.ON_FAILURE and code != 0)):
             self._settle(proc, State.EXITED if code == 0 else State.CRASHED)

@@ -283,13 +283,14 @@ def test_always_restarts_even_after_a_clean_exit() -> None:
 
 @pytest.mark.parametrize("policy", list(RestartPolicy))
 def test_exit_config_fails_the_worker_and_never_restarts_it(policy: RestartPolicy) -> None:
-    m, clock = machine({"w": {"restart": policy}})
+    m, clock = machine({"w": {"restart": policy, "line": 7}})
     m.start()
     m.spawned("w", 42)
     assert m.reported_error("w", "no class app:W") == []
     assert m.exited("w", EXIT_CONFIG) == [
         Note("w", "exited with code 78"),
-        Note("w", "not restarted: fix its class or arguments")]
+        Note("w", "not restarted: fix its class or arguments (workers.w, line 7 of the "
+                  "topology)")]
     proc = m.procs["w"]
     assert (proc.state, proc.reason, proc.deadline) == (State.FAILED, "no class app:W", None)
     clock.advance(3600)
