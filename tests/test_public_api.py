@@ -31,7 +31,7 @@ BUS_SPEC_NAMES = {
     "BusJobUpdateMessage", "BusJobUpdateUrgentMessage", "BusJobUpdateRequestMessage",
     "BusJobCancelMessage", "BusJobCheckMessage", "BusJobStreamStartMessage",
     "BusJobStreamDataMessage", "BusJobStreamEndMessage", "BusHeartbeatMessage",
-    "BusRunnerLeaveMessage",
+    "BusRunnerLeaveMessage", "BusUnregisteredMessage",
 }
 
 

@@ -68,6 +68,16 @@ class BusLocalMessage:
     __slots__ = ()
 
 
+@dataclass(kw_only=True, slots=True)
+class BusUnregisteredMessage(BusLocalMessage, BusDataMessage):
+    """A message of a type this process has not registered, kept as its wire name and raw
+    fields. Only a serializer made with ``keep_unknown=True`` (for an observer that shows the
+    traffic, such as ``workers tail``) produces it; nothing is imported to build it."""
+
+    type_name: str
+    body: dict[str, Any]
+
+
 # -- frames ---------------------------------------------------------------------------------
 
 

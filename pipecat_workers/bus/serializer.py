@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipecat_workers.bus.codec import Drop, Unsupported, build, encode_fields, nonfinite_path
-from pipecat_workers.bus.messages import BusLocalMessage, BusMessage
+from pipecat_workers.bus.messages import BusLocalMessage, BusMessage, BusUnregisteredMessage
 from pipecat_workers.catalogue import lookup, type_name
 from pipecat_workers.errors import ConfigurationError, MessageTooLargeError, SerializationError
 
@@ -123,6 +123,9 @@ class JSONMessageSerializer(MessageSerializer):
         max_size: Largest encoded message in bytes: larger fails at send, is dropped at receive.
         max_age: With a secret, how far (seconds) a timestamp may be from the receiver's clock;
             also how long message ids are remembered against replays.
+        keep_unknown: Decode a message of an unregistered type to a
+            :class:`BusUnregisteredMessage` (its name and raw fields) instead of dropping it;
+            for observers that show traffic, not for runners.
     """
 
     def __init__(
@@ -131,6 +134,7 @@ class JSONMessageSerializer(MessageSerializer):
         secret: str | bytes | None = None,
         max_size: int = 1024 * 1024,
         max_age: float = 60.0,
+        keep_unknown: bool = False,
     ) -> None:
         if secret is None:
             secret = os.environ.get(SECRET_ENV, "")
@@ -143,6 +147,7 @@ class JSONMessageSerializer(MessageSerializer):
         self._key: bytes | None = secret or None
         self._max_size = max_size
         self._max_age = float(max_age)
+        self._keep_unknown = keep_unknown
         self._id_prefix = os.urandom(6).hex() + "-"
         self._counter = itertools.count()
         self._seen_ids: OrderedDict[str, float] = OrderedDict()
@@ -259,12 +264,20 @@ class JSONMessageSerializer(MessageSerializer):
             self._check_fresh(mid, float(ts), name)
         cls = lookup(name)
         if cls is None:
-            raise Drop("unknown_type", name)
-        if not issubclass(cls, BusMessage):
+            if not self._keep_unknown:
+                raise Drop("unknown_type", name)
+            source, target = body.get("source"), body.get("target")
+            if type(source) is not str:
+                raise Drop("malformed", name)
+            message: BusMessage = BusUnregisteredMessage(
+                source=source, target=target, type_name=name,
+                body={k: v for k, v in body.items() if k not in ("source", "target")})
+        elif not issubclass(cls, BusMessage):
             raise Drop("not_a_message", name)
-        if issubclass(cls, BusLocalMessage):
+        elif issubclass(cls, BusLocalMessage):
             raise Drop("local_only", name)
-        message = build(cls, name, body)
+        else:
+            message = build(cls, name, body)
         if type(message.source) is not str or not (
             message.target is None or type(message.target) is str
         ):

@@ -27,6 +27,7 @@ from pipecat_workers.bus.messages import (
     BusJobResponseMessage,
     BusLocalMessage,
     BusMessage,
+    BusUnregisteredMessage,
     BusWorkerLocalErrorMessage,
     BusWorkerRegistryMessage,
     FrameDirection,
@@ -378,6 +379,22 @@ def test_unknown_type_is_dropped_counted_and_logged_once(caplog: pytest.LogCaptu
     lines = [r.getMessage() for r in caplog.records]
     assert len([line for line in lines if "no.such.message" in line]) == 1
     assert len([line for line in lines if "another.unknown" in line]) == 1
+
+
+def test_an_observer_may_keep_unknown_types_by_name_and_raw_fields() -> None:
+    s = ser(keep_unknown=True)
+    body = {"source": "sensor", "target": "controller", "celsius": 19.5,
+            "x": {"$t": "not.registered", "v": {}}}
+    message = s.deserialize(raw(envelope(type="app.reading", body=body)))
+    assert message == BusUnregisteredMessage(
+        source="sensor", target="controller", type_name="app.reading",
+        body={"celsius": 19.5, "x": {"$t": "not.registered", "v": {}}})
+    assert s.stats()["unknown_type"] == 0
+    with pytest.raises(SerializationError, match="local-only"):
+        s.serialize(message)  # a view of what passed, never sent on
+    bad_source = {"source": 3, "celsius": 1}
+    assert s.decode(raw(envelope(type="app.reading", body=bad_source))) is None
+    assert s.stats()["malformed"] == 1
 
 
 def test_nested_unknown_type_drops_the_whole_message() -> None:
