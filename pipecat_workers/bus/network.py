@@ -25,6 +25,10 @@ from pipecat_workers.settings import DEFAULT_SETTINGS
 
 logger = logging.getLogger("pipecat_workers.bus")
 
+# Marks the log records that say a bus lost its server, for a tool that reports it otherwise
+# (``workers tail`` ends with one line when the embedded bus's supervisor stops).
+DISCONNECTED = {"bus_event": "disconnected"}
+
 Locate = Callable[[str], "str | None"]
 
 
@@ -111,7 +115,8 @@ class NetworkBus(WorkerBus, EventEmitter):
                 self._emit("on_reconnected")
             self._was_connected = True
         else:
-            logger.warning("bus '%s' lost its connection; reconnecting", self._channel)
+            logger.warning("bus '%s' lost its connection; reconnecting", self._channel,
+                           extra=DISCONNECTED)
             self._emit("on_disconnected")
 
     def stats(self) -> dict[str, Any]:

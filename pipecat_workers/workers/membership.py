@@ -93,9 +93,13 @@ class Membership:
             self._task = asyncio.get_running_loop().create_task(self._beat())
 
     async def stop(self) -> None:
-        """Stop heartbeating and tell the peers this runner is leaving."""
+        """Stop heartbeating and tell the peers this runner is leaving (unless the bus is
+        down: they will notice the silence, and a goodbye would only wait to fail)."""
         await cancel_and_wait((self._task, self._announce), self._settings.cancel_timeout)
         self._task = self._announce = None
+        if self._down_since is not None:
+            logger.debug("runner '%s' leaves without a goodbye: its bus is down", self._runner)
+            return
         try:
             await self._bus.send(BusRunnerLeaveMessage(
                 source=self._runner, runner=self._runner, incarnation=self._incarnation))

@@ -51,7 +51,7 @@ from pipecat_workers.bus.hub_wire import (
     read_frame,
     scan,
 )
-from pipecat_workers.bus.network import NetworkBus
+from pipecat_workers.bus.network import DISCONNECTED, NetworkBus
 from pipecat_workers.bus.serializer import MessageSerializer
 from pipecat_workers.errors import BusConnectionError, ConfigurationError, MessageTooLargeError
 from pipecat_workers.settings import DEFAULT_SETTINGS
@@ -192,7 +192,7 @@ class HubBus(NetworkBus):
                 why = repr(exc)
             if self._writer is not None:
                 logger.warning("bus hub at %s lost on channel '%s': %s", self._path,
-                               self._channel, why)
+                               self._channel, why, extra=DISCONNECTED)
             else:
                 logger.debug("bus hub at %s unreachable: %s", self._path, why)
             self._drop_connection()
