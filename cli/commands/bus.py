@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import os
 import sys
 from datetime import datetime
@@ -18,7 +19,8 @@ from cli.render import plural
 from cli.topology import load_topology
 from cli.topology.classes import check_args, resolve_class
 from pipecat_workers import BaseWorker, JobError, JobStatus, WorkerRunner
-from pipecat_workers.bus import BusHeartbeatMessage, BusMessage
+from pipecat_workers.bus import BusHeartbeatMessage, BusMessage, BusUnregisteredMessage
+from pipecat_workers.bus.network import DISCONNECTED, NetworkBus
 from pipecat_workers.errors import WorkersError
 from pipecat_workers.monitor import BusMonitor
 
@@ -164,30 +166,37 @@ def _show(as_json: bool, event: dict[str, Any]) -> None:
 @click.pass_context
 def tail(ctx: click.Context, channel: str | None, url: str | None, heartbeats: bool,
          as_json: bool) -> None:
-    """Print the messages on a channel as they pass, until Ctrl-C or (piped into `head`,
-    say) until the reader stops.
+    """Print the messages on a channel as they pass, until Ctrl-C, until the project stops
+    (on the embedded bus), or (piped into `head`, say) until the reader stops.
 
     On the embedded bus it shows every message. On Redis and PGMQ it shows what reaches
     every runner (registry, heartbeats, broadcasts): a message for one worker travels only
     to its process.
     """
     where = locate(ctx.obj, channel, url)
+    printer = _Printer(f"workers-tail-{os.getpid()}", heartbeats=heartbeats, as_json=as_json)
     try:
-        asyncio.run(_tail(where, _Printer(f"workers-tail-{os.getpid()}",
-                                          heartbeats=heartbeats, as_json=as_json)))
+        asyncio.run(_tail(where, printer))
     except KeyboardInterrupt:
         sys.exit(130)
-    # _tail returns only when the reader of our output went away (`workers tail | head`).
-    # End quietly, as Unix tools do: stdout on devnull, so that the interpreter's last
-    # flush (of what the pipe refused) does not fail too.
+    if printer.project_stopped:
+        click.echo("the project stopped (its supervisor hosted the bus)", err=True)
+        return
+    # The reader of our output went away (`workers tail | head`). End quietly, as Unix
+    # tools do: stdout on devnull, so that the interpreter's last flush (of what the pipe
+    # refused) does not fail too.
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def describe(message: BusMessage) -> tuple[str, dict[str, Any]]:
-    """A message's short type name (``JobRequest``) and its fields that are set."""
-    kind = type(message).__name__.removeprefix("Bus").removesuffix("Message")
-    values = {f.name: getattr(message, f.name) for f in dataclasses.fields(message)
-              if f.name not in ("source", "target")}
+    """A message's short type name (``JobRequest``; an application type by its registered
+    name) and its fields that are set."""
+    if isinstance(message, BusUnregisteredMessage):
+        kind, values = message.type_name, message.body
+    else:
+        kind = type(message).__name__.removeprefix("Bus").removesuffix("Message")
+        values = {f.name: getattr(message, f.name) for f in dataclasses.fields(message)
+                  if f.name not in ("source", "target")}
     return kind, {k: v for k, v in values.items() if v not in (None, "", [], {})}
 
 
@@ -210,7 +219,8 @@ class _Printer:
     def __init__(self, name: str, *, heartbeats: bool, as_json: bool,
                  out: IO[str] | None = None) -> None:
         self.name = name
-        self.closed = asyncio.Event()  # the output's reader went away: print no more
+        self.closed = asyncio.Event()  # the output's reader went away, or the project stopped
+        self.project_stopped = False
         self._heartbeats = heartbeats
         self._as_json = as_json
         self._out = out
@@ -235,9 +245,22 @@ class _Printer:
         return f"{when} {kind:<16} {message.source}{to}  {body[:300]}"
 
 
+def _not_a_disconnection(record: logging.LogRecord) -> bool:
+    return getattr(record, "bus_event", None) != DISCONNECTED["bus_event"]
+
+
 async def _tail(where: Where, printer: _Printer) -> None:
-    """Print the channel's messages until the output's reader goes away."""
+    """Print the channel's messages until the output's reader goes away, or the supervisor
+    that hosts an embedded bus does (the project stopped: there will be nothing more)."""
     bus = where.bus(everything=True)
+    if where.backend == "local" and isinstance(bus, NetworkBus):
+        async def hub_gone(bus: object) -> None:
+            printer.project_stopped = True
+            printer.closed.set()
+
+        bus.add_event_handler("on_disconnected", hub_gone)
+        for handler in logging.getLogger().handlers:  # one line at the end says it instead
+            handler.addFilter(_not_a_disconnection)
     monitor = BusMonitor(bus, name=printer.name, on_message=printer)
     async with joined(where, bus):
         try:

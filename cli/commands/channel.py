@@ -37,9 +37,11 @@ class Where:
         """A new bus on this channel; ``everything``: also see messages between others
         (only the embedded bus can; elsewhere a targeted message reaches its process only)."""
         if everything and self.backend == "local":
-            from pipecat_workers.bus import HubBus
+            from pipecat_workers.bus import HubBus, JSONMessageSerializer
 
-            return HubBus(self.url or "", channel=self.channel, observe_all=True)
+            # Shows the application's own message types too, by name and raw fields.
+            return HubBus(self.url or "", channel=self.channel, observe_all=True,
+                          serializer=JSONMessageSerializer(keep_unknown=True))
         return build_bus(self.backend, self.url, self.channel)
 
     def cannot_join(self, reason: object) -> CommandError:

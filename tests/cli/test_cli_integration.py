@@ -172,17 +172,25 @@ def test_up_call_logs_restart_down(backend: str, request: pytest.FixtureRequest,
     assert answered.returncode == 0, answered.stderr
     assert answer_of(answered.stdout)["pid"] == after["echo"]["pid"]
 
-    # 5. down: exit 0, and not one of the processes we saw is left; a follower ends too.
+    # 5. down: exit 0, and not one of the processes we saw is left; followers end too.
     seen = set(cli.pids)
     assert len(seen) == 4  # the supervisor, echo twice, peer
     follower = cli.popen("logs", "-f")
     follower.out.wait_for(echo_line.pattern, timeout=10)
+    tailer = cli.popen("tail", "--heartbeats")
+    tailer.out.wait_for(r" Heartbeat ", timeout=10)
     down = cli.run("down", timeout=60)
     assert down.returncode == 0, (down.stdout, down.stderr)
     assert "project 'core' is down" in down.stdout
     wait_gone(seen, timeout=3)
     assert follower.wait(timeout=5) == 0, follower.err.rest()
     follower.out.wait_for(r"^peer\s*\| \[exited with code 0\]$", timeout=1)
+    if backend == "local":  # the supervisor hosted the bus: tail has nothing more to show
+        assert tailer.wait(timeout=5) == 0, tailer.err.rest()
+        assert tailer.err.rest() == ["the project stopped (its supervisor hosted the bus)"]
+    else:  # the server stays, and so may other runners on the channel
+        tailer.proc.send_signal(signal.SIGINT)
+        assert tailer.wait(timeout=10) == 130, tailer.err.rest()
     # Once down: down again is fine, ps shows the last state, logs still read.
     again_down, last, logs = cli.run_many(("down",), ("ps", "--json"), ("logs", "echo"))
     assert again_down.returncode == 0, again_down.stderr

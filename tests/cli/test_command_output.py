@@ -257,6 +257,19 @@ def test_tail_prints_json_lines_without_its_own_messages() -> None:
     assert quiet.getvalue() == ""
 
 
+def test_tail_shows_an_application_type_by_its_registered_name() -> None:
+    where = Where(backend="local", url="/nowhere/hub.sock", channel="c")
+    bus = where.bus(everything=True)
+    data = ('{"v":1,"id":"x-1","from":"r","inc":1.0,"ts":1.0,"type":"app.reading",'
+            '"body":{"source":"sensor","target":null,"celsius":19.5}}').encode()
+    message = bus._serializer.deserialize(data)  # type: ignore[attr-defined]
+    assert message is not None
+    out = io.StringIO()
+    _Printer("me", heartbeats=False, as_json=True, out=out)(message)
+    assert json.loads(out.getvalue()) == {"type": "app.reading", "source": "sensor",
+                                          "target": None, "celsius": 19.5}
+
+
 def test_tail_stops_quietly_when_its_reader_goes_away() -> None:
     """`workers tail | head`: once the pipe's reader is gone, nothing more is written."""
     read, write = os.pipe()
@@ -318,3 +331,19 @@ def test_the_live_views_last_frame_does_not_say_it_still_runs() -> None:
     last = out.getvalue().rsplit("p (not running)", 1)
     assert len(last) == 2, out.getvalue()
     assert "Ctrl-C" not in last[1]
+
+
+def test_hints_name_the_project_so_that_they_work_from_here(tmp_path: Path) -> None:
+    from cli.project import command_for
+
+    (tmp_path / "sub").mkdir()
+    a = tmp_path / "sub" / "a.yaml"
+    a.write_text("name: a\nroot: .\nworkers:\n  w: {class: 'm:W'}\n")
+    topology_a = load_topology(a)
+    # Not found from tmp_path (its state lives under sub/): name the file.
+    assert command_for(topology_a, tmp_path) == "workers -f sub/a.yaml"
+    StateDir.of(topology_a.root, "a").path.mkdir(parents=True)
+    # Found from sub/ (no state file yet: the supervisor is starting): nothing to add.
+    assert command_for(topology_a, tmp_path / "sub") == "workers"
+    StateDir.of(topology_a.root, "b").path.mkdir(parents=True)
+    assert command_for(topology_a, tmp_path / "sub") == "workers -p a"
