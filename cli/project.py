@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +43,17 @@ class Project:
             return ProjectStatus.from_json(data)
         except (KeyError, TypeError):
             return None
+
+
+def command_for(topology: Topology, cwd: Path | None = None) -> str:
+    """How to name this project in a hint, from ``cwd``: ``workers`` when it is the only one
+    found from here, ``workers -p NAME`` among others, else ``workers -f FILE``."""
+    found = [s.project for s in find_state_dirs(cwd or Path.cwd())
+             if s.path == StateDir.of(topology.root, topology.name).path]
+    if found:
+        others = len(find_state_dirs(cwd or Path.cwd())) > 1
+        return f"workers -p {shlex.quote(topology.name)}" if others else "workers"
+    return f"workers -f {shlex.quote(os.path.relpath(topology.path, cwd or Path.cwd()))}"
 
 
 def find_project(file: str | None, name: str | None, cwd: Path | None = None) -> Project:

@@ -15,6 +15,7 @@ import click
 
 from cli.errors import CommandError
 from cli.logs.reader import LogRecord
+from cli.project import command_for
 from cli.render.plain import PlainRenderer
 from cli.states import ENDED, FAILING, worker_line
 from cli.supervisor.driver import Renderer, Supervisor
@@ -51,8 +52,9 @@ def up(ctx: click.Context, args: tuple[str, ...], detach: bool, no_ui: bool, rel
     topology = load_topology(file)
     state = StateDir.of(topology.root, topology.name)
     if state.supervisor_alive():
+        how = command_for(topology)
         raise CommandError(f"project '{topology.name}' is already running; "
-                           "`workers ps` shows it, `workers down` stops it")
+                           f"`{how} ps` shows it, `{how} down` stops it")
     if detach:
         sys.exit(_detach(topology, state, names, timeout, reload=reload))
     renderer: _Shown
@@ -117,11 +119,12 @@ def _detach(topology: Topology, state: StateDir, names: list[str], timeout: floa
     """Start a supervisor in its own session, wait until the workers are ready, report."""
     child, log_start = _spawn_supervisor(topology, state, names, reload=reload)
     try:
-        return _await_ready(state, child, log_start, timeout, partial=bool(names),
+        return _await_ready(topology, state, child, log_start, timeout, partial=bool(names),
                             reload=reload)
     except KeyboardInterrupt:
         click.echo(f"\nstopped waiting; project '{topology.name}' keeps starting in the "
-                   "background: `workers ps` shows it, `workers down` stops it", err=True)
+                   f"background: `{command_for(topology)} ps` shows it, "
+                   f"`{command_for(topology)} down` stops it", err=True)
         return 130
 
 
@@ -144,8 +147,8 @@ def _spawn_supervisor(topology: Topology, state: StateDir, names: list[str], *,
         return child, start
 
 
-def _await_ready(state: StateDir, child: subprocess.Popen[bytes], log_start: int,
-                 timeout: float, *, partial: bool, reload: bool) -> int:
+def _await_ready(topology: Topology, state: StateDir, child: subprocess.Popen[bytes],
+                 log_start: int, timeout: float, *, partial: bool, reload: bool) -> int:
     """Print each worker's line once all are ready (0) or one fails (1).
 
     Raises:
@@ -159,16 +162,18 @@ def _await_ready(state: StateDir, child: subprocess.Popen[bytes], log_start: int
             _print_lines(status, only_started=ok)
             if not ok and child.poll() is None and (
                     reload or not all(w.state in ENDED for w in status.workers)):
-                click.echo("the project is still running: `workers down` stops it")
+                click.echo(f"the project is still running: `{command_for(topology)} down` "
+                           "stops it")
             return 0 if ok else 1
         if child.poll() is not None:
             raise _exited_early(state, child.returncode, log_start)
         if time.monotonic() > deadline:
             if status is not None:
                 _print_lines(status, only_started=False)
+            how = command_for(topology)
             raise CommandError(f"not every worker was ready within {timeout:g} s; the "
-                               "project keeps starting: `workers ps` shows where it is, "
-                               "`workers down` stops it")
+                               f"project keeps starting: `{how} ps` shows where it is, "
+                               f"`{how} down` stops it")
         time.sleep(_POLL)
 
 

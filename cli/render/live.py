@@ -16,6 +16,7 @@ from rich.panel import Panel
 from rich.text import Text
 
 from cli.logs.reader import LogRecord
+from cli.project import command_for
 from cli.render.plain import Colours
 from cli.render.tables import channel_table, project_table
 from cli.supervisor.status import ProjectStatus
@@ -46,7 +47,7 @@ class LiveRenderer:
         self._over = True
         self._live.refresh()  # the last frame, drawn with what is true now
         self._live.stop()
-        self._console.print(Text(f"every line is kept: `workers -p {self._topology.name} logs`",
+        self._console.print(Text(f"every line is kept: `{command_for(self._topology)} logs`",
                                  style="dim"))
 
     def record(self, record: LogRecord) -> None:

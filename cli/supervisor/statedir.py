@@ -180,8 +180,9 @@ def find_state_dirs(start: Path) -> list[StateDir]:
     for directory in (start, *start.parents):
         base = directory / STATE_DIRNAME
         if base.is_dir():
-            found = [StateDir(p, p.name) for p in sorted(base.iterdir())
-                     if (p / "state.json").exists()]
+            # A project's directory exists from `up` on; its state file only once the
+            # supervisor has written it.
+            found = [StateDir(p, p.name) for p in sorted(base.iterdir()) if p.is_dir()]
             if found:
                 return found
     return []
