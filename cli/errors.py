@@ -4,7 +4,8 @@ Both are part of the library's tree, so the CLI's one ``except WorkersError`` pr
 
     WorkersError
     └── CommandError         a command cannot do what was asked
-        └── StateDirError    a project's state directory cannot be used (also an OSError)
+        ├── StateDirError    a project's state directory cannot be used (also an OSError)
+        └── SeveralProjects  several projects here and none is named (or the one running)
 """
 
 from __future__ import annotations
@@ -24,3 +25,13 @@ class StateDirError(CommandError, OSError):
     """Raised when a project's state directory cannot be read or written (a read-only
     project directory, a file named ``.workers``); an OSError too, so code that tolerates a
     failed write of the state file keeps doing so."""
+
+
+class SeveralProjects(CommandError):
+    """Raised when several projects keep their state here, none runs, and none was named;
+    ``names`` lists them, for a command that can answer about all of them."""
+
+    def __init__(self, names: list[str]) -> None:
+        super().__init__(f"several projects here ({', '.join(names)}): choose one with "
+                         "-p NAME")
+        self.names = names

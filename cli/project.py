@@ -7,7 +7,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from cli.errors import CommandError
+from cli.errors import CommandError, SeveralProjects
 from cli.supervisor.statedir import STATE_DIRNAME, StateDir, find_state_dirs
 from cli.supervisor.status import ProjectStatus
 from cli.topology.model import Topology
@@ -81,7 +81,9 @@ def find_project(file: str | None, name: str | None, cwd: Path | None = None) ->
         live = [s for s in found if s.supervisor_alive()]
         if len(live) == 1:
             found = live
+        elif live:
+            names = ", ".join(s.project for s in live)
+            raise CommandError(f"several projects run here ({names}): choose one with -p NAME")
         else:
-            names = ", ".join(s.project for s in (live or found))
-            raise CommandError(f"several projects here ({names}): choose one with -p NAME")
+            raise SeveralProjects([s.project for s in found])
     return Project(found[0])

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from cli.errors import CommandError
+from cli.errors import CommandError, SeveralProjects
 from cli.logs.reader import follow, merge, read_records
 from cli.logs.timespec import parse_since
 from cli.project import Project, find_project
@@ -43,7 +43,14 @@ def ps(ctx: click.Context, as_json: bool, channel: str | None, url: str | None,
 
         show_channel(ctx.obj, channel, url, as_json=as_json, wait=wait)
         return
-    project = find_project(ctx.obj.get("file"), ctx.obj.get("project"))
+    try:
+        project = find_project(ctx.obj.get("file"), ctx.obj.get("project"))
+    except SeveralProjects as none_running:
+        if as_json:
+            raise
+        click.echo(f"no project is running here ({', '.join(none_running.names)}); "
+                   "`workers -p NAME ps` shows one's last state")
+        return
     status, stale = _status(project)
     if as_json:
         click.echo(json.dumps({**status.to_json(), "stale": stale}, indent=2))

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from cli.errors import CommandError
+from cli.errors import CommandError, SeveralProjects
 from cli.project import Project, find_project
 from cli.states import ENDED, FAILING, select, worker_line
 from cli.supervisor.control import request
@@ -82,7 +82,11 @@ _timeout = click.option("--timeout", type=float, default=60.0, show_default=True
 @click.pass_context
 def down(ctx: click.Context, timeout: float) -> None:
     """Stop every worker (dependents first) and the supervisor."""
-    project = _project(ctx)
+    try:
+        project = _project(ctx)
+    except SeveralProjects as none_running:
+        click.echo(f"no project is running here ({', '.join(none_running.names)})")
+        return
     if not project.state.supervisor_alive():
         click.echo(f"project '{project.name}' is not running")
         return

@@ -260,8 +260,8 @@ def test_tail_prints_json_lines_without_its_own_messages() -> None:
 def test_tail_shows_an_application_type_by_its_registered_name() -> None:
     where = Where(backend="local", url="/nowhere/hub.sock", channel="c")
     bus = where.bus(everything=True)
-    data = ('{"v":1,"id":"x-1","from":"r","inc":1.0,"ts":1.0,"type":"app.reading",'
-            '"body":{"source":"sensor","target":null,"celsius":19.5}}').encode()
+    data = (b'{"v":1,"id":"x-1","from":"r","inc":1.0,"ts":1.0,"type":"app.reading",'
+            b'"body":{"source":"sensor","target":null,"celsius":19.5}}')
     message = bus._serializer.deserialize(data)  # type: ignore[attr-defined]
     assert message is not None
     out = io.StringIO()
@@ -347,3 +347,24 @@ def test_hints_name_the_project_so_that_they_work_from_here(tmp_path: Path) -> N
     assert command_for(topology_a, tmp_path / "sub") == "workers"
     StateDir.of(topology_a.root, "b").path.mkdir(parents=True)
     assert command_for(topology_a, tmp_path / "sub") == "workers -p a"
+
+
+def test_with_several_stopped_projects_ps_and_down_answer_for_all(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from cli.main import main
+
+    for name in ("handoff", "research"):
+        (tmp_path / ".workers" / name).mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    ps, down, as_json, logs = (CliRunner().invoke(main, args) for args in (
+        ["ps"], ["down"], ["ps", "--json"], ["logs"]))
+    assert (ps.exit_code, ps.stdout) == (0, "no project is running here (handoff, research); "
+                                            "`workers -p NAME ps` shows one's last state\n")
+    assert (down.exit_code, down.stdout) == (0, "no project is running here (handoff, "
+                                                "research)\n")
+    for result in (as_json, logs):  # these need one project
+        assert result.exit_code == 1
+        assert result.stderr == ("error: several projects here (handoff, research): choose "
+                                 "one with -p NAME\n")
