@@ -28,7 +28,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -123,15 +123,29 @@ def build_bus(backend: str, url: str | None, channel: str) -> WorkerBus:
     """
     from pipecat_workers.errors import ConfigurationError
 
+    cls = bus_class(backend)
+    if not url:
+        raise ConfigurationError(f"a {backend} bus needs a URL")
+    bus: WorkerBus = cls(url, channel=channel)
+    return bus
+
+
+def bus_class(backend: str) -> Callable[..., WorkerBus]:
+    """The bus class of ``backend``, its driver imported.
+
+    Raises:
+        ConfigurationError: an unknown backend.
+        MissingDependencyError: the backend's driver is not installed.
+    """
+    from pipecat_workers.errors import ConfigurationError
+
     class_name = BUS_CLASSES.get(backend)
     if class_name is None:
         raise ConfigurationError(f"unknown backend '{backend}' (expected one of "
                                  f"{', '.join(BUS_CLASSES)})")
-    if not url:
-        raise ConfigurationError(f"a {backend} bus needs a URL")
-    bus_class = getattr(importlib.import_module("pipecat_workers.bus"), class_name)
-    bus: WorkerBus = bus_class(url, channel=channel)
-    return bus
+    cls: Callable[..., WorkerBus] = getattr(importlib.import_module("pipecat_workers.bus"),
+                                            class_name)
+    return cls
 
 
 def project_imports(root: Path) -> list[str]:

@@ -477,7 +477,7 @@ async def test_sigint_during_run_cancels_the_workers(caplog):
     runner.bus.subscribe(tester)
     service = Service("service")
     await runner.add_workers(service)
-    with caplog.at_level(logging.WARNING, logger="pipecat_workers.runner"):
+    with caplog.at_level(logging.INFO, logger="pipecat_workers.runner"):
         async with running(runner) as task:
             await runner.bus.send(BusJobRequestMessage(
                 source="tester", target="service", job_id="j1", job_name="hang"))

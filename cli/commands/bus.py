@@ -15,6 +15,7 @@ import click
 
 from cli.commands.channel import Where, joined, locate
 from cli.errors import CommandError
+from cli.host import bus_class
 from cli.render import plural
 from cli.topology import load_topology
 from cli.topology.classes import check_args, resolve_class
@@ -36,6 +37,13 @@ def check(ctx: click.Context, file: str | None) -> None:
     topology = load_topology(path)
     sys.path.insert(0, str(topology.root))
     failures = 0
+    for channel in topology.channels.values():
+        try:
+            bus_class(channel.backend)  # its driver is installed
+        except WorkersError as exc:
+            failures += 1
+            click.secho(f"error: {path}:{channel.line}: channels.{channel.key}.backend: {exc}",
+                        fg="red", err=True)
     for spec in topology.workers.values():
         field = f"workers.{spec.key}.class"
         try:
@@ -48,7 +56,7 @@ def check(ctx: click.Context, file: str | None) -> None:
         else:
             click.echo(f"ok  {spec.key:<16} {spec.class_path}")
     if failures:
-        raise CommandError(f"{failures} of {len(topology.workers)} workers have errors")
+        raise CommandError(f"{plural(failures, 'error')} in {path}")
     click.echo(f"{topology.name}: {plural(len(topology.workers), 'worker')}, "
                f"{plural(len(topology.channels), 'channel')}: ok")
 
@@ -102,7 +110,8 @@ async def _call(where: Where, target: str, job_name: str | None, payload: dict[s
         try:
             return await asyncio.wait_for(call(), timeout)
         except TimeoutError:
-            click.secho(f"no answer from '{target}' within {timeout:g} s", fg="red", err=True)
+            click.secho(f"error: no answer from '{target}' within {timeout:g} s", fg="red",
+                        err=True)
             return 124
         except CommandError:
             raise

@@ -145,11 +145,10 @@ def show_channel(obj: dict[str, Any], channel: str | None, url: str | None, *,
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
-    from rich.console import Console
-
+    from cli.render import table_console
     from cli.render.tables import runners_table
 
-    Console(highlight=False).print(runners_table(data))
+    table_console().print(runners_table(data))
 
 
 async def _survey(where: Where, wait: float | None) -> dict[str, Any]:

@@ -55,11 +55,10 @@ def ps(ctx: click.Context, as_json: bool, channel: str | None, url: str | None,
     if as_json:
         click.echo(json.dumps({**status.to_json(), "stale": stale}, indent=2))
         return
-    from rich.console import Console
-
+    from cli.render import table_console
     from cli.render.tables import channel_table, project_table
 
-    console = Console(highlight=False)
+    console = table_console()
     console.print(project_table(status))
     for view in status.channels:
         console.print(channel_table(view))

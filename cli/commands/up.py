@@ -90,6 +90,8 @@ async def _run(supervisor: Supervisor, renderer: _Shown) -> int:
 def _split(file: str | None, args: tuple[str, ...]) -> tuple[str, list[str]]:
     """``up FILE WORKER...``, or ``-f FILE up WORKER...``."""
     if file is not None:
+        if args and args[0].endswith((".yaml", ".yml")):
+            raise CommandError(f"two topologies: -f {file} and {args[0]}; give one")
         return file, list(args)
     if not args:
         raise CommandError("which topology? `workers up FILE` (or `workers -f FILE up`)")

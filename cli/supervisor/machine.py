@@ -273,8 +273,9 @@ class Machine:
         if code == EXIT_CONFIG:
             self._settle(proc, State.FAILED)
             worker = proc.spec.worker
-            return [Note(proc.name, "not restarted: fix its class or arguments "
-                                    f"(workers.{worker.key}, line {worker.line} of the topology)")]
+            return [Note(proc.name, "not restarted: fix its entry in the topology "
+                                    f"(workers.{worker.key}, line {worker.line}) or install "
+                                    "what it needs")]
         if not (policy is RestartPolicy.ALWAYS
                 or (policy is RestartPolicy.ON_FAILURE and code != 0)):
             self._settle(proc, State.EXITED if code == 0 else State.CRASHED)

@@ -350,7 +350,7 @@ class WorkerRunner(EventEmitter):
         if self._signalled:
             return
         self._signalled = True
-        logger.warning("%s received: cancelling workers", signal.Signals(sig).name)
+        logger.info("%s received: cancelling workers", signal.Signals(sig).name)
         self._signal_task = asyncio.get_running_loop().create_task(
             self.cancel(reason="interrupt signal"))
 

@@ -368,3 +368,39 @@ def test_with_several_stopped_projects_ps_and_down_answer_for_all(
         assert result.exit_code == 1
         assert result.stderr == ("error: several projects here (handoff, research): choose "
                                  "one with -p NAME\n")
+
+
+def test_check_reports_a_bus_whose_driver_is_missing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    import pipecat_workers.bus
+    from cli.main import main
+
+    monkeypatch.setitem(pipecat_workers.bus._LAZY, "RedisBus",
+                        ("pipecat_workers.bus.backends.redis", "no_such_driver_here", "redis"))
+    (tmp_path / "t.yaml").write_text(
+        "name: t\nroot: .\nchannels:\n  main:\n    backend: redis\n    url: redis://h\n"
+        "workers:\n  w: {class: 'pipecat_workers:BaseWorker'}\n")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["check", "t.yaml"])
+    assert result.exit_code == 1
+    first, last = result.stderr.splitlines()[0], result.stderr.splitlines()[-1]
+    assert first.startswith("error: t.yaml:4: channels.main.backend: RedisBus needs"), first
+    assert "pip install 'pipecat-workers[redis]'" in first
+    assert last == "error: 1 error in t.yaml"
+
+
+def test_a_piped_table_is_not_wrapped_at_80_columns(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cli.render import PIPED_WIDTH, table_console
+    from cli.render.tables import project_table
+
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: False, raising=False)
+    console = table_console()
+    assert console.width == PIPED_WIDTH
+    reason = ("exited with code 3: a long reason " * 3).strip()
+    status = project(worker("researcher.1", "crashed", pid=123456, reason=reason))
+    with console.capture() as captured:
+        console.print(project_table(status))
+    row = [line for line in captured.get().splitlines() if "researcher.1" in line]
+    assert len(row) == 1 and "123456" in row[0] and reason in row[0], captured.get()

@@ -289,8 +289,8 @@ def test_exit_config_fails_the_worker_and_never_restarts_it(policy: RestartPolic
     assert m.reported_error("w", "no class app:W") == []
     assert m.exited("w", EXIT_CONFIG) == [
         Note("w", "exited with code 78"),
-        Note("w", "not restarted: fix its class or arguments (workers.w, line 7 of the "
-                  "topology)")]
+        Note("w", "not restarted: fix its entry in the topology (workers.w, line 7) or "
+                  "install what it needs")]
     proc = m.procs["w"]
     assert (proc.state, proc.reason, proc.deadline) == (State.FAILED, "no class app:W", None)
     clock.advance(3600)
