@@ -203,6 +203,12 @@ async def host(spec: HostSpec, status: _Status) -> int:
     runner = WorkerRunner(name=spec.runner or None, bus=bus, handle_sigint=False,
                           handle_sigterm=True)
     await runner.add_workers(worker)
+    start_errors: list[str] = []
+
+    async def on_error(runner: Any, data: Any) -> None:
+        start_errors.append(data.error)
+
+    runner.add_event_handler("on_error", on_error)
     run = asyncio.ensure_future(runner.run(auto_end=True))
     stdin = asyncio.ensure_future(_watch_stdin(runner))
     registered = asyncio.ensure_future(worker.wait_registered())
@@ -210,7 +216,9 @@ async def host(spec: HostSpec, status: _Status) -> int:
         await asyncio.wait({registered, run}, return_when=asyncio.FIRST_COMPLETED)
         if registered.done() and not run.done():
             if runner.registry.get(spec.name) is None:  # start() gave up: not ready
-                raise WorkerStateError(f"'{spec.name}' could not register on its bus")
+                await asyncio.sleep(0)  # let the runner's on_error handlers run
+                why = start_errors[-1] if start_errors else "it did not register on its bus"
+                raise WorkerStateError(f"'{spec.name}' failed to start: {why}")
             status.send("ready", runner=runner.name, pid=os.getpid(),
                         imports=project_imports(Path(spec.root).resolve()))
         await run

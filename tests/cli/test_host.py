@@ -7,6 +7,7 @@ import importlib
 import json
 import os
 import sys
+import tempfile
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from cli.host import EXIT_CONFIG, HostSpec, _Status, build_bus, host
-from pipecat_workers.bus import HubBus
+from pipecat_workers.bus import BusHub, HubBus
 from pipecat_workers.errors import ConfigurationError
 
 WORKERS = """\
@@ -33,6 +34,11 @@ class BadConfig(BaseWorker):
     def __init__(self, name):
         super().__init__(name)
         self.config = json.loads("{not json")
+
+
+class NoGreeting(BaseWorker):
+    async def on_activated(self, args):
+        raise LookupError("no greeting for today")
 """
 
 
@@ -48,13 +54,25 @@ def module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     sys.modules.pop("th_workers", None)
 
 
-def run_host(class_path: str) -> tuple[int, list[dict[str, object]]]:
-    """Run the host on a local bus that is never reached; its code and status events."""
+def run_host(class_path: str, hub: str | None = None) -> tuple[int, list[dict[str, object]]]:
+    """Run the host on a local bus (never reached, unless ``hub`` is a ``BusHub``'s socket);
+    its exit code and status events."""
     read_fd, write_fd = os.pipe()
     spec = HostSpec(name="w", class_path=class_path, args={}, backend="local",
-                    channel="t.main", url="/nonexistent/hub.sock", status_fd=write_fd)
+                    channel="t.main", url=hub or "/nonexistent/hub.sock", status_fd=write_fd)
     status = _Status(spec.status_fd)
-    code = asyncio.run(host(spec, status))
+
+    async def hosted(status: _Status) -> int:
+        if hub is None:
+            return await host(spec, status)
+        bus_hub = BusHub(hub)
+        await bus_hub.start()
+        try:
+            return await host(spec, status)
+        finally:
+            await bus_hub.stop()
+
+    code = asyncio.run(hosted(status))
     del status  # closes the write end
     with os.fdopen(read_fd) as events:
         return code, [json.loads(line) for line in events]
@@ -83,6 +101,19 @@ def test_a_missing_class_is_one_line_too(module: Path,
                        "message": "module 'th_workers' has no attribute 'Nope' "
                                   "(did you mean 'NoKey'?)"}]
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_a_worker_whose_start_raises_says_why(module: Path, capsys: pytest.CaptureFixture[str],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    stdin_read, stdin_write = os.pipe()  # the supervisor's end of the host's stdin
+    monkeypatch.setattr(sys, "stdin", os.fdopen(stdin_read))
+    with tempfile.TemporaryDirectory(dir="/tmp") as sockets, os.fdopen(stdin_write, "w"):
+        code, events = run_host("th_workers:NoGreeting", hub=f"{sockets}/hub.sock")
+    assert code == 1
+    assert events == [{"event": "error",
+                       "message": "'w' failed to start: no greeting for today"}]
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "error: w: 'w' failed to start: no greeting for today")
 
 
 def test_build_bus_picks_the_backend_from_its_table() -> None:
