@@ -8,9 +8,9 @@ that stops says so (leave), a worker that stops says so, and a runner silent for
 the older one's workers. Every ``lost_after`` intervals the runner also asks the peers that
 owe its workers an answer for that long whether they still run those jobs (``check_jobs``):
 delivery is at most once, and a lost request or answer must not leave a job waiting forever.
-Silence heard while this runner's own bus connection is down proves
-little about the peers, so up to ``lost_after`` intervals of it are excused; an outage that
-lasts longer than that counts as silence again.
+Silence heard while this runner's own bus connection is down proves little about the peers,
+so up to ``lost_after`` intervals of it are excused; an outage that lasts longer than that
+counts as silence again.
 """
 
 from __future__ import annotations
