@@ -28,6 +28,7 @@ BUS_SPEC_NAMES = {
     "BusCancelWorkerMessage", "BusAddWorkerMessage", "BusWorkerRegistryMessage",
     "BusWorkerReadyMessage", "BusWorkerErrorMessage", "BusWorkerLocalErrorMessage",
     "BusJobRequestMessage", "BusJobResponseMessage", "BusJobResponseUrgentMessage",
+    "BusJobResponseAgainMessage",
     "BusJobUpdateMessage", "BusJobUpdateUrgentMessage", "BusJobUpdateRequestMessage",
     "BusJobCancelMessage", "BusJobCheckMessage", "BusJobStreamStartMessage",
     "BusJobStreamDataMessage", "BusJobStreamEndMessage", "BusHeartbeatMessage",

@@ -296,6 +296,13 @@ class BusJobResponseMessage(BusDataMessage):
     response: dict[str, Any] | None = None
 
 
+@register_message(name="job.response.again")
+@dataclass(kw_only=True, slots=True)
+class BusJobResponseAgainMessage(BusJobResponseMessage):
+    """A final answer sent again in reply to a :class:`BusJobCheckMessage`; a requester that
+    had the answer already ignores it, hooks included."""
+
+
 @register_message(name="job.response.urgent")
 @dataclass(kw_only=True, slots=True)
 class BusJobResponseUrgentMessage(BusSystemMessage):
@@ -335,11 +342,16 @@ class BusJobUpdateRequestMessage(BusDataMessage):
 @register_message(name="job.check")
 @dataclass(kw_only=True, slots=True)
 class BusJobCheckMessage(BusDataMessage):
-    """The requester asks whether a job it has waited on for long is still running; a worker
-    that does not run it answers ``error``. Network buses deliver at most once: this is how
-    a job whose request or answer was lost still ends."""
+    """The requester asks about jobs it has waited on for long. The worker stays silent about
+    those it runs, sends again the answers it remembers (the first may have been lost), and
+    answers ``error`` for the others (their request, or an answer it no longer remembers, was
+    lost). Network buses deliver at most once: this is how such a job still ends. At most
+    :data:`MAX_CHECKED_JOBS` ids per message; a worker ignores the rest."""
 
-    job_id: str
+    job_ids: list[str]
+
+
+MAX_CHECKED_JOBS = 1024
 
 
 @register_message(name="job.cancel")

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pipecat_workers.bus.messages import (
+    MAX_CHECKED_JOBS,
     BusJobCancelMessage,
     BusJobCheckMessage,
     BusJobRequestMessage,
+    BusJobResponseAgainMessage,
     BusJobResponseMessage,
     BusJobResponseUrgentMessage,
     BusJobStreamDataMessage,
@@ -38,6 +41,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("pipecat_workers.jobs")
 
 _EARLY_CANCEL_MEMORY = 256  # cancels kept per worker for requests that have not arrived yet
+_ANSWER_MEMORY = 256  # final answers kept per worker, to send again when a requester asks
 
 
 class JobExecutorMixin:
@@ -55,6 +59,7 @@ class JobExecutorMixin:
     _job_tasks: dict[str, asyncio.Task[None]]
     _job_locks: dict[str, asyncio.Lock] | None
     _early_cancels: dict[str, tuple[str, str | None]] | None
+    _answers: OrderedDict[str, tuple[JobStatus, dict[str, Any] | None]] | None
     _emit: Any
     _job_handlers: ClassVar[dict[str, JobHandlerSpec]]
     _handles_unnamed_jobs: ClassVar[bool]
@@ -97,6 +102,7 @@ class JobExecutorMixin:
         request = self._active_request(job_id)
         del self._active_jobs[job_id]
         self._count_answer(status)
+        self._remember_answer(job_id, status, response)
         cls = BusJobResponseUrgentMessage if urgent else BusJobResponseMessage
         await self.send_bus_message(cls(source=self.name, target=request.source, job_id=job_id,
                                         status=status, response=response))
@@ -132,8 +138,18 @@ class JobExecutorMixin:
         request = self._active_request(job_id)
         del self._active_jobs[job_id]
         self._count_answer(JobStatus.COMPLETED)
+        self._remember_answer(job_id, JobStatus.COMPLETED, data)
         await self.send_bus_message(BusJobStreamEndMessage(
             source=self.name, target=request.source, job_id=job_id, data=data))
+
+    def _remember_answer(self, job_id: str, status: JobStatus,
+                         response: dict[str, Any] | None) -> None:
+        answers = self._answers
+        if answers is None:
+            answers = self._answers = OrderedDict()
+        answers[job_id] = (status, response)
+        if len(answers) > _ANSWER_MEMORY:
+            answers.popitem(last=False)
 
     def _count_answer(self, status: JobStatus) -> None:
         stats = self._stats
@@ -203,6 +219,13 @@ class JobExecutorMixin:
             lock = self._job_locks[name] = asyncio.Lock()
         return lock
 
+    def _remember_early_cancel(self, job_id: str, requester: str, reason: str | None) -> None:
+        if self._early_cancels is None:
+            self._early_cancels = {}
+        self._early_cancels[job_id] = (requester, reason)
+        if len(self._early_cancels) > _EARLY_CANCEL_MEMORY:
+            del self._early_cancels[next(iter(self._early_cancels))]
+
     def _cancelled_before_arrival(self, request: BusJobRequestMessage) -> str | None:
         early = self._early_cancels.pop(request.job_id, None) if self._early_cancels else None
         if early is not None and early[0] == request.source:
@@ -213,11 +236,7 @@ class JobExecutorMixin:
         request = self._active_jobs.get(message.job_id)
         if request is None:
             # A cancel is a system message and may overtake its own request: remember it.
-            if self._early_cancels is None:
-                self._early_cancels = {}
-            self._early_cancels[message.job_id] = (message.source, message.reason)
-            if len(self._early_cancels) > _EARLY_CANCEL_MEMORY:
-                del self._early_cancels[next(iter(self._early_cancels))]
+            self._remember_early_cancel(message.job_id, message.source, message.reason)
             return
         if message.source != request.source:
             logger.warning("%s: ignored a cancel of job %s from '%s', who did not request it",
@@ -243,14 +262,24 @@ class JobExecutorMixin:
             self._emit("on_job_update_requested", message)
 
     async def _handle_job_check(self, message: BusJobCheckMessage) -> None:
-        # Requests and checks travel in order between two workers: a job that is not active
-        # here has ended (its answer went before this one) or its request never arrived.
-        if message.job_id not in self._active_jobs:
-            await self.send_bus_message(BusJobResponseMessage(
-                source=self.name, target=message.source, job_id=message.job_id,
-                status=JobStatus.ERROR, response={"error": (
-                    f"worker '{self.name}' is not running this job: its request or its answer "
-                    "was lost on the bus")}))
+        job_ids = message.job_ids if isinstance(message.job_ids, list) else []
+        for job_id in job_ids[:MAX_CHECKED_JOBS]:
+            if not isinstance(job_id, str) or job_id in self._active_jobs:
+                continue  # running: the answer will come
+            answer = self._answers.get(job_id) if self._answers else None
+            response: dict[str, Any] | None
+            if answer is None:
+                status, response = JobStatus.ERROR, {"error": (
+                    f"worker '{self.name}' has no record of this job: its request, or its "
+                    "answer, was lost on the bus")}
+                # A request that was only late (a redelivery) must not run after this answer.
+                self._remember_early_cancel(job_id, message.source,
+                                            "its requester was told it never arrived")
+            else:
+                status, response = answer
+            await self.send_bus_message(BusJobResponseAgainMessage(
+                source=self.name, target=message.source, job_id=job_id, status=status,
+                response=response))
 
     async def _cancel_all_jobs(self, reason: str) -> None:
         """Cancel every running handler and answer ``cancelled`` for each active job."""

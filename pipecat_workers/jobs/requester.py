@@ -15,10 +15,12 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pipecat_workers.bus.messages import (
+    MAX_CHECKED_JOBS,
     SYSTEM_PRIORITY,
     BusJobCancelMessage,
     BusJobCheckMessage,
     BusJobRequestMessage,
+    BusJobResponseAgainMessage,
     BusJobResponseMessage,
     BusJobStreamDataMessage,
     BusJobStreamEndMessage,
@@ -252,20 +254,24 @@ class JobRequesterMixin:
             source=self.name, target=worker_name, job_id=job_id))
 
     async def _check_jobs(self, older_than: float, remote: Callable[[str], bool]) -> None:
-        """Send a :class:`BusJobCheckMessage` to each ``remote`` worker that has owed an answer
-        for more than ``older_than`` seconds; the answer, if the job is not running, ends it."""
+        """Ask each ``remote`` worker that has owed an answer for more than ``older_than``
+        seconds about those jobs, in one :class:`BusJobCheckMessage`."""
         now = asyncio.get_running_loop().time()
+        due: dict[str, list[str]] = {}
         for group in list(self._job_groups.values()):
-            if now - group.sent_at < older_than:
-                continue
-            for worker in list(group.pending):
-                if not remote(worker):
-                    continue
+            if now - group.sent_at >= older_than:
+                for worker in group.pending:
+                    if remote(worker):
+                        due.setdefault(worker, []).append(group.job_id)
+        for worker, job_ids in due.items():
+            for start in range(0, len(job_ids), MAX_CHECKED_JOBS):
                 try:
                     await self.send_bus_message(BusJobCheckMessage(
-                        source=self.name, target=worker, job_id=group.job_id))
+                        source=self.name, target=worker,
+                        job_ids=job_ids[start:start + MAX_CHECKED_JOBS]))
                 except (BusError, WorkerStateError) as exc:  # the next round asks again
-                    logger.debug("could not check job %s on '%s': %s", group.job_id, worker, exc)
+                    logger.debug("could not check jobs on '%s': %s", worker, exc)
+                    break
 
     def _forget_group(self) -> None:
         if not self._job_groups:
@@ -286,6 +292,8 @@ class JobRequesterMixin:
         if group is not None and message.source not in group.pending:
             logger.debug("ignored %s from '%s': not a pending member", message, message.source)
             return
+        if group is None and isinstance(message, BusJobResponseAgainMessage):
+            return  # sent again after a check that crossed the answer: had it already
         await self.on_job_response(message)  # type: ignore[arg-type]
         self._emit("on_job_response", message)
         if group is not None:

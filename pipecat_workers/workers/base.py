@@ -13,6 +13,7 @@ import enum
 import itertools
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -48,6 +49,7 @@ from pipecat_workers.events import EventEmitter
 from pipecat_workers.jobs.executor import JobExecutorMixin
 from pipecat_workers.jobs.group import JobGroup
 from pipecat_workers.jobs.requester import JobRequesterMixin
+from pipecat_workers.jobs.types import JobStatus
 from pipecat_workers.registry import WorkerRegistry
 from pipecat_workers.settings import DEFAULT_SETTINGS, Settings
 from pipecat_workers.tasks import cancel_and_wait
@@ -136,6 +138,7 @@ class BaseWorker(EventEmitter, JobRequesterMixin, JobExecutorMixin):
         self._job_tasks: dict[str, asyncio.Task[None]] = {}
         self._job_locks: dict[str, asyncio.Lock] | None = None
         self._early_cancels: dict[str, tuple[str, str | None]] | None = None
+        self._answers: OrderedDict[str, tuple[JobStatus, dict[str, Any] | None]] | None = None
         self._job_groups: dict[str, JobGroup] = {}
         self._finished: asyncio.Future[None] | None = None
         self._done_callbacks: list[Callable[[BaseWorker], None]] = []

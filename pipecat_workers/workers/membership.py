@@ -80,6 +80,7 @@ class Membership:
         self._left: dict[str, float] = {}  # runner -> the incarnation that said it leaves
         self._task: asyncio.Task[None] | None = None
         self._announce: asyncio.Task[None] | None = None
+        self._checking: asyncio.Task[None] | None = None  # a round of job checks
         self._down_since: float | None = None  # loop time our own bus connection dropped
 
     @property
@@ -95,8 +96,9 @@ class Membership:
     async def stop(self) -> None:
         """Stop heartbeating and tell the peers this runner is leaving (unless the bus is
         down: they will notice the silence, and a goodbye would only wait to fail)."""
-        await cancel_and_wait((self._task, self._announce), self._settings.cancel_timeout)
-        self._task = self._announce = None
+        await cancel_and_wait((self._task, self._announce, self._checking),
+                              self._settings.cancel_timeout)
+        self._task = self._announce = self._checking = None
         if self._down_since is not None:
             logger.debug("runner '%s' leaves without a goodbye: its bus is down", self._runner)
             return
@@ -146,14 +148,19 @@ class Membership:
                 next_beat = loop.time() + interval
                 await self._send_heartbeat(interval)
             await self._expire()
-            if loop.time() >= next_check and self._down_since is None:
+            if (loop.time() >= next_check and self._down_since is None
+                    and (self._checking is None or self._checking.done())):
+                # In a task of its own: many checks on a slow bus must not delay a heartbeat.
                 next_check = loop.time() + window
-                try:
-                    await self._check_jobs(window)
-                except Exception:
-                    logger.exception("checking the jobs of runner '%s' failed", self._runner)
+                self._checking = loop.create_task(self._run_checks(window))
             # Checked four times per interval, so a silent peer is noticed soon after it is due.
             await asyncio.sleep(interval / 4)
+
+    async def _run_checks(self, window: float) -> None:
+        try:
+            await self._check_jobs(window)
+        except Exception:
+            logger.exception("checking the jobs of runner '%s' failed", self._runner)
 
     async def _send_heartbeat(self, interval: float) -> None:
         try:

@@ -64,7 +64,7 @@ async def survive_a_restart(a: WorkerRunner, b: WorkerRunner, stop: Callable[[],
         await wait_until(lambda: events[-1:] == ["up"], timeout=patience)
         await wait_until(lambda: "far" in a.registry, timeout=patience)
         assert (await asyncio.wait_for(ask(client, "far", timeout=5), patience)) == {"by": "far"}
-        # Its answer was most likely lost with the server: the job check ends it.
+        # Its answer was most likely lost with the server: the job check gets it again.
         done, _ = await asyncio.wait({in_flight}, timeout=patience)
         assert done, "a job sent before the outage is still waiting"
         error = in_flight.exception()

@@ -144,6 +144,7 @@ def sample_value(annotation: str, name: str) -> Any:
     values: dict[str, Any] = {
         "str": f"value-of-{name}",
         "str | None": f"maybe-{name}",
+        "list[str]": [f"{name}-1", f"{name}-2"],
         "bool": True,
         "float": 12.5,
         "float | None": 3.25,
