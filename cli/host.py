@@ -218,10 +218,12 @@ async def host(spec: HostSpec, status: _Status) -> int:
             if runner.registry.get(spec.name) is None:  # start() gave up: not ready
                 await asyncio.sleep(0)  # let the runner's on_error handlers run
                 why = start_errors[-1] if start_errors else "it did not register on its bus"
-                raise WorkerStateError(f"'{spec.name}' failed to start: {why}")
+                raise WorkerStateError(f"failed to start: {why}")
             status.send("ready", runner=runner.name, pid=os.getpid(),
                         imports=project_imports(Path(spec.root).resolve()))
         await run
+        if start_errors:  # it was ready, then its start failed (a raising on_activated)
+            raise WorkerStateError(f"failed to start: {start_errors[-1]}")
     except WorkersError as exc:
         status.send("error", message=str(exc))
         print(f"error: {spec.name}: {exc}", file=sys.stderr)

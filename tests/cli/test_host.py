@@ -19,6 +19,7 @@ from pipecat_workers.bus import BusHub, HubBus
 from pipecat_workers.errors import ConfigurationError
 
 WORKERS = """\
+import asyncio
 import json
 
 from pipecat_workers import BaseWorker
@@ -38,6 +39,12 @@ class BadConfig(BaseWorker):
 
 class NoGreeting(BaseWorker):
     async def on_activated(self, args):
+        raise LookupError("no greeting for today")
+
+
+class LateFailure(BaseWorker):
+    async def on_activated(self, args):
+        await asyncio.sleep(0.2)  # registered and reported ready by now
         raise LookupError("no greeting for today")
 """
 
@@ -79,8 +86,8 @@ def run_host(class_path: str, hub: str | None = None) -> tuple[int, list[dict[st
 
 
 @pytest.mark.parametrize(("cls", "line", "message"), [
-    ("NoKey", 9, "RuntimeError: no API key configured"),
-    ("BadConfig", 15, "JSONDecodeError: Expecting property name enclosed in double quotes: "
+    ("NoKey", 10, "RuntimeError: no API key configured"),
+    ("BadConfig", 16, "JSONDecodeError: Expecting property name enclosed in double quotes: "
                       "line 1 column 2 (char 1)"),
 ])
 def test_a_worker_that_raises_while_built_is_one_line_and_not_restarted(
@@ -103,17 +110,22 @@ def test_a_missing_class_is_one_line_too(module: Path,
     assert capsys.readouterr().err.count("\n") == 1
 
 
-def test_a_worker_whose_start_raises_says_why(module: Path, capsys: pytest.CaptureFixture[str],
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("cls", "events_before"), [
+    ("NoGreeting", []),  # raises before the host saw it registered
+    ("LateFailure", ["ready"]),  # after: the host must not exit 0 as if it had ended well
+])
+def test_a_worker_whose_start_raises_says_why(
+        module: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        cls: str, events_before: list[str]) -> None:
     stdin_read, stdin_write = os.pipe()  # the supervisor's end of the host's stdin
     monkeypatch.setattr(sys, "stdin", os.fdopen(stdin_read))
     with tempfile.TemporaryDirectory(dir="/tmp") as sockets, os.fdopen(stdin_write, "w"):
-        code, events = run_host("th_workers:NoGreeting", hub=f"{sockets}/hub.sock")
+        code, events = run_host(f"th_workers:{cls}", hub=f"{sockets}/hub.sock")
     assert code == 1
-    assert events == [{"event": "error",
-                       "message": "'w' failed to start: no greeting for today"}]
+    assert [e["event"] for e in events[:-1]] == events_before
+    assert events[-1] == {"event": "error", "message": "failed to start: no greeting for today"}
     assert capsys.readouterr().err.splitlines()[-1] == (
-        "error: w: 'w' failed to start: no greeting for today")
+        "error: w: failed to start: no greeting for today")
 
 
 def test_build_bus_picks_the_backend_from_its_table() -> None:
