@@ -43,7 +43,7 @@ class WorkersGroup(click.Group):
             from rich.console import Console
             from rich.markup import escape
 
-            Console(stderr=True, highlight=False, soft_wrap=True).print(
+            Console(stderr=True, highlight=False, soft_wrap=True, emoji=False).print(
                 f"[red]error:[/red] {escape(str(exc))}", markup=True)
             sys.exit(exc.exit_code if isinstance(exc, CommandError) else 1)
 

@@ -35,6 +35,18 @@ class Project:
 
         return load_topology(recorded)
 
+    def command(self, cwd: Path | None = None) -> str:
+        """How to name this project in a hint: see :func:`command_for`."""
+        here = cwd or Path.cwd()
+        found = find_state_dirs(here)
+        if any(s.path == self.state.path for s in found):
+            return "workers" if len(found) == 1 else f"workers -p {shlex.quote(self.name)}"
+        file = self.topology.path if self.topology else (self.state.read_state() or {}).get(
+            "file")
+        if not file:
+            return f"workers -p {shlex.quote(self.name)}"
+        return f"workers -f {shlex.quote(os.path.relpath(file, here))}"
+
     def last_status(self) -> ProjectStatus | None:
         data = self.state.read_state()
         if data is None:
@@ -48,12 +60,7 @@ class Project:
 def command_for(topology: Topology, cwd: Path | None = None) -> str:
     """How to name this project in a hint, from ``cwd``: ``workers`` when it is the only one
     found from here, ``workers -p NAME`` among others, else ``workers -f FILE``."""
-    found = [s.project for s in find_state_dirs(cwd or Path.cwd())
-             if s.path == StateDir.of(topology.root, topology.name).path]
-    if found:
-        others = len(find_state_dirs(cwd or Path.cwd())) > 1
-        return f"workers -p {shlex.quote(topology.name)}" if others else "workers"
-    return f"workers -f {shlex.quote(os.path.relpath(topology.path, cwd or Path.cwd()))}"
+    return Project(StateDir.of(topology.root, topology.name), topology).command(cwd)
 
 
 def find_project(file: str | None, name: str | None, cwd: Path | None = None) -> Project:

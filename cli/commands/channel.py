@@ -134,7 +134,8 @@ def _check_running(project: Project, worker: str) -> None:
     if found is None or found.state in _CALLABLE:
         return
     reason = f" ({found.reason})" if found.reason else ""
-    hint = f"; `workers start {worker}` starts it" if found.state == "stopped" else ""
+    hint = (f"; `{project.command()} start {worker}` starts it" if found.state == "stopped"
+            else "")
     raise CommandError(f"cannot call '{worker}': it is {found.state}{reason}{hint}")
 
 

@@ -17,7 +17,8 @@ def table_console() -> Console:
     """A console for tables on stdout: the terminal's width, or a wide line when piped."""
     from rich.console import Console
 
-    return Console(highlight=False, width=None if sys.stdout.isatty() else PIPED_WIDTH)
+    return Console(highlight=False, emoji=False,
+                   width=None if sys.stdout.isatty() else PIPED_WIDTH)
 
 
 def plural(n: int, noun: str) -> str:
