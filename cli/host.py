@@ -123,10 +123,9 @@ def build_bus(backend: str, url: str | None, channel: str) -> WorkerBus:
     """
     from pipecat_workers.errors import ConfigurationError
 
-    cls = bus_class(backend)
-    if not url:
+    if not url and backend in BUS_CLASSES:
         raise ConfigurationError(f"a {backend} bus needs a URL")
-    bus: WorkerBus = cls(url, channel=channel)
+    bus: WorkerBus = bus_class(backend)(url, channel=channel)
     return bus
 
 

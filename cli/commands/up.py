@@ -55,6 +55,10 @@ def up(ctx: click.Context, args: tuple[str, ...], detach: bool, no_ui: bool, rel
         how = command_for(topology)
         raise CommandError(f"project '{topology.name}' is already running; "
                            f"`{how} ps` shows it, `{how} down` stops it")
+    known = [*topology.workers, *(p.name for p in expand(topology))]
+    if unknown := [n for n in names if n not in known]:
+        raise CommandError(f"no worker named {', '.join(map(repr, unknown))} in "
+                           f"{topology.path.name} (it has {', '.join(dict.fromkeys(known))})")
     if detach:
         sys.exit(_detach(topology, state, names, timeout, reload=reload))
     renderer: _Shown
@@ -91,7 +95,8 @@ def _split(file: str | None, args: tuple[str, ...]) -> tuple[str, list[str]]:
     """``up FILE WORKER...``, or ``-f FILE up WORKER...``."""
     if file is not None:
         if args and args[0].endswith((".yaml", ".yml")):
-            raise CommandError(f"two topologies: -f {file} and {args[0]}; give one")
+            raise CommandError(f"two topologies: {file} (-f or WORKERS_FILE) and {args[0]}; "
+                               "give one")
         return file, list(args)
     if not args:
         raise CommandError("which topology? `workers up FILE` (or `workers -f FILE up`)")

@@ -304,6 +304,8 @@ def test_an_error_with_brackets_is_printed_as_it_is(tmp_path: Path,
     closing = CliRunner().invoke(main, ["check", "a[/].yaml"])  # rich would raise on "[/]"
     assert closing.exit_code == 1
     assert closing.stderr.strip() == "error: a[/].yaml: file not found"
+    emoji = CliRunner().invoke(main, ["check", "build:100:x.yaml"])  # not "build💯x.yaml"
+    assert emoji.stderr.strip() == "error: build:100:x.yaml: file not found"
 
 
 def test_tables_show_names_and_reasons_as_they_are() -> None:
@@ -404,3 +406,23 @@ def test_a_piped_table_is_not_wrapped_at_80_columns(monkeypatch: pytest.MonkeyPa
         console.print(project_table(status))
     row = [line for line in captured.get().splitlines() if "researcher.1" in line]
     assert len(row) == 1 and "123456" in row[0] and reason in row[0], captured.get()
+
+
+def test_up_refuses_unknown_workers_and_a_second_topology_at_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from cli.main import main
+
+    (tmp_path / "t.yaml").write_text("name: t\nroot: .\nworkers:\n  w: {class: 'm:W'}\n"
+                                     "  r: {class: 'm:W', replicas: 2}\n")
+    monkeypatch.chdir(tmp_path)
+    unknown = CliRunner().invoke(main, ["up", "-d", "t.yaml", "w", "nobody"])
+    assert unknown.exit_code == 1
+    assert unknown.stderr == ("error: no worker named 'nobody' in t.yaml (it has w, r, r.1, "
+                              "r.2)\n")
+    two = CliRunner().invoke(main, ["-f", "t.yaml", "up", "other.yaml"])
+    assert two.exit_code == 1
+    assert two.stderr == ("error: two topologies: t.yaml (-f or WORKERS_FILE) and other.yaml; "
+                          "give one\n")
+    assert not (tmp_path / ".workers").exists()  # nothing was started
