@@ -7,6 +7,7 @@ digests, snapshots, leave, loss, incarnations) is the one the network buses carr
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -15,6 +16,7 @@ from pipecat_workers import (
     ConfigurationError,
     JobContext,
     JobError,
+    JobEventType,
     JobStatus,
     Settings,
     WorkerLostData,
@@ -30,6 +32,7 @@ from pipecat_workers.bus import (
     BusJobRequestMessage,
     BusJobResponseAgainMessage,
     BusJobResponseMessage,
+    BusJobStreamEndMessage,
     BusMessage,
     BusRegistryRequestMessage,
     BusRunnerLeaveMessage,
@@ -194,18 +197,58 @@ async def test_a_job_whose_request_was_lost_ends_and_never_runs_late(bus) -> Non
             super().__init__(name, BusJobRequestMessage)
 
     client = LosesItsRequest("client")
+    responses: list[BusJobResponseMessage] = []
+    client.add_event_handler("on_job_response", lambda w, m: _append(responses, m))
     await a.add_workers(client)
     await b.add_workers(far)
     async with running(a), running(b):
         await wait_until(lambda: "far" in a.registry)
         with pytest.raises(JobError, match=r"'far' has no record of this job"):
             await asyncio.wait_for(ask(client, "far", "slow"), 5)
+        assert len(responses) == 1
+        # Another requester's big check must not push that refusal out of far's memory.
+        await bus.send(BusJobCheckMessage(source="other", target="far",
+                                          job_ids=[f"x{i}" for i in range(MAX_CHECKED_JOBS)]))
         # The request was only late (a redelivery, say): it must not run now.
         seen = Recorder()
         bus.subscribe(seen, role="observer")
         await bus.send(client.lost[0])
-        answer = await seen.wait_for(lambda m: isinstance(m, BusJobResponseMessage))
+        answer = await seen.wait_for(lambda m: isinstance(m, BusJobResponseMessage)
+                                     and m.job_id == client.lost[0].job_id)
         assert answer.status == JobStatus.CANCELLED and far.runs == 0
+        await settle()
+        assert len(responses) == 1  # the refusal reaches no hook: the job had ended
+
+
+class LosesItsStreamEnd(Loses):
+    def __init__(self, name: str) -> None:
+        super().__init__(name, BusJobStreamEndMessage)
+
+    @job("count")
+    async def count(self, message: BusJobRequestMessage) -> None:
+        await self.send_job_stream_start(message.job_id)
+        for n in range(3):
+            await self.send_job_stream_data(message.job_id, {"n": n})
+        await self.send_job_stream_end(message.job_id, {"total": 3})
+
+
+async def test_a_stream_whose_end_was_lost_gets_its_end_again(bus) -> None:
+    a, b = runner_on(bus, "runner-a"), runner_on(bus, "runner-b")
+    client, far = BaseWorker("client"), LosesItsStreamEnd("far")
+    await a.add_workers(client)
+    await b.add_workers(far)
+    async with running(a), running(b):
+        await wait_until(lambda: "far" in a.registry)
+
+        async def read() -> list[tuple[JobEventType, Any]]:
+            async with client.job("far", name="count", timeout=None) as j:
+                return [(event.type, event.data) async for event in j]
+
+        events = await asyncio.wait_for(read(), 5)
+        assert len(far.lost) == 1
+        assert events[-1] == (JobEventType.STREAM_END, {"total": 3})
+        assert [d for t, d in events if t is JobEventType.STREAM_DATA] == [
+            {"n": 0}, {"n": 1}, {"n": 2}]
 
 
 async def test_an_answer_sent_again_after_the_first_arrived_is_ignored(bus) -> None:

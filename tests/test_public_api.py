@@ -28,7 +28,7 @@ BUS_SPEC_NAMES = {
     "BusCancelWorkerMessage", "BusAddWorkerMessage", "BusWorkerRegistryMessage",
     "BusWorkerReadyMessage", "BusWorkerErrorMessage", "BusWorkerLocalErrorMessage",
     "BusJobRequestMessage", "BusJobResponseMessage", "BusJobResponseUrgentMessage",
-    "BusJobResponseAgainMessage",
+    "BusJobResponseAgainMessage", "BusJobStreamEndAgainMessage",
     "BusJobUpdateMessage", "BusJobUpdateUrgentMessage", "BusJobUpdateRequestMessage",
     "BusJobCancelMessage", "BusJobCheckMessage", "BusJobStreamStartMessage",
     "BusJobStreamDataMessage", "BusJobStreamEndMessage", "BusHeartbeatMessage",

@@ -390,3 +390,10 @@ class BusJobStreamEndMessage(BusDataMessage):
 
     job_id: str
     data: dict[str, Any] | None = None
+
+
+@register_message(name="job.stream.end.again")
+@dataclass(kw_only=True, slots=True)
+class BusJobStreamEndAgainMessage(BusJobStreamEndMessage):
+    """The end of a stream sent again in reply to a :class:`BusJobCheckMessage`, as
+    :class:`BusJobResponseAgainMessage` is for a plain answer."""

@@ -22,6 +22,7 @@ from pipecat_workers.bus.messages import (
     BusJobResponseMessage,
     BusJobResponseUrgentMessage,
     BusJobStreamDataMessage,
+    BusJobStreamEndAgainMessage,
     BusJobStreamEndMessage,
     BusJobStreamStartMessage,
     BusJobUpdateMessage,
@@ -42,6 +43,10 @@ logger = logging.getLogger("pipecat_workers.jobs")
 
 _EARLY_CANCEL_MEMORY = 256  # cancels kept per worker for requests that have not arrived yet
 _ANSWER_MEMORY = 256  # final answers kept per worker, to send again when a requester asks
+_REFUSAL_MEMORY = 4 * MAX_CHECKED_JOBS  # jobs a check was told are unknown: refused if late
+
+# A final answer as remembered for a check: (requester, status, response, ended a stream).
+RememberedAnswer = tuple[str, JobStatus, "dict[str, Any] | None", bool]
 
 
 class JobExecutorMixin:
@@ -59,7 +64,8 @@ class JobExecutorMixin:
     _job_tasks: dict[str, asyncio.Task[None]]
     _job_locks: dict[str, asyncio.Lock] | None
     _early_cancels: dict[str, tuple[str, str | None]] | None
-    _answers: OrderedDict[str, tuple[JobStatus, dict[str, Any] | None]] | None
+    _answers: OrderedDict[str, RememberedAnswer] | None
+    _refused: OrderedDict[str, str] | None
     _emit: Any
     _job_handlers: ClassVar[dict[str, JobHandlerSpec]]
     _handles_unnamed_jobs: ClassVar[bool]
@@ -102,7 +108,7 @@ class JobExecutorMixin:
         request = self._active_request(job_id)
         del self._active_jobs[job_id]
         self._count_answer(status)
-        self._remember_answer(job_id, status, response)
+        self._remember_answer(job_id, (request.source, status, response, False))
         cls = BusJobResponseUrgentMessage if urgent else BusJobResponseMessage
         await self.send_bus_message(cls(source=self.name, target=request.source, job_id=job_id,
                                         status=status, response=response))
@@ -138,16 +144,15 @@ class JobExecutorMixin:
         request = self._active_request(job_id)
         del self._active_jobs[job_id]
         self._count_answer(JobStatus.COMPLETED)
-        self._remember_answer(job_id, JobStatus.COMPLETED, data)
+        self._remember_answer(job_id, (request.source, JobStatus.COMPLETED, data, True))
         await self.send_bus_message(BusJobStreamEndMessage(
             source=self.name, target=request.source, job_id=job_id, data=data))
 
-    def _remember_answer(self, job_id: str, status: JobStatus,
-                         response: dict[str, Any] | None) -> None:
+    def _remember_answer(self, job_id: str, answer: RememberedAnswer) -> None:
         answers = self._answers
         if answers is None:
             answers = self._answers = OrderedDict()
-        answers[job_id] = (status, response)
+        answers[job_id] = answer
         if len(answers) > _ANSWER_MEMORY:
             answers.popitem(last=False)
 
@@ -160,6 +165,13 @@ class JobExecutorMixin:
 
     async def _handle_job_request(self, message: BusJobRequestMessage) -> None:
         job_id = message.job_id
+        if self._refused and self._refused.get(job_id) == message.source:
+            # Late (a redelivery): its requester was told it never arrived, and gave up.
+            del self._refused[job_id]
+            await self.send_bus_message(BusJobResponseAgainMessage(
+                source=self.name, target=message.source, job_id=job_id,
+                status=JobStatus.CANCELLED, response={"reason": "arrived after a check"}))
+            return
         if job_id in self._active_jobs:
             logger.warning("%s: ignored a second request for active job %s", self.name, job_id)
             return
@@ -267,19 +279,34 @@ class JobExecutorMixin:
             if not isinstance(job_id, str) or job_id in self._active_jobs:
                 continue  # running: the answer will come
             answer = self._answers.get(job_id) if self._answers else None
-            response: dict[str, Any] | None
             if answer is None:
-                status, response = JobStatus.ERROR, {"error": (
-                    f"worker '{self.name}' has no record of this job: its request, or its "
-                    "answer, was lost on the bus")}
-                # A request that was only late (a redelivery) must not run after this answer.
-                self._remember_early_cancel(job_id, message.source,
-                                            "its requester was told it never arrived")
+                self._refuse_later(job_id, message.source)
+                await self.send_bus_message(BusJobResponseAgainMessage(
+                    source=self.name, target=message.source, job_id=job_id,
+                    status=JobStatus.ERROR, response={"error": (
+                        f"worker '{self.name}' has no record of this job: its request, or its "
+                        "answer, was lost on the bus")}))
+                continue
+            requester, status, response, streamed = answer
+            if requester != message.source:
+                continue  # not theirs to ask about
+            if streamed:
+                await self.send_bus_message(BusJobStreamEndAgainMessage(
+                    source=self.name, target=requester, job_id=job_id, data=response))
             else:
-                status, response = answer
-            await self.send_bus_message(BusJobResponseAgainMessage(
-                source=self.name, target=message.source, job_id=job_id, status=status,
-                response=response))
+                await self.send_bus_message(BusJobResponseAgainMessage(
+                    source=self.name, target=requester, job_id=job_id, status=status,
+                    response=response))
+
+    def _refuse_later(self, job_id: str, requester: str) -> None:
+        """A request that was only late (a redelivery) must not run after its requester was
+        told the job is unknown here."""
+        refused = self._refused
+        if refused is None:
+            refused = self._refused = OrderedDict()
+        refused[job_id] = requester
+        if len(refused) > _REFUSAL_MEMORY:
+            refused.popitem(last=False)
 
     async def _cancel_all_jobs(self, reason: str) -> None:
         """Cancel every running handler and answer ``cancelled`` for each active job."""

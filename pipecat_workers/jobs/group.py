@@ -40,7 +40,7 @@ class JobGroup:
         self.pending: dict[str, None] = dict.fromkeys(worker_names)
         self.error: str | None = None
         self.timer: asyncio.TimerHandle | None = None
-        self.sent_at = loop.time()  # when the requests left, give or take
+        self.sent_at = loop.time()  # when the requests left (the requester sets it after)
         self._ended = False
         # One future per waiter, resolved directly: a waiter wakes one loop turn after the
         # end, and cancelling one waiter touches nobody else.

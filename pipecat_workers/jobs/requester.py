@@ -23,6 +23,7 @@ from pipecat_workers.bus.messages import (
     BusJobResponseAgainMessage,
     BusJobResponseMessage,
     BusJobStreamDataMessage,
+    BusJobStreamEndAgainMessage,
     BusJobStreamEndMessage,
     BusJobStreamStartMessage,
     BusJobUpdateMessage,
@@ -218,6 +219,7 @@ class JobRequesterMixin:
             await self.send_bus_message(BusJobRequestMessage(
                 source=self.name, target=worker, job_id=group.job_id, job_name=name,
                 payload=payload))
+        group.sent_at = loop.time()  # checks count from here: a slow send is not a lost one
         for worker in names:
             if worker not in registry and worker in group.pending:
                 await self._settle_departed(group, worker, "left before the job was sent")
@@ -349,6 +351,8 @@ class JobRequesterMixin:
         group = self._job_groups.get(message.job_id)
         if group is not None and message.source not in group.pending:
             return
+        if group is None and isinstance(message, BusJobStreamEndAgainMessage):
+            return  # sent again after a check that crossed the end: had it already
         await self.on_job_stream_end(message)
         self._emit("on_job_stream_end", message)
         if group is not None:

@@ -46,10 +46,9 @@ from pipecat_workers.bus.messages import (
 )
 from pipecat_workers.errors import WorkerStateError
 from pipecat_workers.events import EventEmitter
-from pipecat_workers.jobs.executor import JobExecutorMixin
+from pipecat_workers.jobs.executor import JobExecutorMixin, RememberedAnswer
 from pipecat_workers.jobs.group import JobGroup
 from pipecat_workers.jobs.requester import JobRequesterMixin
-from pipecat_workers.jobs.types import JobStatus
 from pipecat_workers.registry import WorkerRegistry
 from pipecat_workers.settings import DEFAULT_SETTINGS, Settings
 from pipecat_workers.tasks import cancel_and_wait
@@ -138,7 +137,8 @@ class BaseWorker(EventEmitter, JobRequesterMixin, JobExecutorMixin):
         self._job_tasks: dict[str, asyncio.Task[None]] = {}
         self._job_locks: dict[str, asyncio.Lock] | None = None
         self._early_cancels: dict[str, tuple[str, str | None]] | None = None
-        self._answers: OrderedDict[str, tuple[JobStatus, dict[str, Any] | None]] | None = None
+        self._answers: OrderedDict[str, RememberedAnswer] | None = None
+        self._refused: OrderedDict[str, str] | None = None
         self._job_groups: dict[str, JobGroup] = {}
         self._finished: asyncio.Future[None] | None = None
         self._done_callbacks: list[Callable[[BaseWorker], None]] = []
