@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from pipecat_workers.bus.messages import (
     MAX_CHECKED_JOBS,
@@ -47,6 +46,19 @@ _REFUSAL_MEMORY = 4 * MAX_CHECKED_JOBS  # jobs a check was told are unknown: ref
 
 # A final answer as remembered for a check: (requester, status, response, ended a stream).
 RememberedAnswer = tuple[str, JobStatus, "dict[str, Any] | None", bool]
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+def _remember(memory: dict[_K, _V] | None, key: _K, value: _V, limit: int) -> dict[_K, _V]:
+    """``memory`` (made on first use) with ``key`` set, its oldest entry dropped past
+    ``limit``; a worker's memories cost nothing until it needs them."""
+    if memory is None:
+        memory = {}
+    memory[key] = value
+    if len(memory) > limit:
+        del memory[next(iter(memory))]
+    return memory
 
 
 class JobExecutorMixin:
@@ -64,8 +76,8 @@ class JobExecutorMixin:
     _job_tasks: dict[str, asyncio.Task[None]]
     _job_locks: dict[str, asyncio.Lock] | None
     _early_cancels: dict[str, tuple[str, str | None]] | None
-    _answers: OrderedDict[str, RememberedAnswer] | None
-    _refused: OrderedDict[str, str] | None
+    _answers: dict[str, RememberedAnswer] | None
+    _refused: dict[str, str] | None
     _emit: Any
     _job_handlers: ClassVar[dict[str, JobHandlerSpec]]
     _handles_unnamed_jobs: ClassVar[bool]
@@ -108,7 +120,8 @@ class JobExecutorMixin:
         request = self._active_request(job_id)
         del self._active_jobs[job_id]
         self._count_answer(status)
-        self._remember_answer(job_id, (request.source, status, response, False))
+        self._answers = _remember(self._answers, job_id,
+                                 (request.source, status, response, False), _ANSWER_MEMORY)
         cls = BusJobResponseUrgentMessage if urgent else BusJobResponseMessage
         await self.send_bus_message(cls(source=self.name, target=request.source, job_id=job_id,
                                         status=status, response=response))
@@ -144,17 +157,10 @@ class JobExecutorMixin:
         request = self._active_request(job_id)
         del self._active_jobs[job_id]
         self._count_answer(JobStatus.COMPLETED)
-        self._remember_answer(job_id, (request.source, JobStatus.COMPLETED, data, True))
+        self._answers = _remember(self._answers, job_id,
+                                 (request.source, JobStatus.COMPLETED, data, True), _ANSWER_MEMORY)
         await self.send_bus_message(BusJobStreamEndMessage(
             source=self.name, target=request.source, job_id=job_id, data=data))
-
-    def _remember_answer(self, job_id: str, answer: RememberedAnswer) -> None:
-        answers = self._answers
-        if answers is None:
-            answers = self._answers = OrderedDict()
-        answers[job_id] = answer
-        if len(answers) > _ANSWER_MEMORY:
-            answers.popitem(last=False)
 
     def _count_answer(self, status: JobStatus) -> None:
         stats = self._stats
@@ -231,13 +237,6 @@ class JobExecutorMixin:
             lock = self._job_locks[name] = asyncio.Lock()
         return lock
 
-    def _remember_early_cancel(self, job_id: str, requester: str, reason: str | None) -> None:
-        if self._early_cancels is None:
-            self._early_cancels = {}
-        self._early_cancels[job_id] = (requester, reason)
-        if len(self._early_cancels) > _EARLY_CANCEL_MEMORY:
-            del self._early_cancels[next(iter(self._early_cancels))]
-
     def _cancelled_before_arrival(self, request: BusJobRequestMessage) -> str | None:
         early = self._early_cancels.pop(request.job_id, None) if self._early_cancels else None
         if early is not None and early[0] == request.source:
@@ -248,7 +247,9 @@ class JobExecutorMixin:
         request = self._active_jobs.get(message.job_id)
         if request is None:
             # A cancel is a system message and may overtake its own request: remember it.
-            self._remember_early_cancel(message.job_id, message.source, message.reason)
+            self._early_cancels = _remember(self._early_cancels, message.job_id,
+                                           (message.source, message.reason),
+                                           _EARLY_CANCEL_MEMORY)
             return
         if message.source != request.source:
             logger.warning("%s: ignored a cancel of job %s from '%s', who did not request it",
@@ -280,7 +281,9 @@ class JobExecutorMixin:
                 continue  # running: the answer will come
             answer = self._answers.get(job_id) if self._answers else None
             if answer is None:
-                self._refuse_later(job_id, message.source)
+                # A request that was only late (a redelivery) must not run after this.
+                self._refused = _remember(self._refused, job_id, message.source,
+                                         _REFUSAL_MEMORY)
                 await self.send_bus_message(BusJobResponseAgainMessage(
                     source=self.name, target=message.source, job_id=job_id,
                     status=JobStatus.ERROR, response={"error": (
@@ -297,16 +300,6 @@ class JobExecutorMixin:
                 await self.send_bus_message(BusJobResponseAgainMessage(
                     source=self.name, target=requester, job_id=job_id, status=status,
                     response=response))
-
-    def _refuse_later(self, job_id: str, requester: str) -> None:
-        """A request that was only late (a redelivery) must not run after its requester was
-        told the job is unknown here."""
-        refused = self._refused
-        if refused is None:
-            refused = self._refused = OrderedDict()
-        refused[job_id] = requester
-        if len(refused) > _REFUSAL_MEMORY:
-            refused.popitem(last=False)
 
     async def _cancel_all_jobs(self, reason: str) -> None:
         """Cancel every running handler and answer ``cancelled`` for each active job."""

@@ -13,7 +13,6 @@ import enum
 import itertools
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -137,8 +136,8 @@ class BaseWorker(EventEmitter, JobRequesterMixin, JobExecutorMixin):
         self._job_tasks: dict[str, asyncio.Task[None]] = {}
         self._job_locks: dict[str, asyncio.Lock] | None = None
         self._early_cancels: dict[str, tuple[str, str | None]] | None = None
-        self._answers: OrderedDict[str, RememberedAnswer] | None = None
-        self._refused: OrderedDict[str, str] | None = None
+        self._answers: dict[str, RememberedAnswer] | None = None
+        self._refused: dict[str, str] | None = None
         self._job_groups: dict[str, JobGroup] = {}
         self._finished: asyncio.Future[None] | None = None
         self._done_callbacks: list[Callable[[BaseWorker], None]] = []
