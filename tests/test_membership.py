@@ -330,17 +330,24 @@ async def test_a_silent_runner_is_lost_after_three_intervals(bus) -> None:
         assert "ghost" not in a._membership.peers
 
 
+async def ghost_heard_then_bus_down(bus: AsyncQueueBus, a: WorkerRunner) -> float:
+    """A peer 'ghost' beating every 0.2 s is heard once; then ``a``'s connection drops.
+    Returns when the ghost was heard."""
+    await fake_runner(bus, "ghost", 1.0, ["ghost-worker"], interval=0.2)
+    await wait_until(lambda: "ghost-worker" in a.registry)
+    heard = asyncio.get_running_loop().time()
+    a._membership.bus_down()
+    return heard
+
+
 async def test_silence_while_its_own_bus_is_down_is_excused_once(bus) -> None:
     # The ghost's window is 3 x 0.2 s. Our connection drops at once and comes back after
     # 0.9 s: without the excuse the ghost would be lost by then; with it (capped at one
     # window, 0.6 s) it is lost 0.6 s after its last heartbeat plus 0.6 s.
     a = runner_on(bus, "runner-a")
     async with running(a):
-        await fake_runner(bus, "ghost", 1.0, ["ghost-worker"], interval=0.2)
-        await wait_until(lambda: "ghost-worker" in a.registry)
         loop = asyncio.get_running_loop()
-        heard = loop.time()
-        a._membership.bus_down()
+        heard = await ghost_heard_then_bus_down(bus, a)
         await asyncio.sleep(0.9)
         assert "ghost-worker" in a.registry
         a._membership.bus_up()
@@ -353,11 +360,8 @@ async def test_silence_while_its_own_bus_is_down_is_excused_once(bus) -> None:
 async def test_an_outage_that_does_not_end_excuses_no_more_than_one_window(bus) -> None:
     a = runner_on(bus, "runner-a")
     async with running(a):
-        await fake_runner(bus, "ghost", 1.0, ["ghost-worker"], interval=0.2)
-        await wait_until(lambda: "ghost-worker" in a.registry)
         loop = asyncio.get_running_loop()
-        heard = loop.time()
-        a._membership.bus_down()  # and never up again
+        heard = await ghost_heard_then_bus_down(bus, a)  # and never up again
         await wait_until(lambda: "ghost-worker" not in a.registry, timeout=3)
         assert loop.time() - heard >= 1.2 * 0.95
 

@@ -88,6 +88,31 @@ async def inject(db: Any, queue: str, message: str) -> None:
     await db.execute("SELECT pgmq.send($1, $2::jsonb)", queue, message)
 
 
+def tagged(dsn: str) -> tuple[str, str]:
+    """``dsn`` with an application name of its own, so its sessions can be found and killed;
+    and that name."""
+    app = f"pwt{uuid.uuid4().hex[:10]}"
+    parts = urlsplit(dsn)
+    query = f"{parts.query}&" if parts.query else ""
+    return urlunsplit(parts._replace(query=f"{query}application_name={app}")), app
+
+
+async def kill_sessions(db: Any, app: str) -> int:
+    return int(await db.fetchval("SELECT count(pg_terminate_backend(pid)) FROM "
+                                 "pg_stat_activity WHERE application_name = $1", app))
+
+
+TRY_LOCK = "SELECT pg_try_advisory_lock($1)"
+
+
+async def take_lock_once_free(db: Any, key: int) -> None:
+    """Take an advisory lock the moment it is free (a killed session's ends with it)."""
+    deadline = time.monotonic() + 5
+    while not await db.fetchval(TRY_LOCK, key):
+        assert time.monotonic() < deadline, "the session holding the lock did not end"
+        await asyncio.sleep(0.005)
+
+
 # -- no server needed --------------------------------------------------------------------------
 
 
@@ -298,10 +323,7 @@ async def test_with_a_secret_an_unsigned_message_is_dropped(dsn: str, db: Any) -
 
 @postgres
 async def test_a_reader_whose_connections_are_killed_reconnects(dsn: str, db: Any) -> None:
-    app = f"pwt{uuid.uuid4().hex[:10]}"
-    parts = urlsplit(dsn)
-    query = f"{parts.query}&" if parts.query else ""
-    dsn_b = urlunsplit(parts._replace(query=f"{query}application_name={app}"))
+    dsn_b, app = tagged(dsn)
     channel = unique()
     a, b = bus_for(dsn, channel, "ra"), bus_for(dsn_b, channel, "rb")
     wb = Recorder("wb")
@@ -316,9 +338,7 @@ async def test_a_reader_whose_connections_are_killed_reconnects(dsn: str, db: An
     async with a, b:
         await a.send(Note(source="wa", text="before"))
         await wb.wait_count(1, timeout=5)
-        killed = await db.fetchval("SELECT count(pg_terminate_backend(pid)) FROM "
-                                   "pg_stat_activity WHERE application_name = $1", app)
-        assert killed >= 1
+        assert await kill_sessions(db, app) >= 1
         await a.send(Note(source="wa", text="during"))  # kept in b's queue meanwhile
         await eventually(lambda: events == ["down", "up"], "a disconnect and a reconnect")
         await wb.wait_count(2, timeout=5)
@@ -372,53 +392,37 @@ async def test_a_live_runner_whose_queue_is_dropped_recreates_it(dsn: str, db: A
 @postgres
 async def test_a_reconnecting_reader_waits_for_a_probe_to_release_its_lock(dsn: str,
                                                                            db: Any) -> None:
-    app = f"pwt{uuid.uuid4().hex[:10]}"
-    parts = urlsplit(dsn)
-    query = f"{parts.query}&" if parts.query else ""
-    b = bus_for(urlunsplit(parts._replace(query=f"{query}application_name={app}")),
-                unique(), "rb")
-    taken = "SELECT pg_try_advisory_lock($1)"
+    dsn_b, app = tagged(dsn)
+    b = bus_for(dsn_b, unique(), "rb")
     async with b:
         key = _lock_key(b.queue_name())
-        assert await db.fetchval(taken, key) is False  # b's reader holds it
-        await db.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                         "WHERE application_name = $1", app)
+        assert await db.fetchval(TRY_LOCK, key) is False  # b's reader holds it
+        await kill_sessions(db, app)
         # Take b's lock the moment its session ends, as a peer's probe would, and hold it
         # while b's reader reconnects.
-        deadline = time.monotonic() + 5
-        while not await db.fetchval(taken, key):
-            assert time.monotonic() < deadline, "b's session did not end"
-            await asyncio.sleep(0.005)
+        await take_lock_once_free(db, key)
         await asyncio.sleep(0.3)
         await db.execute("SELECT pg_advisory_unlock($1)", key)
         await eventually(lambda: b.connected, "b reconnects")
         # The reader took its lock once the "probe" let go: to its peers, b is alive.
-        assert await db.fetchval(taken, key) is False
+        assert await db.fetchval(TRY_LOCK, key) is False
 
 
 @postgres
 async def test_a_reader_that_could_not_take_its_lock_takes_it_later(dsn: str, db: Any) -> None:
-    app = f"pwt{uuid.uuid4().hex[:10]}"
-    parts = urlsplit(dsn)
-    query = f"{parts.query}&" if parts.query else ""
-    b = bus_for(urlunsplit(parts._replace(query=f"{query}application_name={app}")),
-                unique(), "rb")
-    taken = "SELECT pg_try_advisory_lock($1)"
+    dsn_b, app = tagged(dsn)
+    b = bus_for(dsn_b, unique(), "rb")
     async with b:
         key = _lock_key(b.queue_name())
-        await db.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                         "WHERE application_name = $1", app)
-        deadline = time.monotonic() + 5
-        while not await db.fetchval(taken, key):
-            assert time.monotonic() < deadline, "b's session did not end"
-            await asyncio.sleep(0.005)
+        await kill_sessions(db, app)
+        await take_lock_once_free(db, key)
         # Held past the reader's wait: it goes on without the lock, and reads meanwhile.
         await eventually(lambda: not b.connected, "b notices that its session ended")
         await eventually(lambda: b.connected, "b reconnects without its lock")
         await db.execute("SELECT pg_advisory_unlock($1)", key)
         # Its next safety poll (every 0.2 s here) takes the lock.
         deadline = time.monotonic() + 5
-        while await db.fetchval(taken, key):
+        while await db.fetchval(TRY_LOCK, key):
             await db.execute("SELECT pg_advisory_unlock($1)", key)
             assert time.monotonic() < deadline, "b never took its lock back"
             await asyncio.sleep(0.05)
