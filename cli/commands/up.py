@@ -55,10 +55,8 @@ def up(ctx: click.Context, args: tuple[str, ...], detach: bool, no_ui: bool, rel
         how = command_for(topology)
         raise CommandError(f"project '{topology.name}' is already running; "
                            f"`{how} ps` shows it, `{how} down` stops it")
-    known = [*topology.workers, *(p.name for p in expand(topology))]
-    if unknown := [n for n in names if n not in known]:
-        raise CommandError(f"no worker named {', '.join(map(repr, unknown))} in "
-                           f"{topology.path.name} (it has {', '.join(dict.fromkeys(known))})")
+    if wrong := topology.unknown_workers(names):
+        raise CommandError(wrong)
     if detach:
         sys.exit(_detach(topology, state, names, timeout, reload=reload))
     renderer: _Shown
@@ -129,9 +127,9 @@ def _detach(topology: Topology, state: StateDir, names: list[str], timeout: floa
         return _await_ready(topology, state, child, log_start, timeout, partial=bool(names),
                             reload=reload)
     except KeyboardInterrupt:
+        how = command_for(topology)
         click.echo(f"\nstopped waiting; project '{topology.name}' keeps starting in the "
-                   f"background: `{command_for(topology)} ps` shows it, "
-                   f"`{command_for(topology)} down` stops it", err=True)
+                   f"background: `{how} ps` shows it, `{how} down` stops it", err=True)
         return 130
 
 

@@ -130,9 +130,8 @@ class Supervisor:
 
     async def run(self) -> int:
         """Supervise until the end; returns the exit code for the command."""
-        if self._only and (unknown := self._machine.unknown(self._only)):
-            raise CommandError(f"no worker named {', '.join(map(repr, unknown))} in "
-                               f"{self._topology.path.name}")
+        if self._only and (wrong := self._topology.unknown_workers(self._only)):
+            raise CommandError(wrong)
         lock = self._state.lock()
         loop = asyncio.get_running_loop()
         installed = self._install_signals(loop)

@@ -7,7 +7,7 @@ supervisor and its tests share.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -69,6 +69,17 @@ class Topology:
     root: Path                    # the project directory: imports and the state directory
     channels: Mapping[str, ChannelSpec]
     workers: Mapping[str, WorkerSpec]
+
+    def unknown_workers(self, names: Iterable[str]) -> str | None:
+        """What is wrong with ``names`` given to a command (a worker key names all its
+        replicas), as one line; None if every name is known."""
+        known = list(dict.fromkeys(
+            n for spec in self.workers.values() for n in (spec.key, *spec.instance_names())))
+        unknown = [n for n in names if n not in known]
+        if not unknown:
+            return None
+        return (f"no worker named {', '.join(map(repr, unknown))} in {self.path.name} "
+                f"(it has {', '.join(known)})")
 
 
 @dataclass(frozen=True, slots=True)
