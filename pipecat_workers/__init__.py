@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from pipecat_workers.jobs.context import JobContext as JobContext
     from pipecat_workers.jobs.context import JobGroupContext as JobGroupContext
     from pipecat_workers.jobs.group import JobGroup as JobGroup
+    from pipecat_workers.jobs.params import JobGroupParams as JobGroupParams
+    from pipecat_workers.jobs.params import JobParams as JobParams
     from pipecat_workers.jobs.types import JobEvent as JobEvent
     from pipecat_workers.jobs.types import JobEventType as JobEventType
     from pipecat_workers.jobs.types import JobGroupEvent as JobGroupEvent
@@ -60,7 +62,9 @@ _EXPORTS: dict[str, str] = {
     "JobGroupContext": "pipecat_workers.jobs.context",
     "JobGroupError": "pipecat_workers.errors",
     "JobGroupEvent": "pipecat_workers.jobs.types",
+    "JobGroupParams": "pipecat_workers.jobs.params",
     "JobGroupResponse": "pipecat_workers.jobs.types",
+    "JobParams": "pipecat_workers.jobs.params",
     "JobStatus": "pipecat_workers.jobs.types",
     "MessageTooLargeError": "pipecat_workers.errors",
     "MissingDependencyError": "pipecat_workers.errors",

@@ -84,9 +84,11 @@ def test_unknown_bus_attribute_is_an_attribute_error():
 
 
 SEED_SIGNATURES = {
+    # The seed's keywords first and unchanged; then label, cancellable and params (pipecat 1.14).
     "request_job": "(self, worker_name: 'str', *, name: 'str | None' = None, "
-                   "payload: 'dict[str, Any] | None' = None, timeout: 'float | None' = None) "
-                   "-> 'str'",
+                   "payload: 'dict[str, Any] | None' = None, timeout: 'float | None' = None, "
+                   "label: 'str | None' = None, cancellable: 'bool | None' = None, "
+                   "params: 'JobParams | None' = None) -> 'str'",
     "activate_worker": "(self, worker_name: 'str', *, args: 'WorkerActivationArgs | None' = None, "
                        "deactivate_self: 'bool' = False) -> 'None'",
     "send_job_response": "(self, job_id: 'str', response: 'dict[str, Any] | None' = None, *, "

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 from pipecat_workers.errors import JobError, JobGroupError
 from pipecat_workers.jobs.group import JobGroup
+from pipecat_workers.jobs.params import JobGroupParams
 from pipecat_workers.jobs.types import JobEvent, JobGroupEvent, JobGroupResponse, JobStatus
 
 if TYPE_CHECKING:
@@ -22,15 +23,11 @@ class JobGroupContext:
     """
 
     def __init__(
-        self, requester: BaseWorker, worker_names: tuple[str, ...], *, name: str | None,
-        payload: dict[str, Any] | None, timeout: float | None, cancel_on_error: bool,
+        self, requester: BaseWorker, worker_names: tuple[str, ...], params: JobGroupParams,
     ) -> None:
         self._requester = requester
         self._worker_names = worker_names
-        self._name = name
-        self._payload = payload
-        self._timeout = timeout
-        self._cancel_on_error = cancel_on_error
+        self._params = params
         self._group: JobGroup | None = None
 
     @property
@@ -65,8 +62,7 @@ class JobGroupContext:
 
     async def __aenter__(self) -> Self:
         self._group = await self._requester._open_group(
-            self._worker_names, name=self._name, payload=self._payload, timeout=self._timeout,
-            cancel_on_error=self._cancel_on_error, collect_events=True)
+            self._worker_names, self._params, collect_events=True)
         return self
 
     def __aiter__(self) -> JobGroupContext:
@@ -113,12 +109,8 @@ class JobContext(JobGroupContext):
         JobError: on exit, if the job did not complete.
     """
 
-    def __init__(
-        self, requester: BaseWorker, worker_name: str, *, name: str | None,
-        payload: dict[str, Any] | None, timeout: float | None,
-    ) -> None:
-        super().__init__(requester, (worker_name,), name=name, payload=payload,
-                         timeout=timeout, cancel_on_error=True)
+    def __init__(self, requester: BaseWorker, worker_name: str, params: JobGroupParams) -> None:
+        super().__init__(requester, (worker_name,), params)
         self._worker_name = worker_name
 
     @property

@@ -2,7 +2,9 @@
 
 Every request gets exactly one answer: the handler's, ``error`` if it raises or no handler
 matches the job name, or ``cancelled`` if the requester cancels or the worker stops (a worker
-that is ending or stopping takes no new jobs: it answers them ``cancelled`` at once).
+that is ending or stopping takes no new jobs: it answers them ``cancelled`` at once). A handler
+declared ``@job(..., answer="later")`` may return first and leave the answer to other code;
+the job stays active, and those same cancels end it.
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ class JobExecutorMixin:
     _early_cancels: dict[str, tuple[str, str | None]] | None
     _answers: dict[str, RememberedAnswer] | None
     _refused: dict[str, str] | None
+    _all_answered: asyncio.Future[None] | None
     _emit: Any
     _job_handlers: ClassVar[dict[str, JobHandlerSpec]]
     _handles_unnamed_jobs: ClassVar[bool]
@@ -119,6 +122,8 @@ class JobExecutorMixin:
         """
         request = self._active_request(job_id)
         del self._active_jobs[job_id]
+        if not self._active_jobs and self._all_answered is not None:
+            self._wake_all_answered()
         self._count_answer(status)
         self._answers = _remember(self._answers, job_id,
                                  (request.source, status, response, False), _ANSWER_MEMORY)
@@ -156,11 +161,27 @@ class JobExecutorMixin:
         """End the stream; this is also the final answer (``data`` is the response)."""
         request = self._active_request(job_id)
         del self._active_jobs[job_id]
+        if not self._active_jobs and self._all_answered is not None:
+            self._wake_all_answered()
         self._count_answer(JobStatus.COMPLETED)
         self._answers = _remember(self._answers, job_id,
                                  (request.source, JobStatus.COMPLETED, data, True), _ANSWER_MEMORY)
         await self.send_bus_message(BusJobStreamEndMessage(
             source=self.name, target=request.source, job_id=job_id, data=data))
+
+    def _wake_all_answered(self) -> None:
+        waiter, self._all_answered = self._all_answered, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _wait_all_answered(self) -> None:
+        """Wait until every job taken here is answered (a graceful end waits for this)."""
+        if not self._active_jobs:
+            return
+        if self._all_answered is None:
+            self._all_answered = asyncio.get_running_loop().create_future()
+        # Shielded: a waiter that gives up (the end's grace ran out) leaves the future alone.
+        await asyncio.shield(self._all_answered)
 
     def _count_answer(self, status: JobStatus) -> None:
         stats = self._stats
@@ -203,8 +224,8 @@ class JobExecutorMixin:
         """Run one handler; make sure the job gets an answer when it returns or raises.
 
         A ``@job`` handler that returns without answering completes the job with what it
-        returned (a dict, or nothing). ``on_job_request`` may answer later from elsewhere, so
-        only a dict it returns answers for it.
+        returned (a dict, or nothing). ``on_job_request`` and ``@job(answer="later")`` may
+        answer later from elsewhere, so only a dict they return answers for them.
         """
         job_id = message.job_id
         handler: Callable[[BusJobRequestMessage], Awaitable[Any]] = (
@@ -215,7 +236,8 @@ class JobExecutorMixin:
                     result = await handler(message)
             else:
                 result = await handler(message)
-            if job_id in self._active_jobs and (spec is not None or isinstance(result, dict)):
+            if job_id in self._active_jobs and (
+                    isinstance(result, dict) or (spec is not None and spec.answer == "on_return")):
                 await self.send_job_response(job_id, result if isinstance(result, dict) else None)
         except asyncio.CancelledError:
             pass  # the cancel path answers

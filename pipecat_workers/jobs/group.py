@@ -21,22 +21,28 @@ class JobGroup:
 
     A group ends exactly once: :meth:`complete` when every member answered, or :meth:`fail`
     when it was cancelled, timed out or a member errored under ``cancel_on_error``.
+
+    Attributes:
+        label: The human-readable title it was sent with, or ``None``.
+        cancellable: Whether ``request_cancel_job_group`` may cancel it.
     """
 
     __slots__ = ("job_id", "worker_names", "responses", "statuses", "cancel_on_error",
-                 "pending", "error", "timer", "sent_at", "_ended", "_enders", "_events",
-                 "_event_limit", "_events_dropped", "_event_wait", "_waiter", "_reading", "_room",
-                 "_loop")
+                 "label", "cancellable", "pending", "error", "timer", "sent_at", "_ended",
+                 "_enders", "_events", "_event_limit", "_events_dropped", "_event_wait",
+                 "_waiter", "_reading", "_room", "_loop")
 
     def __init__(
         self, job_id: str, worker_names: tuple[str, ...], *, cancel_on_error: bool,
-        loop: asyncio.AbstractEventLoop,
+        loop: asyncio.AbstractEventLoop, label: str | None = None, cancellable: bool = True,
     ) -> None:
         self.job_id = job_id
         self.worker_names = worker_names
         self.responses: dict[str, dict[str, Any]] = {}
         self.statuses: dict[str, JobStatus] = {}
         self.cancel_on_error = cancel_on_error
+        self.label = label
+        self.cancellable = cancellable
         self.pending: dict[str, None] = dict.fromkeys(worker_names)
         self.error: str | None = None
         self.timer: asyncio.TimerHandle | None = None

@@ -33,6 +33,7 @@ from pipecat_workers.bus.messages import (
 from pipecat_workers.errors import BusError, ConfigurationError, JobGroupError, WorkerStateError
 from pipecat_workers.jobs.context import JobContext, JobGroupContext
 from pipecat_workers.jobs.group import JobGroup, RawEvent
+from pipecat_workers.jobs.params import JobGroupParams, JobParams, resolve_params
 from pipecat_workers.jobs.types import JobEventType, JobGroupResponse, JobStatus
 from pipecat_workers.types import WorkerLostData
 
@@ -117,34 +118,82 @@ class JobRequesterMixin:
     async def request_job(
         self, worker_name: str, *, name: str | None = None,
         payload: dict[str, Any] | None = None, timeout: float | None = None,
+        label: str | None = None, cancellable: bool | None = None,
+        params: JobParams | None = None,
     ) -> str:
         """Send a job to one worker once it is ready, and return its job id at once.
 
         Answers arrive through the hooks (``on_job_response``, ``on_job_completed``...).
+        Options go either as keywords or as ``params``, not both.
+
+        Args:
+            worker_name: The worker to send the job to.
+            name: The job name (routes to the worker's ``@job`` handler).
+            payload: The data describing the work.
+            timeout: Seconds for the whole job, waiting for the worker included.
+            label: A human-readable title, kept on the group.
+            cancellable: Whether :meth:`request_cancel_job_group` may cancel it (default
+                True).
+            params: The options as one :class:`JobParams` (the pipecat 1.14 spelling); a
+                :class:`JobGroupParams` also sets ``cancel_on_error``.
+
+        Returns:
+            The job id.
 
         Raises:
+            TypeError: if ``params`` comes with any of the keywords.
+            ConfigurationError: if an option is invalid.
             JobGroupError: if the worker is not ready within ``timeout``.
         """
-        group = await self.create_job_group_and_request_job(
-            [worker_name], name=name, payload=payload, timeout=timeout)
+        resolved = resolve_params(params, name=name, payload=payload, timeout=timeout,
+                                  label=label, cancellable=cancellable)
+        group = await self._open_group((worker_name,), resolved)
         return group.job_id
 
     async def request_job_group(
         self, *worker_names: str, name: str | None = None,
         payload: dict[str, Any] | None = None, timeout: float | None = None,
-        cancel_on_error: bool = True,
+        cancel_on_error: bool | None = None, label: str | None = None,
+        cancellable: bool | None = None, params: JobParams | None = None,
     ) -> str:
-        """Send one job to several workers once all are ready; return the shared job id."""
-        group = await self.create_job_group_and_request_job(
-            list(worker_names), name=name, payload=payload, timeout=timeout,
-            cancel_on_error=cancel_on_error)
+        """Send one job to several workers once all are ready; return the shared job id.
+
+        Takes the options of :meth:`request_job` (``timeout`` covers the whole group), and:
+
+        Args:
+            worker_names: The workers to send the job to.
+            cancel_on_error: Whether a member answering ``error`` or ``failed`` cancels the
+                group (default True).
+
+        Returns:
+            The job id shared by the group.
+
+        Raises:
+            TypeError: if ``params`` comes with any of the keywords, or a worker name is
+                not a string.
+            ConfigurationError: if an option is invalid, or no worker or a repeated one is
+                named.
+            JobGroupError: if the workers are not all ready within ``timeout``.
+        """
+        resolved = resolve_params(params, name=name, payload=payload, timeout=timeout,
+                                  label=label, cancellable=cancellable,
+                                  cancel_on_error=cancel_on_error)
+        group = await self._open_group(worker_names, resolved)
         return group.job_id
 
     def job(
         self, worker_name: str, *, name: str | None = None,
         payload: dict[str, Any] | None = None, timeout: float | None = None,
+        label: str | None = None, cancellable: bool | None = None,
+        params: JobParams | None = None,
     ) -> JobContext:
         """A context manager that sends a job to one worker and waits for its answer.
+
+        Takes the options of :meth:`request_job`.
+
+        Raises:
+            TypeError: if ``params`` comes with any of the keywords.
+            ConfigurationError: if an option is invalid.
 
         Example::
 
@@ -153,36 +202,56 @@ class JobRequesterMixin:
                     print(event.type, event.data)
             print(j.response)
         """
-        return JobContext(self, worker_name, name=name, payload=payload,  # type: ignore[arg-type]
-                          timeout=timeout)
+        resolved = resolve_params(params, name=name, payload=payload, timeout=timeout,
+                                  label=label, cancellable=cancellable)
+        return JobContext(self, worker_name, resolved)  # type: ignore[arg-type]
 
     def job_group(
         self, *worker_names: str, name: str | None = None,
         payload: dict[str, Any] | None = None, timeout: float | None = None,
-        cancel_on_error: bool = True,
+        cancel_on_error: bool | None = None, label: str | None = None,
+        cancellable: bool | None = None, params: JobParams | None = None,
     ) -> JobGroupContext:
-        """A context manager that sends one job to several workers and waits for all."""
-        return JobGroupContext(self, worker_names, name=name, payload=payload,  # type: ignore[arg-type]
-                               timeout=timeout, cancel_on_error=cancel_on_error)
+        """A context manager that sends one job to several workers and waits for all.
+
+        Takes the options of :meth:`request_job_group`.
+
+        Raises:
+            TypeError: if ``params`` comes with any of the keywords.
+            ConfigurationError: if an option is invalid.
+        """
+        resolved = resolve_params(params, name=name, payload=payload, timeout=timeout,
+                                  label=label, cancellable=cancellable,
+                                  cancel_on_error=cancel_on_error)
+        return JobGroupContext(self, worker_names, resolved)  # type: ignore[arg-type]
 
     async def create_job_group_and_request_job(
         self, worker_names: list[str], *, name: str | None = None,
         payload: dict[str, Any] | None = None, timeout: float | None = None,
-        cancel_on_error: bool = True,
+        cancel_on_error: bool | None = None, label: str | None = None,
+        cancellable: bool | None = None, params: JobParams | None = None,
     ) -> JobGroup:
         """Wait for the workers, create the group, send the requests; do not wait for answers.
 
+        Takes the options of :meth:`request_job_group`.
+
+        Returns:
+            The group; ``await group.wait()`` for the answers.
+
         Raises:
-            ConfigurationError: if no worker is named, a name is not a string, or a name
-                repeats.
+            TypeError: if ``params`` comes with any of the keywords, or a worker name is
+                not a string.
+            ConfigurationError: if an option is invalid, or no worker or a repeated one is
+                named.
             JobGroupError: if the workers are not all ready within ``timeout``.
         """
-        return await self._open_group(worker_names, name=name, payload=payload,
-                                      timeout=timeout, cancel_on_error=cancel_on_error)
+        resolved = resolve_params(params, name=name, payload=payload, timeout=timeout,
+                                  label=label, cancellable=cancellable,
+                                  cancel_on_error=cancel_on_error)
+        return await self._open_group(worker_names, resolved)
 
     async def _open_group(
-        self, worker_names: list[str] | tuple[str, ...], *, name: str | None,
-        payload: dict[str, Any] | None, timeout: float | None, cancel_on_error: bool,
+        self, worker_names: list[str] | tuple[str, ...], params: JobGroupParams, *,
         collect_events: bool = False,
     ) -> JobGroup:
         """The work of :meth:`create_job_group_and_request_job`; with ``collect_events``,
@@ -195,8 +264,7 @@ class JobRequesterMixin:
                 raise TypeError(f"worker names must be str, got {type(worker).__name__}")
         if len(set(names)) != len(names):
             raise ConfigurationError(f"a job group names a worker twice: {', '.join(names)}")
-        if timeout is not None and timeout <= 0:
-            raise ConfigurationError(f"timeout must be positive, got {timeout}")
+        timeout = params.timeout  # validated by JobParams
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         registry = self.registry
@@ -204,7 +272,8 @@ class JobRequesterMixin:
             if worker not in registry:
                 await self._wait_ready(names, deadline, timeout)
                 break
-        group = JobGroup(new_job_id(), names, cancel_on_error=cancel_on_error, loop=loop)
+        group = JobGroup(new_job_id(), names, cancel_on_error=params.cancel_on_error,
+                         label=params.label, cancellable=params.cancellable, loop=loop)
         if collect_events:
             group.collect_events(self._settings.event_queue_size, self._settings.event_wait)
         if not self._job_groups:
@@ -217,8 +286,8 @@ class JobRequesterMixin:
             self._stats.jobs_requested += len(names)
         for worker in names:
             await self.send_bus_message(BusJobRequestMessage(
-                source=self.name, target=worker, job_id=group.job_id, job_name=name,
-                payload=payload))
+                source=self.name, target=worker, job_id=group.job_id, job_name=params.name,
+                payload=params.payload))
         group.sent_at = loop.time()  # checks count from here: a slow send is not a lost one
         for worker in names:
             if worker not in registry and worker in group.pending:
@@ -240,6 +309,8 @@ class JobRequesterMixin:
 
     async def cancel_job_group(self, job_id: str, *, reason: str | None = None) -> None:
         """Cancel a job group: its pending members get a cancel, and its waiters fail."""
+        # Cancels the requester makes itself (timeouts, cancel_on_error, shutdown, its own
+        # code) ignore ``cancellable``: that flag only guards request_cancel_job_group.
         group = self._job_groups.pop(job_id, None)
         if group is None:
             return
@@ -249,6 +320,27 @@ class JobRequesterMixin:
         for worker in list(group.pending):
             await self.send_bus_message(BusJobCancelMessage(
                 source=self.name, target=worker, job_id=job_id, reason=reason))
+
+    async def request_cancel_job_group(self, job_id: str, *, reason: str | None = None) -> bool:
+        """Cancel a job group on behalf of someone outside it (a UI, an operator), if allowed.
+
+        The group is cancelled as :meth:`cancel_job_group` does, unless it was sent with
+        ``cancellable=False``: the requester decided that work must not be interrupted from
+        outside.
+
+        Args:
+            job_id: The group's job id.
+            reason: Why; its waiters' error says it (default ``"cancelled"``).
+
+        Returns:
+            True if the group was cancelled; False if it is unknown, already ended, or not
+            cancellable.
+        """
+        group = self._job_groups.get(job_id)
+        if group is None or group.done or not group.cancellable:
+            return False
+        await self.cancel_job_group(job_id, reason=reason)
+        return True
 
     async def request_job_update(self, job_id: str, worker_name: str) -> None:
         """Ask a worker for a progress update on a job."""

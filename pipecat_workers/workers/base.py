@@ -138,6 +138,7 @@ class BaseWorker(EventEmitter, JobRequesterMixin, JobExecutorMixin):
         self._early_cancels: dict[str, tuple[str, str | None]] | None = None
         self._answers: dict[str, RememberedAnswer] | None = None
         self._refused: dict[str, str] | None = None
+        self._all_answered: asyncio.Future[None] | None = None
         self._job_groups: dict[str, JobGroup] = {}
         self._finished: asyncio.Future[None] | None = None
         self._done_callbacks: list[Callable[[BaseWorker], None]] = []
@@ -499,7 +500,8 @@ class BaseWorker(EventEmitter, JobRequesterMixin, JobExecutorMixin):
 
     async def _end(self, reason: str | None) -> None:
         """Finish gracefully: wait (up to ``end_grace``) for the children, for the jobs this
-        worker runs, and for the answers to the jobs it sent; then stop."""
+        worker runs until they are answered, and for the answers to the jobs it sent; then
+        stop."""
         grace = self._settings.end_grace
         for child in self._children:
             await self.send_bus_message(BusEndWorkerMessage(
@@ -507,6 +509,10 @@ class BaseWorker(EventEmitter, JobRequesterMixin, JobExecutorMixin):
         # Stopping cancels the groups this worker launched, so let their answers arrive first.
         waiters = [asyncio.ensure_future(c.wait()) for c in self._children]
         waiters += [asyncio.ensure_future(g.wait_ended()) for g in self._job_groups.values()]
+        if self._active_jobs:
+            # Jobs whose handler already returned (answer="later", on_job_request) are
+            # answered by other code: give it the same grace as a running handler.
+            waiters.append(asyncio.ensure_future(self._wait_all_answered()))
         handlers = [t for t in self._job_tasks.values() if not t.done()]
         if waiters or handlers:
             await asyncio.wait([*waiters, *handlers], timeout=grace)
@@ -580,12 +586,22 @@ async def _no_builtin(worker: BaseWorker, message: Any) -> None:
     return None
 
 
+def _overridable(method: str) -> Dispatch:
+    """Dispatch to a lifecycle method that subclasses extend (a pipeline worker adds to
+    activation and cancellation): looked up on the worker, not fixed to BaseWorker's."""
+
+    async def dispatch(worker: BaseWorker, message: Any) -> None:
+        await getattr(worker, method)(message)
+
+    return dispatch
+
+
 _DISPATCH: dict[type, Dispatch] = {
     BusFrameMessage: _ignore,
-    BusActivateWorkerMessage: BaseWorker._handle_activate,
-    BusDeactivateWorkerMessage: BaseWorker._handle_deactivate,
-    BusEndWorkerMessage: BaseWorker._handle_end_worker,
-    BusCancelWorkerMessage: BaseWorker._handle_cancel_worker,
+    BusActivateWorkerMessage: _overridable("_handle_activate"),
+    BusDeactivateWorkerMessage: _overridable("_handle_deactivate"),
+    BusEndWorkerMessage: _overridable("_handle_end_worker"),
+    BusCancelWorkerMessage: _overridable("_handle_cancel_worker"),
     BusWorkerErrorMessage: BaseWorker._handle_worker_error,
     BusWorkerLocalErrorMessage: BaseWorker._handle_worker_error,
     BusJobRequestMessage: BaseWorker._handle_job_request,
