@@ -12,7 +12,10 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-from collections.abc import Callable
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import NoReturn
 
 import pytest
@@ -95,3 +98,58 @@ def _require_marked_services(request: pytest.FixtureRequest) -> None:
     for marker, fixture in _SERVICE_FIXTURES.items():
         if request.node.get_closest_marker(marker) is not None:
             request.getfixturevalue(fixture)
+
+
+@pytest.fixture
+def socket_dir() -> Iterator[str]:
+    """A short temporary directory for Unix sockets: pytest's tmp_path can be longer than the
+    107 bytes a socket path may have."""
+    directory = tempfile.mkdtemp(prefix="pw-")
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+# Every bus kind, for tests that run on each (the network ones only where their server is).
+BUS_KINDS = [
+    "local",
+    "hub",
+    pytest.param("redis", marks=pytest.mark.redis),
+    pytest.param("pgmq", marks=pytest.mark.postgres),
+]
+
+
+@pytest.fixture(params=BUS_KINDS)
+async def new_bus(request: pytest.FixtureRequest) -> AsyncIterator[Callable[[], object]]:
+    """Makes buses on one fresh channel of one kind: each runner gets its own, as separate
+    processes would (the local kind shares one ``AsyncQueueBus``, which the test owns).
+    Backends are built lazily, so a run on the local bus never touches a server."""
+    from pipecat_workers.bus import AsyncQueueBus, BusHub, HubBus
+
+    channel = f"test-{uuid.uuid4().hex[:10]}"
+    hub: BusHub | None = None
+    shared: AsyncQueueBus | None = None
+    make: Callable[[], object]
+    if request.param == "local":
+        shared = AsyncQueueBus()
+        await shared.start()  # the test owns it, so no runner stops it under the other
+        make = lambda: shared  # noqa: E731
+    elif request.param == "hub":
+        hub = BusHub(f"{request.getfixturevalue('socket_dir')}/hub.sock")
+        await hub.start()
+        path = hub.path
+        make = lambda: HubBus(path, channel=channel)  # noqa: E731
+    elif request.param == "redis":
+        from pipecat_workers.bus import RedisBus
+
+        url = request.getfixturevalue("redis_url")
+        make = lambda: RedisBus(url, channel=channel)  # noqa: E731
+    else:
+        from pipecat_workers.bus import PgmqBus
+
+        dsn = request.getfixturevalue("postgres_dsn")
+        make = lambda: PgmqBus(dsn, channel=channel)  # noqa: E731
+    yield make
+    if shared is not None:
+        await shared.close()
+    if hub is not None:
+        await hub.stop()

@@ -9,10 +9,8 @@ local bus never touches a server.
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -31,12 +29,9 @@ from pipecat_workers import (
     job,
 )
 from pipecat_workers.bus import (
-    AsyncQueueBus,
     BusActivateWorkerMessage,
     BusDataMessage,
-    BusHub,
     BusJobRequestMessage,
-    HubBus,
     WorkerBus,
     register_message,
 )
@@ -96,47 +91,9 @@ MakeRunner = Callable[[str], WorkerRunner]
 
 
 @pytest.fixture
-def socket_dir() -> Iterator[str]:
-    """A short temporary directory for Unix sockets: pytest's tmp_path can be longer than the
-    107 bytes a socket path may have."""
-    directory = tempfile.mkdtemp(prefix="pw-")
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
-
-
-@pytest.fixture(params=[
-    "local",
-    "hub",
-    pytest.param("redis", marks=pytest.mark.redis),
-    pytest.param("pgmq", marks=pytest.mark.postgres),
-])
-async def make_runner(request: pytest.FixtureRequest) -> AsyncIterator[MakeRunner]:
-    channel = f"contract-{uuid.uuid4().hex[:10]}"
-    hub: BusHub | None = None
-    if request.param == "local":
-        shared = AsyncQueueBus()
-        await shared.start()  # the test owns it, so no runner stops it under the other
-        new_bus: Callable[[], WorkerBus] = lambda: shared  # noqa: E731
-    elif request.param == "hub":
-        hub = BusHub(f"{request.getfixturevalue('socket_dir')}/hub.sock")
-        await hub.start()
-        path = hub.path
-        new_bus = lambda: HubBus(path, channel=channel)  # noqa: E731
-    elif request.param == "redis":
-        from pipecat_workers.bus import RedisBus
-
-        url = request.getfixturevalue("redis_url")
-        new_bus = lambda: RedisBus(url, channel=channel)  # noqa: E731
-    else:
-        from pipecat_workers.bus import PgmqBus
-
-        dsn = request.getfixturevalue("postgres_dsn")
-        new_bus = lambda: PgmqBus(dsn, channel=channel)  # noqa: E731
-    yield lambda name: WorkerRunner(name=name, bus=new_bus(), handle_sigint=False, settings=FAST)
-    if request.param == "local":
-        await shared.close()
-    if hub is not None:
-        await hub.stop()
+def make_runner(new_bus: Callable[[], WorkerBus]) -> MakeRunner:
+    return lambda name: WorkerRunner(name=name, bus=new_bus(), handle_sigint=False,
+                                     settings=FAST)
 
 
 async def pair(stack: AsyncExitStack, make_runner: MakeRunner, left: list[BaseWorker],

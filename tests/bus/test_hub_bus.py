@@ -5,15 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 import socket
 import stat
 import struct
 import sys
-import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -59,14 +57,6 @@ ROOT = Path(__file__).resolve().parents[2]
 @dataclass(kw_only=True, slots=True)
 class Note(BusDataMessage):
     text: str = ""
-
-
-@pytest.fixture
-def socket_dir() -> Iterator[str]:
-    """A short directory for sockets: pytest's tmp_path may exceed what AF_UNIX allows."""
-    directory = tempfile.mkdtemp(prefix="pw-")
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture
