@@ -4,8 +4,13 @@ JSON carries ``None``, ``bool``, ``int``, ``float``, ``str``, ``list`` and ``dic
 keys as they are. Everything else becomes a tagged object ``{"$t": TAG, "v": VALUE}``: ``TAG``
 is ``0`` for a tuple, ``1`` for bytes (base64), ``2`` for a dict sent as ``[[key, value], ...]``
 pairs (a dict with a non-``str`` key, or with a ``"$t"`` key), or the wire name of a registered
-Enum or dataclass. Decoding builds only registered classes, through ``__init__``, and never
-imports anything.
+Enum or dataclass, or of an adapted type (:func:`~pipecat_workers.catalogue.register_adapter`),
+whose ``VALUE`` is what its adapter's ``encode`` returned, encoded in turn. Decoding builds only
+registered classes, through ``__init__`` or their adapter's ``decode``, and never imports
+anything.
+
+:func:`copy_value` gives, in memory, what a trip through :func:`encode_value` and
+:func:`decode_value` gives (bytes are immutable, so they are shared rather than copied).
 """
 
 from __future__ import annotations
@@ -17,11 +22,12 @@ import math
 from typing import Any
 
 from pipecat_workers.bus.messages import BusLocalMessage
-from pipecat_workers.catalogue import lookup, type_name
+from pipecat_workers.catalogue import Adapter, adapter_for, adapter_named, lookup, type_name
 
 TAG = "$t"
 _TUPLE, _BYTES, _PAIRS = 0, 1, 2
 SCALARS = frozenset({str, int, float, bool, type(None)})
+_SHARED = frozenset({str, int, bool, type(None), bytes})  # immutable, no check: copied as is
 
 _init_fields: dict[type, tuple[str, ...]] = {}
 
@@ -78,10 +84,43 @@ def encode_value(v: Any) -> Any:
         if isinstance(v, BusLocalMessage):
             raise Unsupported(f"{t.__qualname__} is a local-only message")
         return {TAG: name, "v": encode_fields(v, t)}
-    raise Unsupported(
+    adapter = adapter_for(t)
+    if adapter is not None:
+        return {TAG: adapter.name, "v": _enc_adapted(v, adapter)}
+    raise _unsupported(t)
+
+
+def _unsupported(t: type) -> Unsupported:
+    return Unsupported(
         f"{t.__qualname__} is not a supported type "
         "(register it with register_message or convert it)"
     )
+
+
+def _adapt(v: Any, adapter: Adapter) -> Any:
+    """What ``adapter.encode`` makes of ``v``; its failures become :class:`Unsupported`."""
+    try:
+        return adapter.encode(v)
+    except (Unsupported, RecursionError):
+        raise
+    except Exception as e:
+        raise Unsupported(f"{type(v).__qualname__} cannot be encoded: {e}") from None
+
+
+def _enc_adapted(v: Any, adapter: Adapter) -> Any:
+    inner = _adapt(v, adapter)
+    if type(inner) is not dict or TAG in inner:
+        return encode_value(inner)
+    out: dict[str, Any] = {}
+    for k, x in inner.items():
+        if type(k) is not str:
+            return encode_value(inner)
+        try:
+            out[k] = x if type(x) in SCALARS else encode_value(x)
+        except Unsupported as e:
+            e.path.append(f".{k}")  # the adapter's dict stands for the object's fields
+            raise
+    return out
 
 
 def _enc_seq(v: list[Any] | tuple[Any, ...]) -> list[Any]:
@@ -139,6 +178,16 @@ def nonfinite_path(v: Any, path: str) -> str | None:
             found = found or nonfinite_path(x, f"{path}[{k!r}]")
     elif isinstance(v, enum.Enum):
         found = nonfinite_path(v.value, f"{path}.value")
+    elif type_name(t) is None and (adapter := adapter_for(t)) is not None:
+        try:
+            inner = adapter.encode(v)
+        except Exception:
+            return None
+        if type(inner) is dict:
+            for k, x in inner.items():
+                found = found or nonfinite_path(x, f"{path}.{k}")
+        else:
+            found = nonfinite_path(inner, path)
     elif dataclasses.is_dataclass(v):
         for name in fields_of(t):
             found = found or nonfinite_path(getattr(v, name), f"{path}.{name}")
@@ -186,7 +235,14 @@ def decode_value(v: Any) -> Any:
         raise Drop("malformed")
     cls = lookup(tag)
     if cls is None:
-        raise Drop("unknown_type", tag)
+        adapter = adapter_named(tag)
+        if adapter is None:
+            raise Drop("unknown_type", tag)
+        inner = val if type(val) in SCALARS else decode_value(val)
+        try:
+            return adapter.decode(inner)
+        except Exception:
+            raise Drop("malformed", tag) from None
     if issubclass(cls, enum.Enum):
         try:
             return cls(decode_value(val))
@@ -203,3 +259,102 @@ def build(cls: type, name: str, raw: dict[str, Any]) -> Any:
         return cls(**kwargs)  # unknown or missing fields raise TypeError: no setattr of extras
     except Exception:
         raise Drop("malformed", name) from None
+
+
+# -- copying ------------------------------------------------------------------------------
+
+
+def copy_value(v: Any) -> Any:
+    """What ``decode_value(encode_value(v))`` returns, without building the encoded form.
+
+    Raises :class:`Unsupported` where :func:`encode_value` would (NaN and infinity too, which
+    the JSON step refuses), and where an adapter's ``decode`` fails (the receiver would drop
+    the message).
+    """
+    t = type(v)
+    if t in SCALARS:
+        if t is float and not math.isfinite(v):
+            raise Unsupported("NaN and infinity are not supported")
+        return v
+    if t is bytes:
+        return v
+    if t is dict:
+        out: dict[Any, Any] = {}
+        for k, x in v.items():
+            try:
+                key = k if type(k) in _SHARED else copy_value(k)
+            except Unsupported as e:
+                e.path.append(f"<key {k!r}>")
+                raise
+            try:
+                out[key] = x if type(x) in _SHARED else copy_value(x)
+            except Unsupported as e:
+                e.path.append(f"[{k!r}]")
+                raise
+        return out
+    if t is list:
+        return _copy_seq(v)
+    if t is tuple:
+        return tuple(_copy_seq(v))
+    name = type_name(t)
+    if name is not None:
+        if isinstance(v, enum.Enum):
+            try:
+                copy_value(v.value)
+            except Unsupported as e:
+                e.path.append(".value")
+                raise
+            return v
+        if isinstance(v, BusLocalMessage):
+            raise Unsupported(f"{t.__qualname__} is a local-only message")
+        kwargs: dict[str, Any] = {}
+        field = ""
+        try:
+            for field in fields_of(t):
+                kwargs[field] = copy_value(getattr(v, field))
+        except Unsupported as e:
+            e.path.append(f".{field}")
+            raise
+        return _rebuild(t, kwargs)
+    adapter = adapter_for(t)
+    if adapter is not None:
+        inner = _copy_adapted(v, adapter)
+        try:
+            return adapter.decode(inner)
+        except Exception as e:
+            raise Unsupported(f"{t.__qualname__} cannot be decoded by its adapter: {e}") from None
+    raise _unsupported(t)
+
+
+def _copy_adapted(v: Any, adapter: Adapter) -> Any:
+    inner = _adapt(v, adapter)
+    if type(inner) is not dict:
+        return copy_value(inner)
+    out: dict[str, Any] = {}
+    for k, x in inner.items():
+        if type(k) is not str:
+            return copy_value(inner)
+        try:
+            out[k] = x if type(x) in _SHARED else copy_value(x)
+        except Unsupported as e:
+            e.path.append(f".{k}")
+            raise
+    return out
+
+
+def _copy_seq(v: list[Any] | tuple[Any, ...]) -> list[Any]:
+    out: list[Any] = []
+    try:
+        for x in v:
+            out.append(x if type(x) in _SHARED else copy_value(x))
+    except Unsupported as e:
+        e.path.append(f"[{len(out)}]")
+        raise
+    return out
+
+
+def _rebuild(cls: type, kwargs: dict[str, Any]) -> Any:
+    try:
+        return cls(**kwargs)
+    except Exception as e:
+        raise Unsupported(f"{cls.__qualname__} cannot be rebuilt from its fields: {e}") from None

@@ -16,9 +16,10 @@ the sender with a :class:`~pipecat_workers.errors.SerializationError` that names
 
 Guarantee: the receiver resolves types only through the allow-list in
 :mod:`pipecat_workers.catalogue`; nothing from the wire is ever imported, and only
-registered classes are constructed, through their ``__init__``. Decoding never raises: a bad
-message is dropped, counted by reason (:meth:`MessageSerializer.stats`) and logged once per
-reason and type.
+registered classes are constructed, through their ``__init__`` (or their adapter's ``decode``).
+Decoding never raises: a bad message is dropped, counted by reason
+(:meth:`MessageSerializer.stats`) and logged once per reason and type; a value of a type this
+process has not registered drops the whole message (``unknown_type``), wherever it is nested.
 
 Signing: with a shared secret (argument, or ``PIPECAT_WORKERS_SECRET`` read at construction),
 the sender signs the exact bytes ``U`` of the unsigned envelope with HMAC-SHA256 and sends
@@ -45,7 +46,7 @@ from typing import Any
 
 from pipecat_workers.bus.codec import Drop, Unsupported, build, encode_fields, nonfinite_path
 from pipecat_workers.bus.messages import BusLocalMessage, BusMessage, BusUnregisteredMessage
-from pipecat_workers.catalogue import lookup, type_name
+from pipecat_workers.catalogue import adapter_named, lookup, type_name
 from pipecat_workers.errors import ConfigurationError, MessageTooLargeError, SerializationError
 
 logger = logging.getLogger("pipecat_workers.bus")
@@ -264,6 +265,8 @@ class JSONMessageSerializer(MessageSerializer):
             self._check_fresh(mid, float(ts), name)
         cls = lookup(name)
         if cls is None:
+            if adapter_named(name) is not None:
+                raise Drop("not_a_message", name)
             if not self._keep_unknown:
                 raise Drop("unknown_type", name)
             source, target = body.get("source"), body.get("target")
