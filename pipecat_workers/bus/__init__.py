@@ -42,6 +42,7 @@ from pipecat_workers.bus.messages import (
     BusMessage,
     BusRegistryRequestMessage,
     BusRunnerLeaveMessage,
+    BusSystemFrameMessage,
     BusSystemMessage,
     BusTTSSpeakMessage,
     BusUnregisteredMessage,
@@ -53,7 +54,7 @@ from pipecat_workers.bus.messages import (
     FrameDirection,
 )
 from pipecat_workers.bus.serializer import Envelope, JSONMessageSerializer, MessageSerializer
-from pipecat_workers.catalogue import register_message
+from pipecat_workers.catalogue import register_adapter, register_message
 from pipecat_workers.errors import MissingDependencyError
 
 # name -> (backend module, driver module it needs, extra that installs the driver)
@@ -106,6 +107,7 @@ __all__ = [
     "BusRegistryRequestMessage",
     "BusRunnerLeaveMessage",
     "BusSubscriber",
+    "BusSystemFrameMessage",
     "BusSystemMessage",
     "BusTTSSpeakMessage",
     "BusUnregisteredMessage",
@@ -122,5 +124,6 @@ __all__ = [
     "PgmqBus",
     "RedisBus",
     "WorkerBus",
+    "register_adapter",
     "register_message",
 ]

@@ -92,11 +92,27 @@ class FrameDirection(enum.Enum):
 @register_message(name="frame")
 @dataclass(kw_only=True, slots=True)
 class BusFrameMessage(BusDataMessage):
-    """Carries a frame between pipelines; the frame may be any registered dataclass."""
+    """Carries a frame between pipelines; the frame may be any registered dataclass.
+
+    Attributes:
+        frame: The frame.
+        direction: Which way it travels (a pipeline package may use its own enum with the
+            same values).
+        bridge: The bridge's tag, for named bridges; ``None`` for the default bridge.
+    """
 
     frame: Any
-    direction: FrameDirection = FrameDirection.DOWNSTREAM
+    direction: Any = FrameDirection.DOWNSTREAM
     bridge: str | None = None
+
+
+@register_message(name="frame.system")
+@dataclass(kw_only=True, slots=True)
+class BusSystemFrameMessage(BusFrameMessage):
+    """A frame that must not wait behind data (an interruption, speech events, input audio):
+    it travels with system priority, as such frames do inside a pipeline."""
+
+    PRIORITY: ClassVar[int] = SYSTEM_PRIORITY
 
 
 @register_message(name="tts.speak")
@@ -114,11 +130,20 @@ class BusTTSSpeakMessage(BusDataMessage):
 @register_message(name="worker.activate")
 @dataclass(kw_only=True, slots=True)
 class BusActivateWorkerMessage(BusDataMessage):
-    """Activates the target worker with optional arguments."""
+    """Activates the target worker with optional arguments.
+
+    Attributes:
+        args: The activation arguments (``WorkerActivationArgs.to_dict()``).
+        bridge_worker: Set by pipeline workers: the worker whose bridge an activated bridged
+            worker is to serve. Plain workers ignore it.
+        bridge_tag: That bridge's tag (``None`` for an untagged bridge).
+    """
 
     ESSENTIAL: ClassVar[bool] = True
 
     args: dict[str, Any] | None = None
+    bridge_worker: str | None = None
+    bridge_tag: str | None = None
 
 
 @register_message(name="worker.deactivate")
