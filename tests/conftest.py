@@ -16,6 +16,8 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AsyncExitStack, contextmanager
+from pathlib import Path
 from typing import NoReturn
 
 import pytest
@@ -100,13 +102,21 @@ def _require_marked_services(request: pytest.FixtureRequest) -> None:
             request.getfixturevalue(fixture)
 
 
+@contextmanager
+def _short_dir() -> Iterator[str]:
+    directory = tempfile.mkdtemp(prefix="pw-")
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 @pytest.fixture
 def socket_dir() -> Iterator[str]:
     """A short temporary directory for Unix sockets: pytest's tmp_path can be longer than the
     107 bytes a socket path may have."""
-    directory = tempfile.mkdtemp(prefix="pw-")
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
+    with _short_dir() as directory:
+        yield directory
 
 
 # Every bus kind, for tests that run on each (the network ones only where their server is).
@@ -153,3 +163,21 @@ async def new_bus(request: pytest.FixtureRequest) -> AsyncIterator[Callable[[], 
         await shared.close()
     if hub is not None:
         await hub.stop()
+
+
+@pytest.fixture(params=BUS_KINDS[1:])
+async def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[object]:
+    """Runner processes on one fresh channel of a network bus (the hub hosted here, as the
+    supervisor hosts it; Redis; PGMQ): see ``tests/procs/cluster.py``."""
+    from pipecat_workers.bus import BusHub
+    from tests.procs.cluster import Cluster
+
+    async with AsyncExitStack() as stack:
+        if request.param == "hub":
+            directory = stack.enter_context(_short_dir())
+            hub = await stack.enter_async_context(BusHub(f"{directory}/hub.sock"))
+            url = hub.path
+        else:
+            url = request.getfixturevalue(
+                "redis_url" if request.param == "redis" else "postgres_dsn")
+        yield Cluster(request.param, url, tmp_path, stack)

@@ -7,13 +7,7 @@ it), on Redis and on PGMQ.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import sys
-import tempfile
-import uuid
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,20 +16,10 @@ from pipecat_workers import (
     BaseWorker,
     JobError,
     JobEvent,
-    Settings,
     WorkerLostData,
-    WorkerRunner,
 )
-from pipecat_workers.bus import BusHub, HubBus, JSONMessageSerializer, WorkerBus
-from tests.helpers import running, wait_until
-from tests.procs.control import PeerProcess
-
-SETTINGS = Settings(heartbeat_interval=0.5, lost_after=3, end_grace=2.0, cancel_timeout=0.5)
-BACKENDS = [
-    "hub",
-    pytest.param("redis", marks=pytest.mark.redis),
-    pytest.param("pgmq", marks=pytest.mark.postgres),
-]
+from tests.helpers import wait_until
+from tests.procs.cluster import Cluster
 
 
 class Watcher(BaseWorker):
@@ -45,62 +29,6 @@ class Watcher(BaseWorker):
 
     async def on_worker_lost(self, data: WorkerLostData) -> None:
         self.lost.append(data)
-
-
-class Cluster:
-    """This test's runner plus peer processes, all on one fresh channel."""
-
-    def __init__(self, backend: str, url: str, log_dir: Path, stack: AsyncExitStack) -> None:
-        self.backend = backend
-        self.url = url
-        self.channel = f"mp-{uuid.uuid4().hex[:10]}"
-        self.log_dir = log_dir
-        self.stack = stack
-
-    def bus(self, secret: str | None = None) -> WorkerBus:
-        serializer = JSONMessageSerializer(secret=secret) if secret else None
-        if self.backend == "hub":
-            return HubBus(self.url, channel=self.channel, serializer=serializer)
-        if self.backend == "redis":
-            from pipecat_workers.bus import RedisBus
-
-            return RedisBus(self.url, channel=self.channel, serializer=serializer)
-        from pipecat_workers.bus import PgmqBus
-
-        return PgmqBus(self.url, channel=self.channel, serializer=serializer)
-
-    async def local(self, *workers: BaseWorker, secret: str | None = None) -> WorkerRunner:
-        runner = WorkerRunner(name=f"test-{uuid.uuid4().hex[:6]}", bus=self.bus(secret),
-                              handle_sigint=False, settings=SETTINGS)
-        await runner.add_workers(*workers)
-        await self.stack.enter_async_context(running(runner))
-        return runner
-
-    async def peer(self, *workers: str, secret: str | None = None,
-                   wait: bool = True) -> PeerProcess:
-        args = ["--backend", self.backend, "--url", self.url, "--channel", self.channel,
-                "--name", f"peer-{uuid.uuid4().hex[:6]}", "--heartbeat", "0.5"]
-        if secret:
-            args += ["--secret", secret]
-        process = await PeerProcess.start(self.log_dir, *args, *workers)
-        self.stack.push_async_callback(process.stop)
-        if wait:
-            await process.ready()
-        return process
-
-
-@pytest.fixture(params=BACKENDS)
-async def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Cluster]:
-    async with AsyncExitStack() as stack:
-        if request.param == "hub":  # hosted here, as the supervisor hosts it
-            directory = tempfile.mkdtemp(prefix="pw-")  # tmp_path is too long for a socket
-            stack.callback(shutil.rmtree, directory, ignore_errors=True)
-            hub = await stack.enter_async_context(BusHub(f"{directory}/hub.sock"))
-            url = hub.path
-        else:
-            url = request.getfixturevalue(
-                "redis_url" if request.param == "redis" else "postgres_dsn")
-        yield Cluster(request.param, url, tmp_path, stack)
 
 
 async def test_discovery_both_ways_and_a_job_across_processes(cluster: Cluster) -> None:

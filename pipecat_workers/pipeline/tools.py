@@ -86,7 +86,8 @@ class ToolSpec:
 def tool(fn: _Tool, /) -> _Tool: ...
 @overload
 def tool(
-    *, cancel_on_interruption: bool = True, timeout_secs: float | None = None
+    *, cancel_on_interruption: bool = True, timeout_secs: float | None = None,
+    timeout: float | None = None,
 ) -> Callable[[_Tool], _Tool]: ...
 def tool(
     fn: _Tool | None = None,
@@ -94,6 +95,7 @@ def tool(
     *,
     cancel_on_interruption: bool = True,
     timeout_secs: float | None = None,
+    timeout: float | None = None,
 ) -> _Tool | Callable[[_Tool], _Tool]:
     """Mark ``async def method(self, params, <arguments>)`` as a tool; it is checked, not wrapped.
 
@@ -102,10 +104,16 @@ def tool(
         cancel_on_interruption: ``False`` makes calls asynchronous: the LLM does not wait for
             them, and interruptions do not cancel them.
         timeout_secs: A per-call deadline in seconds; ``None`` keeps the service's default.
+        timeout: The older name of ``timeout_secs`` (pipecat's), accepted for ported code.
 
     Raises:
         ConfigurationError: The method or an option cannot work as a tool.
     """
+    if timeout is not None:
+        if timeout_secs is not None:
+            raise ConfigurationError("@tool: give timeout_secs or timeout (its old name), "
+                                     "not both")
+        timeout_secs = timeout
     options = ToolOptions(cancel_on_interruption, timeout_secs)
 
     def mark(func: _Tool) -> _Tool:

@@ -670,3 +670,14 @@ async def test_handler_calls_the_bound_method_with_the_arguments():
     params = SimpleNamespace(arguments={"agent": "support", "reason": "billing"})
     await spec.handler(worker)(params)
     assert calls == [(worker, params, "support", "billing")]
+
+
+def test_timeout_is_accepted_as_the_old_name_of_timeout_secs() -> None:
+    class Worker:
+        @tool(timeout=7)
+        async def slow(self, params: Any) -> None:
+            """Slow."""
+
+    assert collect_tools(Worker)["slow"].options.timeout_secs == 7
+    with pytest.raises(ConfigurationError, match="not both"):
+        tool(timeout=1, timeout_secs=2)

@@ -4,8 +4,9 @@
 
 ``--backend hub`` takes the hub's socket path as ``--url``.
 
-Hosts one :class:`Peer` worker per name and prints ``READY <runner>`` once they are all
-registered. Runs until it receives SIGTERM (or is killed).
+Hosts one :class:`Peer` worker per name (``agent:NAME`` hosts a bridged LLM agent on the
+scripted model instead, see ``tests/pipeline/kit.py``) and prints ``READY <runner>`` once they
+are all registered. Runs until it receives SIGTERM (or is killed).
 """
 
 from __future__ import annotations
@@ -47,6 +48,15 @@ def make_bus(args: argparse.Namespace) -> WorkerBus:
     return PgmqBus(args.url, channel=args.channel, serializer=serializer)
 
 
+def make_worker(spec: str) -> BaseWorker:
+    if spec.startswith("agent:"):
+        from tests.pipeline.kit import Agent
+
+        name = spec.removeprefix("agent:")
+        return Agent(name, f"You are {name}.")
+    return Peer(spec)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--backend", choices=["hub", "redis", "pgmq"], required=True)
@@ -60,7 +70,7 @@ async def main() -> None:
     runner = WorkerRunner(name=args.name, bus=make_bus(args), handle_sigint=True,
                           handle_sigterm=True,
                           settings=Settings(heartbeat_interval=args.heartbeat, end_grace=2.0))
-    await runner.add_workers(*(Peer(name) for name in args.workers))
+    await runner.add_workers(*(make_worker(spec) for spec in args.workers))
 
     async def announce(_runner: WorkerRunner) -> None:
         print(f"READY {args.name}", flush=True)

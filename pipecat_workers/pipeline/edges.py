@@ -1,0 +1,97 @@
+"""Which frames may cross the bus, and the processors at a bridged pipeline's edges.
+
+Lifecycle frames never cross: a pipeline's start, end, cancel and stop, and the requests to end
+or cancel a worker, belong to the pipeline that has them (D15). A fatal error does not cross
+either: it cancels the worker it happened in, not its peers. Everything else may cross, and
+system frames (interruptions, speech events, input audio) travel with system priority.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from pipecat.frames.frames import (
+    CancelFrame,
+    EndFrame,
+    ErrorFrame,
+    Frame,
+    StartFrame,
+    StopFrame,
+    SystemFrame,
+    WorkerFrame,
+    WorkerSystemFrame,
+)
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+
+from pipecat_workers.bus.messages import BusFrameMessage, BusSystemFrameMessage
+from pipecat_workers.catalogue import adapter_for, adapter_named, lookup, type_name
+from pipecat_workers.pipeline.drain import DrainProbeFrame
+
+LIFECYCLE_FRAMES: tuple[type[Frame], ...] = (
+    StartFrame, EndFrame, CancelFrame, StopFrame, WorkerFrame, WorkerSystemFrame,
+)
+
+Publish = Callable[[Frame, FrameDirection], Awaitable[bool]]
+
+
+def stays_local(frame: Frame) -> bool:
+    """Whether a frame never crosses the bus, whatever the pipeline says."""
+    if isinstance(frame, LIFECYCLE_FRAMES):
+        return True
+    return isinstance(frame, ErrorFrame) and bool(frame.fatal)
+
+
+def type_names(types: tuple[type[Frame], ...]) -> list[str]:
+    """The wire names of frame types (to tell a peer which ones to keep local)."""
+    names = []
+    for cls in types:
+        adapter = adapter_for(cls)
+        name = adapter.name if adapter is not None else type_name(cls)
+        if name is not None:
+            names.append(name)
+    return names
+
+
+def named_types(names: list[str]) -> tuple[type[Frame], ...]:
+    """The frame types registered under wire names (unknown names are skipped)."""
+    types: list[type[Frame]] = []
+    for name in names:
+        adapter = adapter_named(name)
+        cls = adapter.cls if adapter is not None else lookup(name)
+        if isinstance(cls, type) and issubclass(cls, Frame):
+            types.append(cls)
+    return tuple(types)
+
+
+def frame_message(
+    *, source: str, target: str | None, frame: Frame, direction: FrameDirection,
+    bridge: str | None,
+) -> BusFrameMessage:
+    """The bus message for a frame: system frames keep their priority on the bus (D29)."""
+    cls = BusSystemFrameMessage if isinstance(frame, SystemFrame) else BusFrameMessage
+    return cls(source=source, target=target, frame=frame, direction=direction, bridge=bridge)
+
+
+def direction_of(message: BusFrameMessage) -> FrameDirection:
+    """The pipecat direction of a frame message (whichever enum the sender used)."""
+    value = getattr(message.direction, "value", message.direction)
+    return FrameDirection.UPSTREAM if value == FrameDirection.UPSTREAM.value \
+        else FrameDirection.DOWNSTREAM
+
+
+class EdgeProcessor(FrameProcessor):
+    """Sits at the top (publishes upstream frames) or the bottom (publishes downstream frames)
+    of a bridged worker's pipeline. A frame goes on locally too, so the worker's own events
+    still see it; a drain probe goes one way only, on the bus if it was published."""
+
+    def __init__(self, publish: Publish, direction: FrameDirection, *, name: str) -> None:
+        super().__init__(name=name, enable_direct_mode=True)
+        self._publish = publish
+        self._direction = direction
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        published = direction is self._direction and await self._publish(frame, direction)
+        if published and isinstance(frame, DrainProbeFrame):
+            return
+        await self.push_frame(frame, direction)

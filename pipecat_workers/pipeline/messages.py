@@ -1,0 +1,61 @@
+"""The bus messages of the bridge protocol between a bridge and the workers that serve it.
+
+A :class:`~pipecat_workers.pipeline.bridge.BusBridgeProcessor` cuts a pipeline in two; the
+bridged worker that is *active* for it is spliced into the cut. The bridge sends its frames to
+that one worker only, and accepts frames only from it, so they never reach anyone else:
+
+* an activated bridged worker sends :class:`BusBridgeJoinMessage` to the bridge's worker
+  before it publishes anything; the bridge takes it as its peer (telling the previous peer, if
+  still active, to deactivate) and sends it what it kept while it had none;
+* a bridged worker that deactivates sends :class:`BusBridgeLeaveMessage`; until the next peer
+  joins, the bridge keeps data frames for it and lets system frames pass;
+* a drain (``flush_pipeline``) ends with :class:`BusDrainDoneMessage` from the worker whose
+  sink the probe reached last, so it completes on every bus, not only in one process.
+
+All are data messages: they keep their order with the frames the same sender sends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from pipecat_workers.bus.messages import BusDataMessage
+from pipecat_workers.catalogue import register_message
+
+
+@register_message(name="bridge.join")
+@dataclass(kw_only=True, slots=True)
+class BusBridgeJoinMessage(BusDataMessage):
+    """A bridged worker (source) became active for a bridge of the target worker.
+
+    Attributes:
+        bridge: The bridge's tag (``None`` for an untagged bridge).
+        exclude_frames: Wire names of the frame types the worker keeps to itself: the bridge
+            lets those pass locally instead of sending them to it.
+    """
+
+    ESSENTIAL: ClassVar[bool] = True
+
+    bridge: str | None = None
+    exclude_frames: list[str] = field(default_factory=list)
+
+
+@register_message(name="bridge.leave")
+@dataclass(kw_only=True, slots=True)
+class BusBridgeLeaveMessage(BusDataMessage):
+    """A bridged worker (source) is no longer active for a bridge of the target worker."""
+
+    ESSENTIAL: ClassVar[bool] = True
+
+    bridge: str | None = None
+
+
+@register_message(name="pipeline.drained")
+@dataclass(kw_only=True, slots=True)
+class BusDrainDoneMessage(BusDataMessage):
+    """The drain probe ``drain_id`` of the target worker has made its whole trip."""
+
+    ESSENTIAL: ClassVar[bool] = True
+
+    drain_id: str
