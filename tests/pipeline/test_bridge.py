@@ -116,6 +116,54 @@ async def test_lifecycle_frames_never_cross(split: Split) -> None:
     await acme.below.wait_for(lambda r: bool(r.of(UserStartedSpeakingFrame)))
 
 
+async def test_a_fatal_error_cancels_only_the_worker_it_happened_in(split: Split) -> None:
+    from pipecat.frames.frames import ErrorFrame
+
+    greeter = Helper("greeter")
+    acme = await splice(split, greeter, active="greeter")
+    await greeter.queue_frame(ErrorFrame(error="model gone", fatal=True), UP)
+    await wait_until(lambda: greeter.state is WorkerState.STOPPED, timeout=TIMEOUT)
+    await settle(0.1)
+    assert acme.state is WorkerState.READY
+    assert not acme.above.of(ErrorFrame)
+
+
+async def test_frames_travel_only_to_the_process_that_needs_them(split: Split) -> None:
+    # D28: the transport's frames go to the active worker's process only, not to everyone;
+    # D29: system frames travel with system priority.
+    from pipecat_workers.bus.messages import BusSystemFrameMessage
+
+    greeter = Helper("greeter")
+    bystander = Helper("bystander")
+    await split.host(bystander)
+    acme = await splice(split, greeter, active="greeter")
+    seen = BusRecorder("wire")
+    split.runners[0].bus.subscribe(seen, role="observer")  # the bystander's runner
+    await acme.queue_frame(TextFrame("private"))
+    await acme.queue_frame(UserStartedSpeakingFrame())
+    await acme.below.wait_for(lambda r: r.texts() == ["PRIVATE"]
+                              and bool(r.of(UserStartedSpeakingFrame)))
+    shared_bus = split.runners[0].bus is split.runners[2].bus
+    if not shared_bus:  # on a network bus the bystander's process never saw the frames
+        assert not seen.of_type(BusFrameMessage)
+    sent = split.runners[2].bus.stats()["sent"]
+    assert sent.get("BusSystemFrameMessage", 0) >= 1 and sent.get("BusFrameMessage", 0) >= 1
+    assert issubclass(BusSystemFrameMessage, BusFrameMessage)
+
+
+async def test_a_frame_is_copied_across_the_bus_even_in_one_process(split: Split) -> None:
+    # D30: the local bus gives the same copy semantics as a network bus.
+    greeter = Helper("greeter")
+    acme = await splice(split, greeter, active="greeter")
+    frame = TextFrame("original")
+    frame.metadata["k"] = ["v"]
+    await acme.queue_frame(frame)
+    await acme.below.wait_for(lambda r: r.texts() == ["ORIGINAL"])
+    received = greeter.seen.of(TextFrame)[0]
+    assert received is not frame and received.metadata == {"k": ["v"]}
+    assert received.metadata["k"] is not frame.metadata["k"]
+
+
 async def test_a_bridged_worker_takes_frames_from_its_bridge_only(split: Split) -> None:
     # Anyone else's frame messages, and lifecycle frames from anyone, are dropped (D18).
     greeter = Helper("greeter")
