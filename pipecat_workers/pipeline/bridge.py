@@ -222,8 +222,9 @@ class BusBridgeProcessor(FrameProcessor):
             await host.registry.watch(peer, self._on_peer_ready, on_lost=self._on_peer_lost)
 
     async def _on_peer_lost(self, data: WorkerLostData) -> None:
-        logger.warning("%s: its peer '%s' is gone (%s)", self.name, data.worker_name,
-                       data.reason)
+        level = logging.WARNING if data.reason == "lost" else logging.DEBUG
+        logger.log(level, "%s: its peer '%s' is gone (%s)", self.name, data.worker_name,
+                   data.reason)
         self._replaced.discard(data.worker_name)
         if data.worker_name == self._peer:
             await self._set_peer(None)

@@ -147,8 +147,9 @@ class BridgeServing:
 
     async def _on_bridge_lost(self, data: WorkerLostData) -> None:
         if self._binding is not None and data.worker_name == self._binding[0]:
-            logger.warning("%s: the worker of its bridge, '%s', is gone (%s)", self.name,
-                           data.worker_name, data.reason)
+            level = logging.WARNING if data.reason == "lost" else logging.DEBUG
+            logger.log(level, "%s: the worker of its bridge, '%s', is gone (%s)", self.name,
+                       data.worker_name, data.reason)
             self._binding = None
             self._joined = False
             self._drains.fail_all()
@@ -219,11 +220,13 @@ class BridgeServing:
         if not isinstance(message, (BusBridgeJoinMessage, BusBridgeLeaveMessage)):
             return False
         bridge = self._bridges.get(message.bridge)
+        joining = isinstance(message, BusBridgeJoinMessage)
         if bridge is None:
-            logger.warning("%s: '%s' wants to %s bridge %r, which this pipeline does not have",
-                           self.name, message.source,
-                           "join" if isinstance(message, BusBridgeJoinMessage) else "leave",
-                           message.bridge)
+            # A leave that arrives after the pipeline took its bridges down is no news.
+            logger.log(logging.WARNING if joining else logging.DEBUG,
+                       "%s: '%s' wants to %s bridge %r, which this pipeline does not have",
+                       self.name, message.source, "join" if joining else "leave",
+                       message.bridge)
         elif isinstance(message, BusBridgeJoinMessage):
             await bridge.on_join(message)
         else:
