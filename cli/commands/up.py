@@ -136,12 +136,9 @@ def _detach(topology: Topology, state: StateDir, names: list[str], timeout: floa
 def _spawn_supervisor(topology: Topology, state: StateDir, names: list[str], *,
                       reload: bool) -> tuple[subprocess.Popen[bytes], int]:
     """The detached supervisor, and where its output starts in ``supervisor.log``."""
-    with state_errors():
-        state.path.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
+    with state.open_supervisor_log() as log:  # private; the state directory made first
+        with state_errors(), contextlib.suppress(FileNotFoundError):
             state.state_file.unlink()  # so that waiting never reads the previous run's
-        log = open(state.supervisor_log, "ab")  # noqa: SIM115  (the child gets it)
-    with log:
         start = log.tell()  # before the child writes: it shares this file offset
         child = subprocess.Popen(
             [sys.executable, "-P", "-m", "cli", "-f", str(topology.path), "up", _DAEMON_FLAG,

@@ -3,12 +3,22 @@
 The supervisor owns one :class:`LogWriter` per worker and feeds it from :func:`pump`, which
 turns a subprocess pipe into lines however long they are. The file format is described in
 :mod:`cli.logs.reader`.
+
+Logs are private: files 0600 (an existing file is tightened), a directory the writer makes
+is 0700, and a log file is never opened through a symbolic link. A log file or directory
+deleted while the project runs is made again at the next line; a deleted directory says
+so with one warning (on the ``cli.logs`` logger, which the supervisor shows in its feed
+and ``supervisor.log``), instead of the worker's output going on into a file nobody can
+read.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
+import stat
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +31,11 @@ MAX_LINE_BYTES = 64 * 1024
 """The longest text one record holds; longer lines are split into several records."""
 
 _READ_SIZE = 64 * 1024
+_FILE_MODE = 0o600
+_DIR_MODE = 0o700
+_OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+
+logger = logging.getLogger("cli.logs")
 
 
 def _utc_now() -> datetime:
@@ -60,6 +75,7 @@ class LogWriter:
         self._file: BinaryIO | None = None
         self._size = 0
         self._closed = False
+        self._failing = False  # a write failed; said once until one works again
 
     def write(self, stream: str, text: str) -> LogRecord:
         """Writes ``text`` from ``stream`` (``out``, ``err`` or ``sup``) as one record.
@@ -79,16 +95,32 @@ class LogWriter:
         time = time.astimezone(UTC) if time.tzinfo is not None else time.replace(tzinfo=UTC)
         text = text.removesuffix("\n").removesuffix("\r")
         prefix = f"{format_time(time)} {stream} ".encode()
-        for piece in _pieces(text):
-            self._append(prefix + piece + b"\n")
+        try:
+            if self._file is not None and not self._still_there():
+                self._reopen()
+            for piece in _pieces(text):
+                self._append(prefix + piece + b"\n")
+        except OSError as exc:
+            # The supervisor goes on without this line, but says so (once) rather than
+            # losing output silently or dying of a full disk.
+            if not self._failing:
+                logger.warning("cannot write %s: %s; %s's output is lost until it can",
+                               self.path, exc.strerror or exc, self.worker)
+            self._failing = True
+            self._drop_file()
+        else:
+            self._failing = False
         return LogRecord(time, self.worker, stream, text)
 
     def close(self) -> None:
         """Closes the file; safe to call twice."""
         self._closed = True
+        self._drop_file()
+
+    def _drop_file(self) -> None:
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            file, self._file = self._file, None
+            file.close()
 
     def __enter__(self) -> Self:
         return self
@@ -112,11 +144,31 @@ class LogWriter:
         self._size += len(line)
 
     def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 -- closed in close()
+        directory = self.path.parent
+        if not directory.is_dir():
+            _make_private_dirs(directory)
+            # Made again: the supervisor made it before the first worker started.
+            logger.warning("the logs directory %s was missing (deleted?): made it again; "
+                           "output written since it went is lost", directory)
+        self._file = _open_private(self.path)
         self._size = os.fstat(self._file.fileno()).st_size
         if self._size > 0 and self._size >= self._max_bytes:
             self._rotate()  # left full by an earlier run
+
+    def _still_there(self) -> bool:
+        """Whether the open file is still the one at ``path`` (not deleted or replaced)."""
+        assert self._file is not None
+        try:
+            here = os.stat(self.path)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        mine = os.fstat(self._file.fileno())
+        return (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino)
+
+    def _reopen(self) -> None:
+        """The file was deleted (or moved away, the directory with it): start a new one."""
+        self._drop_file()
+        self._open()
 
     def _rotate(self) -> None:
         """``.log`` becomes ``.log.1``, ``.1`` becomes ``.2``, ...; the oldest is dropped."""
@@ -131,8 +183,32 @@ class LogWriter:
                 if older.exists():
                     os.replace(older, self.path.with_name(f"{name}.{number + 1}"))
             os.replace(self.path, self.path.with_name(f"{name}.1"))
-        self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 -- closed in close()
+        self._file = _open_private(self.path)
         self._size = 0
+
+
+def _open_private(path: Path) -> BinaryIO:
+    """``path`` opened for appending, unbuffered, never through a link; 0600."""
+    fd = os.open(path, _OPEN_FLAGS, _FILE_MODE)
+    try:
+        if stat.S_IMODE(os.fstat(fd).st_mode) & 0o077:
+            os.fchmod(fd, _FILE_MODE)  # made by an older version, or by hand
+        return open(fd, "ab", buffering=0)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _make_private_dirs(directory: Path) -> None:
+    """``directory`` and any missing parent, each 0700 (``makedirs`` only sets the last)."""
+    missing: list[Path] = []
+    for path in (directory, *directory.parents):
+        if path.exists():
+            break
+        missing.append(path)
+    for path in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # made meanwhile (another writer)
+            path.mkdir(mode=_DIR_MODE)
 
 
 def _pieces(text: str) -> list[bytes]:

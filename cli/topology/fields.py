@@ -18,12 +18,13 @@ from cli.topology.classes import parse_class_path
 from cli.topology.classes import suggest as suggest  # the loader's, shared
 from cli.topology.errors import TopologyError
 from cli.topology.model import BACKENDS, RestartPolicy
-from cli.topology.nodes import Node, got
+from cli.topology.nodes import Node, got, shown
 from cli.topology.schema import (
     ARG_NAME_PATTERN,
     DURATION_PATTERN,
     ENV_NAME_PATTERN,
     KEY_PATTERN,
+    MAX_REPLICAS,
     PROJECT_NAME_PATTERN,
 )
 
@@ -63,8 +64,8 @@ def non_empty(node: Node) -> str:
 def _matching(pattern: re.Pattern[str], expected: str) -> Callable[[Node], str]:
     def convert(node: Node) -> str:
         value = string(node)
-        if not pattern.match(value):
-            raise Invalid(f"expected {expected}, got {value!r}")
+        if not pattern.fullmatch(value):
+            raise Invalid(f"expected {expected}, got {shown(value)}")
         return value
     return convert
 
@@ -74,7 +75,13 @@ project_name = _matching(_PROJECT_NAME, "a project name (lower-case letters, dig
 
 
 def root_dir(node: Node, base: Path) -> Path:
-    root = (base / Path(non_empty(node)).expanduser()).resolve()
+    given = non_empty(node)
+    if "\0" in given:
+        raise Invalid(f"expected a directory, got {shown(given)} (it holds a NUL character)")
+    try:
+        root = (base / Path(given).expanduser()).resolve()
+    except (OSError, RuntimeError) as exc:  # a loop of links; ~user of no such user
+        raise Invalid(f"cannot use {shown(given)} as a directory: {exc}") from None
     if not root.is_dir():
         raise Invalid(f"directory not found: {root}")
     return root
@@ -100,7 +107,7 @@ def name_ref(node: Node) -> str:
     if isinstance(node.value, int) and not isinstance(node.value, bool):
         return node.raw
     value = string(node)
-    if not KEY.match(value):
+    if not KEY.fullmatch(value):
         raise Invalid(bad_key(value))
     return value
 
@@ -110,8 +117,8 @@ def _args(node: Node) -> dict[str, Any]:
         raise Invalid(f"expected a mapping of keyword arguments, got {got(node)}")
     for key in node.value:
         line = node.key_lines[key]
-        if not _ARG_NAME.match(key):
-            raise Invalid(f"argument name {key!r} is not a Python identifier", line, key)
+        if not _ARG_NAME.fullmatch(key):
+            raise Invalid(f"argument name {shown(key)} is not a Python identifier", line, key)
         if key == "name":
             raise Invalid("'name' is not an argument: the worker key is its name", line, key)
     return {key: value.plain() for key, value in node.value.items()}
@@ -122,11 +129,14 @@ def _env(node: Node) -> dict[str, str]:
         raise Invalid(f"expected a mapping of environment variables, got {got(node)}")
     env: dict[str, str] = {}
     for key, value in node.value.items():
-        if not _ENV_NAME.match(key):
-            raise Invalid(f"{key!r} is not a valid environment variable name",
+        if not _ENV_NAME.fullmatch(key):
+            raise Invalid(f"{shown(key)} is not a valid environment variable name",
                           node.key_lines[key], key)
         if isinstance(value.value, bool):
             env[key] = "true" if value.value else "false"
+        elif isinstance(value.value, str) and "\0" in value.value:
+            raise Invalid("an environment variable cannot hold a NUL character",
+                          value.line, key)
         elif isinstance(value.value, str | int | float):
             env[key] = str(value.value)
         else:
@@ -137,10 +147,14 @@ def _env(node: Node) -> dict[str, str]:
 
 def _replicas(node: Node) -> int:
     value = node.value
-    if isinstance(value, str) and _INTEGER.match(value):
-        value = int(value)
+    if isinstance(value, str) and _INTEGER.fullmatch(value):
+        value = int(value) if len(value) < 20 else MAX_REPLICAS + 1  # from ${VAR}
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise Invalid(f"expected an integer >= 1, got {got(node)}")
+    if value > MAX_REPLICAS:
+        shown = got(node)
+        shown = shown if len(shown) <= 30 else f"{shown[:27]}..."
+        raise Invalid(f"at most {MAX_REPLICAS:,} replicas (each is a process), got {shown}")
     return value
 
 
@@ -157,7 +171,7 @@ def _depends_on(node: Node) -> tuple[tuple[str, int], ...]:
         except Invalid as exc:
             raise Invalid(exc.message, item.line) from None
         if name in seen:
-            raise Invalid(f"{name!r} is listed twice", item.line)
+            raise Invalid(f"{shown(name)} is listed twice", item.line)
         seen.add(name)
         depends.append((name, item.line))
     return tuple(depends)
@@ -179,7 +193,7 @@ def _duration(node: Node) -> float:
     seconds: float | None = None
     if isinstance(value, int | float) and not isinstance(value, bool):
         seconds = float(value)
-    elif isinstance(value, str) and (match := _DURATION.match(value)):
+    elif isinstance(value, str) and (match := _DURATION.fullmatch(value)):
         seconds = float(match.group(1)) * _UNITS[match.group(3)]
     if seconds is None or not math.isfinite(seconds) or seconds <= 0:
         raise Invalid(f"expected a duration > 0 (seconds, or '500ms', '10s', '2m'), "
@@ -202,6 +216,6 @@ WORKER_FIELDS: Mapping[str, Callable[[Node], Any]] = {
 
 
 def bad_key(key: str) -> str:
-    return (f"invalid name {key!r}: expected letters, digits, '_' and '-', "
+    return (f"invalid name {shown(key)}: expected letters, digits, '_' and '-', "
             "starting with a letter or digit")
 

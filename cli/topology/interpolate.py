@@ -5,8 +5,8 @@
 - ``${VAR-default}``: the default only when VAR is unset.
 - ``$$``: a literal ``$``. Any other ``$`` is kept as it is (passwords in URLs).
 
-Defaults may themselves contain references (``${A:-${B:-x}}``); a default that is not used is
-only parsed, so a variable missing from it is no error.
+Defaults may themselves contain references (``${A:-${B:-x}}``), up to :data:`MAX_NESTING`
+deep; a default that is not used is only parsed, so a variable missing from it is no error.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from cli.topology.errors import TopologyError
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _FORMS = "${NAME}, ${NAME:-default} or ${NAME-default}"
+MAX_NESTING = 10
+"""How deep references may nest in defaults (each level is a recursion)."""
 
 
 def interpolate(text: str, env: Mapping[str, str]) -> str:
@@ -34,18 +36,19 @@ def interpolate(text: str, env: Mapping[str, str]) -> str:
     """
     if "$" not in text:
         return text
-    value, _ = _template(text, 0, env, nested=False, evaluate=True)
+    value, _ = _template(text, 0, env, depth=0, evaluate=True)
     return value
 
 
 def _template(
-    text: str, i: int, env: Mapping[str, str], *, nested: bool, evaluate: bool
+    text: str, i: int, env: Mapping[str, str], *, depth: int, evaluate: bool
 ) -> tuple[str, int]:
-    """Parse from ``i`` to the end, or (``nested``) to the ``}`` closing a default."""
+    """Parse from ``i`` to the end, or (``depth`` > 0: in a default) to the ``}`` closing
+    it."""
     out: list[str] = []
     while i < len(text):
         char = text[i]
-        if char == "}" and nested:
+        if char == "}" and depth:
             return "".join(out), i
         if char != "$":
             out.append(char)
@@ -54,7 +57,7 @@ def _template(
             out.append("$")
             i += 2
         elif text.startswith("${", i):
-            value, i = _reference(text, i, env, evaluate=evaluate)
+            value, i = _reference(text, i, env, depth=depth, evaluate=evaluate)
             out.append(value)
         else:
             out.append(char)
@@ -62,7 +65,9 @@ def _template(
     return "".join(out), i  # unterminated when nested: the caller sees i == len(text)
 
 
-def _reference(text: str, start: int, env: Mapping[str, str], *, evaluate: bool) -> tuple[str, int]:
+def _reference(
+    text: str, start: int, env: Mapping[str, str], *, depth: int, evaluate: bool
+) -> tuple[str, int]:
     """Parse the ``${...}`` at ``start``; return its value and the index after it."""
     match = _NAME.match(text, start + 2)
     if match is None:
@@ -78,8 +83,11 @@ def _reference(text: str, start: int, env: Mapping[str, str], *, evaluate: bool)
         if text.startswith(op, i):
             current = env.get(name)
             use_default = current is None or (op == ":-" and current == "")
+            if depth >= MAX_NESTING:
+                raise TopologyError(f"variable references nested more than {MAX_NESTING} "
+                                    "deep in defaults")
             default, i = _template(
-                text, i + len(op), env, nested=True, evaluate=evaluate and use_default
+                text, i + len(op), env, depth=depth + 1, evaluate=evaluate and use_default
             )
             if i >= len(text):
                 raise _malformed(text, start)
@@ -90,4 +98,5 @@ def _reference(text: str, start: int, env: Mapping[str, str], *, evaluate: bool)
 def _malformed(text: str, start: int) -> TopologyError:
     end = text.find("}", start)
     snippet = text[start:] if end < 0 else text[start : end + 1]
-    return TopologyError(f"malformed variable reference {snippet!r}: expected {_FORMS}")
+    quoted = repr(snippet) if len(snippet) <= 40 else f"{snippet[:37]!r}..."
+    return TopologyError(f"malformed variable reference {quoted}: expected {_FORMS}")

@@ -27,8 +27,12 @@ from cli.topology.fields import (
     suggest,
 )
 from cli.topology.model import ChannelSpec, Topology, WorkerSpec
-from cli.topology.nodes import Node, Problems, got, path_join, read_document
+from cli.topology.nodes import Node, Problems, got, path_join, read_document, shown
 from cli.topology.schema import CHANNEL_KEYS, TOP_KEYS, URL_SCHEMES, WORKER_KEYS, Key
+
+MAX_FILE_BYTES = 1024 * 1024
+"""The largest topology file read; a real one is a few kilobytes (and the values in it are
+bounded too: :data:`cli.topology.nodes.MAX_VALUES`)."""
 
 
 def load_topology(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Topology:
@@ -62,13 +66,24 @@ def load_topology(path: str | os.PathLike[str], env: Mapping[str, str] | None = 
 
 def _read(source: Path, file: str) -> str:
     try:
-        data = source.read_bytes()
+        if source.is_file() and source.stat().st_size <= MAX_FILE_BYTES:
+            data = source.read_bytes()
+        else:
+            with source.open("rb") as stream:
+                # One byte more than allowed tells a file that is too large without reading
+                # all of it (or forever, from a device); a pipe is read this way too.
+                data = stream.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         raise TopologyError("file not found", file=file) from None
     except IsADirectoryError:
         raise TopologyError("is a directory, not a topology file", file=file) from None
     except OSError as exc:
         raise TopologyError(f"cannot read the file: {exc.strerror or exc}", file=file) from None
+    except ValueError as exc:  # a NUL in the path
+        raise TopologyError(f"cannot read the file: {exc}", file=file) from None
+    if len(data) > MAX_FILE_BYTES:
+        raise TopologyError(f"too large for a topology file: more than {_mb(MAX_FILE_BYTES)}",
+                            file=file)
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -107,12 +122,13 @@ class _Loader:
         hints = {key: suggest(key, known) for key in entries if key not in known}
         for key, hint in hints.items():
             self.problems.add(node.key_lines[key], path_join(field, key),
-                              f"unknown key {key!r}{hint}")
+                              f"unknown key {shown(key)}{hint}")
         for spec in known.values():
+            if not spec.required or spec.name in entries:
+                continue
             # A misspelt required key is reported once, as the misspelling whose hint
             # names it (the hint names it as it names itself: " (did you mean 'class'?)").
-            misspelt = suggest(spec.name, [spec.name]) in hints.values()
-            if spec.required and spec.name not in entries and not misspelt:
+            if suggest(spec.name, [spec.name]) not in hints.values():
                 self.problems.add(line, path_join(field, spec.name), "required key missing")
         return {k: v for k, v in entries.items() if k in known}
 
@@ -140,7 +156,7 @@ class _Loader:
             self.problems.add(node.line, field, f"expected a mapping of {what}, got {shown}")
             return {}
         for key in node.value:
-            if not KEY.match(key):
+            if not KEY.fullmatch(key):
                 self.problems.add(node.key_lines[key], path_join(field, key), bad_key(key))
         return dict(node.value)
 
@@ -179,8 +195,8 @@ class _Loader:
             self.problems.add(where, f"{field}.url",
                               f"required for the {backend} backend (a {expected} URL)")
         elif url.partition("://")[0] not in schemes or "://" not in url:
-            self.problems.add(where, f"{field}.url",
-                              f"expected a {expected} URL for the {backend} backend, got {url!r}")
+            self.problems.add(where, f"{field}.url", f"expected a {expected} URL for the "
+                                                     f"{backend} backend, got {shown(url)}")
 
     def workers(self, node: Node | None) -> dict[str, WorkerSpec]:
         declared = self.named_entries(node, "workers", "workers")
@@ -201,10 +217,10 @@ class _Loader:
             for dep, dep_line in depends:
                 if dep == key:
                     self.problems.add(dep_line, f"{field}.depends_on",
-                                      f"{key!r} cannot depend on itself")
+                                      f"{shown(key)} cannot depend on itself")
                 elif dep not in declared:
                     self.problems.add(dep_line, f"{field}.depends_on",
-                                      f"unknown worker {dep!r}{suggest(dep, declared)}")
+                                      f"unknown worker {shown(dep)}{suggest(dep, declared)}")
             options = {k: v for k, v in values.items()
                        if v is not None and k not in ("class", "channel", "depends_on")}
             workers[key] = WorkerSpec(key=key, class_path=values["class"], channel=channel,
@@ -222,7 +238,7 @@ class _Loader:
         if given is not None:
             if channels and given not in channels:
                 self.problems.add(entries["channel"].line, f"{field}.channel",
-                                  f"unknown channel {given!r}{suggest(given, channels)} "
+                                  f"unknown channel {shown(given)}{suggest(given, channels)} "
                                   f"(channels: {choices})")
             return given
         if len(channels) == 1:
@@ -264,6 +280,10 @@ def _check_cycles(topology: Topology, doc: Node, problems: Problems) -> None:
             problems.add(line, f"workers.{first.key}.depends_on",
                          "dependency cycle: " + " -> ".join([*cycle, cycle[0]]))
             problems.raise_first()
+
+
+def _mb(size: int) -> str:
+    return f"{size / (1024 * 1024):g} MB"
 
 
 def _default_name(source: Path) -> str:

@@ -7,6 +7,11 @@ unsupported tags are reported, and string scalars are interpolated on the way.
 
 Problems are collected (not raised one by one) so that the loader can report the first in
 file order, whichever pass found it.
+
+The input is bounded while it is composed, before anything is built from it: at most
+:data:`MAX_VALUES` values counting what aliases expand to (an alias bomb is refused at the
+alias that crosses the line, at once and in little memory), nested at most
+:data:`MAX_DEPTH` deep, and numbers of at most :data:`MAX_NUMBER_CHARS` characters.
 """
 
 from __future__ import annotations
@@ -22,7 +27,16 @@ from cli.topology.interpolate import interpolate
 
 _TAG = "tag:yaml.org,2002:"
 _SCALAR_TAGS = {f"{_TAG}{t}" for t in ("null", "bool", "int", "float", "str")}
+_NUMBER_TAGS = {f"{_TAG}int", f"{_TAG}float"}
 _MERGE = f"{_TAG}merge"
+
+MAX_VALUES = 20_000
+"""The most values (scalars, lists, mappings, keys) a document may hold once its aliases are
+expanded: far above any topology, far below what would take seconds or gigabytes."""
+MAX_DEPTH = 50
+"""The deepest a value may be nested, also once aliases are expanded."""
+MAX_NUMBER_CHARS = 100
+"""The longest number written in the file (longer ones cost quadratic time to read)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +70,15 @@ class Node:
         return self.value
 
 
+def shown(text: str, limit: int = 60) -> str:
+    """``repr(text)`` for a message: on one line, and cut in the middle when long."""
+    quoted = repr(text)
+    if len(quoted) <= limit:
+        return quoted
+    half = (limit - 5) // 2
+    return f"{quoted[:half]}...{quoted[-half:]} ({len(text):,} characters)"
+
+
 def got(node: Node) -> str:
     """How to name a wrong value in "expected X, got Y"."""
     value = node.value
@@ -66,10 +89,11 @@ def got(node: Node) -> str:
     if value is None:
         return "nothing" if node.raw == "" else "null"
     if isinstance(value, str):
-        return repr(value)
+        return shown(value)
     if isinstance(value, bool):
-        return f"{node.raw!r} (a boolean)"
-    return node.raw or repr(value)
+        return f"{shown(node.raw)} (a boolean)"
+    text = node.raw or repr(value)
+    return text if len(text) <= 60 else f"{text[:27]}...{text[-27:]} ({len(text):,} characters)"
 
 
 class Problems:
@@ -92,9 +116,12 @@ class Problems:
 
 
 def path_join(path: str, key: str | int) -> str:
-    """``workers`` + ``greeter`` -> ``workers.greeter``; list items as ``depends_on[0]``."""
+    """``workers`` + ``greeter`` -> ``workers.greeter``; list items as ``depends_on[0]``;
+    a key that would not read well on one line as ``workers['a\\nb']``."""
     if isinstance(key, int):
         return f"{path}[{key}]"
+    if not key or len(key) > 60 or not key.isprintable():
+        return f"{path}[{shown(key)}]"
     return f"{path}.{key}" if path else key
 
 
@@ -107,6 +134,8 @@ def read_document(text: str, env: Mapping[str, str], problems: Problems) -> Node
     """
     try:
         root = _compose(text)
+    except TopologyError as exc:
+        raise exc.located(file=problems.file) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         detail = exc.problem or exc.context or "unreadable"
@@ -130,11 +159,78 @@ def read_document(text: str, env: Mapping[str, str], problems: Problems) -> Node
 
 
 def _compose(text: str) -> yaml.Node | None:
-    loader = yaml.SafeLoader(text)  # checks the characters already
+    loader = _BoundedLoader(text)  # checks the characters already
     try:
         return loader.get_single_node()
     finally:
         loader.dispose()
+
+
+class _BoundedLoader(yaml.SafeLoader):  # type: ignore[misc,unused-ignore]
+    """PyYAML's composer, counting values and depth as it goes, aliases expanded.
+
+    An alias adds the size of what it names (memoised per node, so counting is linear in
+    the file however much the aliases would expand to), and is refused where it is written.
+    """
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self._values = 0
+        self._depth = 0
+        self._measured: dict[int, tuple[int, int]] = {}
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node:
+        event = self.peek_event()
+        line = event.start_mark.line + 1
+        if isinstance(event, yaml.AliasEvent):
+            target = self.anchors.get(event.anchor)
+            if target is not None:  # else PyYAML's own error: an undefined alias
+                size, depth = self._measure(target)
+                if self._values + size > MAX_VALUES:
+                    raise TopologyError(
+                        f"more than {MAX_VALUES:,} values once aliases are expanded "
+                        f"(*{_cut(event.anchor)} here adds {size:,}): too large for a "
+                        "topology", line=line)
+                if self._depth + depth > MAX_DEPTH:
+                    raise TopologyError(f"values nested more than {MAX_DEPTH} deep once "
+                                        f"aliases are expanded (*{_cut(event.anchor)} here)",
+                                        line=line)
+                self._values += size
+            node: yaml.Node = super().compose_node(parent, index)
+            return node
+        self._values += 1
+        if self._values > MAX_VALUES:
+            raise TopologyError(f"more than {MAX_VALUES:,} values (counting what aliases "
+                                "expand to): too large for a topology", line=line)
+        if self._depth >= MAX_DEPTH:
+            raise TopologyError(f"values nested more than {MAX_DEPTH} deep", line=line)
+        self._depth += 1
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        return node
+
+    def _measure(self, node: yaml.Node) -> tuple[int, int]:
+        """(values, depth) of ``node`` with its aliases expanded; a node still being
+        composed (an alias inside itself, refused later) counts as one."""
+        if node.end_mark is None:
+            return 1, 1
+        known = self._measured.get(id(node))
+        if known is not None:
+            return known
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        size, depth = 1, 0
+        for child in children:
+            child_size, child_depth = self._measure(child)
+            size += child_size
+            depth = max(depth, child_depth)
+        self._measured[id(node)] = result = (size, depth + 1)
+        return result
 
 
 def _kind(node: yaml.Node) -> str:
@@ -181,28 +277,37 @@ class _Builder:
         raw = str(node.value)
         if node.tag not in _SCALAR_TAGS:
             kind = node.tag.removeprefix(_TAG)
-            self._problems.add(line, path, f"unsupported YAML value {raw!r} (a {kind}); "
+            self._problems.add(line, path, f"unsupported YAML value {shown(raw)} (a {kind}); "
                                            "quote it to make it a string")
             return Node(None, line, raw)
+        try:
+            raw = _text(raw)
+        except _NotText as exc:
+            self._problems.add(line, path, str(exc))
+            return Node(None, line, "")
         if node.tag == f"{_TAG}str":
             try:
                 return Node(interpolate(raw, self._env), line, raw)
             except TopologyError as exc:
                 self._problems.add_error(exc, line, path)
                 return Node(raw, line, raw)
+        if node.tag in _NUMBER_TAGS and len(raw) > MAX_NUMBER_CHARS:
+            self._problems.add(line, path, f"a number of {len(raw):,} characters: at most "
+                                           f"{MAX_NUMBER_CHARS} (quote it to make it a string)")
+            return Node(None, line, raw[:20] + "...")
         return Node(self._constructor.construct_object(node), line, raw)
 
     def _sequence(self, node: yaml.SequenceNode, path: str) -> Node:
         line = node.start_mark.line + 1
         if node.tag != f"{_TAG}seq":
-            self._problems.add(line, path, f"unsupported YAML tag {node.tag!r} on a list")
+            self._problems.add(line, path, f"unsupported YAML tag {shown(node.tag)} on a list")
         return Node([self.build(item, path_join(path, i)) for i, item in enumerate(node.value)],
                     line)
 
     def _mapping(self, node: yaml.MappingNode, path: str) -> Node:
         line = node.start_mark.line + 1
         if node.tag != f"{_TAG}map":
-            self._problems.add(line, path, f"unsupported YAML tag {node.tag!r} on a mapping")
+            self._problems.add(line, path, f"unsupported YAML tag {shown(node.tag)} on a mapping")
         values: dict[str, Node] = {}
         lines: dict[str, int] = {}
         merges: list[Node] = []
@@ -214,10 +319,14 @@ class _Builder:
             if not isinstance(key_node, yaml.ScalarNode):
                 self._problems.add(key_line, path, f"expected a string key, got {_kind(key_node)}")
                 continue
-            key = str(key_node.value)
+            try:
+                key = _text(str(key_node.value))
+            except _NotText as exc:
+                self._problems.add(key_line, path, f"a key: {exc}")
+                continue
             if key in values:
                 self._problems.add(key_line, path_join(path, key),
-                                   f"duplicate key {key!r} (first on line {lines[key]})")
+                                   f"duplicate key {shown(key)} (first on line {lines[key]})")
                 continue
             lines[key] = key_line
             values[key] = self.build(value_node, path_join(path, key))
@@ -238,3 +347,32 @@ class _Builder:
                 if key not in values:
                     values[key] = value
                     lines[key] = source.key_lines[key]
+
+
+def _cut(name: str) -> str:
+    return name if len(name) <= 40 else f"{name[:37]}..."
+
+
+class _NotText(ValueError):
+    """A string that no file name, environment or UTF-8 message can hold."""
+
+
+def _text(value: str) -> str:
+    """``value`` with its surrogate pairs joined: YAML's ``"\\ud83d\\ude00"`` (as JSON
+    writes an emoji) is two 16-bit escapes, which PyYAML leaves as two lone surrogates.
+
+    Raises:
+        _NotText: a surrogate is left alone (``"\\ud800"``), saying which and where.
+    """
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        joined = value.encode("utf-16-le", "surrogatepass").decode("utf-16-le",
+                                                                  "surrogatepass")
+    try:
+        joined.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise _NotText(f"not valid text: holds a lone surrogate ({joined[exc.start]!r} at "
+                       f"character {exc.start + 1})") from None
+    return joined

@@ -25,6 +25,8 @@ KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"  # no dots: replicas are named "key
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 ARG_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 DURATION_PATTERN = r"^\s*([0-9]+(\.[0-9]*)?|\.[0-9]+)\s*(ms|s|m|h)?\s*$"
+MAX_REPLICAS = 1000
+"""The most processes one worker entry may ask for (each is a Python interpreter)."""
 URL_SCHEMES: Mapping[str, tuple[str, ...]] = {
     "redis": ("redis", "rediss", "unix"),
     "pgmq": ("postgresql", "postgres"),
@@ -94,7 +96,7 @@ WORKER_KEYS: tuple[Key, ...] = (
         {"type": "object", "propertyNames": {"pattern": ENV_NAME_PATTERN},
          "additionalProperties": {"type": ["string", "number", "boolean"]}}),
     Key("replicas", "How many processes; replicas are named '<key>.1' .. '<key>.N'.",
-        _or_var({"type": "integer", "minimum": 1},
+        _or_var({"type": "integer", "minimum": 1, "maximum": MAX_REPLICAS},
                 {"type": "string", "pattern": r"^\s*[0-9]+\s*$"})),
     Key("depends_on", "Workers that must be ready (registered on their bus) before it starts.",
         {"anyOf": [{"type": "string", "pattern": KEY_PATTERN},

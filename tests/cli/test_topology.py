@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
+import os
 import pickle
+import threading
+import time
+import tracemalloc
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import cli.topology
 from cli.topology import (
@@ -532,3 +542,229 @@ def test_public_names() -> None:
         assert getattr(cli.topology, name) is not None
     with pytest.raises(AttributeError):
         _ = cli.topology.nothing_here
+
+
+# -- bounded input: every error one line, fast, in little memory ------------------------------
+
+def billion_laughs(levels: int) -> str:
+    """The classic alias bomb under a worker's ``args``: ``levels`` lists of nine aliases to
+    the one before, 10 ** levels values once expanded."""
+    names = "abcdefghijklmnop"[:levels]
+    text = WORKER + "    args:\n" + f"      a: &a [{', '.join(['lol'] * 9)}]\n"
+    for prev, name in itertools.pairwise(names):
+        text += f"      {name}: &{name} [{', '.join([f'*{prev}'] * 9)}]\n"
+    return text
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("levels", [6, 9])
+def test_an_alias_bomb_is_refused_at_once(tmp_path: Path, levels: int) -> None:
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        err = error(tmp_path, billion_laughs(levels))
+        elapsed = time.perf_counter() - started
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(err) == (f"{tmp_path / 't.yaml'}:9: more than 20,000 values once aliases are "
+                        "expanded (*d here adds 7,381): too large for a topology")
+    assert elapsed < 0.5 and peak < 5_000_000, (elapsed, peak)
+
+
+def test_aliases_that_expand_a_little_are_fine(tmp_path: Path) -> None:
+    topology = load(tmp_path, billion_laughs(3))  # 1 + 9 * (1 + 9 * 10): 820 values
+    args = topology.workers["a"].args
+    assert args["c"] == [[["lol"] * 9] * 9] * 9
+
+
+def test_a_file_too_large_is_refused_unread(tmp_path: Path) -> None:
+    path = tmp_path / "t.yaml"
+    path.write_text(WORKER + "# " + "x" * 1024 * 1024 + "\n")
+    started = time.perf_counter()
+    with pytest.raises(TopologyError) as info:
+        load_topology(path, env={})
+    assert time.perf_counter() - started < 0.2
+    assert str(info.value) == f"{path}: too large for a topology file: more than 1 MB"
+
+
+def test_a_pipe_is_read_only_up_to_the_limit(tmp_path: Path) -> None:
+    path = tmp_path / "t.yaml"
+    os.mkfifo(path)
+
+    def write() -> None:
+        with contextlib.suppress(BrokenPipeError), path.open("wb") as pipe:
+            pipe.write(WORKER.encode() + b"#" * 2 * 1024 * 1024)  # or /dev/zero, forever
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    with pytest.raises(TopologyError) as info:
+        load_topology(path, env={})
+    assert str(info.value) == f"{path}: too large for a topology file: more than 1 MB"
+    writer.join(5)
+
+
+@pytest.mark.parametrize(("text", "line", "message"), [
+    (WORKER + "    args: {x: [" + ", ".join(["0"] * 20_001) + "]}\n", 4,
+     "more than 20,000 values (counting what aliases expand to): too large for a topology"),
+    (WORKER + "    args: {x: " + "[" * 60 + "]" * 60 + "}\n", 4,
+     "values nested more than 50 deep"),
+    (WORKER + "    args:\n      a: &a [[[[[[[[[[1]]]]]]]]]]\n"
+     "      b: &b [[[[[[[[[[*a]]]]]]]]]]\n      c: &c [[[[[[[[[[*b]]]]]]]]]]\n"
+     "      d: &d [[[[[[[[[[*c]]]]]]]]]]\n      e: [[[[[[[[[[*d]]]]]]]]]]\n", 9,
+     "values nested more than 50 deep once aliases are expanded (*d here)"),
+])
+def test_documents_too_big_or_too_deep(tmp_path: Path, text: str, line: int,
+                                       message: str) -> None:
+    started = time.perf_counter()
+    check(tmp_path, text, line, None, message)
+    assert time.perf_counter() - started < 3.0  # about 0.3 s; a loaded machine is slower
+
+
+def test_a_deep_document_is_refused_not_a_recursion_error(tmp_path: Path) -> None:
+    check(tmp_path, "x: " + "[" * 100_000, 1, None, "values nested more than 50 deep")
+
+
+@pytest.mark.parametrize(("text", "line", "field", "message"), [
+    (WORKER + "    replicas: 1001\n", 4, "workers.a.replicas",
+     "at most 1,000 replicas (each is a process), got 1001"),
+    (WORKER + "    replicas: 1000000000\n", 4, "workers.a.replicas",
+     "at most 1,000 replicas (each is a process), got 1000000000"),
+    (WORKER + "    replicas: ${N}\n", 4, "workers.a.replicas",
+     "at most 1,000 replicas (each is a process), got '99999999999999999999999'"),
+    (WORKER + "    replicas: " + "9" * 5000 + "\n", 4, "workers.a.replicas",
+     "a number of 5,000 characters: at most 100 (quote it to make it a string)"),
+    (WORKER + "    args: {n: 1" + ":00" * 100_000 + "}\n", 4, "workers.a.args.n",
+     "a number of 300,001 characters: at most 100 (quote it to make it a string)"),
+    ('root: "\\ud800"\n' + WORKER, 1, "root",
+     "not valid text: holds a lone surrogate ('\\ud800' at character 1)"),
+    ('root: "a\\0b"\n' + WORKER, 1, "root",
+     "expected a directory, got 'a\\x00b' (it holds a NUL character)"),
+    (WORKER + '    args: {x: "ok \\udfff"}\n', 4, "workers.a.args.x",
+     "not valid text: holds a lone surrogate ('\\udfff' at character 4)"),
+    (WORKER + '    args: {"\\ud800": 1}\n', 4, "workers.a.args",
+     "a key: not valid text: holds a lone surrogate ('\\ud800' at character 1)"),
+    (WORKER + '    env: {X: "a\\0b"}\n', 4, "workers.a.env.X",
+     "an environment variable cannot hold a NUL character"),
+    ('workers:\n  "a\\nb": {class: m:A}\n', 2, "workers['a\\nb']",
+     "invalid name 'a\\nb': expected letters, digits, '_' and '-', starting with a "
+     "letter or digit"),
+    ('name: "p\\n"\n' + WORKER, 1, "name",
+     "expected a project name (lower-case letters, digits and '_.-', starting with a letter "
+     "or digit), got 'p\\n'"),
+    (WORKER + '    args: {"x\\n": 1}\n', 4, "workers.a.args['x\\n']",
+     "argument name 'x\\n' is not a Python identifier"),
+    (WORKER + "    args: {x: '" + "${A:-" * 11 + "}" * 11 + "'}\n", 4, "workers.a.args.x",
+     "variable references nested more than 10 deep in defaults"),
+    (WORKER + "    restart: " + "x" * 1000 + "\n", 4, "workers.a.restart",
+     f"expected one of no, on-failure, always, got '{'x' * 26}...{'x' * 26}' (1,000 "
+     "characters)"),
+])
+def test_hostile_values_are_one_line_errors(tmp_path: Path, text: str, line: int, field: str,
+                                            message: str) -> None:
+    check(tmp_path, text, line, field, message, env={"N": "99999999999999999999999"})
+
+
+def test_a_surrogate_pair_written_as_two_escapes_is_one_character(tmp_path: Path) -> None:
+    # As JSON writes it (and YAML reads JSON): PyYAML alone would leave two lone surrogates.
+    topology = load(tmp_path, 'channels: {main: {channel: "c\\ud83d\\ude00"}}\n'
+                              + WORKER + '    args: {x: "\\ud83d\\ude00!"}\n')
+    assert topology.workers["a"].args == {"x": "\U0001f600!"}
+    assert topology.channels["main"].channel == "c\U0001f600"
+
+
+def test_a_thousand_replicas_are_fine(tmp_path: Path) -> None:
+    topology = load(tmp_path, WORKER + "    replicas: 1000\n")
+    assert len(expand(topology)) == 1000
+
+
+# Pieces of YAML that have broken loaders: tags, anchors and aliases, escapes for
+# surrogates and NUL, huge and odd numbers, interpolation, the keys the loader knows.
+_PIECES = [
+    "workers:", "channels:", "name:", "root:", "class:", "args:", "env:", "replicas:",
+    "depends_on:", "restart:", "channel:", "backend:", "url:", "stop_timeout:", "\n", "  ",
+    "    ", "- ", ": ", "&a ", "*a", "&b ", "*b", "<<: ", "!!str ", "!!int ", "!!binary ",
+    "!!python/object:os.system ", "!x ", "{", "}", "[", "]", ",", "'", '"', "\\ud800",
+    "\\0", "${A}", "${B:-${A}}", "${", "$$", "1", "-1", "1e400", ".inf", ".nan", "no", "~",
+    "m:A", "local", "redis", "pgmq", "redis://x", "10s", "?", "#", "|", ">", "---", "...",
+    "\t", "\x85", "\ufeff", "é", "1:2:3", "0x1F", "0o7", "9" * 40, "a", "main", "..", "/",
+    "~nobody-such",
+]
+_PLAIN = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.text(max_size=6) | st.sampled_from(_PIECES[:14]), inner, max_size=4),
+    max_leaves=20)
+
+
+def _only_one_line_errors(path: Path, data: bytes) -> None:
+    path.write_bytes(data)
+    try:
+        load_topology(path, env={"A": "1", "E": ""})
+    except TopologyError as exc:
+        assert "\n" not in str(exc) and len(str(exc)) < 1000, str(exc)
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(pieces=st.lists(st.sampled_from(_PIECES) | st.text(max_size=4), max_size=50))
+def test_fuzzed_text_gives_one_line_errors_only(tmp_path: Path, pieces: list[str]) -> None:
+    _only_one_line_errors(tmp_path / "t.yaml", "".join(pieces).encode("utf-8", "surrogatepass"))
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(doc=st.fixed_dictionaries({"workers": st.dictionaries(
+    st.text(min_size=1, max_size=5), st.dictionaries(
+        st.sampled_from([k.name for k in WORKER_KEYS]) | st.text(max_size=4), _PLAIN,
+        max_size=4), max_size=3)},
+    optional={k.name: _PLAIN for k in TOP_KEYS if k.name != "workers"}),
+    flow=st.booleans())
+def test_fuzzed_topologies_give_one_line_errors_only(tmp_path: Path, doc: dict[str, Any],
+                                                     flow: bool) -> None:
+    text = yaml.safe_dump(doc, default_flow_style=flow, allow_unicode=True)
+    _only_one_line_errors(tmp_path / "t.yaml", text.encode())
+
+
+# A value as YAML source: JSON (YAML's double-quoted strings, with escapes for surrogates
+# and NUL), or a piece that has broken a loader.
+_TEXT = st.text(st.characters(categories=["Cs"]) | st.characters(categories=["Cc"])
+                | st.sampled_from("a1 :/${}-_.é\u2028") | st.characters(), max_size=6)
+_SOURCE = (
+    _TEXT.map(json.dumps)
+    | st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | _TEXT,
+                   lambda inner: st.lists(inner, max_size=3)
+                   | st.dictionaries(_TEXT, inner, max_size=3), max_leaves=8).map(json.dumps)
+    | st.sampled_from(["*a", "&a 1", "[" * 60, "9" * 200, "1" + ":00" * 50, "~root", "..",
+                       "/", "${A}", "${NOPE}", "${A:-${B:-${C:-x}}}", "!!binary aGk=",
+                       "'${'", "m:A", "1e400", "-.inf", "no", "redis://x", "'  '"]))
+_FIELDS = ("name", "root", "backend", "url", "channel", "key", "class", "arg", "arg_name",
+           "env", "replicas", "depends_on", "restart", "stop_timeout", "channel_of")
+
+
+@settings(max_examples=400, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(values=st.dictionaries(st.sampled_from(_FIELDS), _SOURCE, max_size=3))
+def test_fuzzed_values_in_every_field_give_one_line_errors_only(
+        tmp_path: Path, values: dict[str, str]) -> None:
+    value = {"class": "m:A", **values}.get
+    text = "".join([
+        f"name: {value('name')}\n" if "name" in values else "",
+        f"root: {value('root')}\n" if "root" in values else "",
+        f"channels: {{main: {{backend: {value('backend', 'local')}, url: {value('url', '~')}, "
+        f"channel: {value('channel', 'c')}}}}}\n",
+        f"workers:\n  {value('key', 'a')}:\n    class: {value('class')}\n",
+        f"    args: {{x: {value('arg', 1)}, {value('arg_name', 'y')}: 2}}\n",
+        f"    env: {{X: {value('env', 1)}}}\n",
+        *(f"    {key}: {values[field]}\n" for key, field in (
+            ("replicas", "replicas"), ("depends_on", "depends_on"), ("restart", "restart"),
+            ("stop_timeout", "stop_timeout"), ("channel", "channel_of")) if field in values),
+    ])
+    _only_one_line_errors(tmp_path / "t.yaml", text.encode("utf-8", "surrogatepass"))
+
+
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(tail=st.binary(max_size=100))
+def test_fuzzed_bytes_give_one_line_errors_only(tmp_path: Path, tail: bytes) -> None:
+    _only_one_line_errors(tmp_path / "t.yaml", WORKER.encode() + tail)
