@@ -8,8 +8,9 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Coroutine
 from datetime import datetime
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import click
 
@@ -20,10 +21,21 @@ from cli.render import plural
 from cli.topology import load_topology
 from cli.topology.classes import check_args, resolve_class
 from pipecat_workers import BaseWorker, JobError, JobStatus, WorkerRunner
-from pipecat_workers.bus import BusHeartbeatMessage, BusMessage, BusUnregisteredMessage
+from pipecat_workers.bus import (
+    BusHeartbeatMessage,
+    BusMessage,
+    BusUnregisteredMessage,
+    JSONMessageSerializer,
+    WorkerBus,
+)
 from pipecat_workers.bus.network import DISCONNECTED, NetworkBus
+from pipecat_workers.bus.serializer import SECRET_ENV, UNVERIFIED
 from pipecat_workers.errors import WorkersError
 from pipecat_workers.monitor import BusMonitor
+
+T = TypeVar("T")
+
+SIGNED_CHANNEL = f"messages on this channel are signed; set {SECRET_ENV}"
 
 
 @click.command()
@@ -96,6 +108,7 @@ class _Caller(BaseWorker):
 async def _call(where: Where, target: str, job_name: str | None, payload: dict[str, Any],
                 timeout: float, as_json: bool) -> int:
     name = f"workers-call-{os.getpid()}"
+    _hide(UNVERIFIED)  # a signed channel ends the call with one line that says it
     bus = where.bus()
     runner = WorkerRunner(name=f"{name}-runner", bus=bus, handle_sigint=False)
     caller = _Caller(name)
@@ -108,7 +121,7 @@ async def _call(where: Where, target: str, job_name: str | None, payload: dict[s
             return await _request(caller, target, job_name, payload, timeout, as_json)
 
         try:
-            return await asyncio.wait_for(call(), timeout)
+            return await asyncio.wait_for(_unless_signed(bus, call()), timeout)
         except TimeoutError:
             click.secho(f"error: no answer from '{target}' within {timeout:g} s", fg="red",
                         err=True)
@@ -120,6 +133,29 @@ async def _call(where: Where, target: str, job_name: str | None, payload: dict[s
         finally:
             await runner.cancel(reason="call done")
             await asyncio.gather(run, return_exceptions=True)
+
+
+async def _unless_signed(bus: WorkerBus, work: Coroutine[Any, Any, T]) -> T:
+    """Await ``work``, unless the channel turns out to be signed and we have no secret: our
+    messages are dropped there, so say so at once instead of waiting for nothing.
+
+    Raises:
+        CommandError: a signed message arrived and this process cannot sign.
+    """
+    serializer = bus.serializer if isinstance(bus, NetworkBus) else None
+    if not isinstance(serializer, JSONMessageSerializer) or serializer.signed:
+        return await work
+    task = asyncio.ensure_future(work)
+    try:
+        while not task.done():
+            if serializer.unverified:  # the peers' heartbeats arrive every second
+                raise CommandError(SIGNED_CHANNEL)
+            await asyncio.wait({task}, timeout=0.05)
+        return task.result()
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
 
 async def _registered(where: Where, caller: _Caller, run: asyncio.Future[None]) -> None:
@@ -254,8 +290,13 @@ class _Printer:
         return f"{when} {kind:<16} {message.source}{to}  {body[:300]}"
 
 
-def _not_a_disconnection(record: logging.LogRecord) -> bool:
-    return getattr(record, "bus_event", None) != DISCONNECTED["bus_event"]
+def _hide(event: dict[str, str]) -> None:
+    """Leave the library's log record of ``event`` out: the command says it in its own way."""
+    def shown(record: logging.LogRecord) -> bool:
+        return getattr(record, "bus_event", None) != event["bus_event"]
+
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(shown)
 
 
 async def _tail(where: Where, printer: _Printer) -> None:
@@ -268,12 +309,21 @@ async def _tail(where: Where, printer: _Printer) -> None:
             printer.closed.set()
 
         bus.add_event_handler("on_disconnected", hub_gone)
-        for handler in logging.getLogger().handlers:  # one line at the end says it instead
-            handler.addFilter(_not_a_disconnection)
-    monitor = BusMonitor(bus, name=printer.name, on_message=printer)
+        _hide(DISCONNECTED)  # one line at the end says it instead
+    _hide(UNVERIFIED)
+    serializer = bus.serializer if isinstance(bus, NetworkBus) else None
+
+    def show(message: BusMessage) -> None:
+        # What this process cannot check is not shown: on a signed channel, tail fails instead.
+        if not (isinstance(serializer, JSONMessageSerializer) and serializer.unverified):
+            printer(message)
+
+    monitor = BusMonitor(bus, name=printer.name, on_message=show)
     async with joined(where, bus):
         try:
             async with monitor:
-                await printer.closed.wait()
+                await _unless_signed(bus, printer.closed.wait())
+        except CommandError:
+            raise
         except (WorkersError, OSError) as exc:
             raise where.cannot_join(exc) from None

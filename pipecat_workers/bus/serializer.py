@@ -3,12 +3,15 @@
 Envelope (version 1): one compact UTF-8 JSON object, keys in this order::
 
     {"v":1,"id":"3f2a9c01d4e7-2a","from":"runner-1","inc":1718000000.5,"ts":1718000001.25,
-     "type":"job.request","body":{"source":"parent","target":"w","job_id":"t-1",...}}
+     "ch":"acme","tinc":1718000000.75,"type":"job.request","body":{"source":"parent",...}}
 
-``v`` is the protocol version, ``id`` a message id unique per sender, ``from`` and ``inc`` the
-sending runner and its incarnation, ``ts`` the send time (``time.time()``), ``type`` the
-registered wire name of the message class (never a Python import path) and ``body`` its init
-fields.
+``v`` is the protocol version, ``id`` a message id unique per sender (``<prefix>-<counter>``: a
+random hex prefix per serializer and a hex counter from 0), ``from`` and ``inc`` the sending
+runner and its incarnation, ``ts`` the send time (``time.time()``), ``ch`` the channel it was
+sent on, ``tinc`` the incarnation of the runner it is for, ``type`` the registered wire name of
+the message class (never a Python import path) and ``body`` its init fields. ``ch`` is left out
+when empty (a serializer used on its own), ``tinc`` when the message is not bound to one
+runner's incarnation (see :mod:`pipecat_workers.bus.network` for when it is).
 
 Values in the body are encoded by :mod:`pipecat_workers.bus.codec` (JSON where JSON is exact,
 tagged objects otherwise). Anything that cannot be encoded, NaN and infinities included, fails at
@@ -20,15 +23,35 @@ registered classes are constructed, through their ``__init__`` (or their adapter
 Decoding never raises: a bad message is dropped, counted by reason
 (:meth:`MessageSerializer.stats`) and logged once per reason and type; a value of a type this
 process has not registered drops the whole message (``unknown_type``), wherever it is nested.
+A receiver told its channel (every network bus tells it) drops a message sent on another one
+(``wrong_channel``); an unsigned envelope that names no channel passes, a signed one must name
+it.
 
 Signing: with a shared secret (argument, or ``PIPECAT_WORKERS_SECRET`` read at construction),
 the sender signs the exact bytes ``U`` of the unsigned envelope with HMAC-SHA256 and sends
 ``U[:-1] + b',"sig":"' + hex + b'"}'``; so the signature is always the last 74 bytes. The
 receiver cuts them off, restores ``U``, checks the HMAC over ``U`` and parses ``U`` only, so it
-verifies exactly what was signed. Carriers must keep the bytes as they are (store them as a
-string, not as re-normalised JSON). A signing receiver drops unsigned and forged messages,
-messages whose ``ts`` is more than ``max_age`` seconds away from its clock, and ids it has
-already seen within that window (a bounded memory of ids).
+verifies exactly what was signed, channel and target incarnation included. Carriers must keep
+the bytes as they are (store them as a string, not as re-normalised JSON). A signing receiver
+drops unsigned and forged messages, messages whose ``ts`` is more than ``max_age`` seconds away
+from its clock, and replays:
+
+- Per sender prefix it keeps the highest counter accepted and which of the ``_WINDOW``
+  (1,024) counters below it were seen. A higher counter is new; one in the window is new
+  unless seen; one below the window is refused (too old to tell: every carrier keeps each
+  sender's order, so it is a replay). When a prefix is first heard, every lower counter counts
+  as seen. So a replay is refused however many messages passed since, and a sender costs
+  ``_WINDOW`` bits.
+- At most ``_MAX_SENDERS`` (4,096) prefixes are kept. A new one beyond that evicts the one
+  heard least recently; if that one's last message is not yet older than ``max_age``, the
+  receiver's floor rises to its timestamp, and a message from a prefix it does not know,
+  stamped at or before the floor, is refused (it may come from a forgotten sender). A flood of
+  new prefixes (which takes the secret) can delay a new sender whose clock lags, but never
+  reopens a replay.
+
+A receiver without a secret reads signed messages without checking them, counts them
+(:attr:`JSONMessageSerializer.unverified`) and says once that the channel is signed: its own
+messages are dropped by the signing receivers, which is what a tool should tell its user.
 """
 
 from __future__ import annotations
@@ -38,7 +61,9 @@ import hmac
 import itertools
 import json
 import logging
+import math
 import os
+import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -53,11 +78,16 @@ logger = logging.getLogger("pipecat_workers.bus")
 
 PROTOCOL_VERSION = 1
 SECRET_ENV = "PIPECAT_WORKERS_SECRET"
+# Marks the log record that says a process without the secret reads a signed channel, for a
+# tool that reports it otherwise (``workers call`` and ``tail`` end with one line instead).
+UNVERIFIED = {"bus_event": "unverified"}
 _SIG_HEAD = b',"sig":"'
 _SIG_LEN = len(_SIG_HEAD) + 64 + 2  # ,"sig":" + 64 hex digits + "}
-_NUMBERS = frozenset({int, float})
 _MAX_LOGGED = 1024  # distinct (reason, type) keys that get a log line
-_MAX_SEEN_IDS = 100_000  # replay memory cap
+_WINDOW = 1024  # counters below a sender's highest that are remembered one by one
+_ALL_SEEN = (1 << _WINDOW) - 1
+_MAX_SENDERS = 4096  # sender prefixes remembered against replays
+_ID = re.compile(r"([0-9a-f]{1,32})-([0-9a-f]{1,16})")
 
 _REASONS: dict[str, str] = {
     "malformed": "malformed envelope or body",
@@ -69,7 +99,8 @@ _REASONS: dict[str, str] = {
     "unsigned": "missing signature",
     "forged": "bad signature",
     "stale": "timestamp outside max_age",
-    "replayed": "message id already seen",
+    "replayed": "message id already seen, or too old to tell",
+    "wrong_channel": "sent on another channel",
 }
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
@@ -81,6 +112,8 @@ def _reject_constant(name: str) -> Any:
 
 
 _parse = json.JSONDecoder(parse_constant=_reject_constant).decode
+
+
 @dataclass(frozen=True, slots=True)
 class Envelope:
     """A decoded message with its envelope metadata."""
@@ -90,20 +123,48 @@ class Envelope:
     incarnation: float
     message_id: str
     timestamp: float
+    channel: str = ""
+    target_incarnation: float = 0.0  # 0: not bound to one incarnation of its target's runner
+
+
+def looks_signed(data: bytes) -> bool:
+    """Whether ``data`` ends the way a signed envelope does (not whether its signature is
+    good); what a process without the secret can tell of a message cheaply."""
+    return data[-_SIG_LEN : 8 - _SIG_LEN] == _SIG_HEAD and data[-2:] == b'"}'
 
 
 class MessageSerializer(abc.ABC):
     """Turns bus messages into bytes for network buses, and back."""
 
-    @abc.abstractmethod
-    def serialize(
-        self, message: BusMessage, *, sender: str = "", incarnation: float = 0.0
-    ) -> bytes:
-        """Encode a message; raises :class:`SerializationError` if it cannot be encoded."""
+    @property
+    def signed(self) -> bool:
+        """Whether this serializer signs and verifies messages."""
+        return False
 
     @abc.abstractmethod
-    def decode(self, data: bytes) -> Envelope | None:
-        """Decode bytes into an envelope, or ``None`` (dropped and counted); never raises."""
+    def serialize(
+        self, message: BusMessage, *, sender: str = "", incarnation: float = 0.0,
+        channel: str = "", target_incarnation: float = 0.0,
+    ) -> bytes:
+        """Encode a message; raises :class:`SerializationError` if it cannot be encoded.
+
+        Args:
+            message: The message.
+            sender: The sending runner's name.
+            incarnation: The sending runner's incarnation.
+            channel: The channel it is sent on (part of what is signed).
+            target_incarnation: The incarnation of the runner it is for, or 0 if not bound.
+        """
+
+    @abc.abstractmethod
+    def decode(self, data: bytes, *, channel: str | None = None) -> Envelope | None:
+        """Decode bytes into an envelope, or ``None`` (dropped and counted); never raises.
+
+        Args:
+            data: What the carrier delivered.
+            channel: The channel it arrived on: a message sent on another is dropped.
+                ``None`` (a serializer used on its own) does not check.
+        """
 
     def deserialize(self, data: bytes) -> BusMessage | None:
         """Decode bytes into a message, or ``None``."""
@@ -122,8 +183,8 @@ class JSONMessageSerializer(MessageSerializer):
         secret: Shared signing secret; ``None`` reads ``PIPECAT_WORKERS_SECRET`` now, and an
             empty value means no signing.
         max_size: Largest encoded message in bytes: larger fails at send, is dropped at receive.
-        max_age: With a secret, how far (seconds) a timestamp may be from the receiver's clock;
-            also how long message ids are remembered against replays.
+        max_age: With a secret, how far (seconds) a timestamp may be from the receiver's clock
+            (older messages are refused as stale, so replay memory needs to cover no more).
         keep_unknown: Decode a message of an unregistered type to a
             :class:`BusUnregisteredMessage` (its name and raw fields) instead of dropping it;
             for observers that show traffic, not for runners.
@@ -151,7 +212,9 @@ class JSONMessageSerializer(MessageSerializer):
         self._keep_unknown = keep_unknown
         self._id_prefix = os.urandom(6).hex() + "-"
         self._counter = itertools.count()
-        self._seen_ids: OrderedDict[str, float] = OrderedDict()
+        self._senders: OrderedDict[str, _Sender] = OrderedDict()  # least recently heard first
+        self._floor = 0.0  # an unknown sender's message stamped at or before this is refused
+        self._unverified = 0
         self._drops: dict[str, int] = dict.fromkeys(_REASONS, 0)
         self._logged: set[tuple[str, str]] = set()
 
@@ -160,11 +223,18 @@ class JSONMessageSerializer(MessageSerializer):
         """Whether this serializer signs and verifies messages."""
         return self._key is not None
 
+    @property
+    def unverified(self) -> int:
+        """Signed messages decoded without checking them, because this serializer has no
+        secret: the channel is signed, and what this process sends is dropped there."""
+        return self._unverified
+
     def stats(self) -> dict[str, int]:
         return dict(self._drops)
 
     def serialize(
-        self, message: BusMessage, *, sender: str = "", incarnation: float = 0.0
+        self, message: BusMessage, *, sender: str = "", incarnation: float = 0.0,
+        channel: str = "", target_incarnation: float = 0.0,
     ) -> bytes:
         cls = type(message)
         if isinstance(message, BusLocalMessage):
@@ -177,15 +247,19 @@ class JSONMessageSerializer(MessageSerializer):
             )
         try:
             body = encode_fields(message, cls)
-            envelope = {
+            envelope: dict[str, Any] = {
                 "v": PROTOCOL_VERSION,
                 "id": f"{self._id_prefix}{next(self._counter):x}",
                 "from": sender,
                 "inc": float(incarnation),
                 "ts": time.time(),
-                "type": name,
-                "body": body,
             }
+            if channel:
+                envelope["ch"] = channel
+            if target_incarnation:
+                envelope["tinc"] = float(target_incarnation)
+            envelope["type"] = name
+            envelope["body"] = body
             text = _dumps(envelope)
         except Unsupported as e:
             path = "".join(reversed(e.path))
@@ -213,23 +287,24 @@ class JSONMessageSerializer(MessageSerializer):
             )
         return raw
 
-    def decode(self, data: bytes) -> Envelope | None:
+    def decode(self, data: bytes, *, channel: str | None = None) -> Envelope | None:
         try:
-            return self._decode(data)
+            return self._decode(data, channel)
         except Drop as drop:
             self._drop(drop.reason, drop.name)
         except Exception:
             self._drop("malformed", "")
         return None
 
-    def _decode(self, data: bytes) -> Envelope:
+    def _decode(self, data: bytes, channel: str | None) -> Envelope:
         if type(data) is not bytes:
             data = data.encode("utf-8") if isinstance(data, str) else bytes(data)
         if len(data) > self._max_size:
             raise Drop("oversize")
         key = self._key
+        signed = looks_signed(data)
         if key is not None:
-            if data[-_SIG_LEN : 8 - _SIG_LEN] != _SIG_HEAD or data[-2:] != b'"}':
+            if not signed:
                 raise Drop("unsigned")
             sig = data[-66:-2]
             data = data[:-_SIG_LEN] + b"}"
@@ -249,6 +324,8 @@ class JSONMessageSerializer(MessageSerializer):
         sender: Any = get("from")
         inc: Any = get("inc")
         ts: Any = get("ts")
+        ch: Any = get("ch")
+        tinc: Any = get("tinc", 0.0)
         name: Any = get("type")
         body: Any = get("body")
         if type(name) is not str:
@@ -256,13 +333,21 @@ class JSONMessageSerializer(MessageSerializer):
         if (
             type(mid) is not str
             or type(sender) is not str
-            or type(inc) not in _NUMBERS
-            or type(ts) not in _NUMBERS
+            or not _finite(inc)
+            or not _finite(ts)
+            or not (ch is None or type(ch) is str)
+            or not _finite(tinc)
+            or tinc < 0
             or type(body) is not dict
         ):
             raise Drop("malformed", name)
+        # Unsigned, nothing is authenticated: an envelope that names no channel passes.
+        if channel is not None and ch != channel and (ch is not None or key is not None):
+            raise Drop("wrong_channel", name)
         if key is not None:
             self._check_fresh(mid, float(ts), name)
+        elif signed:
+            self._count_unverified()
         cls = lookup(name)
         if cls is None:
             if adapter_named(name) is not None:
@@ -291,22 +376,48 @@ class JSONMessageSerializer(MessageSerializer):
             incarnation=float(inc),
             message_id=mid,
             timestamp=float(ts),
+            channel=ch or "",
+            target_incarnation=float(tinc),
         )
 
     def _check_fresh(self, mid: str, ts: float, name: str) -> None:
+        """Refuse a stale message or a replay; remember the id of a fresh one (see the
+        module docstring for the rules)."""
         now = time.time()
         if not abs(now - ts) <= self._max_age:
             raise Drop("stale", name)
-        seen = self._seen_ids
-        if mid in seen:
+        match = _ID.fullmatch(mid)
+        if match is None:
+            raise Drop("malformed", name)
+        prefix, counter = match[1], int(match[2], 16)
+        senders = self._senders
+        sender = senders.get(prefix)
+        if sender is None:
+            if ts <= self._floor:
+                raise Drop("replayed", name)
+            if len(senders) >= _MAX_SENDERS:
+                self._forget_a_sender(now)
+            senders[prefix] = _Sender(counter, ts)
+            return
+        if not sender.accept(counter):
             raise Drop("replayed", name)
-        seen[mid] = ts
-        cutoff = now - self._max_age
-        while seen:
-            oldest = next(iter(seen.values()))
-            if oldest >= cutoff and len(seen) <= _MAX_SEEN_IDS:
-                break
-            seen.popitem(last=False)
+        if ts > sender.last_ts:
+            sender.last_ts = ts
+        senders.move_to_end(prefix)
+
+    def _forget_a_sender(self, now: float) -> None:
+        """Make room: forget the sender heard least recently, raising the floor to its last
+        timestamp unless even that has gone stale (then any replay of it is refused as such)."""
+        _, forgotten = self._senders.popitem(last=False)
+        if forgotten.last_ts + self._max_age >= now and forgotten.last_ts > self._floor:
+            self._floor = forgotten.last_ts
+
+    def _count_unverified(self) -> None:
+        self._unverified += 1
+        if self._unverified == 1:
+            logger.warning("messages on this channel are signed, and this process has no "
+                           "secret: what it sends is dropped there (set %s)", SECRET_ENV,
+                           extra=UNVERIFIED)
 
     def _drop(self, reason: str, name: str) -> None:
         self._drops[reason] += 1
@@ -318,3 +429,34 @@ class JSONMessageSerializer(MessageSerializer):
                 f" of type {name!r}" if name else "",
                 _REASONS[reason],
             )
+
+
+class _Sender:
+    """What a receiver remembers of one sender's message ids: the highest counter accepted,
+    and a bitmap of the ``_WINDOW`` counters up to it (bit ``i``: ``top - i`` was seen)."""
+
+    __slots__ = ("top", "seen", "last_ts")
+
+    def __init__(self, counter: int, ts: float) -> None:
+        self.top = counter
+        self.seen = _ALL_SEEN  # heard first now: every earlier counter counts as seen
+        self.last_ts = ts
+
+    def accept(self, counter: int) -> bool:
+        """Record ``counter``; False if it was seen, or is too far below the top to tell."""
+        ahead = counter - self.top
+        if ahead > 0:
+            self.seen = (self.seen << ahead | 1) & _ALL_SEEN if ahead < _WINDOW else 1
+            self.top = counter
+            return True
+        bit = 1 << -ahead if -ahead < _WINDOW else 0
+        if not bit or self.seen & bit:
+            return False
+        self.seen |= bit
+        return True
+
+
+def _finite(value: Any) -> bool:
+    """A JSON number that is finite (``1e400`` parses as infinity)."""
+    t = type(value)
+    return t is int or (t is float and math.isfinite(value))
