@@ -7,7 +7,10 @@ pairs (a dict with a non-``str`` key, or with a ``"$t"`` key), or the wire name 
 Enum or dataclass, or of an adapted type (:func:`~pipecat_workers.catalogue.register_adapter`),
 whose ``VALUE`` is what its adapter's ``encode`` returned, encoded in turn. Decoding builds only
 registered classes, through ``__init__`` or their adapter's ``decode``, and never imports
-anything.
+anything. Before a dataclass is built, its fields are checked against the types it declares
+(:mod:`pipecat_workers.bus.validate`): a mismatch drops the message as ``invalid``; a broken
+encoding (a bad tag, bad base64, an enum value that does not exist, an adapter's ``decode``
+that fails) as ``malformed``.
 
 :func:`copy_value` gives, in memory, what a trip through :func:`encode_value` and
 :func:`decode_value` gives (bytes are immutable, so they are shared rather than copied).
@@ -22,6 +25,7 @@ import math
 from typing import Any
 
 from pipecat_workers.bus.messages import BusLocalMessage
+from pipecat_workers.bus.validate import schema_of
 from pipecat_workers.catalogue import Adapter, adapter_for, adapter_named, lookup, type_name
 
 TAG = "$t"
@@ -198,12 +202,14 @@ def nonfinite_path(v: Any, path: str) -> str | None:
 
 
 class Drop(Exception):
-    """A value or message that is dropped at decoding, with the reason it is counted under."""
+    """A value or message that is dropped at decoding, with the reason it is counted under,
+    the wire name of the type at fault and, for an ``invalid`` one, which field and why."""
 
-    def __init__(self, reason: str, name: str = "") -> None:
+    def __init__(self, reason: str, name: str = "", detail: str = "") -> None:
         super().__init__(reason)
         self.reason = reason
         self.name = name
+        self.detail = detail
 
 
 def decode_value(v: Any) -> Any:
@@ -253,10 +259,35 @@ def decode_value(v: Any) -> Any:
     return build(cls, tag, val)
 
 
+_MISSING: Any = object()
+
+
 def build(cls: type, name: str, raw: dict[str, Any]) -> Any:
-    kwargs = {k: (x if type(x) in SCALARS else decode_value(x)) for k, x in raw.items()}
+    """An instance of the registered dataclass ``cls`` (wire name ``name``) from its encoded
+    fields, each checked against its declared type first; raises :class:`Drop`."""
+    schema = schema_of(cls)
+    fields = schema.fields
+    if len(raw) > len(fields):  # junk is refused before any of it is decoded
+        raise Drop("invalid", name, "a field it does not have")
+    kwargs: dict[str, Any] = {}
+    for field, plain, check, limit in fields:
+        x = raw.get(field, _MISSING)
+        if x is _MISSING:
+            if field in schema.required:
+                raise Drop("invalid", name, f"{field}: missing")
+            continue
+        if type(x) not in SCALARS:
+            x = decode_value(x)
+        if plain is not None:  # validate.Rule.accepts, inline: most fields cost no call
+            t = type(x)
+            if not (t in plain and (t is not str or limit is None or len(x) <= limit)
+                    and (t is not float or x - x == 0.0)) and (check is None or not check(x)):
+                raise Drop("invalid", name, f"{field}: {t.__name__} does not match")
+        kwargs[field] = x
+    if len(kwargs) != len(raw):
+        raise Drop("invalid", name, "a field it does not have")
     try:
-        return cls(**kwargs)  # unknown or missing fields raise TypeError: no setattr of extras
+        return cls(**kwargs)  # keyword arguments only: nothing is ever set as an attribute
     except Exception:
         raise Drop("malformed", name) from None
 

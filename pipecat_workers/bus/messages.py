@@ -10,14 +10,19 @@ Broadcast *control* messages (registry, liveness, session end/cancel) reach runn
 observers only; application broadcasts reach every subscriber. A full queue drops data
 messages, except *essential* ones (job requests and final answers, activation, end), whose
 loss would leave work waiting forever.
+
+What arrives from another process is checked against these annotations before anyone sees it
+(:mod:`pipecat_workers.bus.validate`): names and ids are :data:`Name` strings of at most
+:data:`MAX_NAME_LENGTH` characters, as they become keys of the registry and of job tables.
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
+from pipecat_workers.bus.validate import MaxLen, Range
 from pipecat_workers.catalogue import register_message
 from pipecat_workers.jobs.types import JobStatus
 from pipecat_workers.types import WorkerRegistryEntry
@@ -27,6 +32,11 @@ if TYPE_CHECKING:
 
 SYSTEM_PRIORITY = 0
 DATA_PRIORITY = 1
+
+MAX_NAME_LENGTH = 1024
+MAX_HEARTBEAT_INTERVAL = 3600.0
+Name = Annotated[str, MaxLen(MAX_NAME_LENGTH)]
+"""A worker's, runner's or job's name or id, as messages from other processes may carry it."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -43,8 +53,8 @@ class BusMessage:
     # Never dropped when a subscriber's queue is full: losing it would leave work hanging.
     ESSENTIAL: ClassVar[bool] = False
 
-    source: str
-    target: str | None = None
+    source: Name
+    target: Name | None = None
 
     def __str__(self) -> str:
         return f"{type(self).__name__} (source={self.source}, target={self.target})"
@@ -103,7 +113,7 @@ class BusFrameMessage(BusDataMessage):
 
     frame: Any
     direction: Any = FrameDirection.DOWNSTREAM
-    bridge: str | None = None
+    bridge: Name | None = None
 
 
 @register_message(name="frame.system")
@@ -142,8 +152,8 @@ class BusActivateWorkerMessage(BusDataMessage):
     ESSENTIAL: ClassVar[bool] = True
 
     args: dict[str, Any] | None = None
-    bridge_worker: str | None = None
-    bridge_tag: str | None = None
+    bridge_worker: Name | None = None
+    bridge_tag: Name | None = None
 
 
 @register_message(name="worker.deactivate")
@@ -204,8 +214,8 @@ class BusWorkerReadyMessage(BusDataMessage):
     """Announces that a worker started; for observers and tools."""
 
     CONTROL: ClassVar[bool] = True
-    runner: str
-    parent: str | None = None
+    runner: Name
+    parent: Name | None = None
     active: bool = False
     bridged: bool = False
     started_at: float | None = None
@@ -217,7 +227,7 @@ class BusWorkerStoppedMessage(BusSystemMessage):
     """Announces that a worker stopped and left the registry; its name is free again."""
 
     CONTROL: ClassVar[bool] = True
-    runner: str
+    runner: Name
     incarnation: float = 0.0
 
 
@@ -245,10 +255,10 @@ class BusWorkerRegistryMessage(BusSystemMessage):
     """A runner's full list of workers, with a digest that identifies this version of it."""
 
     CONTROL: ClassVar[bool] = True
-    runner: str
+    runner: Name
     workers: list[WorkerRegistryEntry] = field(default_factory=list)
     incarnation: float = 0.0
-    digest: str = ""
+    digest: Name = ""
 
 
 @register_message(name="registry.request")
@@ -257,7 +267,7 @@ class BusRegistryRequestMessage(BusSystemMessage):
     """Asks a runner (the target) for its full registry snapshot."""
 
     CONTROL: ClassVar[bool] = True
-    runner: str
+    runner: Name
 
 
 @register_message(name="runner.heartbeat")
@@ -266,10 +276,11 @@ class BusHeartbeatMessage(BusSystemMessage):
     """A runner is alive; carries its registry digest and counters."""
 
     CONTROL: ClassVar[bool] = True
-    runner: str
+    runner: Name
     incarnation: float
-    digest: str = ""
-    interval: float = 1.0
+    digest: Name = ""
+    # Positive and bounded: a peer is declared lost after a few intervals of silence.
+    interval: Annotated[float, Range(gt=0.0, le=MAX_HEARTBEAT_INTERVAL)] = 1.0
     stats: dict[str, Any] | None = None
 
 
@@ -279,7 +290,7 @@ class BusRunnerLeaveMessage(BusSystemMessage):
     """A runner is shutting down: remove its workers now."""
 
     CONTROL: ClassVar[bool] = True
-    runner: str
+    runner: Name
     incarnation: float
 
 
@@ -289,9 +300,9 @@ class BusDuplicateWorkerMessage(BusSystemMessage):
     """Two live workers claim one name; sent to both runners."""
 
     CONTROL: ClassVar[bool] = True
-    worker_name: str
-    runner: str
-    other_runner: str
+    worker_name: Name
+    runner: Name
+    other_runner: Name
 
 
 # -- jobs -------------------------------------------------------------------------------------
@@ -304,8 +315,8 @@ class BusJobRequestMessage(BusDataMessage):
 
     ESSENTIAL: ClassVar[bool] = True
 
-    job_id: str
-    job_name: str | None = None
+    job_id: Name
+    job_name: Name | None = None
     payload: dict[str, Any] | None = None
 
 
@@ -316,7 +327,7 @@ class BusJobResponseMessage(BusDataMessage):
 
     ESSENTIAL: ClassVar[bool] = True
 
-    job_id: str
+    job_id: Name
     status: JobStatus = JobStatus.COMPLETED
     response: dict[str, Any] | None = None
 
@@ -333,7 +344,7 @@ class BusJobResponseAgainMessage(BusJobResponseMessage):
 class BusJobResponseUrgentMessage(BusSystemMessage):
     """A final answer delivered with system priority."""
 
-    job_id: str
+    job_id: Name
     status: JobStatus = JobStatus.COMPLETED
     response: dict[str, Any] | None = None
 
@@ -343,7 +354,7 @@ class BusJobResponseUrgentMessage(BusSystemMessage):
 class BusJobUpdateMessage(BusDataMessage):
     """Progress of a job."""
 
-    job_id: str
+    job_id: Name
     update: dict[str, Any] | None = None
 
 
@@ -352,7 +363,7 @@ class BusJobUpdateMessage(BusDataMessage):
 class BusJobUpdateUrgentMessage(BusSystemMessage):
     """Progress delivered with system priority."""
 
-    job_id: str
+    job_id: Name
     update: dict[str, Any] | None = None
 
 
@@ -361,7 +372,7 @@ class BusJobUpdateUrgentMessage(BusSystemMessage):
 class BusJobUpdateRequestMessage(BusDataMessage):
     """The requester asks for progress."""
 
-    job_id: str
+    job_id: Name
 
 
 @register_message(name="job.check")
@@ -373,7 +384,7 @@ class BusJobCheckMessage(BusDataMessage):
     lost). Network buses deliver at most once: this is how such a job still ends. At most
     :data:`MAX_CHECKED_JOBS` ids per message; a worker ignores the rest."""
 
-    job_ids: list[str]
+    job_ids: list[Name]
 
 
 MAX_CHECKED_JOBS = 1024
@@ -384,7 +395,7 @@ MAX_CHECKED_JOBS = 1024
 class BusJobCancelMessage(BusSystemMessage):
     """The requester cancels a job."""
 
-    job_id: str
+    job_id: Name
     reason: str | None = None
 
 
@@ -393,7 +404,7 @@ class BusJobCancelMessage(BusSystemMessage):
 class BusJobStreamStartMessage(BusDataMessage):
     """A worker starts streaming results."""
 
-    job_id: str
+    job_id: Name
     data: dict[str, Any] | None = None
 
 
@@ -402,7 +413,7 @@ class BusJobStreamStartMessage(BusDataMessage):
 class BusJobStreamDataMessage(BusDataMessage):
     """One streamed chunk."""
 
-    job_id: str
+    job_id: Name
     data: dict[str, Any] | None = None
 
 
@@ -413,7 +424,7 @@ class BusJobStreamEndMessage(BusDataMessage):
 
     ESSENTIAL: ClassVar[bool] = True
 
-    job_id: str
+    job_id: Name
     data: dict[str, Any] | None = None
 
 

@@ -101,6 +101,7 @@ _REASONS: dict[str, str] = {
     "stale": "timestamp outside max_age",
     "replayed": "message id already seen, or too old to tell",
     "wrong_channel": "sent on another channel",
+    "invalid": "a field does not match its declared type",
 }
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode

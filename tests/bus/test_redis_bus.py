@@ -59,7 +59,7 @@ async def test_forged_and_malformed_input_is_dropped_and_counted(redis_url: str)
                         json.dumps({**envelope, "type": "session.end", "body": {}}).encode()):
             publish_raw(redis_url, channel, payload)
         await wait_until(lambda: sum(bus.stats()["wire_dropped"].values()) == 5, timeout=5)
-        assert bus.stats()["wire_dropped"] == {"malformed": 4, "unknown_type": 1}
+        assert bus.stats()["wire_dropped"] == {"malformed": 3, "invalid": 1, "unknown_type": 1}
         assert sentinel not in sys.modules
         async with client.job("echo", name="echo", timeout=2) as j:
             pass
