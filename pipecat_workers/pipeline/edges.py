@@ -1,4 +1,4 @@
-"""Which frames may cross the bus, and the processors at a bridged pipeline's edges.
+"""Which frames may cross the bus, and how they travel.
 
 Lifecycle frames never cross: a pipeline's start, end, cancel and stop, and the requests to end
 or cancel a worker, belong to the pipeline that has them (D15). A fatal error does not cross
@@ -21,11 +21,10 @@ from pipecat.frames.frames import (
     WorkerFrame,
     WorkerSystemFrame,
 )
-from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.processors.frame_processor import FrameDirection
 
 from pipecat_workers.bus.messages import BusFrameMessage, BusSystemFrameMessage
 from pipecat_workers.catalogue import adapter_for, adapter_named, lookup, type_name
-from pipecat_workers.pipeline.drain import DrainProbeFrame
 
 LIFECYCLE_FRAMES: tuple[type[Frame], ...] = (
     StartFrame, EndFrame, CancelFrame, StopFrame, WorkerFrame, WorkerSystemFrame,
@@ -77,21 +76,3 @@ def direction_of(message: BusFrameMessage) -> FrameDirection:
     value = getattr(message.direction, "value", message.direction)
     return FrameDirection.UPSTREAM if value == FrameDirection.UPSTREAM.value \
         else FrameDirection.DOWNSTREAM
-
-
-class EdgeProcessor(FrameProcessor):
-    """Sits at the top (publishes upstream frames) or the bottom (publishes downstream frames)
-    of a bridged worker's pipeline. A frame goes on locally too, so the worker's own events
-    still see it; a drain probe goes one way only, on the bus if it was published."""
-
-    def __init__(self, publish: Publish, direction: FrameDirection, *, name: str) -> None:
-        super().__init__(name=name, enable_direct_mode=True)
-        self._publish = publish
-        self._direction = direction
-
-    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
-        await super().process_frame(frame, direction)
-        published = direction is self._direction and await self._publish(frame, direction)
-        if published and isinstance(frame, DrainProbeFrame):
-            return
-        await self.push_frame(frame, direction)

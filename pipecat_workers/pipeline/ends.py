@@ -75,6 +75,11 @@ class PipelineEnds:
 
         async def _end_self(self, reason: str | None) -> None: ...
 
+        @property
+        def bridged(self) -> bool: ...
+
+        async def _publish(self, frame: Frame, direction: FrameDirection) -> bool: ...
+
     _reached_up: tuple[type[Frame], ...] = ()
     _reached_down: tuple[type[Frame], ...] = ()
 
@@ -96,6 +101,11 @@ class PipelineEnds:
         self._reached_down = (*self._reached_down, *types)
 
     async def _at_sink(self, frame: Frame) -> None:
+        # A bridged worker's bottom edge: what reaches it going down goes to its bridge too;
+        # a drain probe goes one way only, on the bus if it was sent.
+        published = self.bridged and await self._publish(frame, FrameDirection.DOWNSTREAM)
+        if published and isinstance(frame, DrainProbeFrame):
+            return
         if isinstance(frame, DrainProbeFrame):
             await self._probe_at_end(frame)
         elif isinstance(frame, HeartbeatFrame):
@@ -111,6 +121,10 @@ class PipelineEnds:
             self._emit("on_frame_reached_downstream", frame)
 
     async def _at_source(self, frame: Frame) -> None:
+        # ... and its top edge: what reaches it going up.
+        published = self.bridged and await self._publish(frame, FrameDirection.UPSTREAM)
+        if published and isinstance(frame, DrainProbeFrame):
+            return
         if isinstance(frame, DrainProbeFrame):
             await self._probe_at_end(frame)
         elif isinstance(frame, ErrorFrame):

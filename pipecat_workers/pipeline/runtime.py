@@ -75,14 +75,20 @@ class PipelineRuntime:
         self, pipeline: BasePipeline, *, name: str, at_source: FrameHook, at_sink: FrameHook,
         timeout: FrameHook, params: PipelineParams, observers: Sequence[BaseObserver],
         clock: BaseClock | None, setup_timeout: float, start_timeout: float,
-        cancel_timeout: float,
+        cancel_timeout: float, inline: bool = False,
     ) -> None:
         self._at_source = at_source
         self._at_sink = at_sink
         self._timeout = timeout
         self._params = params
         self._clock = clock or SystemClock()
-        self._observer = WorkerObserver(observers=list(observers))
+        # Every processor reports every push to the observer: none at all unless someone
+        # listens, and no proxy with its queue and task for a single one of our own.
+        self._observer: BaseObserver | None = None
+        if len(observers) == 1 and not isinstance(observers[0], WorkerObserver) and inline:
+            self._observer = observers[0]
+        elif observers:
+            self._observer = WorkerObserver(observers=list(observers))
         self._setup_timeout = setup_timeout
         self._start_timeout = start_timeout
         self._cancel_timeout = cancel_timeout
@@ -101,8 +107,8 @@ class PipelineRuntime:
         return self._pipeline
 
     @property
-    def observer(self) -> WorkerObserver:
-        """The observer every processor reports to; it passes frames to the user's."""
+    def observer(self) -> BaseObserver | None:
+        """The observer every processor reports to, if any."""
         return self._observer
 
     @property
@@ -138,7 +144,8 @@ class PipelineRuntime:
         self._finished = loop.create_future()
         self._task_manager = TaskManager(loop=loop)
         self._clock.start()
-        await self._observer.setup(self._task_manager)
+        if self._observer is not None:
+            await self._observer.setup(self._task_manager)
         params = self._params
         setup = FrameProcessorSetup(
             clock=self._clock, task_manager=self._task_manager, pipeline_worker=worker,
@@ -214,7 +221,8 @@ class PipelineRuntime:
             self._finished.set_result(self._final or CancelFrame(reason="cleaned up"))
         try:
             await self._pipeline.cleanup()
-            await self._observer.cleanup()
+            if self._observer is not None:
+                await self._observer.cleanup()
         except Exception:
             logger.exception("cleaning up a pipeline failed")
         manager = self._task_manager

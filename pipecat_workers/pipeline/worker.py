@@ -40,7 +40,6 @@ from pipecat_workers.bus.messages import (
 )
 from pipecat_workers.errors import ConfigurationError, WorkerStateError
 from pipecat_workers.pipeline.drain import Drains
-from pipecat_workers.pipeline.edges import EdgeProcessor
 from pipecat_workers.pipeline.ends import PipelineEnds
 from pipecat_workers.pipeline.messages import BusDrainDoneMessage
 from pipecat_workers.pipeline.monitors import (
@@ -124,20 +123,15 @@ class PipelineWorker(PipelineEnds, BridgeServing, BaseWorker):
         self._init_serving(bridged, tuple(exclude_frames or ()))
         user_pipeline = pipeline if isinstance(pipeline, BasePipeline) else Pipeline([pipeline])
         self._user_pipeline = user_pipeline
-        if bridged is not None:
-            user_pipeline = Pipeline([
-                EdgeProcessor(self._publish, FrameDirection.UPSTREAM,
-                              name=f"{self.name}::EdgeSource"),
-                user_pipeline,
-                EdgeProcessor(self._publish, FrameDirection.DOWNSTREAM,
-                              name=f"{self.name}::EdgeSink"),
-            ])
+        # The activity observer sees every push: only when an idle timeout needs it. It is
+        # called directly (pipecat's proxy would queue every push to a task) unless the user
+        # has observers of their own.
+        watching = [*(observers or ()), *([self._activity] if self._idle_timeout else [])]
         self._runtime = PipelineRuntime(
             user_pipeline, name=self.name, at_source=self._at_source, at_sink=self._at_sink,
-            timeout=self._on_frame_timeout, params=self._params,
-            observers=[*(observers or ()), self._activity], clock=clock,
-            setup_timeout=setup_timeout_secs, start_timeout=start_timeout_secs,
-            cancel_timeout=cancel_timeout_secs)
+            timeout=self._on_frame_timeout, params=self._params, observers=watching,
+            clock=clock, setup_timeout=setup_timeout_secs, start_timeout=start_timeout_secs,
+            cancel_timeout=cancel_timeout_secs, inline=not observers)
         self._drains = Drains(self.name)
         self._pending: list[tuple[Frame, FrameDirection]] = []
         self._started_pipeline = False
