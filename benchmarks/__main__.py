@@ -16,7 +16,8 @@ from benchmarks.table import fmt_target, render, write_json
 
 # Modules that register benchmarks; a new backend adds its module here.
 SUITES = ("benchmarks.local", "benchmarks.network", "benchmarks.hub", "benchmarks.cli",
-          "benchmarks.reload")
+          "benchmarks.reload", "benchmarks.pipeline", "benchmarks.pipeline_audio",
+          "benchmarks.pipeline_handoff")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
