@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from pipecat_workers.catalogue import register_message
+from pipecat_workers.validate import Name
 
 
 @register_message(name="registry.entry")
@@ -13,8 +14,8 @@ from pipecat_workers.catalogue import register_message
 class WorkerRegistryEntry:
     """One worker in a runner's registry snapshot."""
 
-    name: str
-    parent: str | None = None
+    name: Name
+    parent: Name | None = None
     active: bool = False
     bridged: bool = False
     started_at: float | None = None

@@ -23,11 +23,12 @@ from hypothesis import strategies as st
 
 from pipecat_workers.bus.codec import encode_fields
 from pipecat_workers.bus.core import WorkerBus
-from pipecat_workers.bus.messages import MAX_NAME_LENGTH, BusLocalMessage, BusMessage
+from pipecat_workers.bus.messages import BusLocalMessage, BusMessage
 from pipecat_workers.bus.network import NetworkBus
 from pipecat_workers.catalogue import lookup, registered, type_name
 from pipecat_workers.jobs.types import JobStatus
 from pipecat_workers.types import WorkerRegistryEntry
+from pipecat_workers.validate import MAX_NAME_LENGTH
 
 with contextlib.suppress(ImportError):  # the bridge protocol's messages, if pipecat is here
     import pipecat_workers.pipeline.messages  # noqa: F401

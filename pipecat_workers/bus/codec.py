@@ -8,7 +8,7 @@ Enum or dataclass, or of an adapted type (:func:`~pipecat_workers.catalogue.regi
 whose ``VALUE`` is what its adapter's ``encode`` returned, encoded in turn. Decoding builds only
 registered classes, through ``__init__`` or their adapter's ``decode``, and never imports
 anything. Before a dataclass is built, its fields are checked against the types it declares
-(:mod:`pipecat_workers.bus.validate`): a mismatch drops the message as ``invalid``; a broken
+(:mod:`pipecat_workers.validate`): a mismatch drops the message as ``invalid``; a broken
 encoding (a bad tag, bad base64, an enum value that does not exist, an adapter's ``decode``
 that fails) as ``malformed``.
 
@@ -25,8 +25,8 @@ import math
 from typing import Any
 
 from pipecat_workers.bus.messages import BusLocalMessage
-from pipecat_workers.bus.validate import schema_of
 from pipecat_workers.catalogue import Adapter, adapter_for, adapter_named, lookup, type_name
+from pipecat_workers.validate import schema_of
 
 TAG = "$t"
 _TUPLE, _BYTES, _PAIRS = 0, 1, 2

@@ -12,8 +12,8 @@ messages, except *essential* ones (job requests and final answers, activation, e
 loss would leave work waiting forever.
 
 What arrives from another process is checked against these annotations before anyone sees it
-(:mod:`pipecat_workers.bus.validate`): names and ids are :data:`Name` strings of at most
-:data:`MAX_NAME_LENGTH` characters, as they become keys of the registry and of job tables.
+(:mod:`pipecat_workers.validate`): names and ids are ``Name`` strings of at most
+``MAX_NAME_LENGTH`` characters, as they become keys of the registry and of job tables.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ import enum
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
-from pipecat_workers.bus.validate import MaxLen, Range
 from pipecat_workers.catalogue import register_message
 from pipecat_workers.jobs.types import JobStatus
 from pipecat_workers.types import WorkerRegistryEntry
+from pipecat_workers.validate import Name, Range
 
 if TYPE_CHECKING:
     from pipecat_workers.workers.base import BaseWorker
@@ -33,10 +33,7 @@ if TYPE_CHECKING:
 SYSTEM_PRIORITY = 0
 DATA_PRIORITY = 1
 
-MAX_NAME_LENGTH = 1024
 MAX_HEARTBEAT_INTERVAL = 3600.0
-Name = Annotated[str, MaxLen(MAX_NAME_LENGTH)]
-"""A worker's, runner's or job's name or id, as messages from other processes may carry it."""
 
 
 @dataclass(kw_only=True, slots=True)

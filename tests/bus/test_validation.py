@@ -18,16 +18,15 @@ from pipecat_workers import BaseWorker, WorkerLostData
 from pipecat_workers.bus import JSONMessageSerializer
 from pipecat_workers.bus.codec import Drop, build, encode_fields
 from pipecat_workers.bus.messages import (
-    MAX_NAME_LENGTH,
     BusDataMessage,
     BusHeartbeatMessage,
     BusJobRequestMessage,
     BusMessage,
     BusWorkerRegistryMessage,
 )
-from pipecat_workers.bus.validate import MaxLen, Range, rule_for
 from pipecat_workers.catalogue import register_message, type_name
 from pipecat_workers.types import WorkerRegistryEntry
+from pipecat_workers.validate import MAX_NAME_LENGTH, MaxLen, Range, rule_for
 from tests.helpers import Recorder, wait_until
 from tests.hostile import (
     ENTRY,
@@ -158,6 +157,7 @@ def test_nested_registry_entries_are_validated_and_one_bad_entry_drops_the_snaps
             WorkerRegistryEntry(name="w2", parent="w", active=True, started_at=3)])
     bad: list[dict[str, Any]] = [
         entry(name=5), entry(active="yes"), entry(started_at=INF), entry(extra=1),
+        entry(name="n" * (MAX_NAME_LENGTH + 1)), entry(parent="p" * (MAX_NAME_LENGTH + 1)),
         {"$t": ENTRY, "v": {}}, {"name": "w"}]
     for one in bad:
         assert s.decode(snapshot(entry(), one)) is None

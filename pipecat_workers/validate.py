@@ -36,7 +36,7 @@ import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 Check = Callable[[Any], bool]
 """A test a value must pass, for values whose exact type is not enough to accept them."""
@@ -77,6 +77,12 @@ class Range:
             or (self.lt is not None and not value < self.lt)
             or (self.le is not None and not value <= self.le)
         )
+
+
+MAX_NAME_LENGTH = 1024
+Name = Annotated[str, MaxLen(MAX_NAME_LENGTH)]
+"""A worker's, runner's or job's name or id, as messages from other processes may carry it:
+bounded, as names become keys of the registry and of job tables."""
 
 
 _Bound = MaxLen | Range
