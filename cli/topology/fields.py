@@ -83,7 +83,9 @@ def root_dir(node: Node, base: Path) -> Path:
     except (OSError, RuntimeError) as exc:  # a loop of links; ~user of no such user
         raise Invalid(f"cannot use {shown(given)} as a directory: {exc}") from None
     if not root.is_dir():
-        raise Invalid(f"directory not found: {root}")
+        text = str(root)  # quoted only when it would not read well on one line
+        raise Invalid(f"directory not found: "
+                      f"{text if text.isprintable() and len(text) <= 200 else shown(text, 200)}")
     return root
 
 

@@ -295,7 +295,13 @@ class _Builder:
             self._problems.add(line, path, f"a number of {len(raw):,} characters: at most "
                                            f"{MAX_NUMBER_CHARS} (quote it to make it a string)")
             return Node(None, line, raw[:20] + "...")
-        return Node(self._constructor.construct_object(node), line, raw)
+        try:
+            return Node(self._constructor.construct_object(node), line, raw)
+        except Exception:  # pyyaml's own constructors fail in many ways (`!!int ` raises
+            # IndexError): whatever the reason, the value cannot be read as its tag says
+            tag = node.tag.removeprefix(_TAG)
+            self._problems.add(line, path, f"cannot read {shown(raw)} as {tag}")
+            return Node(None, line, raw)
 
     def _sequence(self, node: yaml.SequenceNode, path: str) -> Node:
         line = node.start_mark.line + 1

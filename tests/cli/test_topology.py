@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import cli.topology
@@ -705,14 +705,15 @@ def _only_one_line_errors(path: Path, data: bytes) -> None:
         assert "\n" not in str(exc) and len(str(exc)) < 1000, str(exc)
 
 
-@settings(max_examples=300, deadline=None,
+@settings(max_examples=300, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(pieces=st.lists(st.sampled_from(_PIECES) | st.text(max_size=4), max_size=50))
+@example(pieces=["workers:", "  ", "!!int "])  # pyyaml's int constructor raised IndexError
 def test_fuzzed_text_gives_one_line_errors_only(tmp_path: Path, pieces: list[str]) -> None:
     _only_one_line_errors(tmp_path / "t.yaml", "".join(pieces).encode("utf-8", "surrogatepass"))
 
 
-@settings(max_examples=300, deadline=None,
+@settings(max_examples=300, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(doc=st.fixed_dictionaries({"workers": st.dictionaries(
     st.text(min_size=1, max_size=5), st.dictionaries(
@@ -742,9 +743,10 @@ _FIELDS = ("name", "root", "backend", "url", "channel", "key", "class", "arg", "
            "env", "replicas", "depends_on", "restart", "stop_timeout", "channel_of")
 
 
-@settings(max_examples=400, deadline=None,
+@settings(max_examples=400, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(values=st.dictionaries(st.sampled_from(_FIELDS), _SOURCE, max_size=3))
+@example(values={"root": '"\\n"'})  # the missing directory's name held a newline
 def test_fuzzed_values_in_every_field_give_one_line_errors_only(
         tmp_path: Path, values: dict[str, str]) -> None:
     value = {"class": "m:A", **values}.get
@@ -763,7 +765,7 @@ def test_fuzzed_values_in_every_field_give_one_line_errors_only(
     _only_one_line_errors(tmp_path / "t.yaml", text.encode("utf-8", "surrogatepass"))
 
 
-@settings(max_examples=200, deadline=None,
+@settings(max_examples=200, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(tail=st.binary(max_size=100))
 def test_fuzzed_bytes_give_one_line_errors_only(tmp_path: Path, tail: bytes) -> None:
