@@ -7,6 +7,12 @@ hear about both arrivals and departures, and a worker that comes back fires its 
 
 Watches are keyed by (name, handler), so watching the same name twice with the same handler
 costs nothing, and waiting for a worker (:meth:`wait_for`) leaves nothing behind.
+
+A name belongs to one runner at a time. A worker announced under a name that another runner
+holds becomes a *claim*: kept (a few per name, a bounded number in all) until the holder's
+worker leaves, and then granted, so the claimant's worker is registered and its watchers fire.
+That is how a process restarted under a new runner name takes its worker's name back from the
+one that died. A claim goes when its runner goes, or stops listing the name.
 """
 
 from __future__ import annotations
@@ -19,6 +25,10 @@ from collections.abc import Awaitable, Callable
 from pipecat_workers.types import WorkerLostData, WorkerReadyData
 
 logger = logging.getLogger("pipecat_workers.registry")
+
+_MAX_CLAIMANTS = 8  # runners waiting for one name
+_MAX_REMOTE = 100_000  # workers of other runners kept; more are refused (a flood of forgeries)
+_MAX_CLAIMED = 10_000  # names with claims; the oldest is forgotten first
 
 ReadyHandler = Callable[[WorkerReadyData], Awaitable[None]]
 LostHandler = Callable[[WorkerLostData], Awaitable[None]]
@@ -36,6 +46,8 @@ class WorkerRegistry:
         self._waiters: dict[str, list[asyncio.Future[WorkerReadyData]]] = {}
         self._departure_listeners: dict[LostHandler, None] = {}
         self._digest: str | None = None
+        self._claims: dict[str, dict[str, WorkerReadyData]] = {}  # name -> runner -> claim
+        self._refused = 0  # remote workers not kept: the registry was full
 
     @property
     def runner_name(self) -> str:
@@ -94,20 +106,27 @@ class WorkerRegistry:
 
         Returns:
             True if the worker is new; False if it was already known under that runner, or if
-            another live runner already owns the name (the older entry is kept and a warning
-            logged; an older incarnation of the *same* runner is replaced instead).
+            another runner holds the name (the holder keeps it, and this worker becomes a
+            claim, granted when the holder's worker leaves; an older incarnation of the
+            *same* runner is replaced instead), or if the registry already holds 100,000
+            workers of other runners.
         """
         known = self._workers.get(data.worker_name)
         if known is not None:
             if known.runner == data.runner and known.incarnation >= data.incarnation:
                 return False
             if known.runner != data.runner:
-                logger.warning(
-                    "worker '%s' of runner '%s' ignored: runner '%s' already has a worker "
-                    "with that name", data.worker_name, data.runner, known.runner,
-                )
+                self._claim(data, known.runner)
                 return False
-            await self.unregister(data.worker_name, reason="replaced")
+            await self.unregister(data.worker_name, reason="replaced", grant=False)
+        self.drop_claim(data.worker_name, data.runner)
+        if data.runner != self._runner_name and len(self._workers) >= _MAX_REMOTE:
+            self._refused += 1
+            if self._refused in (1, 100) or self._refused % 10_000 == 0:
+                logger.warning("registry of '%s' is full (%d workers): ignoring worker '%s' of "
+                               "runner '%s' (%d ignored so far)", self._runner_name,
+                               len(self._workers), data.worker_name, data.runner, self._refused)
+            return False
         self._workers[data.worker_name] = data
         self._by_runner.setdefault(data.runner, {})[data.worker_name] = None
         if data.runner == self._runner_name:
@@ -191,8 +210,15 @@ class WorkerRegistry:
         """Undo :meth:`add_departure_listener`."""
         self._departure_listeners.pop(listener, None)
 
-    async def unregister(self, name: str, *, reason: str = "stopped") -> WorkerLostData | None:
-        """Remove a worker and tell its watchers; ``None`` if it was not registered."""
+    async def unregister(self, name: str, *, reason: str = "stopped",
+                         grant: bool = True) -> WorkerLostData | None:
+        """Remove a worker and tell its watchers; ``None`` if it was not registered.
+
+        Args:
+            name: The worker.
+            reason: Why it left, as its watchers are told.
+            grant: Give the name to the oldest claim on it, if any (see the module's doc).
+        """
         data = self._workers.pop(name, None)
         if data is None:
             return None
@@ -205,23 +231,95 @@ class WorkerRegistry:
             self._digest = None
         lost = WorkerLostData(worker_name=name, runner=data.runner, reason=reason)
         await self._notify_lost(lost)
+        if grant and name not in self._workers:
+            await self._grant(name)
         return lost
 
     async def remove_runner(
         self, runner: str, *, reason: str, before: float | None = None
     ) -> list[WorkerLostData]:
-        """Remove every worker of ``runner`` (only those of incarnations older than ``before``).
+        """Remove every worker of ``runner`` (only those of incarnations older than ``before``)
+        and its claims. Names it held go to their claims, unless it is being ``"replaced"``
+        by a newer incarnation, whose snapshot comes next (then :meth:`grant_free_claims`).
 
         Returns:
             What was removed, in registration order.
         """
+        self.drop_claims(runner, before=before)
         removed = []
+        grant = reason != "replaced"
         for data in self.workers_of(runner):
             if before is None or data.incarnation < before:
-                lost = await self.unregister(data.worker_name, reason=reason)
+                lost = await self.unregister(data.worker_name, reason=reason, grant=grant)
                 if lost is not None:
                     removed.append(lost)
         return removed
+
+    # -- claims ---------------------------------------------------------------------------
+
+    def claims(self, name: str) -> list[str]:
+        """The runners claiming ``name``, oldest claim first."""
+        return list(self._claims.get(name, ()))
+
+    def claimed_by(self, runner: str) -> list[str]:
+        """The names ``runner`` claims."""
+        return [name for name, claims in self._claims.items() if runner in claims]
+
+    @property
+    def claim_count(self) -> int:
+        """How many claims are pending, over all names."""
+        return sum(map(len, self._claims.values()))
+
+    def drop_claims(self, runner: str, *, keep: set[str] | None = None,
+                    before: float | None = None) -> None:
+        """Forget the claims of ``runner``: all of them, or those on names not in ``keep``,
+        or those of incarnations older than ``before``."""
+        if not self._claims:
+            return
+        for name in self.claimed_by(runner):
+            if keep is not None and name in keep:
+                continue
+            claim = self._claims[name][runner]
+            if before is None or claim.incarnation < before:
+                self.drop_claim(name, runner)
+
+    async def grant_free_claims(self) -> None:
+        """Grant the claims on names nobody holds (after a runner was replaced)."""
+        for name in [n for n in self._claims if n not in self._workers]:
+            await self._grant(name)
+
+    def _claim(self, data: WorkerReadyData, holder: str) -> None:
+        name = data.worker_name
+        claims = self._claims.get(name)
+        if claims is None:
+            if len(self._claims) >= _MAX_CLAIMED:
+                del self._claims[next(iter(self._claims))]
+            claims = self._claims[name] = {}
+        if data.runner in claims:
+            claims[data.runner] = data  # the newest word of that runner
+            return
+        if len(claims) >= _MAX_CLAIMANTS:
+            return
+        claims[data.runner] = data
+        logger.warning("worker '%s' of runner '%s' waits for its name: runner '%s' has a worker "
+                       "with that name", name, data.runner, holder)
+
+    def drop_claim(self, name: str, runner: str) -> None:
+        """Forget the claim of ``runner`` on ``name``, if it has one."""
+        claims = self._claims.get(name)
+        if claims is not None and claims.pop(runner, None) is not None and not claims:
+            del self._claims[name]
+
+    async def _grant(self, name: str) -> None:
+        claims = self._claims.get(name)
+        if not claims:
+            return
+        runner = next(iter(claims))
+        claim = claims.pop(runner)
+        if not claims:
+            del self._claims[name]
+        logger.info("worker '%s' of runner '%s' takes the name over", name, runner)
+        await self.register(claim)
 
     async def _notify_lost(self, lost: WorkerLostData) -> None:
         for listener in list(self._departure_listeners):

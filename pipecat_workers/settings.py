@@ -12,7 +12,8 @@ class Settings:
     Attributes:
         end_grace: Seconds ``runner.end()`` lets workers finish before cancelling them.
         cancel_timeout: Seconds to wait for cancelled tasks (job handlers, workers) to unwind.
-        heartbeat_interval: Seconds between heartbeats on a network bus.
+        heartbeat_interval: The pace of liveness on a network bus: presence refreshes and
+            sweeps (heartbeats every interval on a bus without presence).
         lost_after: Missed heartbeat intervals after which a runner counts as lost.
         data_queue_size: Data messages a subscriber may have waiting before new ones are dropped.
         event_queue_size: Job events a ``job()``/``job_group()`` block may have unread.

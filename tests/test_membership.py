@@ -357,13 +357,24 @@ async def test_silence_while_its_own_bus_is_down_is_excused_once(bus) -> None:
         assert loop.time() - heard >= 1.2 * 0.95
 
 
-async def test_an_outage_that_does_not_end_excuses_no_more_than_one_window(bus) -> None:
+async def test_an_outage_that_does_not_end_excuses_no_more_than_the_grace(bus) -> None:
+    # The grace is 10 s by default (an outage that short loses no peer); 0.6 s here.
     a = runner_on(bus, "runner-a")
+    a._membership.outage_grace = 0.6
     async with running(a):
         loop = asyncio.get_running_loop()
         heard = await ghost_heard_then_bus_down(bus, a)  # and never up again
         await wait_until(lambda: "ghost-worker" not in a.registry, timeout=3)
         assert loop.time() - heard >= 1.2 * 0.95
+
+
+async def test_a_ten_second_outage_excuses_the_silence(bus) -> None:
+    a = runner_on(bus, "runner-a")
+    async with running(a):
+        await ghost_heard_then_bus_down(bus, a)  # window 0.6 s, never heard again
+        await asyncio.sleep(1.5)
+        assert "ghost-worker" in a.registry  # excused: our own bus is down
+        assert a._membership._excused(0.0, 0.2, 100.0) <= 10.0
 
 
 async def test_a_new_incarnation_replaces_the_old_and_watches_fire_again(bus) -> None:

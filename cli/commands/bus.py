@@ -205,8 +205,8 @@ def _show(as_json: bool, event: dict[str, Any]) -> None:
 @click.command()
 @click.option("--channel", metavar="KEY|NAME", help="The channel (default: the only one).")
 @click.option("--url", metavar="URL", help="Join this bus instead of the project's.")
-@click.option("--heartbeats", is_flag=True, help="Also show heartbeats (one per runner per "
-              "second).")
+@click.option("--heartbeats", is_flag=True, help="Also show heartbeats (sent when a runner's "
+              "counters change).")
 @click.option("--json", "as_json", is_flag=True, help="Print messages as JSON lines.")
 @click.pass_context
 def tail(ctx: click.Context, channel: str | None, url: str | None, heartbeats: bool,

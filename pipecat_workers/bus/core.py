@@ -19,7 +19,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Literal, Protocol, Self
 
+from pipecat_workers.bus.loops import LoopHealth
 from pipecat_workers.bus.messages import SYSTEM_PRIORITY, BusLocalMessage, BusMessage
+from pipecat_workers.bus.presence import Presence
 from pipecat_workers.errors import BusClosedError, ConfigurationError
 from pipecat_workers.settings import DEFAULT_SETTINGS
 from pipecat_workers.tasks import cancel_and_wait
@@ -163,6 +165,7 @@ class WorkerBus(ABC):
         self._received: dict[type, int] = {}
         self._dropped: dict[type, int] = {}
         self._unknown_targets: set[str] = set()
+        self.loops = LoopHealth()  # crashes of the backend's background loops (its reader)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -261,12 +264,23 @@ class WorkerBus(ABC):
         """
         return None
 
+    @property
+    def presence(self) -> Presence | None:
+        """The backend's own account of who is on the channel, if it keeps one (then
+        membership needs no heartbeats); ``None`` by default."""
+        return None
+
     async def forget_runner(self, runner: str) -> None:
         """Free what the backend keeps for a runner that is gone (its queue, say)."""
 
     def is_local(self, name: str) -> bool:
         """Whether a worker or runner of that name is subscribed in this process."""
         return name in self._mailboxes
+
+    def queued(self, name: str) -> int:
+        """Messages waiting in the mailbox of the subscriber ``name`` (0 if there is none)."""
+        mailbox = self._mailboxes.get(name)
+        return 0 if mailbox is None else mailbox.pending
 
     # -- sending ------------------------------------------------------------------------
 

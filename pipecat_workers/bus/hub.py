@@ -3,39 +3,16 @@
 ``workers up`` hosts one hub in the supervisor and every worker process joins it with a
 :class:`~pipecat_workers.bus.backends.hub.HubBus`, so a topology needs no Redis or PostgreSQL.
 The hub only moves bytes: a broadcast goes to every other connection on its channel, a
-targeted payload only to the connection of the runner that hosts its target, and a probe says
-whether a runner is connected right now (a killed process's socket closes at once, so its peers
-learn fast). Nothing is stored: the hub lives as long as the supervisor, and what is in flight
-when it stops is lost. One hub serves many channels.
+targeted payload only to the connection of the runner that hosts its target; it tells its
+clients who is on the channel, who joins and who leaves (a killed process's socket closes at
+once, so its peers learn at once, with no heartbeats), and a probe says whether a runner is
+connected right now. Nothing is stored: the hub lives as long as the supervisor, and what is
+in flight when it stops is lost. One hub serves many channels.
 
 The socket is created with mode 0600: any client may speak for any runner on it, so only the
 user who runs the supervisor may connect (sign messages with a secret to guard against them).
 
-Wire protocol, version 1. Every frame, both ways::
-
-    length: u32 big-endian | opcode: u8 | body: (length - 1) bytes
-
-``length`` counts the opcode and the body, 1 <= length <= MAX_FRAME (16 MiB); strings are
-UTF-8. A connection starts with HELLO, answered by WELCOME (or REFUSED, then the hub hangs up).
-
-Client to hub::
-
-    0x01 HELLO    version u8 | flags u8 | incarnation f64 | channel length u16 | channel | runner
-    0x02 PAYLOAD  payload: broadcast it to the other connections of the channel
-    0x03 SEND     runner length u16 | runner | payload: only to that runner's connection
-    0x04 PROBE    request id u32 | runner: is that runner connected on the channel?
-
-Hub to client::
-
-    0x81 WELCOME  version u8
-    0x02 PAYLOAD  payload (a broadcast is forwarded as the very frame its sender wrote)
-    0x83 PROBED   request id u32 | connected u8
-    0x84 REFUSED  reason
-
-HELLO flags: bit 0 (OBSERVE) also receives the targeted payloads between other runners of the
-channel, for tools that show all traffic; other bits are reserved and ignored. An empty runner
-name joins for broadcasts only. When one runner name has several connections (a restart that
-overlaps its predecessor), targeted payloads go to its newest incarnation.
+The wire protocol (version 1) is described in :mod:`pipecat_workers.bus.hub_wire`.
 
 A malformed frame (bad length, unknown opcode, a body that does not parse, anything before
 HELLO) closes that client's connection with a warning; the hub and the other clients carry on.
@@ -56,11 +33,16 @@ from collections.abc import Callable
 from typing import Any, Self
 
 from pipecat_workers.bus.hub_wire import (
+    FEATURE_PRESENCE,
     FLAG_OBSERVE,
+    FLAG_PRESENCE,
     HEAD,
     MAX_HELLO,
     OP_HELLO,
+    OP_JOINED,
+    OP_LEFT,
     OP_PAYLOAD,
+    OP_PRESENT,
     OP_PROBE,
     OP_PROBED,
     OP_REFUSED,
@@ -73,6 +55,7 @@ from pipecat_workers.bus.hub_wire import (
     clear_stale_socket,
     frame,
     listening_socket,
+    names_body,
     parse_hello,
     pump,
     read_frame,
@@ -89,15 +72,16 @@ _CLOSE_GRACE = 0.5
 
 
 class _Client:
-    __slots__ = ("writer", "channel", "runner", "incarnation", "observe", "dropped")
+    __slots__ = ("writer", "channel", "runner", "incarnation", "observe", "presence", "dropped")
 
     def __init__(self, writer: asyncio.StreamWriter, channel: _Channel, runner: bytes,
-                 incarnation: float, observe: bool) -> None:
+                 incarnation: float, flags: int) -> None:
         self.writer = writer
         self.channel = channel
         self.runner = runner
         self.incarnation = incarnation
-        self.observe = observe
+        self.observe = bool(flags & FLAG_OBSERVE)
+        self.presence = bool(flags & FLAG_PRESENCE)
         self.dropped = 0
 
     def __repr__(self) -> str:
@@ -106,13 +90,22 @@ class _Client:
 
 
 class _Channel:
-    __slots__ = ("name", "members", "runners", "observers")
+    __slots__ = ("name", "members", "runners", "observers", "watchers")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.members: list[_Client] = []
         self.runners: dict[bytes, _Client] = {}  # runner name -> its newest connection
         self.observers: list[_Client] = []
+        self.watchers: list[_Client] = []  # clients told of runners joining and leaving
+
+    def tell(self, op: int, runner: bytes) -> None:
+        """A presence change, to every client that asked (never dropped: it is tiny, and a
+        client that missed one would be wrong about a runner until it reconnects)."""
+        data = frame(op, runner)
+        for watcher in self.watchers:
+            if not watcher.writer.transport.is_closing():
+                watcher.writer.write(data)
 
 
 class BusHub:
@@ -265,9 +258,11 @@ class BusHub:
                                            f"this hub speaks {VERSION}".encode()))
             return None
         client = _Client(writer, self._channels.get(channel) or _Channel(channel), runner,
-                         incarnation, bool(flags & FLAG_OBSERVE))
+                         incarnation, flags)
+        writer.write(frame(OP_WELCOME, bytes([VERSION, FEATURE_PRESENCE])))
         self._join(client)
-        writer.write(frame(OP_WELCOME, bytes([VERSION])))
+        if client.presence:
+            writer.write(frame(OP_PRESENT, names_body(list(client.channel.runners))))
         return client
 
     def _join(self, client: _Client) -> None:
@@ -280,17 +275,25 @@ class BusHub:
             current = channel.runners.get(client.runner)
             if current is None or current.incarnation <= client.incarnation:
                 channel.runners[client.runner] = client
+            if current is None:
+                channel.tell(OP_JOINED, client.runner)
+        if client.presence:
+            channel.watchers.append(client)
 
     def _leave(self, client: _Client) -> None:
         channel = client.channel
         channel.members.remove(client)
         if client.observe:
             channel.observers.remove(client)
+        if client.presence:
+            channel.watchers.remove(client)
         if channel.runners.get(client.runner) is client:
             del channel.runners[client.runner]
             same = [c for c in channel.members if c.runner == client.runner]
             if same:
                 channel.runners[client.runner] = max(same, key=lambda c: c.incarnation)
+            elif self._server is not None:  # a hub that stops is not news about runners
+                channel.tell(OP_LEFT, client.runner)
         if not channel.members and self._channels.get(channel.name) is channel:
             del self._channels[channel.name]
 

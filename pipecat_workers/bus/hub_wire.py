@@ -1,7 +1,41 @@
 """The bus hub's wire protocol and socket file: frames, opcodes, readers, the socket path.
 
-The protocol itself is described in :mod:`pipecat_workers.bus.hub`; :class:`BusHub` and
-:class:`HubBus` both speak it through these helpers, so the two ends cannot drift apart.
+:class:`~pipecat_workers.bus.hub.BusHub` and :class:`~pipecat_workers.bus.backends.hub.HubBus`
+both speak it through these helpers, so the two ends cannot drift apart.
+
+Wire protocol, version 1. Every frame, both ways::
+
+    length: u32 big-endian | opcode: u8 | body: (length - 1) bytes
+
+``length`` counts the opcode and the body, 1 <= length <= MAX_FRAME (16 MiB); strings are
+UTF-8. A connection starts with HELLO, answered by WELCOME (or REFUSED, then the hub hangs up).
+
+Client to hub::
+
+    0x01 HELLO    version u8 | flags u8 | incarnation f64 | channel length u16 | channel | runner
+    0x02 PAYLOAD  payload: broadcast it to the other connections of the channel
+    0x03 SEND     runner length u16 | runner | payload: only to that runner's connection
+    0x04 PROBE    request id u32 | runner: is that runner connected on the channel?
+
+Hub to client::
+
+    0x81 WELCOME  version u8 | features u8 (bit 0: this hub reports presence)
+    0x02 PAYLOAD  payload (a broadcast is forwarded as the very frame its sender wrote)
+    0x83 PROBED   request id u32 | connected u8
+    0x84 REFUSED  reason
+    0x85 PRESENT  (runner length u16 | runner)*: every runner on the channel now
+    0x86 JOINED   runner: a runner connected (it had no connection on the channel)
+    0x87 LEFT     runner: the last connection of a runner closed
+
+HELLO flags: bit 0 (OBSERVE) also receives the targeted payloads between other runners of the
+channel, for tools that show all traffic; bit 1 (PRESENCE) asks for presence: PRESENT right
+after WELCOME, then JOINED and LEFT as runners come and go (the client's own name included),
+so clients know at once when a process dies, without heartbeats. Other bits are reserved and
+ignored; an older hub ignores PRESENCE too, and its WELCOME has no features byte, so its
+clients know to heartbeat. An empty runner name joins for broadcasts only. When one runner
+name has several connections (a restart that overlaps its predecessor), targeted payloads go
+to its newest incarnation, and the runner stays present until the last one closes. A hub that
+stops says LEFT to nobody.
 """
 
 from __future__ import annotations
@@ -24,7 +58,9 @@ VERSION = 1
 MAX_FRAME = 16 * 1024 * 1024
 OP_HELLO, OP_PAYLOAD, OP_SEND, OP_PROBE = 0x01, 0x02, 0x03, 0x04
 OP_WELCOME, OP_PROBED, OP_REFUSED = 0x81, 0x83, 0x84
-FLAG_OBSERVE = 0x01
+OP_PRESENT, OP_JOINED, OP_LEFT = 0x85, 0x86, 0x87
+FLAG_OBSERVE, FLAG_PRESENCE = 0x01, 0x02
+FEATURE_PRESENCE = 0x01  # in WELCOME: the hub tells who is present
 HEAD = struct.Struct(">IB")  # length, opcode
 HELLO = struct.Struct(">BBdH")  # version, flags, incarnation, channel length
 READ_SIZE = 256 * 1024
@@ -69,6 +105,25 @@ def hello(channel: str, runner: str, incarnation: float, flags: int = 0) -> byte
     name = channel.encode()
     return frame(OP_HELLO, HELLO.pack(VERSION, flags, incarnation, len(name)) + name
                  + runner.encode())
+
+
+def names_body(names: list[bytes]) -> bytes:
+    """A PRESENT body: each name as ``length u16 | name``."""
+    return b"".join(len(name).to_bytes(2, "big") + name for name in names)
+
+
+def parse_names(body: bytes) -> list[str]:
+    """The names of a PRESENT body."""
+    names, pos = [], 0
+    while pos < len(body):
+        if pos + 2 > len(body):
+            raise ProtocolError("PRESENT is cut short")
+        end = pos + 2 + int.from_bytes(body[pos:pos + 2], "big")
+        if end > len(body):
+            raise ProtocolError("PRESENT names a runner longer than the frame")
+        names.append(body[pos + 2:end].decode(errors="replace"))
+        pos = end
+    return names
 
 
 def parse_hello(body: bytes) -> tuple[int, int, float, str, bytes]:

@@ -1,16 +1,31 @@
 """Membership: how runners on one channel learn about each other's workers, and forget them.
 
-Every runner broadcasts a heartbeat (its incarnation, a digest of its workers, its counters).
-A peer that does not know that runner, or sees a digest it has not seen, asks for the full
-snapshot; so a snapshot lost in a discovery race is repaired by the next heartbeat. A runner
-that stops says so (leave), a worker that stops says so, and a runner silent for
-``Settings.lost_after`` intervals is declared lost. A newer incarnation of a runner replaces
-the older one's workers. Every ``lost_after`` intervals the runner also asks the peers that
-owe its workers an answer for that long whether they still run those jobs (``check_jobs``):
-delivery is at most once, and a lost request or answer must not leave a job waiting forever.
-Silence heard while this runner's own bus connection is down proves little about the peers,
-so up to ``lost_after`` intervals of it are excused; an outage that lasts longer than that
-counts as silence again.
+A runner broadcasts a snapshot of its workers when it starts and whenever they change, and
+answers a newcomer (and anyone who asks) with its snapshot and counters. A runner that stops
+says so (leave), a worker that stops says so, and a runner that dies is found out:
+
+- **With a presence** (the hub, Redis, PostgreSQL: see :mod:`pipecat_workers.bus.presence`),
+  the backend says who is on the channel, and runners send no periodic heartbeat. A runner the
+  presence reports gone for certain (its socket closed, its lock freed) is lost at once; one it
+  has only not seen for a while (or never vouched for, such as a sender of forged messages) is
+  lost after ``Settings.lost_after`` intervals. Heartbeats still carry a runner's counters and
+  digest, but only when they changed, at most once per interval.
+- **Without one** (the in-process bus, other backends), every runner heartbeats each interval
+  with the digest of its workers (a peer that sees a digest it does not know asks for the full
+  snapshot, so a snapshot lost in a discovery race is repaired), and a runner silent for
+  ``lost_after`` intervals is lost (sooner if the bus can tell that its process is gone).
+
+A newer incarnation of a runner replaces the older one's workers. A worker name held by a
+runner that is gone goes to the live runner that claims it (see :class:`WorkerRegistry`); a
+claim on a name whose holder the bus says is gone gets the holder declared lost at once.
+Every ``lost_after`` intervals the runner also asks the peers that owe its workers an answer
+for that long whether they still run those jobs (``check_jobs``).
+
+Silence heard while this runner's own bus connection is down proves little about the peers:
+up to ``outage_grace`` seconds of it (at least ``lost_after`` intervals) are excused, and after
+the connection returns, peers have ``lost_after`` intervals to show up again before anything
+about them counts as certain. A leave removes a runner for ``lost_after`` intervals; after
+that, a runner that proves it is alive (a heartbeat, or the presence) is welcome again.
 """
 
 from __future__ import annotations
@@ -18,10 +33,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from pipecat_workers.bus.core import WorkerBus
+from pipecat_workers.bus.loops import LoopHealth, RateLimitedLog, next_tick, start_supervised
 from pipecat_workers.bus.messages import (
     BusDuplicateWorkerMessage,
     BusHeartbeatMessage,
@@ -31,33 +46,30 @@ from pipecat_workers.bus.messages import (
     BusWorkerRegistryMessage,
     BusWorkerStoppedMessage,
 )
-from pipecat_workers.errors import BusError
 from pipecat_workers.registry import WorkerRegistry
 from pipecat_workers.settings import Settings
 from pipecat_workers.tasks import cancel_and_wait
 from pipecat_workers.types import WorkerReadyData, WorkerRegistryEntry
+from pipecat_workers.workers.announcer import Announcer
+from pipecat_workers.workers.peers import (
+    Peer,
+    digest_of,
+    entries_of,
+    interval_of,
+    name_of,
+    number_of,
+    stats_of,
+)
 
 logger = logging.getLogger("pipecat_workers.membership")
 
-_LEFT_MEMORY = 1024  # runners whose leave is remembered, to ignore their late messages
+OUTAGE_GRACE = 10.0  # seconds of our own outage during which no peer is lost
 
 _MEMBERSHIP_MESSAGES = (BusDuplicateWorkerMessage, BusHeartbeatMessage, BusWorkerRegistryMessage,
                         BusRegistryRequestMessage, BusRunnerLeaveMessage, BusWorkerStoppedMessage)
 
 
-@dataclass(slots=True)
-class Peer:
-    """What a runner knows of another runner on the channel."""
-
-    incarnation: float
-    last_seen: float
-    interval: float
-    digest: str = ""
-    stats: dict[str, Any] | None = None
-    probed: bool = False
-
-
-class Membership:
+class Membership(Announcer):
     """The discovery and liveness protocol of one runner."""
 
     def __init__(
@@ -67,227 +79,296 @@ class Membership:
         on_duplicate: Callable[[WorkerRegistryEntry, str], Awaitable[None]],
         check_jobs: Callable[[float], Awaitable[None]],
     ) -> None:
-        self._runner = runner
-        self._incarnation = incarnation
-        self._bus = bus
-        self._registry = registry
-        self._settings = settings
-        self._entries = entries
-        self._stats = stats
+        super().__init__(runner=runner, incarnation=incarnation, bus=bus, registry=registry,
+                         settings=settings, entries=entries, stats=stats,
+                         outage_grace=OUTAGE_GRACE)
         self._on_duplicate = on_duplicate
         self._check_jobs = check_jobs
-        self._peers: dict[str, Peer] = {}
-        self._left: dict[str, float] = {}  # runner -> the incarnation that said it leaves
+        self.health = LoopHealth()
         self._task: asyncio.Task[None] | None = None
-        self._announce: asyncio.Task[None] | None = None
+        self._resync: asyncio.Task[None] | None = None
         self._checking: asyncio.Task[None] | None = None  # a round of job checks
-        self._down_since: float | None = None  # loop time our own bus connection dropped
-
-    @property
-    def peers(self) -> dict[str, Peer]:
-        """The other runners heard on the channel, by name."""
-        return dict(self._peers)
+        self._next_beat = self._next_check = 0.0
+        self._joined = False
+        self._errors = RateLimitedLog(logger)
 
     async def start(self) -> None:
-        """Announce this runner and start heartbeating."""
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._beat())
+        """Start the loop, which joins the presence (if the bus has one) and announces this
+        runner. Returns at once: the runner starts its workers meanwhile."""
+        if self._task is not None:
+            return
+        self._wake = asyncio.Event()
+        self._joined = False
+        self._task = start_supervised("membership", self._run, self.health)
+
+    async def _join(self) -> None:
+        presence = self._bus.presence
+        if presence is not None:
+            await presence.join(self, self._interval)
+            self._presence = presence
+        loop = asyncio.get_running_loop()
+        self._next_beat = loop.time()
+        self._next_check = next_tick(loop.time() + self._window, self._window)
+        self._joined = True
+        await self._send_snapshot()
 
     async def stop(self) -> None:
-        """Stop heartbeating and tell the peers this runner is leaving (unless the bus is
-        down: they will notice the silence, and a goodbye would only wait to fail)."""
-        await cancel_and_wait((self._task, self._announce, self._checking),
+        """Stop, and tell the peers this runner is leaving (unless the bus is down: they
+        will notice, and a goodbye would only wait to fail)."""
+        started = self._task is not None
+        await cancel_and_wait((self._task, self._announce, self._checking, self._resync),
                               self._settings.cancel_timeout)
-        self._task = self._announce = self._checking = None
-        if self._down_since is not None:
-            logger.debug("runner '%s' leaves without a goodbye: its bus is down", self._runner)
-            return
-        try:
-            await self._bus.send(BusRunnerLeaveMessage(
-                source=self._runner, runner=self._runner, incarnation=self._incarnation))
-        except Exception:
-            logger.warning("could not announce that runner '%s' leaves", self._runner,
-                           exc_info=True)
-
-    def local_changed(self) -> None:
-        """This runner's workers changed: send one snapshot soon (changes are coalesced)."""
-        if self._announce is None or self._announce.done():
-            self._announce = asyncio.get_running_loop().create_task(self._send_snapshot())
-
-    def bus_down(self) -> None:
-        """This runner's bus connection dropped: the peers' silence from now on is excused."""
+        self._task = self._announce = self._checking = self._resync = None
+        presence, self._presence = self._presence, None
+        if not started:
+            return  # the bus never started: nobody heard of us
         if self._down_since is None:
-            self._down_since = asyncio.get_running_loop().time()
+            try:
+                await self._bus.send(BusRunnerLeaveMessage(
+                    source=self._runner, runner=self._runner, incarnation=self._incarnation))
+            except Exception:
+                logger.warning("could not announce that runner '%s' leaves", self._runner,
+                               exc_info=True)
+        else:
+            logger.debug("runner '%s' leaves without a goodbye: its bus is down", self._runner)
+        if presence is not None:
+            await presence.leave()
 
     def bus_up(self) -> None:
-        """The connection is back: what was excused of each peer's silence stays excused."""
-        now = asyncio.get_running_loop().time()
-        for peer in self._peers.values():
-            peer.last_seen += self._excused(peer, now)
-            peer.probed = False
-        self._down_since = None
+        """The connection is back: excuse the silence, and exchange snapshots again (pub/sub
+        kept nothing of what was sent meanwhile)."""
+        super().bus_up()
+        if self._task is not None and (self._resync is None or self._resync.done()):
+            self._resync = asyncio.get_running_loop().create_task(self._exchange())
 
-    def _excused(self, peer: Peer, now: float) -> float:
-        """How much of a peer's silence fell while our own connection was down, capped at
-        its ``lost_after`` window: an outage excuses a peer once, not forever."""
-        if self._down_since is None:
-            return 0.0
-        deaf = now - max(self._down_since, peer.last_seen)
-        return max(0.0, min(deaf, self._settings.lost_after * peer.interval))
+    def summary(self) -> dict[str, Any]:
+        """Sizes of membership's tables, for ``stats()``."""
+        book = self._book
+        return {"presence": type(self._presence).__name__ if self._presence else None,
+                "peers": len(book.peers), "doubtful": len(book.doubtful),
+                "left": len(book.left), "heard": len(book.heard), "refused": book.refused,
+                "claims": self._registry.claim_count, "dropped": dict(self._dropped)}
 
-    # -- sending ----------------------------------------------------------------------
+    # -- the loop -----------------------------------------------------------------------
 
-    async def _beat(self) -> None:
-        interval = self._settings.heartbeat_interval
+    async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        window = self._settings.lost_after * interval
-        await self._send_snapshot()
-        next_beat, next_check = loop.time(), loop.time() + window
+        wake = self._wake
+        assert wake is not None
+        if not self._joined:
+            await self._join()
         while True:
-            if loop.time() >= next_beat:
-                next_beat = loop.time() + interval
-                await self._send_heartbeat(interval)
-            await self._expire()
-            if (loop.time() >= next_check and self._down_since is None
+            wake.clear()
+            now = loop.time()
+            await self._apply_news()
+            if now >= self._next_beat:
+                self._next_beat = next_tick(now, self._interval)
+                if self._presence is None:
+                    await self._send_heartbeat()
+                else:
+                    await self._send_status()
+                if self._registry.digest() != self._announced:
+                    self.local_changed()  # e.g. a claim of ours was granted
+            await self._expire(now)
+            await self._follow_up(now)
+            if (now >= self._next_check and self._down_since is None
                     and (self._checking is None or self._checking.done())):
-                # In a task of its own: many checks on a slow bus must not delay a heartbeat.
-                next_check = loop.time() + window
-                self._checking = loop.create_task(self._run_checks(window))
-            # Checked four times per interval, so a silent peer is noticed soon after it is due.
-            await asyncio.sleep(interval / 4)
+                # In a task of its own: many checks on a slow bus must not delay the loop.
+                self._next_check = next_tick(now, self._window)
+                self._checking = loop.create_task(self._run_checks(self._window))
+            wake_at = min(self._next_beat, self._next_check)
+            if self._busy():  # a timer shorter than an interval may expire
+                wake_at = min(wake_at, next_tick(now, self._interval / 4))
+            timeout = wake_at - loop.time()
+            if self._waiting_news():
+                timeout = 0.005  # news put back behind our mailbox: soon again
+            if not wake.is_set():
+                try:
+                    async with asyncio.timeout(max(timeout, 0.001)):
+                        await wake.wait()
+                except TimeoutError:
+                    pass
 
     async def _run_checks(self, window: float) -> None:
         try:
             await self._check_jobs(window)
-        except Exception:
+        except Exception as exc:
+            self.health.failed("job_checks", exc)
             logger.exception("checking the jobs of runner '%s' failed", self._runner)
-
-    async def _send_heartbeat(self, interval: float) -> None:
-        try:
-            await self._bus.send(BusHeartbeatMessage(
-                source=self._runner, runner=self._runner, incarnation=self._incarnation,
-                digest=self._registry.digest(), interval=interval, stats=self._stats()))
-        except BusError as exc:  # the server is down: keep beating, peers will heal
-            logger.debug("heartbeat of '%s' not sent: %s", self._runner, exc)
-
-    async def _send_snapshot(self, target: str | None = None) -> None:
-        await asyncio.sleep(0)  # let a burst of local changes settle into one snapshot
-        try:
-            await self._bus.send(BusWorkerRegistryMessage(
-                source=self._runner, target=target, runner=self._runner,
-                workers=self._entries(), incarnation=self._incarnation,
-                digest=self._registry.digest()))
-        except BusError as exc:  # the next heartbeat's digest will ask for it again
-            logger.warning("snapshot of '%s' not sent: %s", self._runner, exc)
-
-    async def _expire(self) -> None:
-        """Declare lost the peers silent for ``lost_after`` intervals, or sooner if the bus
-        can tell that a peer that missed a heartbeat and a half is gone (its process died)."""
-        now = asyncio.get_running_loop().time()
-        for name, peer in list(self._peers.items()):
-            silent = now - peer.last_seen - self._excused(peer, now)
-            gone = silent > self._settings.lost_after * peer.interval
-            if (not gone and silent > 1.5 * peer.interval and not peer.probed
-                    and self._down_since is None):  # a probe needs the connection
-                peer.probed = True
-                gone = await self._bus.probe(name) is False
-            if gone and self._peers.get(name) is peer:
-                del self._peers[name]
-                logger.warning("runner '%s' is lost: no heartbeat for %.1f s", name,
-                               now - peer.last_seen)
-                await self._registry.remove_runner(name, reason="lost")
-                await self._bus.forget_runner(name)
 
     # -- receiving ----------------------------------------------------------------------
 
     async def handle(self, message: BusMessage) -> bool:
-        """Apply a membership message from another runner; False if it is not one."""
+        """Apply a membership message from another runner; False if it is not one. Never
+        raises: a message that breaks a rule is dropped and counted."""
+        if not isinstance(message, _MEMBERSHIP_MESSAGES):
+            return False
+        try:
+            await self._dispatch(message)
+        except Exception as exc:
+            self.health.failed("membership.handle", exc)
+            self._errors.warning("runner '%s' could not apply a %s", self._runner,
+                                 type(message).__name__, exc_info=exc)
+        return True
+
+    async def _dispatch(self, message: BusMessage) -> None:
         if getattr(message, "runner", None) == self._runner and not isinstance(
                 message, BusRegistryRequestMessage):
             # About this runner itself (its workers' stop notices, say): the registry
             # already knows, and a worker that stopped may have a successor by now.
-            return isinstance(message, _MEMBERSHIP_MESSAGES)
+            return
         if isinstance(message, BusHeartbeatMessage):
             await self._on_heartbeat(message)
         elif isinstance(message, BusWorkerRegistryMessage):
             await self._on_snapshot(message)
         elif isinstance(message, BusRegistryRequestMessage):
-            if message.target in (None, self._runner):
-                await self._send_snapshot(target=message.runner)
+            asker = name_of(message.runner)
+            if asker is None:
+                self._drop("bad_runner")
+            elif message.target in (None, self._runner):
+                if not self.knows(asker):  # so the answer goes to it alone
+                    self._book.hear(asker, asyncio.get_running_loop().time())
+                await self._send_snapshot(target=asker)
+                await self._send_status(target=asker)
         elif isinstance(message, BusRunnerLeaveMessage):
             await self._on_leave(message)
         elif isinstance(message, BusDuplicateWorkerMessage):
             logger.error("runner '%s' reports that its worker '%s' has the name of one of ours",
-                         message.runner, message.worker_name)
+                         str(message.runner)[:200], str(message.worker_name)[:200])
         elif isinstance(message, BusWorkerStoppedMessage):
-            known = self._registry.get(message.source)
-            if (known is not None and known.runner == message.runner
-                    and known.incarnation <= message.incarnation):
-                await self._registry.unregister(message.source, reason="stopped")
-        else:
-            return False
-        return True
+            await self._on_worker_stopped(message)
 
-    async def _meet(self, runner: str, incarnation: float, interval: float) -> Peer | None:
-        """The peer record for a runner, replacing an older incarnation; None if stale."""
-        now = asyncio.get_running_loop().time()
-        if incarnation <= self._left.get(runner, -1.0):
-            return None  # a late message from an incarnation that already left
-        peer = self._peers.get(runner)
-        if peer is not None and incarnation < peer.incarnation:
-            return None  # a message from an incarnation that was already replaced
-        if peer is not None and incarnation > peer.incarnation:
-            logger.info("runner '%s' restarted; replacing its workers", runner)
-            await self._registry.remove_runner(runner, reason="replaced", before=incarnation)
-            peer = None
-        if peer is None:
-            peer = self._peers[runner] = Peer(incarnation, now, interval)
-        peer.last_seen = now
-        peer.interval = interval
-        peer.probed = False
-        return peer
+    def _who(self, message: BusHeartbeatMessage | BusWorkerRegistryMessage
+             | BusRunnerLeaveMessage) -> tuple[str, float] | None:
+        runner, incarnation = name_of(message.runner), number_of(message.incarnation)
+        if runner is None or incarnation is None:
+            self._drop("bad_runner" if runner is None else "bad_incarnation")
+            return None
+        return runner, incarnation
 
     async def _on_heartbeat(self, message: BusHeartbeatMessage) -> None:
-        known = message.runner in self._peers
-        peer = await self._meet(message.runner, message.incarnation, message.interval)
+        who = self._who(message)
+        if who is None:
+            return
+        peer = await self._meet(*who, interval_of(message.interval, self._interval))
         if peer is None:
             return
-        peer.stats = message.stats
-        if message.digest != peer.digest:
-            await self._bus.send(BusRegistryRequestMessage(
-                source=self._runner, target=message.runner, runner=self._runner))
-        if not known:
-            self.local_changed()  # a newcomer: make sure it hears about us too
+        stats = stats_of(message.stats)
+        if stats is not None:
+            peer.stats = stats
+        digest = digest_of(message.digest)
+        if digest != peer.digest:
+            peer.wanted = True
+        await self._follow_up_peer(who[0], peer, greet=message.target is None)
 
     async def _on_snapshot(self, message: BusWorkerRegistryMessage) -> None:
-        existing = self._peers.get(message.runner)
-        interval = existing.interval if existing else self._settings.heartbeat_interval
-        first_contact = existing is None
-        peer = await self._meet(message.runner, message.incarnation, interval)
+        who = self._who(message)
+        entries = entries_of(message.workers)
+        if who is None:
+            return
+        if entries is None:
+            self._drop("bad_workers")
+            return
+        runner, incarnation = who
+        existing = self._book.peers.get(runner)
+        peer = await self._meet(runner, incarnation,
+                                existing.interval if existing else self._interval)
         if peer is None:
             return
-        peer.digest = message.digest
-        listed = {entry.name for entry in message.workers}
-        for data in self._registry.workers_of(message.runner):
+        peer.digest = digest_of(message.digest)
+        peer.wanted = False
+        registry = self._registry
+        listed = {entry.name for entry in entries}
+        for data in registry.workers_of(runner):
             if data.worker_name not in listed:
-                await self._registry.unregister(data.worker_name, reason="stopped")
-        for entry in message.workers:
-            known = self._registry.get(entry.name)
+                await registry.unregister(data.worker_name, reason="stopped")
+        registry.drop_claims(runner, keep=listed)
+        holders: set[str] = set()
+        for entry in entries:
+            known = registry.get(entry.name)
             if known is not None and known.runner == self._runner:
-                await self._on_duplicate(entry, message.runner)
+                await self._on_duplicate(entry, runner)
                 continue
-            await self._registry.register(WorkerReadyData(
-                worker_name=entry.name, runner=message.runner,
-                incarnation=message.incarnation, parent=entry.parent))
-        if first_contact:
-            self.local_changed()
+            await registry.register(WorkerReadyData(
+                worker_name=entry.name, runner=runner, incarnation=incarnation,
+                parent=entry.parent))
+            held = registry.get(entry.name)
+            if held is not None and held.runner not in (runner, self._runner):
+                holders.add(held.runner)
+        for holder in holders:
+            await self._challenge(holder, runner)
+        await registry.grant_free_claims()
+        await self._follow_up_peer(runner, peer, greet=message.target is None)
 
     async def _on_leave(self, message: BusRunnerLeaveMessage) -> None:
-        peer = self._peers.get(message.runner)
-        if peer is not None and message.incarnation < peer.incarnation:
+        who = self._who(message)
+        if who is None:
             return
-        self._peers.pop(message.runner, None)
-        self._left[message.runner] = message.incarnation
-        if len(self._left) > _LEFT_MEMORY:
-            del self._left[next(iter(self._left))]
-        await self._registry.remove_runner(message.runner, reason="left")
+        runner, incarnation = who
+        peer = self._book.peers.get(runner)
+        if peer is None or incarnation < peer.incarnation:
+            return
+        self._book.remove(runner)
+        self._book.remember_leave(runner, incarnation, asyncio.get_running_loop().time())
+        await self._registry.remove_runner(runner, reason="left")
+
+    async def _on_worker_stopped(self, message: BusWorkerStoppedMessage) -> None:
+        runner, worker = name_of(message.runner), name_of(message.source)
+        incarnation = number_of(message.incarnation)
+        if runner is None or worker is None:
+            self._drop("bad_runner")
+            return
+        known = self._registry.get(worker)
+        if (known is not None and known.runner == runner
+                and known.incarnation <= (incarnation or 0.0)):
+            await self._registry.unregister(worker, reason="stopped")
+        else:
+            self._registry.drop_claim(worker, runner)
+
+    async def _follow_up_peer(self, name: str, peer: Peer, *, greet: bool) -> None:
+        """Greet a peer we just met, and ask for its snapshot if ours is out of date; to a
+        peer the presence has not vouched for yet, nothing is sent (it may be forged)."""
+        if not greet:
+            peer.greeted = True  # it wrote to us: it knows us
+        if not peer.confirmed:
+            return  # greeted (and asked) once it is confirmed
+        if not peer.greeted:
+            await self._greet(name, peer)
+        if peer.wanted:
+            await self._ask(name, peer, asyncio.get_running_loop().time())
+
+    async def _follow_up(self, now: float) -> None:
+        """Confirmed peers still owed a greeting or a request; runners the presence shows
+        that sent us nothing yet are asked for their snapshot."""
+        for name in list(self._owed):
+            peer = self._book.peers.get(name)
+            self._owed.pop(name, None)
+            if peer is not None and peer.confirmed:
+                if not peer.greeted:
+                    await self._greet(name, peer)
+                if peer.wanted:
+                    await self._ask(name, peer, now)
+        heard = self._book.heard
+        for name, (since, asks) in list(heard.items()):
+            if name in self._book.peers or asks >= 3:
+                heard.pop(name, None)
+            elif now - since >= self._interval / 2 * (asks + 1):
+                heard[name] = (since, asks + 1)
+                await self._ask(name, None, now)
+
+    async def _challenge(self, holder: str, claimant: str) -> None:
+        """``claimant`` announced a worker whose name ``holder`` holds: if the bus can tell
+        that the holder is gone, it is lost now (and the name goes to the claim)."""
+        peer = self._book.peers.get(holder)
+        now = asyncio.get_running_loop().time()
+        if peer is None or now - peer.challenged_at < self._interval or not self._settled(now):
+            return
+        peer.challenged_at = now
+        try:
+            async with asyncio.timeout(1.0):
+                alive = await self._bus.probe(holder)
+        except Exception:
+            alive = None
+        if alive is False:
+            await self._lose(holder, peer, f"its connection is closed, and runner '{claimant}' "
+                             "claims the name of its worker")

@@ -36,7 +36,8 @@ from pipecat_workers.registry import WorkerRegistry
 from pipecat_workers.settings import DEFAULT_SETTINGS, Settings
 from pipecat_workers.types import WorkerErrorData, WorkerRegistryEntry
 from pipecat_workers.workers.base import BaseWorker, WorkerState
-from pipecat_workers.workers.membership import Membership, Peer
+from pipecat_workers.workers.membership import Membership
+from pipecat_workers.workers.peers import Peer
 
 logger = logging.getLogger("pipecat_workers.runner")
 
@@ -395,16 +396,15 @@ class WorkerRunner(EventEmitter):
         data = self._registry.get(name)
         if data is not None:
             return data.runner
-        return name if name in self._membership.peers else None
+        return name if self._membership.knows(name) else None
 
     async def _on_bus_disconnected(self, bus: WorkerBus) -> None:
         self._membership.bus_down()
 
     async def _on_bus_reconnected(self, bus: WorkerBus) -> None:
+        # Peers may have missed our changes and we theirs (pub/sub keeps nothing):
+        # membership exchanges snapshots again.
         self._membership.bus_up()
-        # Peers may have missed our changes (pub/sub keeps nothing): announce again.
-        if self._running:
-            self._membership.local_changed()
 
     async def _on_duplicate(self, remote: WorkerRegistryEntry, runner: str) -> None:
         """Two live workers claim one name: the one that started later (the newcomer) stops,
@@ -439,7 +439,9 @@ class WorkerRunner(EventEmitter):
     # -- observability ----------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        """A snapshot of counters: messages, jobs, and each worker's state."""
+        """A snapshot of counters: messages, jobs, each worker's state, the background loops
+        that crashed (``"loops"``, see :meth:`loop_failures`) and the sizes of membership's
+        tables (``"membership"``)."""
         s = self._stats
         running = sum(len(w._active_jobs) for w in self._workers.values())
         return {
@@ -457,4 +459,14 @@ class WorkerRunner(EventEmitter):
                        "jobs": len(w._active_jobs)}
                 for name, w in self._workers.items()
             },
+            "loops": self.loop_failures(),
+            "membership": self._membership.summary(),
         }
+
+    def loop_failures(self) -> dict[str, dict[str, Any]]:
+        """The background loops that have crashed (and were restarted): per loop, its
+        ``failures``, ``last_error``, ``last_failure`` (epoch seconds) and ``failing``
+        (it crashed within the last minute). Empty while every loop is healthy."""
+        loops = {f"bus.{name}": record for name, record in self._bus.loops.snapshot().items()}
+        loops.update(self._membership.health.snapshot())
+        return loops

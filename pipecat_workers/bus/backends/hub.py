@@ -13,11 +13,15 @@ runner that went silent end with an error.
 
 Topology: a broadcast goes to every other connection on the channel (never echoed back), a
 targeted message only to the connection of the runner that hosts its target (dropped and
-counted by the hub if that runner is not connected). :meth:`HubBus.probe` asks the hub whether
-a runner is connected: a killed process's socket closes at once, so peers learn it within about
-1.5 heartbeat intervals instead of ``lost_after``. When the hub goes away the reader reconnects
-with capped exponential back-off, says hello again and fires ``on_reconnected`` (the runner then
-re-announces its workers). Workers in one process keep talking meanwhile.
+counted by the hub if that runner is not connected). Presence comes from the hub
+(:class:`~pipecat_workers.bus.backends.hub_presence.HubPresence`): it says who is connected,
+who joins and who leaves, so runners send no heartbeats, and a killed process's peers learn
+it the moment its socket closes. :meth:`HubBus.probe` asks the hub whether a runner is
+connected. Connecting for the first time, a bus keeps trying a hub that is there but slow
+to answer (a supervisor busy starting a hundred processes) for up to 20 s; one that is not
+there at all fails at once. When the hub goes away the reader reconnects with capped
+exponential back-off, says hello again and fires ``on_reconnected``
+(the runner then re-announces its workers). Workers in one process keep talking meanwhile.
 
 Sends are written in call order and coalesced: what is sent during one turn of the event loop
 leaves in one write, and a send waits for the socket only when its buffer is above the
@@ -33,11 +37,17 @@ import logging
 import os
 from collections import deque
 
+from pipecat_workers.bus.backends.hub_presence import HubPresence
 from pipecat_workers.bus.hub_wire import (
+    FEATURE_PRESENCE,
     FLAG_OBSERVE,
+    FLAG_PRESENCE,
     HEAD,
     MAX_FRAME,
+    OP_JOINED,
+    OP_LEFT,
     OP_PAYLOAD,
+    OP_PRESENT,
     OP_PROBE,
     OP_PROBED,
     OP_REFUSED,
@@ -47,11 +57,14 @@ from pipecat_workers.bus.hub_wire import (
     ProtocolError,
     check_socket_path,
     hello,
+    parse_names,
     pump,
     read_frame,
     scan,
 )
+from pipecat_workers.bus.loops import RateLimitedLog
 from pipecat_workers.bus.network import DISCONNECTED, NetworkBus
+from pipecat_workers.bus.presence import Presence
 from pipecat_workers.bus.serializer import MessageSerializer
 from pipecat_workers.errors import BusConnectionError, ConfigurationError, MessageTooLargeError
 from pipecat_workers.settings import DEFAULT_SETTINGS
@@ -60,7 +73,10 @@ from pipecat_workers.tasks import cancel_and_wait
 logger = logging.getLogger("pipecat_workers.bus.hub")
 
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.05, 1.0
-_CONNECT_TIMEOUT = 2.0
+_CONNECT_TIMEOUT = 2.0  # per attempt
+# How long a first connection keeps trying a hub that is there but does not answer in time:
+# a supervisor starting a hundred worker processes may take seconds to say WELCOME.
+_START_PATIENCE = 20.0
 _PROBE_TIMEOUT = 1.0
 _MAX_PAYLOAD = MAX_FRAME - 1 - 2 - 65535  # room for the largest SEND header
 _DOWN = (OSError, EOFError, TimeoutError, ProtocolError)
@@ -108,21 +124,48 @@ class HubBus(NetworkBus):
         self._probes: dict[int, asyncio.Future[bool | None]] = {}
         self._probe_ids = itertools.count(1)
         self._names: dict[str, bytes] = {}  # runner -> its SEND name field
+        self._features = 0  # what the hub said it offers in WELCOME
+        self._presence = HubPresence()
+        self._payload_errors = RateLimitedLog(logger)
 
     @property
     def path(self) -> str:
         """The hub's socket."""
         return self._path
 
+    @property
+    def presence(self) -> Presence | None:
+        """Who is on the channel, as the hub says (``None`` from a hub too old to say)."""
+        if self._runner and self._features & FEATURE_PRESENCE:
+            return self._presence
+        return None
+
     # -- connection ---------------------------------------------------------------------
 
     async def _open(self) -> None:
-        try:
-            await self._connect()
-        except _DOWN as exc:
-            raise BusConnectionError(f"cannot reach the bus hub at {self._path} for channel "
-                                     f"'{self._channel}': {exc or type(exc).__name__}") from exc
-        self._task = asyncio.get_running_loop().create_task(self._read_forever())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(self._publish_timeout, _START_PATIENCE)
+        backoff = _BACKOFF_FIRST
+        while True:
+            try:
+                await self._connect()
+                break
+            except _DOWN as exc:
+                # A hub that is there but slow (busy starting a hundred processes), or whose
+                # listen queue is full, is worth waiting for; one that is not there is not.
+                busy = isinstance(exc, TimeoutError | BlockingIOError | InterruptedError)
+                if not busy or loop.time() + backoff >= deadline:
+                    reason = str(exc) or ("no answer within "
+                                          f"{_CONNECT_TIMEOUT:g} s" if isinstance(
+                                              exc, TimeoutError) else type(exc).__name__)
+                    raise BusConnectionError(
+                        f"cannot reach the bus hub at {self._path} for channel "
+                        f"'{self._channel}': {reason}") from exc
+                logger.debug("bus hub at %s is slow to answer (%r); trying again", self._path,
+                             exc)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, _BACKOFF_MAX)
+        self._task = loop.create_task(self._read_forever())
 
     async def _close(self) -> None:
         self._flush()  # what was sent before the close still leaves
@@ -147,7 +190,8 @@ class HubBus(NetworkBus):
         async with asyncio.timeout(_CONNECT_TIMEOUT):
             reader, writer = await asyncio.open_unix_connection(self._path, limit=STREAM_LIMIT)
             try:
-                writer.write(hello(self._channel, self._runner, self._incarnation, self._flags))
+                flags = self._flags | (FLAG_PRESENCE if self._runner else 0)
+                writer.write(hello(self._channel, self._runner, self._incarnation, flags))
                 op, body = await read_frame(reader)
             except BaseException:
                 writer.transport.abort()
@@ -156,6 +200,7 @@ class HubBus(NetworkBus):
             writer.transport.abort()
             why = body.decode(errors="replace") if op == OP_REFUSED else f"opcode 0x{op:02x}"
             raise ProtocolError(f"the hub refused the connection: {why}")
+        self._features = body[1] if len(body) > 1 else 0
         while self._waiting:
             data, sent = self._waiting.popleft()
             if not sent.done():  # a sender that gave up is not sent late
@@ -173,6 +218,7 @@ class HubBus(NetworkBus):
         for probe in self._probes.values():
             if not probe.done():
                 probe.set_result(None)  # cannot tell
+        self._presence.disconnected()
 
     async def _read_forever(self) -> None:
         backoff = _BACKOFF_FIRST
@@ -187,6 +233,7 @@ class HubBus(NetworkBus):
             except _DOWN as exc:
                 why = str(exc) or type(exc).__name__
             except Exception as exc:  # a bug: log it, and start over on a fresh connection
+                self.loops.failed("reader", exc)
                 logger.exception("bus on channel '%s' failed reading from the hub",
                                  self._channel)
                 why = repr(exc)
@@ -205,7 +252,18 @@ class HubBus(NetworkBus):
 
     def _on_frame(self, op: int, data: bytes, start: int, end: int) -> None:
         if op == OP_PAYLOAD:
-            self._on_payload(data[start + HEAD.size:end])
+            try:
+                self._on_payload(data[start + HEAD.size:end])
+            except Exception as exc:  # one bad payload must not cost the connection
+                self.loops.failed("payload", exc)
+                self._payload_errors.warning("bus on channel '%s' could not deliver a payload",
+                                             self._channel, exc_info=exc)
+        elif op == OP_JOINED:
+            self._presence.joined(data[start + HEAD.size:end].decode(errors="replace"))
+        elif op == OP_LEFT:
+            self._presence.left(data[start + HEAD.size:end].decode(errors="replace"))
+        elif op == OP_PRESENT:
+            self._presence.reset(parse_names(data[start + HEAD.size:end]))
         elif op == OP_PROBED and end - start == HEAD.size + 5:
             request = int.from_bytes(data[start + HEAD.size:end - 1], "big")
             probe = self._probes.get(request)

@@ -23,7 +23,9 @@ re-creates its queue and fires ``on_reconnected``; a send retries for ``publish_
 seconds, then raises :class:`BusConnectionError`. A graceful stop drops the queue, and
 :meth:`PgmqBus.forget_runner` drops a lost peer's. Each reader holds an advisory lock named
 after its queue, so :meth:`PgmqBus.probe` tells a killed runner (its session, and lock, end with
-its socket) from a slow one, and the queue of a slow one is kept. A database without PGMQ
+its socket) from a slow one, and the queue of a slow one is kept; the same locks are the
+channel's presence (:class:`~pipecat_workers.bus.backends.pgmq_presence.PgmqPresence`), so
+runners do not heartbeat through the queues. A database without PGMQ
 gets it at start (``CREATE EXTENSION``, else the SQL the ``pgmq`` package ships) under an
 advisory lock. Runner names must be unique per channel; any role that can bind a queue to the
 topic can read it.
@@ -38,13 +40,15 @@ import json
 import logging
 import operator
 import os
-from importlib.resources import files
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 from pgmq.async_queue import PGMQueue
 
+from pipecat_workers.bus.backends.pgmq_install import ensure_pgmq
+from pipecat_workers.bus.backends.pgmq_presence import FREE_LOCKS, PgmqPresence
 from pipecat_workers.bus.network import NetworkBus
+from pipecat_workers.bus.presence import Presence
 from pipecat_workers.bus.serializer import MessageSerializer
 from pipecat_workers.errors import (
     BusConnectionError,
@@ -60,15 +64,11 @@ _DOWN = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
          asyncpg.exceptions.OperatorInterventionError,
          asyncpg.exceptions.InsufficientResourcesError)
 _FAILED = (*_DOWN, asyncpg.PostgresError)
-_BACKOFF_FIRST, _BACKOFF_MAX = 0.05, 2.0
+_BACKOFF_FIRST, _BACKOFF_MAX = 0.05, 1.0
 _IO_TIMEOUT = 10.0  # bound on every statement, connect and pool acquire
 # While our own reader is reconnecting, and this long after, a peer's missing lock may only
 # mean that its reader has not reconnected yet (a server restart drops every lock).
 _PROBE_GRACE = 2 * _BACKOFF_MAX + 1.0
-_INSTALL_LOCK = 0x7069706563617400  # advisory lock key that serialises PGMQ installs
-
-_HAS_PGMQ = ("SELECT to_regprocedure('pgmq.send_topic(text,jsonb)') IS NOT NULL AND "
-             "to_regprocedure('pgmq.enable_notify_insert(text,integer)') IS NOT NULL")
 # pgmq.read picks the oldest rows, but UPDATE ... RETURNING gives them in no set order.
 _READ = "SELECT msg_id, message->>'e' FROM pgmq.read($1, $2, $3) ORDER BY msg_id"
 _DELETE = "SELECT pgmq.delete($1::text, $2::bigint[])"
@@ -156,6 +156,7 @@ class PgmqBus(NetworkBus):
         self._reader: asyncio.Task[None] | None = None
         self._send_lock = asyncio.Lock()
         self._outbox: list[_Item] = []  # sends waiting for the lock, in call order
+        self._presence: PgmqPresence | None = None
 
     def queue_name(self, runner: str | None = None) -> str:
         """The PGMQ queue of ``runner`` on this channel (default: this bus's own queue)."""
@@ -168,13 +169,32 @@ class PgmqBus(NetworkBus):
         stats["queue"] = self._queue
         return stats
 
+    @property
+    def presence(self) -> Presence | None:
+        """Who is on the channel, from the readers' advisory locks (once started)."""
+        return self._presence
+
+    def _can_tell(self) -> bool:
+        """Whether a free lock means anything now: not while our own reader is down or has
+        just reconnected (maybe the server restarted and the peers are reconnecting too)."""
+        return self._pool is not None and self.connected and (
+            asyncio.get_running_loop().time() - self._reader_since >= _PROBE_GRACE)
+
+    async def _free_locks(self, keys: list[int]) -> set[int] | None:
+        """Which of these advisory lock keys nobody holds (``None``: cannot tell now)."""
+        if not self._can_tell():
+            return None
+        try:
+            async with self._pool.acquire(timeout=_IO_TIMEOUT) as conn:
+                rows = await conn.fetch(FREE_LOCKS, keys, timeout=_IO_TIMEOUT)
+        except _FAILED:
+            return None
+        return {row[0] for row in rows}
+
     async def probe(self, runner: str) -> bool | None:
         """A runner is alive iff its reader holds its advisory lock (see ``_connect``)."""
-        if runner == self.runner_name or self._pool is None:
+        if runner == self.runner_name or not self._can_tell():
             return None
-        if not self.connected or (
-                asyncio.get_running_loop().time() - self._reader_since < _PROBE_GRACE):
-            return None  # maybe the server restarted and the peer is reconnecting too
         key = _lock_key(self.queue_name(runner))
         try:
             async with self._pool.acquire(timeout=_IO_TIMEOUT) as conn:
@@ -222,7 +242,7 @@ class PgmqBus(NetworkBus):
             else:
                 self._pool = self._client.pool
             async with self._pool.acquire(timeout=_IO_TIMEOUT) as conn:
-                await _ensure_pgmq(conn)
+                await ensure_pgmq(conn, _DOWN, _FAILED, _IO_TIMEOUT)
             await self._connect(fresh=True)
         except BaseException as exc:
             await self._close_pool()
@@ -231,8 +251,15 @@ class PgmqBus(NetworkBus):
                                          f"channel '{self._channel}': {exc}") from exc
             raise
         self._reader = asyncio.get_running_loop().create_task(self._read_forever())
+        if self.runner_name:
+            self._presence = PgmqPresence(self._free_locks,
+                                          lambda runner: _lock_key(self.queue_name(runner)),
+                                          runner=self.runner_name, health=self.loops)
 
     async def _close(self) -> None:
+        presence, self._presence = self._presence, None
+        if presence is not None:
+            await presence.close()
         reader, self._reader = self._reader, None
         if reader is not None:
             reader.cancel()
@@ -334,6 +361,8 @@ class PgmqBus(NetworkBus):
                     backoff = _BACKOFF_FIRST
                 await self._read(self._conn)
             except Exception as exc:  # connection lost, or our queue dropped: set up again
+                if not isinstance(exc, _FAILED):
+                    self.loops.failed("reader", exc)
                 if self._conn is not None:
                     logger.warning("PGMQ reader of '%s' failed: %s", self._channel, exc,
                                    exc_info=not isinstance(exc, _FAILED))
@@ -354,7 +383,8 @@ class PgmqBus(NetworkBus):
                 for row in rows:
                     try:
                         self._on_payload(row[1].encode("utf-8") if row[1] is not None else b"")
-                    except Exception:
+                    except Exception as exc:  # one bad payload must not cost the batch
+                        self.loops.failed("payload", exc)
                         logger.exception("could not deliver a message from '%s'", queue)
                 # Ack after local delivery.
                 await conn.execute(_DELETE, queue, [row[0] for row in rows],
@@ -458,37 +488,3 @@ class PgmqBus(NetworkBus):
 def _consume(future: asyncio.Future[bool]) -> None:
     if not future.cancelled():
         future.exception()
-
-
-async def _ensure_pgmq(conn: Any) -> None:
-    """Install PGMQ if the database has none: ``CREATE EXTENSION`` if the server offers it,
-    else the SQL the ``pgmq`` package ships. An advisory lock keeps processes from racing."""
-    if await conn.fetchval(_HAS_PGMQ, timeout=_IO_TIMEOUT):
-        return
-    sql_file = files("pgmq").joinpath("sql", "pgmq.sql")
-    # A session lock, so that the check below runs in a transaction of its own and sees what
-    # another process installed while we waited.
-    await conn.execute("SELECT pg_advisory_lock($1)", _INSTALL_LOCK, timeout=_IO_TIMEOUT)
-    try:
-        if await conn.fetchval(_HAS_PGMQ):
-            return
-        if await conn.fetchval("SELECT to_regnamespace('pgmq') IS NOT NULL"):
-            raise BusConnectionError(
-                "the PGMQ in this database has no topics or insert notifications: upgrade it "
-                "(PgmqBus needs PGMQ 1.13, as shipped with the pgmq package >= 1.1.4)")
-        if await conn.fetchval("SELECT count(*) FROM pg_available_extensions WHERE name='pgmq'"):
-            await conn.execute("CREATE EXTENSION IF NOT EXISTS pgmq")
-        else:
-            async with conn.transaction():
-                await conn.execute(sql_file.read_text(encoding="utf-8"))
-    except asyncpg.PostgresError as exc:
-        if isinstance(exc, _DOWN):
-            raise
-        raise BusConnectionError(
-            f"PGMQ is not installed in this database and this role cannot install it ({exc}); "
-            f"install it once as an owner: CREATE EXTENSION pgmq, or psql -f {sql_file}"
-        ) from exc
-    finally:
-        with contextlib.suppress(*_FAILED):
-            await conn.execute("SELECT pg_advisory_unlock($1)", _INSTALL_LOCK)
-    logger.info("installed PGMQ in the database")

@@ -8,10 +8,13 @@ silent end with an error.
 
 Topology: broadcasts go to the channel itself (``pipecat:app``); each runner also listens on
 its own channel (``pipecat:app:runner:<name>``) so that a targeted message travels only to the
-process that hosts its target. Workers in one process talk without Redis at all, so they keep
-talking while Redis is down; the reader reconnects with capped exponential back-off,
-resubscribes and fires ``on_reconnected`` (the runner then re-announces its workers), and a
-publish retries for ``publish_timeout`` seconds before raising :class:`BusConnectionError`.
+process that hosts its target. Presence lives in the sorted set ``pipecat:app:presence``
+(:class:`~pipecat_workers.bus.backends.redis_presence.RedisPresence`), so runners do not
+heartbeat through pub/sub. Workers in one process talk without Redis at all, so they keep
+talking while Redis is down; the reader reconnects with capped exponential back-off (at most a
+second apart), resubscribes and fires ``on_reconnected`` (the runner then re-announces its
+workers), and a publish retries for ``publish_timeout`` seconds before raising
+:class:`BusConnectionError`.
 """
 
 from __future__ import annotations
@@ -27,7 +30,10 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from pipecat_workers.bus.backends.redis_presence import RedisPresence
+from pipecat_workers.bus.loops import RateLimitedLog
 from pipecat_workers.bus.network import NetworkBus
+from pipecat_workers.bus.presence import Presence
 from pipecat_workers.bus.serializer import MessageSerializer
 from pipecat_workers.errors import BusConnectionError, ConfigurationError
 from pipecat_workers.settings import DEFAULT_SETTINGS
@@ -38,7 +44,7 @@ logger = logging.getLogger("pipecat_workers.bus.redis")
 # (channel, payload, future of the sender waiting for it, if any)
 _Outgoing = tuple[str, bytes, "asyncio.Future[None] | None"]
 _DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
-_BACKOFF_FIRST, _BACKOFF_MAX = 0.05, 2.0
+_BACKOFF_FIRST, _BACKOFF_MAX = 0.05, 1.0
 _MESSAGE = (b"message", "message")  # a pub/sub reply's kind, raw or decoded
 
 
@@ -77,6 +83,8 @@ class RedisBus(NetworkBus):
         self._sender: asyncio.Task[None] | None = None
         self._outbox: list[_Outgoing] = []
         self._busy = False  # a publish is in flight: later ones queue behind it
+        self._presence: RedisPresence | None = None
+        self._payload_errors = RateLimitedLog(logger)
 
     def _runner_channel(self, runner: str) -> str:
         return f"{self._channel}:runner:{runner}"
@@ -89,6 +97,11 @@ class RedisBus(NetworkBus):
                                           socket_timeout=None)
         return self._client
 
+    @property
+    def presence(self) -> Presence | None:
+        """Who is on the channel, from the channel's presence set (once started)."""
+        return self._presence
+
     async def _open(self) -> None:
         try:
             await self._subscribe()
@@ -96,8 +109,16 @@ class RedisBus(NetworkBus):
             raise BusConnectionError(f"cannot reach Redis for channel '{self._channel}': "
                                      f"{exc}") from exc
         self._reader = asyncio.get_running_loop().create_task(self._read_forever())
+        if self._runner:
+            self._presence = RedisPresence(self._redis(), channel=self._channel,
+                                           runner=self._runner,
+                                           runner_channel=self._runner_channel,
+                                           health=self.loops)
 
     async def _close(self) -> None:
+        presence, self._presence = self._presence, None
+        if presence is not None:
+            await presence.close()
         if self._sender is not None:  # let what was sent before the close leave
             await asyncio.wait({self._sender}, timeout=DEFAULT_SETTINGS.cancel_timeout)
         await cancel_and_wait((self._reader, self._sender), DEFAULT_SETTINGS.cancel_timeout)
@@ -140,6 +161,8 @@ class RedisBus(NetworkBus):
                     backoff = _BACKOFF_FIRST
                 await self._read(self._pubsub)
             except Exception as exc:  # down, or refused (a NOPERM on resubscribe): again
+                if not isinstance(exc, _DOWN):
+                    self.loops.failed("reader", exc)
                 if self._pubsub is not None or not isinstance(exc, _DOWN):
                     logger.warning("Redis reader of '%s' failed: %s", self._channel, exc,
                                    exc_info=not isinstance(exc, _DOWN))
@@ -159,7 +182,12 @@ class RedisBus(NetworkBus):
             # math.inf: block without the client's socket timeout, as listen() does.
             reply = await read(timeout=math.inf, push_request=True)
             if isinstance(reply, list) and len(reply) == 3 and reply[0] in _MESSAGE:
-                on_payload(reply[2])
+                try:
+                    on_payload(reply[2])
+                except Exception as exc:  # one bad payload must not cost the subscription
+                    self.loops.failed("payload", exc)
+                    self._payload_errors.warning("Redis reader of '%s' could not deliver a "
+                                                 "payload", self._channel, exc_info=exc)
 
     async def probe(self, runner: str) -> bool | None:
         """A runner is connected iff its channel has a subscriber; a killed process's

@@ -1,0 +1,131 @@
+"""Background loops that survive their own bugs: supervised, counted, restarted with back-off.
+
+A runner lives on a few loops of its own: its bus's reader, the membership loop, presence
+sweeps, job checks. None of them may die quietly. :func:`supervise` runs one: a crash is
+logged with its traceback, counted in a :class:`LoopHealth` (which ``runner.stats()`` shows
+under ``"loops"``), and the loop starts again after a back-off that grows while it keeps
+failing (``_FIRST`` doubling up to ``_CAP``) and resets once it has run well for a while.
+Cancellation is never caught: stopping a loop is its owner's business.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+logger = logging.getLogger("pipecat_workers.loops")
+
+_FIRST, _CAP = 0.05, 5.0
+_HEALTHY_AFTER = 10.0  # a run this long (seconds) resets the back-off
+_FAILING_FOR = 60.0  # a loop that failed this recently counts as failing
+_ERROR_TEXT = 300  # characters of the last error kept
+# Where in each period this process's periodic work falls: the same for all its runners, so
+# ten idle runners in one process wake it once per period rather than ten times; different
+# from other processes', so a machine's processes do not all wake at once.
+_PHASE = random.random()
+
+
+@dataclass(slots=True)
+class LoopRecord:
+    """One loop's failures."""
+
+    failures: int = 0
+    last_error: str | None = None
+    last_failure: float | None = None  # time.time() of the last one
+
+
+class LoopHealth:
+    """Failure counts of the background loops of one owner (a bus, a runner's membership)."""
+
+    def __init__(self) -> None:
+        self._loops: dict[str, LoopRecord] = {}
+
+    def failed(self, name: str, error: BaseException) -> int:
+        """Count a crash of loop ``name``; returns how many it has had."""
+        record = self._loops.setdefault(name, LoopRecord())
+        record.failures += 1
+        record.last_error = f"{type(error).__name__}: {error}"[:_ERROR_TEXT]
+        record.last_failure = time.time()
+        return record.failures
+
+    def failures(self, name: str) -> int:
+        """How many times loop ``name`` has crashed."""
+        record = self._loops.get(name)
+        return 0 if record is None else record.failures
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        """Per loop that ever failed: ``failures``, ``last_error``, ``last_failure`` (epoch
+        seconds) and ``failing`` (it failed within the last minute)."""
+        now = time.time()
+        return {
+            name: {"failures": r.failures, "last_error": r.last_error,
+                   "last_failure": r.last_failure,
+                   "failing": r.last_failure is not None and now - r.last_failure < _FAILING_FOR}
+            for name, r in sorted(self._loops.items())
+        }
+
+
+def next_tick(now: float, every: float) -> float:
+    """The first moment after ``now`` (loop time) on this process's grid of period
+    ``every``: periodic work of all the runners of a process lines up (see ``_PHASE``)."""
+    offset = _PHASE * every
+    return (math.floor((now - offset) / every) + 1) * every + offset
+
+
+async def supervise(name: str, body: Callable[[], Awaitable[None]], health: LoopHealth) -> None:
+    """Run ``body()`` until it returns; restart it, with back-off, whenever it raises.
+
+    Args:
+        name: The loop's name in logs and in ``health``.
+        body: Starts one run of the loop.
+        health: Where crashes are counted.
+    """
+    loop = asyncio.get_running_loop()
+    backoff = _FIRST
+    while True:
+        started = loop.time()
+        try:
+            await body()
+            return
+        except Exception as exc:
+            count = health.failed(name, exc)
+            if loop.time() - started >= _HEALTHY_AFTER:
+                backoff = _FIRST
+            logger.error("background loop '%s' failed (failure %d); restarting it in %.2f s",
+                         name, count, backoff, exc_info=exc)
+        await asyncio.sleep(backoff)
+        backoff = min(backoff * 2, _CAP)
+
+
+def start_supervised(name: str, body: Callable[[], Awaitable[None]],
+                     health: LoopHealth) -> asyncio.Task[None]:
+    """:func:`supervise` in a task of its own, named after the loop."""
+    return asyncio.get_running_loop().create_task(supervise(name, body, health),
+                                                  name=f"loop {name}")
+
+
+class RateLimitedLog:
+    """Logs the first occurrence of a problem, then one line per ``every`` seconds at most,
+    with the number of occurrences left unlogged."""
+
+    def __init__(self, log: logging.Logger, every: float = 60.0) -> None:
+        self._log = log
+        self._every = every
+        self._next = 0.0
+        self._skipped = 0
+
+    def warning(self, message: str, *args: object, exc_info: BaseException | None = None) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            self._skipped += 1
+            return
+        skipped, self._skipped = self._skipped, 0
+        self._next = now + self._every
+        suffix = f" ({skipped} more since the last report)" if skipped else ""
+        self._log.warning(message + suffix, *args, exc_info=exc_info)
