@@ -538,6 +538,11 @@ async def _heartbeat_phase(runner: WorkerRunner, peer_runner: str, phase: float
     without it the kill happens at once, at whatever phase that is.
     """
     loop = asyncio.get_running_loop()
+    if getattr(runner.bus, "presence", None) is not None:
+        # No periodic heartbeats on a bus with presence: its refreshes run on their own
+        # clock, so the phases just spread the kills over an interval.
+        await asyncio.sleep(phase)
+        return None
     peers = getattr(getattr(runner, "_membership", None), "peers", None)
     known = peers.get(peer_runner) if isinstance(peers, dict) else None
     if known is None or not hasattr(known, "last_seen"):
