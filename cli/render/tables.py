@@ -8,6 +8,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cli.render import plural
+from cli.supervisor.report import failing_loops
 from cli.supervisor.status import ChannelStatus, ProjectStatus, WorkerStatus
 
 STATE_STYLES = {
@@ -64,6 +65,8 @@ def project_table(status: ProjectStatus) -> Table:
         bus = "registered" if w.registered else "-"
         if w.reason and w.state not in ("ready",):
             bus = w.reason
+        if w.failing:
+            bus = f"{bus}; loop failing: {', '.join(w.failing)}"
         table.add_row(Text(w.name), state_text(w), str(w.pid or "-"), duration(w.uptime),
                       str(w.restarts), jobs_text(w.jobs), Text(bus))
     return table
@@ -88,8 +91,11 @@ def runners_table(survey: dict[str, Any]) -> Table:
         listed = ", ".join(f"{name} ({info.get('state', '?')}"
                            + (", active)" if info.get("active") else ")")
                            for name, info in workers.items()) or "-"
+        failing = failing_loops(stats)
+        heard = f"{runner['seen_ago']:.1f}s ago" + (
+            f"; loop failing: {', '.join(failing)}" if failing else "")
         table.add_row(Text(runner["name"]), Text(listed), jobs_text(stats.get("jobs") or {}),
-                      f"{runner['seen_ago']:.1f}s ago")
+                      Text(heard))
     if not survey["runners"]:
         table.caption = "no runner heard"
     return table

@@ -37,10 +37,25 @@ def project_status(topology: Topology, machine: Machine, views: Mapping[str, Cha
             crash_loop=machine.in_crash_loop(proc), parked=machine.is_parked(proc),
             registered=seen is not None and proc.name in seen.status.workers,
             active=mine.get("active"),
-            jobs=dict(stats.get("jobs") or {}) if alive else {}))
+            jobs=dict(stats.get("jobs") or {}) if alive else {},
+            failing=failing_loops(stats) if alive else []))
     return ProjectStatus(project=topology.name, file=str(topology.path), running=running,
                          supervisor_pid=os.getpid(), workers=workers,
                          channels=[v.status for v in views.values()])
+
+
+def failing_loops(stats: Mapping[str, object]) -> list[str]:
+    """``"membership (TypeError: ...)"`` for each of a runner's background loops that failed
+    lately (``runner.stats()['loops']``), as its counters report them."""
+    loops = stats.get("loops")
+    if not isinstance(loops, Mapping):
+        return []
+    failing = []
+    for name, info in loops.items():
+        if isinstance(info, Mapping) and info.get("failing"):
+            error = str(info.get("last_error") or "")[:120]
+            failing.append(f"{name} ({error})" if error else str(name))
+    return failing
 
 
 _JOB_OUTCOMES = ("completed", "failed", "errored", "cancelled")

@@ -25,6 +25,7 @@ class WorkerStatus:
     registered: bool = False      # the bus's registry lists it
     active: bool | None = None
     jobs: dict[str, int] = field(default_factory=dict)
+    failing: list[str] = field(default_factory=list)  # its runner's loops that keep failing
 
 
 @dataclass(slots=True)

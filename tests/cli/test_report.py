@@ -37,3 +37,26 @@ def test_feed_handler_gives_one_line_per_record_with_the_error_but_no_traceback(
                                    ("main",), exc_info=sys.exc_info())
     handler.emit(record)
     assert lines == ["warning: cannot watch main (ConnectionError: refused)"]
+
+
+def test_a_runner_whose_loop_keeps_failing_shows_in_ps() -> None:
+    from rich.console import Console
+
+    from cli.render.tables import project_table, runners_table
+    from cli.supervisor.report import failing_loops
+
+    loops = {"membership": {"failures": 4, "last_error": "TypeError: boom", "failing": True},
+             "job_checks": {"failures": 1, "last_error": "OSError: x", "failing": False}}
+    assert failing_loops({"loops": loops}) == ["membership (TypeError: boom)"]
+    assert failing_loops({"loops": "junk"}) == [] and failing_loops({}) == []
+    worker = WorkerStatus(name="a", worker="a", channel="main", state="ready", registered=True,
+                          failing=failing_loops({"loops": loops}))
+    console = Console(width=200, record=True)
+    console.print(project_table(ProjectStatus(project="p", file="p.yaml", running=True,
+                                              supervisor_pid=1, workers=[worker],
+                                              channels=[])))
+    console.print(runners_table({"channel": "c", "backend": "redis", "runners": [
+        {"name": "r1", "stats": {"loops": loops}, "seen_ago": 0.5}]}))
+    text = console.export_text()
+    assert text.count("loop failing: membership (TypeError: boom)") == 2
+    assert "job_checks" not in text
