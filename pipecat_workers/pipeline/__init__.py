@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from pipecat_workers.pipeline.scripted import Rule as Rule
     from pipecat_workers.pipeline.scripted import ScriptedLLMService as ScriptedLLMService
     from pipecat_workers.pipeline.tools import tool as tool
-    from pipecat_workers.pipeline.wire import RemoteError as RemoteError
+    from pipecat_workers.pipeline.wire_values import RemoteError as RemoteError
     from pipecat_workers.pipeline.wire import copy_frame as copy_frame
     from pipecat_workers.pipeline.wire import register_frame as register_frame
     from pipecat_workers.pipeline.worker import PipelineWorker as PipelineWorker
@@ -42,7 +42,7 @@ _EXPORTS: dict[str, str] = {
     "PipelineParams": "pipecat_workers.pipeline.runtime",
     "PipelineStartError": "pipecat_workers.pipeline.runtime",
     "PipelineWorker": "pipecat_workers.pipeline.worker",
-    "RemoteError": "pipecat_workers.pipeline.wire",
+    "RemoteError": "pipecat_workers.pipeline.wire_values",
     "Rule": "pipecat_workers.pipeline.scripted",
     "ScriptedLLMService": "pipecat_workers.pipeline.scripted",
     "WorkerReadyData": "pipecat_workers.types",

@@ -61,8 +61,6 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
-from pipecat.adapters.llm.schemas.function_schema import FunctionSchema
-from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
 from pipecat.frames.frames import (
     EagerTranscriptionFrame,
     ErrorFrame,
@@ -70,10 +68,6 @@ from pipecat.frames.frames import (
     InterimTranscriptionFrame,
     TranscriptionFrame,
 )
-from pipecat.processors.aggregators.llm_context import LLMContext
-from pipecat.turns.user_turn_strategies import ExternalUserTurnStrategies
-from pipecat.utils.security.redaction import redact_secrets
-from pipecat.utils.types import NOT_GIVEN, NotGiven
 from pydantic import BaseModel
 
 from pipecat_workers.bus.codec import Unsupported, copy_value, encode_value, nonfinite_path
@@ -86,6 +80,13 @@ from pipecat_workers.catalogue import (
     registered,
 )
 from pipecat_workers.errors import ConfigurationError, SerializationError
+from pipecat_workers.pipeline.wire_values import (
+    ENUMS_ONLY,
+    VALUE_MODULES,
+    RemoteError,
+    model_adapter,
+    register_value_adapters,
+)
 
 logger = logging.getLogger("pipecat_workers.pipeline")
 
@@ -94,53 +95,10 @@ T = TypeVar("T", bound=type)
 
 PREFIX = "pipecat."
 
-# Modules whose enums, dataclasses and pydantic models frames carry (besides the frames).
-_VALUE_MODULES = (
-    "pipecat.frames.frames",
-    "pipecat.metrics.metrics",
-    "pipecat.transcriptions.language",
-    "pipecat.utils.errors",
-    "pipecat.utils.text.base_text_aggregator",
-    "pipecat.audio.dtmf.types",
-    "pipecat.audio.vad.vad_analyzer",
-    "pipecat.audio.turn.base_turn_analyzer",
-    "pipecat.audio.turn.smart_turn.base_smart_turn",
-    "pipecat.services.settings",
-    "pipecat.turns.user_turn_completion_mixin",
-    "pipecat.utils.context.llm_context_summarization",
-    "pipecat.processors.aggregators.llm_context",
-    "pipecat.adapters.llm.schemas.tools_schema",
-    "pipecat.processors.frame_processor",
-)
-_ENUMS_ONLY = frozenset({"pipecat.processors.frame_processor"})  # FrameDirection, not setups
-
 _REQUIRED: Any = object()  # the "default" of a required field: never equal to a value
 _UNSET: Any = object()
 _CHEAP_FACTORIES: dict[Any, Any] = {dict: {}, list: [], tuple: (), str: "", int: 0, bool: False}
 _IMPLIED = {"metadata": dict}  # Frame.__post_init__ sets it to {} rather than declaring it
-
-
-class RemoteError(Exception):
-    """An exception raised in another process, as an ``ErrorFrame`` brought it across the bus.
-
-    Attributes:
-        type_name: The original exception's type (``module.Qualname``; builtins unqualified).
-        message: Its message, with credentials masked.
-    """
-
-    def __init__(self, type_name: str, message: str = "") -> None:
-        super().__init__(f"{type_name}: {message}" if message else type_name)
-        self.type_name = type_name
-        self.message = message
-
-    @classmethod
-    def from_exception(cls, exc: BaseException) -> RemoteError:
-        """The remote form of ``exc`` (itself if it already is one)."""
-        if isinstance(exc, RemoteError):
-            return exc
-        t = type(exc)
-        name = t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
-        return cls(name, redact_secrets(str(exc)))
 
 
 # -- frames -----------------------------------------------------------------------------------
@@ -354,107 +312,9 @@ def copy_frame(frame: F) -> F:
     return copied
 
 
-# -- values frames carry --------------------------------------------------------------------
-
-
-def _fields(raw: Any, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict[str, Any]:
-    """``raw`` checked to be a dict with every ``required`` key and no key outside both."""
-    if type(raw) is not dict or not set(required) <= raw.keys() <= {*required, *optional}:
-        raise ValueError("unexpected fields")
-    return raw
-
-
-def _encode_context(context: LLMContext) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    messages = context.get_messages()
-    if messages:
-        out["messages"] = messages
-    if context.tools is not NOT_GIVEN:
-        out["tools"] = context.tools
-    if context.tool_choice is not NOT_GIVEN:
-        out["tool_choice"] = context.tool_choice
-    return out
-
-
-def _decode_context(raw: Any) -> LLMContext:
-    d = _fields(raw, (), ("messages", "tools", "tool_choice"))
-    messages = d.get("messages", [])
-    if type(messages) is not list:
-        raise TypeError("messages must be a list")
-    return LLMContext(messages, d.get("tools", NOT_GIVEN), d.get("tool_choice", NOT_GIVEN))
-
-
-def _encode_tools(tools: ToolsSchema) -> dict[str, Any]:
-    out: dict[str, Any] = {"standard_tools": list(tools.standard_tools)}
-    if tools.custom_tools is not None:
-        out["custom_tools"] = tools.custom_tools
-    return out
-
-
-def _decode_tools(raw: Any) -> ToolsSchema:
-    d = _fields(raw, ("standard_tools",), ("custom_tools",))
-    standard = d["standard_tools"]
-    if type(standard) is not list or not all(isinstance(t, FunctionSchema) for t in standard):
-        raise TypeError("standard_tools must be a list of FunctionSchema")
-    return ToolsSchema(standard_tools=standard, custom_tools=d.get("custom_tools"))
-
-
-def _encode_schema(schema: FunctionSchema) -> dict[str, Any]:
-    return {"name": schema.name, "description": schema.description,
-            "properties": schema.properties, "required": schema.required}
-
-
-def _decode_schema(raw: Any) -> FunctionSchema:
-    d = _fields(raw, ("name", "description", "properties", "required"))
-    return FunctionSchema(d["name"], d["description"], d["properties"], d["required"])
-
-
-def _decode_not_given(raw: Any) -> NotGiven:
-    if raw is not None:
-        raise ValueError("NOT_GIVEN carries nothing")
-    return NOT_GIVEN
-
-
-def _encode_remote_error(e: RemoteError) -> dict[str, Any]:
-    return {"type": e.type_name, "message": e.message} if e.message else {"type": e.type_name}
-
-
-def _decode_remote_error(raw: Any) -> RemoteError:
-    d = _fields(raw, ("type",), ("message",))
-    if type(d["type"]) is not str or type(d.get("message", "")) is not str:
-        raise TypeError("type and message are strings")
-    return RemoteError(d["type"], d.get("message", ""))
-
-
-def _decode_strategies(raw: Any) -> ExternalUserTurnStrategies:
-    d = _fields(raw, ("enable_interruptions",))
-    if type(d["enable_interruptions"]) is not bool:
-        raise TypeError("enable_interruptions is a bool")
-    return ExternalUserTurnStrategies(enable_interruptions=d["enable_interruptions"])
-
-
-def _model_adapter(cls: type[BaseModel]) -> None:
-    names = tuple(cls.model_fields)
-    extra_allowed = cls.model_config.get("extra") == "allow"
-
-    def encode(model: BaseModel) -> dict[str, Any]:
-        out = {n: getattr(model, n) for n in names}
-        out.update(model.model_extra or {})
-        return out
-
-    def decode(raw: Any) -> BaseModel:
-        if type(raw) is not dict or not (extra_allowed or raw.keys() <= set(names)):
-            raise ValueError("unexpected fields")
-        # Validation would coerce (an int default of a float field comes back as a float):
-        # the values are already the sender's, exactly.
-        return cls.model_construct(**raw)
-
-    register_adapter(cls, encode=encode, decode=decode, name=PREFIX + cls.__name__)
-
-
 def _register_values(module_name: str) -> None:
     module = importlib.import_module(module_name)
-    enums_only = module_name in _ENUMS_ONLY
+    enums_only = module_name in ENUMS_ONLY
     for obj in list(vars(module).values()):
         if not isinstance(obj, type) or obj.__module__ != module_name:
             continue
@@ -468,25 +328,13 @@ def _register_values(module_name: str) -> None:
         elif dataclasses.is_dataclass(obj):
             register_message(obj, name=PREFIX + obj.__name__)
         elif issubclass(obj, BaseModel):
-            _model_adapter(obj)
+            model_adapter(obj, PREFIX)
 
 
 def _register_all() -> None:
-    for module_name in _VALUE_MODULES:
+    for module_name in VALUE_MODULES:
         _register_values(module_name)
-    register_adapter(NotGiven, encode=_to_none, decode=_decode_not_given,
-                     name=PREFIX + "NOT_GIVEN")
-    register_adapter(FunctionSchema, encode=_encode_schema, decode=_decode_schema,
-                     name=PREFIX + "FunctionSchema")
-    register_adapter(ToolsSchema, encode=_encode_tools, decode=_decode_tools,
-                     name=PREFIX + "ToolsSchema")
-    register_adapter(LLMContext, encode=_encode_context, decode=_decode_context,
-                     name=PREFIX + "LLMContext")
-    register_adapter(ExternalUserTurnStrategies,
-                     encode=lambda s: {"enable_interruptions": s.enable_interruptions},
-                     decode=_decode_strategies, name=PREFIX + "ExternalUserTurnStrategies")
-    register_adapter(RemoteError, encode=_encode_remote_error, decode=_decode_remote_error,
-                     name=PREFIX + "RemoteError")
+    register_value_adapters(PREFIX)
     # Frames given to register_message before this module was imported get every field now.
     for wire_name, cls in registered().items():
         if lookup(wire_name) is cls and issubclass(cls, Frame):
