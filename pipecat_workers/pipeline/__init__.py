@@ -27,9 +27,9 @@ if TYPE_CHECKING:
     from pipecat_workers.pipeline.scripted import Rule as Rule
     from pipecat_workers.pipeline.scripted import ScriptedLLMService as ScriptedLLMService
     from pipecat_workers.pipeline.tools import tool as tool
-    from pipecat_workers.pipeline.wire_values import RemoteError as RemoteError
     from pipecat_workers.pipeline.wire import copy_frame as copy_frame
     from pipecat_workers.pipeline.wire import register_frame as register_frame
+    from pipecat_workers.pipeline.wire_values import RemoteError as RemoteError
     from pipecat_workers.pipeline.worker import PipelineWorker as PipelineWorker
     from pipecat_workers.types import WorkerReadyData as WorkerReadyData
 

@@ -71,6 +71,8 @@ class BusBridgeProcessor(FrameProcessor):
         self._host: PipelineWorker | None = None
         self._peer: str | None = None
         self._peer_exclude: tuple[type[Frame], ...] = ()
+        # What passes locally whoever the peer is, plus what the peer keeps to itself.
+        self._local: tuple[type[Frame], ...] = (OutputTransportMessageUrgentFrame, *self._exclude)
         self._replaced: set[str] = set()  # former peers whose leave has not arrived yet
         self._waiting: deque[tuple[Frame, FrameDirection]] = deque(maxlen=buffer_frames or None)
         self._buffer_limit = buffer_frames
@@ -133,9 +135,7 @@ class BusBridgeProcessor(FrameProcessor):
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
-        if (stays_local(frame)
-                or isinstance(frame, (OutputTransportMessageUrgentFrame, *self._exclude,
-                                      *self._peer_exclude))):
+        if stays_local(frame) or isinstance(frame, self._local):
             await self.push_frame(frame, direction)
             return
         peer = self._peer
@@ -191,6 +191,7 @@ class BusBridgeProcessor(FrameProcessor):
                            self._target_worker)
             return
         self._peer_exclude = named_types(message.exclude_frames)
+        self._local = (OutputTransportMessageUrgentFrame, *self._exclude, *self._peer_exclude)
         if worker == self._peer:
             return
         old = self._peer

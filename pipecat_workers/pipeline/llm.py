@@ -238,12 +238,19 @@ class LLMWorker(PipelineWorker):
         return call
 
     async def _calls_over(self, tool: str, cancelled: bool) -> None:
-        await self._release_held()
         action, self._parked = self._parked, None
+        if action is None and not self._held:
+            return
+        if cancelled and action is not None:
+            logger.info("%s: tool '%s' was cancelled after asking to hand off or end; doing it "
+                        "anyway", self.name, tool)
+        # In a task of the worker's own, not in the call's: the LLM service cancels (and
+        # awaits) call tasks, and a hand-off cut in half would leave the bridge with nobody.
+        self.create_task(self._after_tool(action), name=f"{self.name} after '{tool}'")
+
+    async def _after_tool(self, action: Callable[[], Awaitable[None]] | None) -> None:
+        await self._release_held()
         if action is not None:
-            if cancelled:
-                logger.info("%s: tool '%s' was cancelled after asking to hand off or end; "
-                            "doing it anyway", self.name, tool)
             await action()
 
     async def _release_held(self) -> None:
@@ -253,4 +260,4 @@ class LLMWorker(PipelineWorker):
             return
         await self.flush_pipeline()
         for frame, direction in await self.process_deferred_tool_frames(held):
-            await PipelineWorker.queue_frame(self, frame, direction)
+            await self._inject(frame, direction)  # dropped, not raised, once ending

@@ -12,21 +12,24 @@ that one worker only, and accepts frames only from it, so they never reach anyon
 * a drain (``flush_pipeline``) ends with :class:`BusDrainDoneMessage` from the worker whose
   sink the probe reached last, so it completes on every bus, not only in one process.
 
-All are data messages: they keep their order with the frames the same sender sends.
+A join travels with system priority, so it reaches the bridge before any frame its sender
+sends after it, system frames included; a leave and a drain's end are data messages, so they
+arrive after the data frames their sender sent before them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
-from pipecat_workers.bus.messages import BusDataMessage
+from pipecat_workers.bus.messages import BusDataMessage, BusSystemMessage
 from pipecat_workers.catalogue import register_message
+from pipecat_workers.validate import MaxLen, Name
 
 
 @register_message(name="bridge.join")
 @dataclass(kw_only=True, slots=True)
-class BusBridgeJoinMessage(BusDataMessage):
+class BusBridgeJoinMessage(BusSystemMessage):
     """A bridged worker (source) became active for a bridge of the target worker.
 
     Attributes:
@@ -35,10 +38,8 @@ class BusBridgeJoinMessage(BusDataMessage):
             lets those pass locally instead of sending them to it.
     """
 
-    ESSENTIAL: ClassVar[bool] = True
-
-    bridge: str | None = None
-    exclude_frames: list[str] = field(default_factory=list)
+    bridge: Name | None = None
+    exclude_frames: Annotated[list[Name], MaxLen(256)] = field(default_factory=list)
 
 
 @register_message(name="bridge.leave")
@@ -48,7 +49,7 @@ class BusBridgeLeaveMessage(BusDataMessage):
 
     ESSENTIAL: ClassVar[bool] = True
 
-    bridge: str | None = None
+    bridge: Name | None = None
 
 
 @register_message(name="pipeline.drained")
@@ -58,4 +59,4 @@ class BusDrainDoneMessage(BusDataMessage):
 
     ESSENTIAL: ClassVar[bool] = True
 
-    drain_id: str
+    drain_id: Name

@@ -19,6 +19,7 @@ from pipecat.processors.frame_processor import FrameDirection
 
 from pipecat_workers.bus.messages import BusActivateWorkerMessage, BusFrameMessage, BusMessage
 from pipecat_workers.errors import BusError, ConfigurationError, SerializationError
+from pipecat_workers.pipeline.drain import DrainProbeFrame
 from pipecat_workers.pipeline.edges import direction_of, frame_message, stays_local, type_names
 from pipecat_workers.pipeline.messages import BusBridgeJoinMessage, BusBridgeLeaveMessage
 from pipecat_workers.pipeline.wire import copy_frame
@@ -126,10 +127,16 @@ class BridgeServing:
                 logger.warning("%s: active but serving no bridge (activate it from a pipeline "
                                "worker that has a BusBridgeProcessor)", self.name)
             return
+        # Joined before the send returns: the bridge may answer with frames at once.
         self._joined = True
         host, tag = self._binding
-        await self.send_bus_message(BusBridgeJoinMessage(
-            source=self.name, target=host, bridge=tag, exclude_frames=type_names(self._exclude)))
+        try:
+            await self.send_bus_message(BusBridgeJoinMessage(
+                source=self.name, target=host, bridge=tag,
+                exclude_frames=type_names(self._exclude)))
+        except BaseException:
+            self._joined = False  # the next activation tries again
+            raise
 
     async def _leave_bridge(self) -> None:
         if not self._joined or self._binding is None:
@@ -150,6 +157,7 @@ class BridgeServing:
             level = logging.WARNING if data.reason == "lost" else logging.DEBUG
             logger.log(level, "%s: the worker of its bridge, '%s', is gone (%s)", self.name,
                        data.worker_name, data.reason)
+            self.registry.unwatch(data.worker_name, self._on_bridge_ready)
             self._binding = None
             self._joined = False
             self._drains.fail_all()
@@ -177,12 +185,19 @@ class BridgeServing:
                           direction: FrameDirection, tag: str | None) -> bool:
         """Send a frame to one worker; False if it cannot cross the bus and must stay local
         (it refers to a processor, holds a callable, ...). A worker in this process gets a
-        copy, as one in another process would (D30). A bus that is down loses the frame
-        (counted), as it would lose audio: it does not stop the pipeline."""
+        copy, as one in another process would (D30). While the bus is down a frame is lost
+        at once (counted), as audio would be, and does not hold the pipeline up; a drain
+        probe then stays local, so that no drain waits for it."""
+        bus = self.bus
+        if not getattr(bus, "connected", True):
+            if isinstance(frame, DrainProbeFrame):
+                return False
+            self._count_drop("bus down")
+            return True
         try:
-            if self.bus.is_local(target):
+            if bus.is_local(target):
                 frame = copy_frame(frame)
-            await self.send_bus_message(frame_message(
+            await bus.send(frame_message(
                 source=source, target=target, frame=frame, direction=direction, bridge=tag))
         except SerializationError as error:
             self._warn_once(type(frame), f"{type(frame).__name__} stays in this pipeline: "
@@ -190,7 +205,8 @@ class BridgeServing:
             return False
         except BusError as error:
             self._count_drop("bus error")
-            self._warn_once(BusError, f"frames are being lost: {error}")
+            logger.warning("%s: frames are being lost: %s", self.name, error)
+            return not isinstance(frame, DrainProbeFrame)
         return True
 
     def _warn_once(self, key: type, text: str) -> None:
@@ -199,13 +215,16 @@ class BridgeServing:
             logger.warning("%s: %s", self.name, text)
 
     async def _on_frame_message(self, message: BusFrameMessage) -> None:
+        if not isinstance(message.frame, Frame):  # the field is Any on the wire: check it
+            self._count_drop("not a frame")
+            return
         bridge = self._bridges.get(message.bridge)
         if bridge is not None and bridge.expects(message.source):
             await bridge.receive(message)
             return
         if self._bridged_tags is None:
             self._count_drop("not bridged")
-        elif not self._active:
+        elif not self._joined:
             self._count_drop("inactive")
         elif self._binding is None or message.source != self._binding[0] \
                 or message.bridge != self._binding[1]:

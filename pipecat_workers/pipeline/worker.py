@@ -13,6 +13,7 @@ and sends what reaches its edges back to it. The bridge protocol is described in
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterable, Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -136,6 +137,7 @@ class PipelineWorker(PipelineEnds, BridgeServing, BaseWorker):
         self._pending: list[tuple[Frame, FrameDirection]] = []
         self._started_pipeline = False
         self._graceful = False
+        self._finishing: asyncio.Future[None] | None = None
         self._cancel_requested = False
         self._end_reason: str | None = None
 
@@ -211,8 +213,13 @@ class PipelineWorker(PipelineEnds, BridgeServing, BaseWorker):
         if not self._runtime.running:
             return False
         probe = self._drains.start()
-        await self._runtime.queue(probe, FrameDirection.DOWNSTREAM)
-        return await self._drains.wait(probe, timeout or self._drain_timeout)
+        try:
+            await self._runtime.queue(probe, FrameDirection.DOWNSTREAM)
+        except BaseException:
+            self._drains.done(probe.drain_id, completed=False)
+            raise
+        return await self._drains.wait(
+            probe, self._drain_timeout if timeout is None else timeout)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -280,6 +287,12 @@ class PipelineWorker(PipelineEnds, BridgeServing, BaseWorker):
         await super()._handle_cancel_worker(message)
 
     async def _finish_pipeline(self, reason: str | None) -> None:
+        # Once: a second stop (the runner's, overlapping a graceful end) waits for the first.
+        if self._finishing is None:
+            self._finishing = asyncio.ensure_future(self._finish_once(reason))
+        await asyncio.shield(self._finishing)
+
+    async def _finish_once(self, reason: str | None) -> None:
         runtime = self._runtime
         if runtime.finished:
             return
@@ -332,8 +345,13 @@ class PipelineWorker(PipelineEnds, BridgeServing, BaseWorker):
         await super()._maybe_activate()
 
     async def _handle_deactivate(self, message: BusDeactivateWorkerMessage) -> None:
-        await super()._handle_deactivate(message)
+        # Leave first, so that the bridge keeps what it would send meanwhile for the next
+        # worker. A worker that already handed off hears no second deactivation (a bridge
+        # taking over tells its former peer, which may have left on its own).
+        if not self._active and not self._pending_activation:
+            return
         await self._leave_bridge()
+        await super()._handle_deactivate(message)
 
     # -- bus ------------------------------------------------------------------------------
 

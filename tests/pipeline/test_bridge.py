@@ -12,6 +12,7 @@ import asyncio
 import pytest
 from pipecat.frames.frames import (
     EndWorkerFrame,
+    Frame,
     InterruptionFrame,
     TextFrame,
     UserStartedSpeakingFrame,
@@ -305,3 +306,63 @@ def _welcome() -> object:
 
 
 pytestmark = pytest.mark.timeout(60)
+
+
+async def test_what_is_not_a_frame_never_enters_a_pipeline(split: Split) -> None:
+    # The frame field is Any on the wire: a string, None or a dict is dropped and counted.
+    greeter = Helper("greeter")
+    acme = await splice(split, greeter, active="greeter")
+    bus = split.runners[1].bus  # greeter's runner sends as if it were greeter
+    for junk in ("hello", None, 5, {"a": 1}):
+        await bus.send(BusFrameMessage(source="greeter", target="acme", frame=junk))
+        await bus.send(BusFrameMessage(source="acme", target="greeter", frame=junk))
+    await acme.queue_frame(TextFrame("after"))
+    await acme.below.wait_for(lambda r: r.texts() == ["AFTER"])
+    await settle(0.1)
+    assert all(isinstance(f, Frame) for f, _ in acme.below.frames + greeter.seen.frames)
+    assert acme.frame_stats()["not a frame"] == 4
+    assert greeter.frame_stats()["not a frame"] == 4
+
+
+async def test_a_worker_that_stops_leaves_no_watch_behind(split: Split) -> None:
+    greeter = Helper("greeter")
+    acme = await splice(split, greeter, active="greeter")
+    registry = split.runners[0].registry
+    await acme.stop()
+    await wait_until(lambda: greeter.serving is None, timeout=TIMEOUT)
+    await greeter.stop()
+    assert registry.watch_count() == 0
+
+
+async def test_a_bus_that_is_down_holds_nothing_up(socket_dir: str) -> None:
+    # While the bus is down, frames for the peer are lost at once (counted) rather than each
+    # waiting for the server, and a drain does not wait for a probe that cannot cross.
+    from pipecat_workers import WorkerRunner
+    from pipecat_workers.bus import BusHub, HubBus
+    from tests.helpers import running
+    from tests.pipeline.kit import FAST
+
+    hub = BusHub(f"{socket_dir}/hub.sock")
+    await hub.start()
+    greeter = Helper("greeter")
+    acme = Transport()
+    runners = [WorkerRunner(name=n, bus=HubBus(hub.path, channel="down"), handle_sigint=False,
+                            settings=FAST) for n in ("a", "b")]
+    await runners[0].add_workers(greeter)
+    await runners[1].add_workers(acme)
+    try:
+        async with running(runners[0]), running(runners[1]):
+            await wait_until(lambda: "greeter" in runners[1].registry, timeout=TIMEOUT)
+            await acme.activate_worker("greeter")
+            await wait_until(lambda: acme.bridge.peer == "greeter", timeout=TIMEOUT)
+            await hub.stop()
+            await wait_until(lambda: not runners[1].bus.connected, timeout=TIMEOUT)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            for i in range(5):
+                await acme.queue_frame(TextFrame(f"lost {i}"))
+            assert await asyncio.wait_for(acme.flush_pipeline(), TIMEOUT)
+            assert loop.time() - started < 1.0
+            assert acme.frame_stats()["bus down"] == 5
+    finally:
+        await hub.stop()

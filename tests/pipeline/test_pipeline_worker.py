@@ -219,3 +219,23 @@ async def test_bad_arguments_are_refused_at_construction() -> None:
 
 
 pytestmark = pytest.mark.timeout(30)
+
+
+async def test_two_stops_at_once_finish_the_pipeline_once() -> None:
+    p = worker(Recorder("r"))
+    finished = finished_with(p)
+    runner = WorkerRunner(handle_sigint=False, settings=FAST)
+    await runner.add_workers(p)
+    async with running(runner):
+        await asyncio.gather(p.stop(reason="one"), p.stop(reason="two"))
+        await settle(0.1)
+    assert len(finished) == 1
+
+
+async def test_flush_with_no_time_gives_up_at_once() -> None:
+    p = worker(Stuck(), Recorder("r"))
+    runner = WorkerRunner(handle_sigint=False, settings=FAST)
+    await runner.add_workers(p)
+    async with running(runner):
+        await p.queue_frame(TextFrame("blocks"))
+        assert await asyncio.wait_for(p.flush_pipeline(timeout=0), 1) is False
