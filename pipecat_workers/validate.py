@@ -85,6 +85,17 @@ Name = Annotated[str, MaxLen(MAX_NAME_LENGTH)]
 bounded, as names become keys of the registry and of job tables."""
 
 
+def check_name(kind: str, name: object) -> str:
+    """``name`` if it can travel as a :data:`Name`; else a ``ValueError`` saying why, so that
+    a name every peer would refuse is refused where it is made instead."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a {kind} name must be a non-empty string, got {name!r}")
+    if len(name) > MAX_NAME_LENGTH:
+        raise ValueError(f"a {kind} name must be at most {MAX_NAME_LENGTH:,} characters, "
+                         f"got {len(name):,}")
+    return name
+
+
 _Bound = MaxLen | Range
 
 

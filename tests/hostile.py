@@ -59,6 +59,8 @@ def kind_of(hint: Any) -> tuple[str, bool]:
         assert len(rest) == 1, hint
         return kind_of(rest[0])[0], True
     if typing.get_origin(hint) is typing.Annotated:
+        if typing.get_origin(args[0]) is list:  # a bounded list of names
+            return kind_of(args[0])[0], False
         return {str: "name", float: "interval"}[args[0]], False
     if typing.get_origin(hint) is list:
         return {WorkerRegistryEntry: "entries", str: "texts"}.get(args[0], "names"), False

@@ -1103,3 +1103,19 @@ async def test_tasks_a_worker_creates_are_cancelled_when_it_stops() -> None:
         assert sorted(cancelled) == ["a", "b"]
         assert all(t.cancelled() for t in tasks)
         assert not worker._tasks  # finished tasks are forgotten, none kept alive
+
+
+def test_a_name_no_peer_would_accept_is_refused_where_it_is_made() -> None:
+    from pipecat_workers import ConfigurationError, WorkerRunner
+    from pipecat_workers.jobs.params import JobParams
+    from pipecat_workers.validate import MAX_NAME_LENGTH
+
+    BaseWorker("w" * MAX_NAME_LENGTH)  # the longest name that travels
+    with pytest.raises(ConfigurationError, match="worker name must be at most 1,024"):
+        BaseWorker("w" * (MAX_NAME_LENGTH + 1))
+    with pytest.raises(ConfigurationError, match="worker name must be a non-empty string"):
+        BaseWorker("")
+    with pytest.raises(ConfigurationError, match="runner name must be at most"):
+        WorkerRunner(name="r" * (MAX_NAME_LENGTH + 1), handle_sigint=False)
+    with pytest.raises(ConfigurationError, match="'name' must be at most"):
+        JobParams(name="j" * (MAX_NAME_LENGTH + 1))

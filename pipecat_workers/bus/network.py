@@ -11,8 +11,9 @@ payload they read.
 Every envelope names the bus's channel, and a message sent to one runner names that runner's
 incarnation too; both are signed with the rest when the serializer has a secret. The rules:
 
-- A bus remembers the newest incarnation it has heard from each runner (the ``inc`` of the
-  envelopes it decoded; with a secret, only verified ones count), up to ``_MAX_RUNNERS``.
+- A signing bus remembers the newest incarnation it has heard from each runner (the ``inc`` of
+  the envelopes it verified), up to ``_MAX_RUNNERS``, until the runner is forgotten (lost or
+  gone). A bus without a secret binds nothing: anyone could claim any incarnation there.
 - A targeted message for a runner the bus has heard from is bound to that runner's
   incarnation (``tinc``). One for a runner it knows by name only (no message of that runner
   has reached this bus yet), one whose target nobody has located, and every broadcast, is not
@@ -41,6 +42,7 @@ import asyncio
 import json
 import logging
 import time
+import weakref
 from abc import abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable
@@ -53,7 +55,7 @@ from pipecat_workers.bus.serializer import (
     MessageSerializer,
     looks_signed,
 )
-from pipecat_workers.errors import WorkerStateError
+from pipecat_workers.errors import ConfigurationError, WorkerStateError
 from pipecat_workers.events import EventEmitter
 from pipecat_workers.settings import DEFAULT_SETTINGS
 
@@ -64,6 +66,10 @@ logger = logging.getLogger("pipecat_workers.bus")
 DISCONNECTED = {"bus_event": "disconnected"}
 
 Locate = Callable[[str], "str | None"]
+
+# Which bus a serializer serves (it keeps one bus's replay memory).
+_serializer_owners: weakref.WeakKeyDictionary[MessageSerializer, weakref.ref[NetworkBus]] = (
+    weakref.WeakKeyDictionary())
 
 _MAX_RUNNERS = 4096  # runners whose incarnation a bus remembers, to bind messages to them
 _TELL_GAP = 0.1  # seconds between two unsigned messages read for the name of their sender
@@ -85,6 +91,12 @@ class NetworkBus(WorkerBus, EventEmitter):
         super().__init__(data_queue_size=data_queue_size)
         self._channel = channel
         self._serializer = serializer if serializer is not None else JSONMessageSerializer()
+        owner = _serializer_owners.get(self._serializer)
+        if owner is not None and owner() is not None:
+            # Its replay memory would take the second bus's copy of a broadcast for a replay.
+            raise ConfigurationError("this serializer already serves another bus: give each "
+                                     "bus a JSONMessageSerializer of its own")
+        _serializer_owners[self._serializer] = weakref.ref(self)
         self._runner = ""
         self._incarnation = 0.0
         self._locate: Locate = _nowhere
@@ -155,7 +167,9 @@ class NetworkBus(WorkerBus, EventEmitter):
         sender, incarnation = envelope.sender, envelope.incarnation
         if sender == self._runner and incarnation == self._incarnation:
             return
-        if sender:
+        if sender and self._serializer.signed:
+            # Only what is signed binds: on an unsigned channel anyone could make every
+            # message to a runner name an incarnation it does not have.
             self._heard(sender, incarnation)
         message = envelope.message
         bound = envelope.target_incarnation
@@ -163,6 +177,11 @@ class NetworkBus(WorkerBus, EventEmitter):
             self._refuse("wrong_incarnation", message, bound)
             return
         self.deliver(message)
+
+    async def forget_runner(self, runner: str) -> None:
+        """A runner that is gone: messages to its name are bound again once it is heard."""
+        self._incarnations.pop(runner, None)
+        await super().forget_runner(runner)
 
     def _heard(self, runner: str, incarnation: float) -> None:
         known = self._incarnations.get(runner)

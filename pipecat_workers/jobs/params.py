@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipecat_workers.errors import ConfigurationError
+from pipecat_workers.validate import MAX_NAME_LENGTH
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +49,9 @@ class JobParams:
     def __post_init__(self) -> None:
         # Messages name the option, not the class: keyword callers never wrote a JobParams.
         _check("name", self.name, str, "a string")
+        if self.name is not None and len(self.name) > MAX_NAME_LENGTH:
+            raise ConfigurationError(f"job option 'name' must be at most {MAX_NAME_LENGTH:,} "
+                                     f"characters, got {len(self.name):,}")
         _check("payload", self.payload, dict, "a dict")
         _check("label", self.label, str, "a string")
         timeout = self.timeout

@@ -25,7 +25,7 @@ from pipecat_workers.registry import WorkerRegistry
 from pipecat_workers.settings import Settings
 from pipecat_workers.types import WorkerRegistryEntry
 from pipecat_workers.workers.liveness import Liveness
-from pipecat_workers.workers.peers import Peer
+from pipecat_workers.workers.peers import Peer, shared_stats
 
 logger = logging.getLogger("pipecat_workers.membership")
 
@@ -57,7 +57,7 @@ class Announcer(Liveness):
 
     async def _send_heartbeat(self) -> None:
         """Heartbeat (no presence): every interval; counters only when they changed."""
-        stats = self._stats()
+        stats = shared_stats(self._stats())
         view = self._status_view(stats)
         changed = view != self._last_status
         self._last_status = view
@@ -69,7 +69,7 @@ class Announcer(Liveness):
     async def _send_status(self, target: str | None = None) -> None:
         """Counters and digest (with a presence): to everyone when they changed, or to one
         runner that needs them now."""
-        stats = self._stats()
+        stats = shared_stats(self._stats())
         if target is None:
             view = self._status_view(stats)
             if view == self._last_status:

@@ -43,7 +43,7 @@ from pipecat_workers.bus.messages import (
     BusWorkerReadyMessage,
     BusWorkerStoppedMessage,
 )
-from pipecat_workers.errors import WorkerStateError
+from pipecat_workers.errors import ConfigurationError, WorkerStateError
 from pipecat_workers.events import EventEmitter
 from pipecat_workers.jobs.executor import JobExecutorMixin, RememberedAnswer
 from pipecat_workers.jobs.group import JobGroup
@@ -57,6 +57,7 @@ from pipecat_workers.types import (
     WorkerLostData,
     WorkerReadyData,
 )
+from pipecat_workers.validate import check_name
 from pipecat_workers.workers.decorators import JobHandlerSpec, collect_handlers
 
 if TYPE_CHECKING:
@@ -118,7 +119,10 @@ class BaseWorker(EventEmitter, JobRequesterMixin, JobExecutorMixin):
             cls_name = type(self).__name__
             counter = _auto_names.setdefault(cls_name, itertools.count())
             name = f"{cls_name}#{next(counter)}"
-        self._name = name
+        try:
+            self._name = check_name("worker", name)
+        except ValueError as error:
+            raise ConfigurationError(str(error)) from None
         self._active = False
         self._pending_activation = active
         self._activation_args: dict[str, Any] | None = None

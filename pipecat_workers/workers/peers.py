@@ -11,6 +11,7 @@ runners heard of only through presence.
 
 from __future__ import annotations
 
+import json
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -109,8 +110,26 @@ def entries_of(value: object) -> list[WorkerRegistryEntry] | None:
     return entries
 
 
+_STATS_KEYS = ("jobs", "workers", "loops")  # what `workers ps` reads of a peer's counters
+_MAX_STATS = 16 * 1024  # bytes of a peer's counters kept, once encoded
+
+
+def shared_stats(stats: dict[str, Any]) -> dict[str, Any]:
+    """What a runner sends of its counters: what its peers and tools keep."""
+    return {k: stats[k] for k in _STATS_KEYS if k in stats}
+
+
 def stats_of(value: object) -> dict[str, Any] | None:
-    return value if isinstance(value, dict) else None
+    """The part of a peer's counters worth keeping: the keys tools read, and only if small
+    (a peer's counters are kept for every peer, and anyone may send some)."""
+    if not isinstance(value, dict):
+        return None
+    kept = {k: value[k] for k in _STATS_KEYS if isinstance(value.get(k), dict)}
+    try:
+        small = len(json.dumps(kept, default=str)) <= _MAX_STATS
+    except (TypeError, ValueError, RecursionError):
+        small = False
+    return kept if small else None
 
 
 # -- bounded tables -------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from pipecat_workers.jobs.types import JobStatus
 from pipecat_workers.registry import WorkerRegistry
 from pipecat_workers.settings import DEFAULT_SETTINGS, Settings
 from pipecat_workers.types import WorkerErrorData, WorkerRegistryEntry
+from pipecat_workers.validate import check_name
 from pipecat_workers.workers.base import BaseWorker, WorkerState
 from pipecat_workers.workers.membership import Membership
 from pipecat_workers.workers.peers import Peer
@@ -88,7 +89,10 @@ class WorkerRunner(EventEmitter):
         handle_sigint: bool = True, handle_sigterm: bool = False,
         settings: Settings | None = None,
     ) -> None:
-        self._name = name or f"runner-{os.urandom(4).hex()}"
+        try:
+            self._name = check_name("runner", name or f"runner-{os.urandom(4).hex()}")
+        except ValueError as error:
+            raise ConfigurationError(str(error)) from None
         self._settings = settings or DEFAULT_SETTINGS
         self._incarnation = time.time()
         self._bus = bus if bus is not None else AsyncQueueBus(

@@ -30,7 +30,8 @@ from pipecat_workers.tasks import cancel_and_wait
 
 logger = logging.getLogger("pipecat_workers.bus.pgmq")
 
-_LOST_AFTER = 1.0  # seconds a known runner's lock must stay free before it counts as gone
+_LOST_AFTER = 1.5  # seconds a known runner's lock must stay free before it counts as gone
+# (longer than a reader's reconnect: back-off up to 1 s, then connecting and locking)
 _MAX_CHECKED = 4096  # runners checked per sweep
 
 # The keys of $1 whose advisory lock nobody holds in this database. A bigint key k is held as

@@ -93,6 +93,7 @@ class RedisPresence(Presence):
         self._absent: dict[str, bool] = {}  # reported absent -> whether for certain
         self._watch: dict[str, None] = {}
         self._members = -1  # the set's size when it was last read whole
+        self._last_ok: float | None = None  # server time (ms) of the last sweep that worked
         self._soon = asyncio.Event()  # a watch wants an answer before the next sweep
 
     # -- Presence ---------------------------------------------------------------------------
@@ -178,6 +179,7 @@ class RedisPresence(Presence):
                 self._report_absent(name, certain=False, silent_for=0.0)
                 self._absent.pop(name, None)
         await self._check_overdue(overdue, now)
+        self._last_ok = now
         for name in self._absent:  # gone quiet earlier: have they come back?
             if name not in overdue:
                 self._watch[name] = None
@@ -196,9 +198,14 @@ class RedisPresence(Presence):
             *(self._runner_channel(name) for name in fresh))
         subscribed = {_text(channel): int(n) for channel, n in counts}
         overdue_ms = self._period * 3000
+        # Time our own sweeps could not get through (a stalled server, a network black hole
+        # that closes no connection): peers could not refresh either, and their silence
+        # then proves nothing. It is not counted against them.
+        blind = 0.0 if self._last_ok is None else max(
+            0.0, now - self._last_ok - 2 * self._period * 1000)
         for name in fresh:
             gone = subscribed.get(self._runner_channel(name), 0) == 0
-            silent = max(0.0, (now - (overdue[name] - overdue_ms)) / 1000)
+            silent = max(0.0, (now - (overdue[name] - overdue_ms) - blind) / 1000)
             self._report_absent(name, certain=gone, silent_for=silent)
 
     async def _read_all(self) -> None:
