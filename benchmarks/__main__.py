@@ -17,7 +17,8 @@ from benchmarks.table import fmt_target, render, write_json
 # Modules that register benchmarks; a new backend adds its module here.
 SUITES = ("benchmarks.local", "benchmarks.network", "benchmarks.hub", "benchmarks.cli",
           "benchmarks.reload", "benchmarks.pipeline", "benchmarks.pipeline_audio",
-          "benchmarks.pipeline_handoff", "benchmarks.membership")
+          "benchmarks.pipeline_handoff", "benchmarks.membership",
+          "benchmarks.faststart")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

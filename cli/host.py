@@ -10,7 +10,10 @@ description as JSON in ``PIPECAT_WORKERS_HOST``. The host builds the worker's bu
 - stdin (lines in): ``drain`` asks for a graceful end; end of file means the supervisor is
   gone, and the host cancels its worker and exits.
 
-It imports nothing of the command line (no click, rich or yaml), so it starts fast.
+It imports nothing of the command line (no click, rich or yaml), so it starts fast. With
+``PIPECAT_WORKERS_TEMPLATE`` set instead, the same command is the project's process template
+(:mod:`cli.forkserver`): it preloads modules and forks hosts, each of which then goes on here
+exactly as a spawned one.
 Exit codes: 0 when the worker ended, 1 when it failed, :data:`EXIT_CONFIG` when it could not
 be built: a bad class or arguments, or anything raised while importing or constructing it
 (a missing API key, say), where restarting would not help. Then the host prints one line to
@@ -32,6 +35,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from cli.forkserver import TEMPLATE_ENV
+from cli.imported import project_imports
 
 if TYPE_CHECKING:
     from pipecat_workers.bus import WorkerBus
@@ -147,25 +153,6 @@ def bus_class(backend: str) -> Callable[..., WorkerBus]:
     return cls
 
 
-def project_imports(root: Path) -> list[str]:
-    """The files under the project directory that this process imported (for hot reload):
-    anything in a virtualenv or site-packages is somebody else's code."""
-    files: set[str] = set()
-    for module in list(sys.modules.values()):
-        path = getattr(module, "__file__", None)
-        if not path:
-            continue
-        try:
-            resolved = Path(path).resolve()
-            relative = resolved.relative_to(root)
-        except (OSError, ValueError):
-            continue
-        if not any(part in ("site-packages", ".venv", "venv", "__pycache__")
-                   or part.startswith(".") for part in relative.parts[:-1]):
-            files.add(str(resolved))
-    return sorted(files)
-
-
 async def _watch_stdin(runner: Any) -> None:
     """Drain on ``drain``; cancel at end of file (the supervisor is gone)."""
     loop = asyncio.get_running_loop()
@@ -243,6 +230,10 @@ def _cannot_start(spec: HostSpec, status: _Status, message: str) -> int:
 
 
 def main() -> None:
+    if TEMPLATE_ENV in os.environ:
+        from cli.forkserver.server import serve
+
+        serve()  # returns only in a forked worker, now what a spawned host is
     raw = os.environ.get(HOST_ENV)
     if not raw:
         sys.exit(f"{HOST_ENV} is not set: this program is started by `workers up`")

@@ -62,6 +62,8 @@ def ps(ctx: click.Context, as_json: bool, channel: str | None, url: str | None,
     console.print(project_table(status))
     for view in status.channels:
         console.print(channel_table(view))
+    if status.running:
+        console.print(status.template.describe(), style="dim", highlight=False)
     if stale:
         console.print(f"{_STALE} (supervisor pid {status.supervisor_pid})", style="yellow")
 

@@ -1,30 +1,38 @@
-"""``workers up``: start a project and supervise it, in the foreground or detached."""
+"""``workers up``: start a project and supervise it, in the foreground or detached.
+
+``up -d`` imports only what it needs to wait for the project (the supervisor's modules are
+for the supervisor). On Linux it forks the detached supervisor instead of starting another
+interpreter, which would import and load everything again; ``--no-fork`` spawns it, and
+its workers, the old way.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import click
 
 from cli.errors import CommandError
-from cli.logs.reader import LogRecord
+from cli.forkserver import close_other_fds
 from cli.project import command_for
-from cli.render.plain import PlainRenderer
 from cli.states import ENDED, FAILING, worker_line
-from cli.supervisor.driver import Renderer, Supervisor
 from cli.supervisor.statedir import StateDir, state_errors
 from cli.supervisor.status import ProjectStatus
 from cli.topology import Topology, expand, load_topology
 
+if TYPE_CHECKING:
+    from cli.logs.reader import LogRecord
+    from cli.supervisor.driver import Supervisor
+
 _DAEMON_FLAG = "--supervise-detached"
-_POLL = 0.02
+NO_FORK_ENV = "WORKERS_NO_FORK"
+_POLL = 0.005  # seconds between looks at the state file while waiting
 
 
 @click.command()
@@ -37,10 +45,13 @@ _POLL = 0.02
               "change.")
 @click.option("--timeout", type=float, default=60.0, show_default=True,
               help="With -d: seconds to wait for every worker to be ready.")
+@click.option("--no-fork", is_flag=True, help="Spawn each worker in a fresh interpreter "
+              "instead of forking it from the project's process template (also "
+              "WORKERS_NO_FORK=1).")
 @click.option(_DAEMON_FLAG, "daemon", is_flag=True, hidden=True)
 @click.pass_context
 def up(ctx: click.Context, args: tuple[str, ...], detach: bool, no_ui: bool, reload: bool,
-       timeout: float, daemon: bool) -> None:
+       timeout: float, no_fork: bool, daemon: bool) -> None:
     """Start the workers of FILE (or only WORKER... and what they depend on).
 
     In a terminal it shows a live view; otherwise each worker's output, prefixed with its
@@ -57,8 +68,9 @@ def up(ctx: click.Context, args: tuple[str, ...], detach: bool, no_ui: bool, rel
                            f"`{how} ps` shows it, `{how} down` stops it")
     if wrong := topology.unknown_workers(names):
         raise CommandError(wrong)
+    off = _no_fork(no_fork)
     if detach:
-        sys.exit(_detach(topology, state, names, timeout, reload=reload))
+        sys.exit(_detach(topology, state, names, timeout, reload=reload, no_fork=off))
     renderer: _Shown
     if daemon:
         renderer = _NotesOnly()
@@ -67,18 +79,40 @@ def up(ctx: click.Context, args: tuple[str, ...], detach: bool, no_ui: bool, rel
 
         renderer = LiveRenderer(topology)
     else:
+        from cli.render.plain import PlainRenderer
+
         renderer = PlainRenderer([p.name for p in expand(topology)])
-    supervisor = Supervisor(topology, renderer, only=names, reload=reload)
-    code = asyncio.run(_run(supervisor, renderer))
-    sys.exit(code)
+    sys.exit(_supervise(topology, renderer, names, reload=reload, no_fork=off))
 
 
-class _Shown(Renderer, Protocol):
+class _Shown(Protocol):
     """A renderer with a start and a stop around the supervisor's run."""
+
+    def record(self, record: LogRecord) -> None: ...
+
+    def status(self, status: ProjectStatus) -> None: ...
 
     def start(self) -> None: ...
 
     def stop(self) -> None: ...
+
+
+def _supervise(topology: Topology, renderer: _Shown, names: list[str], *, reload: bool,
+               no_fork: str | None) -> int:
+    """Supervise the project until it ends; the exit code. The process template is started
+    first, so that it imports its modules while the supervisor imports its own."""
+    from cli.forkserver.launch import launch_early
+
+    launched = launch_early(topology, os.environ) if no_fork is None else None
+    import asyncio
+
+    from cli.supervisor.driver import Supervisor
+    from cli.supervisor.template import Template
+
+    template = Template(topology, os.environ, off=no_fork, launched=launched)
+
+    supervisor = Supervisor(topology, renderer, only=names, reload=reload, template=template)
+    return asyncio.run(_run(supervisor, renderer))
 
 
 async def _run(supervisor: Supervisor, renderer: _Shown) -> int:
@@ -119,10 +153,21 @@ class _NotesOnly:
         pass
 
 
+def _no_fork(flag: bool) -> str | None:
+    """Why workers are not forked from a template, if the user said so."""
+    if flag:
+        return "--no-fork"
+    if os.environ.get(NO_FORK_ENV, "").strip() not in ("", "0"):
+        return f"{NO_FORK_ENV} is set"
+    return None
+
+
 def _detach(topology: Topology, state: StateDir, names: list[str], timeout: float, *,
-            reload: bool) -> int:
+            reload: bool, no_fork: str | None) -> int:
     """Start a supervisor in its own session, wait until the workers are ready, report."""
-    child, log_start = _spawn_supervisor(topology, state, names, reload=reload)
+    start = (_fork_supervisor if no_fork is None and sys.platform.startswith("linux")
+             else _spawn_supervisor)
+    child, log_start = start(topology, state, names, reload=reload, no_fork=no_fork)
     try:
         return _await_ready(topology, state, child, log_start, timeout, partial=bool(names),
                             reload=reload)
@@ -133,8 +178,67 @@ def _detach(topology: Topology, state: StateDir, names: list[str], timeout: floa
         return 130
 
 
+class _Child(Protocol):
+    """The detached supervisor, as this command waits for it."""
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    def poll(self) -> int | None: ...
+
+
+class _Forked:
+    """A detached supervisor forked from this process (polled as a ``Popen`` is)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                self.returncode = 255
+            else:
+                if pid:
+                    self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+
+def _fork_supervisor(topology: Topology, state: StateDir, names: list[str], *,
+                     reload: bool, no_fork: str | None) -> tuple[_Child, int]:
+    """The detached supervisor, forked from this process (which has loaded the topology and
+    imported nothing else yet), and where its output starts in ``supervisor.log``."""
+    with state.open_supervisor_log() as log:
+        with state_errors(), contextlib.suppress(FileNotFoundError):
+            state.state_file.unlink()
+        start = log.tell()
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()  # or the child would write it again
+        pid = os.fork()
+        if pid == 0:
+            _become_detached(log.fileno())
+            sys.exit(_supervise(topology, _NotesOnly(), names, reload=reload,
+                                no_fork=no_fork))
+    return _Forked(pid), start
+
+
+def _become_detached(log: int) -> None:
+    """What ``start_new_session``, the redirections and ``python -P`` give a spawned one."""
+    os.setsid()
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    close_other_fds(log)  # the log closes with its file object, on the way out
+    if not sys.flags.safe_path and sys.path:
+        del sys.path[0]  # the script's directory or the current one: never over our modules
+
+
 def _spawn_supervisor(topology: Topology, state: StateDir, names: list[str], *,
-                      reload: bool) -> tuple[subprocess.Popen[bytes], int]:
+                      reload: bool, no_fork: str | None) -> tuple[_Child, int]:
     """The detached supervisor, and where its output starts in ``supervisor.log``."""
     with state.open_supervisor_log() as log:  # private; the state directory made first
         with state_errors(), contextlib.suppress(FileNotFoundError):
@@ -142,14 +246,15 @@ def _spawn_supervisor(topology: Topology, state: StateDir, names: list[str], *,
         start = log.tell()  # before the child writes: it shares this file offset
         child = subprocess.Popen(
             [sys.executable, "-P", "-m", "cli", "-f", str(topology.path), "up", _DAEMON_FLAG,
-             *(["--reload"] if reload else []), *names],
+             *(["--reload"] if reload else []),
+             *(["--no-fork"] if no_fork == "--no-fork" else []), *names],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True, cwd=Path.cwd(),
             env={**os.environ, "PYTHONUNBUFFERED": "1"})
         return child, start
 
 
-def _await_ready(topology: Topology, state: StateDir, child: subprocess.Popen[bytes],
+def _await_ready(topology: Topology, state: StateDir, child: _Child,
                  log_start: int, timeout: float, *, partial: bool, reload: bool) -> int:
     """Print each worker's line once all are ready (0) or one fails (1).
 
@@ -167,8 +272,8 @@ def _await_ready(topology: Topology, state: StateDir, child: subprocess.Popen[by
                 click.echo(f"the project is still running: `{command_for(topology)} down` "
                            "stops it")
             return 0 if ok else 1
-        if child.poll() is not None:
-            raise _exited_early(state, child.returncode, log_start)
+        if (code := child.poll()) is not None:
+            raise _exited_early(state, code, log_start)
         if time.monotonic() > deadline:
             if status is not None:
                 _print_lines(status, only_started=False)

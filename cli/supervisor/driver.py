@@ -38,10 +38,11 @@ from cli.supervisor.machine import (
 )
 from cli.supervisor.monitors import Monitors
 from cli.supervisor.process import Exited, Output, ProcessEvent, Status, WorkerProcess
-from cli.supervisor.reload import ChangeWatcher, plan, reload_topology, shown
+from cli.supervisor.reload import ChangeWatcher, drop_bytecode, plan, reload_topology, shown
 from cli.supervisor.report import FeedHandler, job_news, project_status
 from cli.supervisor.statedir import StateDir
 from cli.supervisor.status import ProjectStatus
+from cli.supervisor.template import ForkUnavailable, Template
 from cli.topology.model import Topology, expand
 from pipecat_workers.bus import BusHub
 from pipecat_workers.errors import WorkersError
@@ -88,13 +89,16 @@ class Supervisor:
         timing: Delays of the stop sequence and restart back-off.
         reload: Watch the project's files: restart the workers whose code changed, apply
             edits of the topology, and park a crashed worker until the next change.
+        no_fork: Why workers are spawned rather than forked from the process template
+            (``--no-fork``), if they are.
+        template: The process template, if it was launched already (with ``env``).
         clock, rng: Injected for tests.
     """
 
     def __init__(
         self, topology: Topology, renderer: Renderer, *, only: Sequence[str] | None = None,
         timing: Timing | None = None, env: Mapping[str, str] | None = None,
-        reload: bool = False,
+        reload: bool = False, no_fork: str | None = None, template: Template | None = None,
         clock: Callable[[], float] = time.monotonic, rng: Callable[[], float] = random.random,
     ) -> None:
         self._topology = topology
@@ -123,6 +127,7 @@ class Supervisor:
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_over = False
         self._dirty = True
+        self._template = template or Template(topology, self._env, off=no_fork)
 
     @property
     def state_dir(self) -> StateDir:
@@ -157,6 +162,7 @@ class Supervisor:
 
     async def _open(self) -> None:
         self._state.logs_dir.mkdir(parents=True, exist_ok=True)
+        self._template.start(self._project_note)  # first: it imports while the rest starts
         if any(c.backend == "local" for c in self._topology.channels.values()):
             self._hub = BusHub(self._state.socket_path("hub"))
             await self._hub.start()
@@ -181,6 +187,7 @@ class Supervisor:
         for process in list(self._processes.values()):
             process.signal(signal.SIGKILL)  # only left if the loop itself failed
             await process.close()
+        await self._template.close()
         if self._monitors is not None:
             await self._monitors.stop()
         if self._hub is not None:
@@ -208,6 +215,7 @@ class Supervisor:
             self._wakeup.clear()
             while self._events:
                 self._handle(self._events.popleft())
+            self._template.reap({p.pid for p in self._processes.values()})
             self._perform(self._machine.tick())
             now = self._clock()
             if self._dirty or now - last_state >= _STATE_EVERY:
@@ -247,6 +255,7 @@ class Supervisor:
             process = self._processes.get(event.name)
             if process is not None and process.pid == event.pid:
                 del self._processes[event.name]
+                self._template.exited(event.pid)
                 self._background(process.close())
                 last = self._last_err.pop(event.name, "")
                 proc = machine.procs[event.name]
@@ -290,13 +299,24 @@ class Supervisor:
             runner=f"{self._topology.name}/{name}", root=str(self._topology.root))
         env = {**self._env, **spec.worker.env}
         try:
-            process = await WorkerProcess.spawn(host, env=env, cwd=self._topology.root,
-                                                emit=self._emit)
+            process = await self._start_process(host, env)
         except Exception as exc:  # a missing interpreter, a NUL in an env value, ...
             self._perform(self._machine.spawn_failed(name, f"{type(exc).__name__}: {exc}"))
             return
         self._processes[name] = process
         self._perform(self._machine.spawned(name, process.pid))
+
+    async def _start_process(self, host: HostSpec, env: Mapping[str, str]) -> WorkerProcess:
+        """Forked from the process template when it can, else spawned."""
+        if self._template.on:
+            try:
+                return await WorkerProcess.fork(self._template, host, env=env,
+                                                cwd=self._topology.root, emit=self._emit)
+            except ForkUnavailable as refused:
+                if refused.note:
+                    self._log(host.name, "sup", refused.note)
+        return await WorkerProcess.spawn(host, env=env, cwd=self._topology.root,
+                                         emit=self._emit)
 
     # -- logs and status --------------------------------------------------------------
 
@@ -309,8 +329,10 @@ class Supervisor:
     def status(self, *, running: bool = True) -> ProjectStatus:
         """The project as of now, joined with what the bus monitors see."""
         views = self._monitors.views() if self._monitors is not None else {}
-        return project_status(self._topology, self._machine, views, self._runners,
-                              now=self._clock(), running=running)
+        status = project_status(self._topology, self._machine, views, self._runners,
+                                now=self._clock(), running=running)
+        status.template = self._template.describe()
+        return status
 
     def _publish_status(self) -> None:
         """Tell the renderer; rewrite the state file when a process changed state (so
@@ -400,6 +422,8 @@ class Supervisor:
                 if n in self._machine.procs and not self._machine.procs[n].removed}
         result = plan(paths, topology=self._topology.path, imports=live,
                       parked=self._machine.parked())
+        drop_bytecode(paths)  # before any worker imports the new code
+        self._template.changed(paths)  # first: the workers restarted next fork from a new one
         if result.topology_changed:
             self._apply_topology()
         for name, path in result.restart.items():
@@ -417,6 +441,7 @@ class Supervisor:
         specs = expand(topology)
         if topology.channels != self._topology.channels:
             self._background(self._rewatch(topology))
+        self._template.update(topology)
         self._topology = topology
         self._project_note(f"applying the edited {topology.path.name}")
         self._perform(self._machine.update(specs))

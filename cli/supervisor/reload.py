@@ -10,6 +10,8 @@ it gets ready), or a parked worker (one that crashed and waits) may now start.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib.util
 import os
 from collections.abc import AsyncIterator, Collection, Mapping
 from dataclasses import dataclass, field
@@ -126,3 +128,16 @@ def _inside(path: Path, root: Path) -> bool:
     except ValueError:
         return False
     return True
+
+
+def drop_bytecode(paths: Collection[Path]) -> None:
+    """Remove the cached bytecode of the changed Python files.
+
+    Python trusts a ``.pyc`` whose recorded source size and modification time (in whole
+    seconds) match: an edit that keeps the size, saved within the second of the previous
+    one, would otherwise restart workers on the old code.
+    """
+    for path in paths:
+        if path.suffix == ".py":
+            with contextlib.suppress(OSError, ValueError, NotImplementedError):
+                os.unlink(importlib.util.cache_from_source(str(path)))

@@ -201,7 +201,8 @@ class StateDir:
             fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".state-", suffix=".json")
             try:
                 with os.fdopen(fd, "w") as file:
-                    json.dump(data, file, indent=1, default=str)
+                    # dumps, compact: the C encoder (dump, or an indent, is pure Python).
+                    file.write(json.dumps(data, separators=(",", ":"), default=str))
                 os.replace(tmp, self.state_file)
             except BaseException:
                 with contextlib.suppress(OSError):

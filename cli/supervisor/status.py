@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 
@@ -42,6 +42,21 @@ class ChannelStatus:
 
 
 @dataclass(slots=True)
+class TemplateStatus:
+    """The process template workers are forked from (:mod:`cli.forkserver`)."""
+
+    state: str = "off"            # off (workers are spawned), starting or ready
+    pid: int | None = None
+    reason: str = ""              # why it is off
+
+    def describe(self) -> str:
+        """One line for ``ps``."""
+        if self.state == "off":
+            return f"workers are spawned, not forked: {self.reason or 'no process template'}"
+        return f"workers are forked from the process template (pid {self.pid}, {self.state})"
+
+
+@dataclass(slots=True)
 class ProjectStatus:
     project: str
     file: str
@@ -49,17 +64,35 @@ class ProjectStatus:
     supervisor_pid: int | None
     workers: list[WorkerStatus]
     channels: list[ChannelStatus]
+    template: TemplateStatus = field(default_factory=TemplateStatus)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = _flat(self)
+        data["workers"] = [_flat(w) for w in self.workers]
+        data["channels"] = [_flat(c) for c in self.channels]
+        data["template"] = _flat(self.template)
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ProjectStatus:
+        template = data.get("template")
         return cls(
             project=data["project"], file=data["file"], running=data["running"],
             supervisor_pid=data.get("supervisor_pid"),
             workers=[WorkerStatus(**w) for w in data.get("workers", [])],
-            channels=[ChannelStatus(**c) for c in data.get("channels", [])])
+            channels=[ChannelStatus(**c) for c in data.get("channels", [])],
+            template=TemplateStatus(**template) if isinstance(template, dict)
+            else TemplateStatus())
 
     def worker(self, name: str) -> WorkerStatus | None:
         return next((w for w in self.workers if w.name == name), None)
+
+
+def _flat(item: Any) -> dict[str, Any]:
+    """A dataclass of plain values as a dict, its lists and dicts copied: what ``asdict``
+    gives here, without deep-copying every value (the state file is written often)."""
+    data = {}
+    for f in fields(item):
+        value = getattr(item, f.name)
+        data[f.name] = value.copy() if isinstance(value, list | dict) else value
+    return data

@@ -25,6 +25,7 @@ from cli.topology.schema import (
     ENV_NAME_PATTERN,
     KEY_PATTERN,
     MAX_REPLICAS,
+    MODULE_PATTERN,
     PROJECT_NAME_PATTERN,
 )
 
@@ -33,6 +34,7 @@ _PROJECT_NAME = re.compile(PROJECT_NAME_PATTERN)
 _ENV_NAME = re.compile(ENV_NAME_PATTERN)
 _ARG_NAME = re.compile(ARG_NAME_PATTERN)
 _DURATION = re.compile(DURATION_PATTERN)
+_MODULE = re.compile(MODULE_PATTERN)
 _INTEGER = re.compile(r"^\s*[0-9]+\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _RESTART = ", ".join(p.value for p in RestartPolicy)
@@ -215,6 +217,21 @@ WORKER_FIELDS: Mapping[str, Callable[[Node], Any]] = {
     "ready_timeout": _duration,
 }
 """How each key of :data:`~cli.topology.schema.WORKER_KEYS` is checked and converted."""
+
+
+def module_names(node: Node) -> tuple[str, ...]:
+    """``preload:``: a list of dotted module names, each once."""
+    if not node.is_list:
+        raise Invalid(f"expected a list of module names, got {got(node)}")
+    names: list[str] = []
+    for item in node.value:
+        if not isinstance(item.value, str) or not _MODULE.fullmatch(item.value):
+            raise Invalid(f"expected a module name (such as 'numpy' or 'pipecat.frames."
+                          f"frames'), got {got(item)}", item.line)
+        if item.value in names:
+            raise Invalid(f"{shown(item.value)} is listed twice", item.line)
+        names.append(item.value)
+    return tuple(names)
 
 
 def bad_key(key: str) -> str:

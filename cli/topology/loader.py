@@ -20,6 +20,7 @@ from cli.topology.fields import (
     Invalid,
     backend_name,
     bad_key,
+    module_names,
     non_empty,
     project_name,
     root_dir,
@@ -107,7 +108,9 @@ class _Loader:
         root = self.field(entries, "root", "", lambda n: root_dir(n, path.parent), path.parent)
         channels = self.channels(entries.get("channels"), name)
         workers = self.workers(entries.get("workers"))
-        return Topology(name=name, path=path, root=root, channels=channels, workers=workers)
+        preload = self.field(entries, "preload", "", module_names, ())
+        return Topology(name=name, path=path, root=root, channels=channels, workers=workers,
+                        preload=preload)
 
     def entries(self, node: Node, field: str, keys: Iterable[Key], *, line: int,
                 allow_null: bool = False) -> dict[str, Node] | None:

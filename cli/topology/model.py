@@ -69,6 +69,7 @@ class Topology:
     root: Path                    # the project directory: imports and the state directory
     channels: Mapping[str, ChannelSpec]
     workers: Mapping[str, WorkerSpec]
+    preload: tuple[str, ...] = ()  # modules the process template imports (``preload:``)
 
     def unknown_workers(self, names: Iterable[str]) -> str | None:
         """What is wrong with ``names`` given to a command (a worker key names all its

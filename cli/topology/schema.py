@@ -24,6 +24,7 @@ PROJECT_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
 KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"  # no dots: replicas are named "key.N"
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 ARG_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+MODULE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
 DURATION_PATTERN = r"^\s*([0-9]+(\.[0-9]*)?|\.[0-9]+)\s*(ms|s|m|h)?\s*$"
 MAX_REPLICAS = 1000
 """The most processes one worker entry may ask for (each is a Python interpreter)."""
@@ -72,6 +73,10 @@ TOP_KEYS: tuple[Key, ...] = (
     Key("workers", "The workers to run, by name (the name they have on the bus).",
         {"type": "object", "minProperties": 1, "propertyNames": {"pattern": KEY_PATTERN},
          "additionalProperties": {"$ref": "#/$defs/worker"}}, required=True),
+    Key("preload", "Modules the process template imports before it forks the workers, "
+        "besides the library, the bus drivers and what the workers' modules import.",
+        {"type": "array", "uniqueItems": True,
+         "items": {"type": "string", "pattern": MODULE_PATTERN}}),
 )
 
 CHANNEL_KEYS: tuple[Key, ...] = (

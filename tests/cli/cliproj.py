@@ -102,7 +102,8 @@ class Ender(BaseWorker):
 '''
 
 CLI_TIMEOUT = 30.0
-_UNSET = ("WORKERS_FILE", "PIPECAT_WORKERS_HOST", "NO_COLOR", "FORCE_COLOR", "CLICOLOR_FORCE",
+_UNSET = ("WORKERS_FILE", "PIPECAT_WORKERS_HOST", "PIPECAT_WORKERS_TEMPLATE", "WORKERS_NO_FORK",
+          "NO_COLOR", "FORCE_COLOR", "CLICOLOR_FORCE",
           "PY_COLORS", "TTY_COMPATIBLE", "TTY_INTERACTIVE")
 _PR_SET_CHILD_SUBREAPER = 36
 # ``python -m cli ARGS`` with SIGINT back at its default (exec keeps the disposition).
@@ -382,6 +383,9 @@ class Cli:
         if data.get("supervisor_pid"):
             self.pids.add(int(data["supervisor_pid"]))
         self.pids.update(int(w["pid"]) for w in data.get("workers", []) if w.get("pid"))
+        template = data.get("template")
+        if isinstance(template, dict) and template.get("pid"):
+            self.pids.add(int(template["pid"]))
 
     def wait_ps(self, predicate: Callable[[dict[str, Any]], bool], *, timeout: float,
                 what: str) -> dict[str, Any]:

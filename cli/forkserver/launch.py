@@ -1,0 +1,97 @@
+"""Starting the process template: cheap to import, so that it can start before anything else.
+
+``workers up`` calls :func:`launch_early` right after loading the topology, before it imports
+the supervisor, so that the two import their modules at the same time;
+:class:`~cli.supervisor.template.Template` takes over what it started.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+
+from cli.forkserver import TEMPLATE_ENV, Config, prctl
+from cli.topology.model import Topology
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+@dataclass(frozen=True, slots=True)
+class Launched:
+    """A template process just started: its socket, pidfd and stderr's read end are ours."""
+
+    config: Config
+    pid: int
+    pidfd: int
+    sock: socket.socket
+    stderr_fd: int
+
+
+def prepare() -> str | None:
+    """Make this process a child subreaper, or say why workers cannot be forked here."""
+    if not sys.platform.startswith("linux"):
+        return f"forking workers needs Linux (this is {sys.platform})"
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except (AttributeError, OSError) as exc:
+        return f"no pidfd_open here (Linux 5.3 or later): {exc}"
+    try:
+        prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    except (AttributeError, OSError) as exc:
+        return f"cannot become a child subreaper: {exc}"
+    return None
+
+
+def template_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The template's environment: the supervisor's, unbuffered as a worker host's."""
+    return {**env, "PYTHONUNBUFFERED": "1"}
+
+
+def template_config(topology: Topology, excluded: Iterable[str] = ()) -> Config:
+    """What a template for ``topology`` is told (its socket's descriptor is set at launch)."""
+    modules = dict.fromkeys(w.class_path.partition(":")[0]  # checked when loaded
+                            for w in topology.workers.values())
+    backends = dict.fromkeys(c.backend for c in topology.channels.values())
+    return Config(fd=-1, supervisor_pid=os.getpid(), root=str(topology.root),
+                  modules=tuple(modules), backends=tuple(backends),
+                  explicit=topology.preload, excluded=tuple(excluded))
+
+
+def launch(config: Config, env: Mapping[str, str]) -> Launched:
+    """Start a template process (its own session, stdin and stdout on /dev/null, stderr on a
+    pipe); raises OSError. It runs as ``python -P -m cli.host``, the host's own command
+    line, which a forked worker keeps as its title."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    err_r, err_w = os.pipe()
+    try:
+        os.set_inheritable(theirs.fileno(), True)
+        config = replace(config, fd=theirs.fileno())
+        pid = os.posix_spawn(
+            sys.executable, [sys.executable, "-P", "-m", "cli.host"],
+            {**template_env(env), TEMPLATE_ENV: config.to_json()}, setsid=True, file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+                (os.POSIX_SPAWN_DUP2, err_w, 2)])
+        pidfd = os.pidfd_open(pid)
+    except BaseException:
+        ours.close()
+        os.close(err_r)
+        raise
+    finally:
+        theirs.close()
+        os.close(err_w)
+    ours.setblocking(False)
+    return Launched(config, pid, pidfd, ours, err_r)
+
+
+def launch_early(topology: Topology, env: Mapping[str, str]) -> Launched | str:
+    """Prepare and launch a template for ``topology``; or why there is none."""
+    if (why := prepare()) is not None:
+        return why
+    try:
+        return launch(template_config(topology), env)
+    except OSError as exc:
+        return f"cannot start the process template: {exc}"
