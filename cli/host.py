@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from cli.forkserver import TEMPLATE_ENV
 from cli.imported import project_imports
+from cli.titles import set_title
 
 if TYPE_CHECKING:
     from pipecat_workers.bus import WorkerBus
@@ -238,6 +239,7 @@ def main() -> None:
     if not raw:
         sys.exit(f"{HOST_ENV} is not set: this program is started by `workers up`")
     spec = HostSpec.from_json(raw)
+    set_title(f"workers: {spec.runner or spec.name}", name=spec.name)
     die_with_parent(spec.supervisor_pid)
     if spec.root not in sys.path:
         sys.path.insert(0, spec.root)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 import click
 
 from cli.errors import CommandError
-from cli.forkserver import close_other_fds
+from cli.forkserver import close_other_fds, drop_command_dir
 from cli.project import command_for
 from cli.states import ENDED, FAILING, worker_line
 from cli.supervisor.statedir import StateDir, state_errors
@@ -73,6 +73,7 @@ def up(ctx: click.Context, args: tuple[str, ...], detach: bool, no_ui: bool, rel
         sys.exit(_detach(topology, state, names, timeout, reload=reload, no_fork=off))
     renderer: _Shown
     if daemon:
+        _title_detached(topology)
         renderer = _NotesOnly()
     elif sys.stdout.isatty() and not no_ui:
         from cli.render.live import LiveRenderer
@@ -99,16 +100,15 @@ class _Shown(Protocol):
 
 def _supervise(topology: Topology, renderer: _Shown, names: list[str], *, reload: bool,
                no_fork: str | None) -> int:
-    """Supervise the project until it ends; the exit code. The process template is started
-    first, so that it imports its modules while the supervisor imports its own."""
-    from cli.forkserver.launch import launch_early
-
-    launched = launch_early(topology, os.environ) if no_fork is None else None
+    """Supervise the project until it ends; the exit code. The process template is forked
+    once the supervisor has imported the library, before its event loop starts."""
     import asyncio
 
+    from cli.forkserver.launch import launch_early
     from cli.supervisor.driver import Supervisor
     from cli.supervisor.template import Template
 
+    launched = launch_early(topology, os.environ) if no_fork is None else None
     template = Template(topology, os.environ, off=no_fork, launched=launched)
 
     supervisor = Supervisor(topology, renderer, only=names, reload=reload, template=template)
@@ -219,9 +219,16 @@ def _fork_supervisor(topology: Topology, state: StateDir, names: list[str], *,
         pid = os.fork()
         if pid == 0:
             _become_detached(log.fileno())
+            _title_detached(topology)
             sys.exit(_supervise(topology, _NotesOnly(), names, reload=reload,
                                 no_fork=no_fork))
     return _Forked(pid), start
+
+
+def _title_detached(topology: Topology) -> None:
+    from cli.titles import set_title
+
+    set_title(f"workers: {topology.name} supervisor", name="workers-sup")
 
 
 def _become_detached(log: int) -> None:
@@ -233,8 +240,7 @@ def _become_detached(log: int) -> None:
     os.dup2(log, 1)
     os.dup2(log, 2)
     close_other_fds(log)  # the log closes with its file object, on the way out
-    if not sys.flags.safe_path and sys.path:
-        del sys.path[0]  # the script's directory or the current one: never over our modules
+    drop_command_dir()
 
 
 def _spawn_supervisor(topology: Topology, state: StateDir, names: list[str], *,

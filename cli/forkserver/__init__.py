@@ -49,6 +49,7 @@ class Config:
 
     fd: int
     supervisor_pid: int
+    project: str
     root: str
     modules: tuple[str, ...]      # of the workers' classes
     backends: tuple[str, ...]
@@ -87,6 +88,21 @@ def prctl(option: int, arg: int | bytes) -> None:
     if libc.prctl(option, value, 0, 0, 0) != 0:
         errno = ctypes.get_errno()
         raise OSError(errno, os.strerror(errno))
+
+
+_command_dir_dropped = False
+
+
+def drop_command_dir() -> None:
+    """Take the command's own directory (the script's, or the current one for ``-m``) off
+    the front of ``sys.path``, once: a forked process is to import as ``python -P`` does,
+    never from there over the project's modules."""
+    import sys
+
+    global _command_dir_dropped
+    if not _command_dir_dropped and not sys.flags.safe_path and sys.path:
+        del sys.path[0]
+    _command_dir_dropped = True
 
 
 def close_other_fds(keep: int) -> None:

@@ -4,10 +4,10 @@ A spawned host is a fresh interpreter in a session of its own, with the supervis
 stdin, stdout, stderr and status, the worker's environment and directory, the signal handlers
 and mask it inherited, and fresh random state. A forked worker gets the same: it waits until
 it is the supervisor's child, takes its pipes, writes what the preloaded imports printed (a
-spawned host would have printed it), restores the template's signal handlers, mask and
-process name, moves to its directory and environment, reseeds numpy's global random state
-(``random`` and the library reseed themselves at fork), and gives OpenBLAS the thread count
-it would have had. Its command line is the host's own (the template runs as ``cli.host``).
+spawned host would have printed it), restores the template's signal handlers and mask,
+moves to its directory and environment, reseeds numpy's global random state (``random`` and
+the library reseed themselves at fork), and gives OpenBLAS the thread count it would have
+had. The host then gives it its title, as it gives a spawned one.
 
 One thing cannot be made fresh: ``str`` hashes use the template's random seed, the same in
 every worker it forks.
@@ -29,10 +29,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from cli.forkserver import CHILD_FDS, STATUS_FD, prctl
+from cli.forkserver import CHILD_FDS, STATUS_FD
 
-TEMPLATE_NAME = b"pw-template"   # the template's process name (what ps -e and top show)
-_PR_SET_NAME = 15
 _REPARENT_TIMEOUT = 5.0
 _BLAS_SETTERS = ("openblas_set_num_threads", "openblas_set_num_threads64_",
                  "scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads_")
@@ -48,7 +46,6 @@ class Baseline:
     env: Mapping[str, str]
     signals: Mapping[int, Any]
     mask: frozenset[int]
-    name: bytes
 
     @classmethod
     def capture(cls) -> Baseline:
@@ -58,16 +55,8 @@ class Baseline:
                 continue
             with contextlib.suppress(OSError, ValueError):
                 handlers[int(sig)] = signal.getsignal(sig)
-        try:
-            with open("/proc/self/comm", "rb") as file:
-                name = file.read().strip()
-        except OSError:
-            name = b""
-        baseline = cls(env=dict(os.environ), signals=handlers,
-                       mask=frozenset(signal.pthread_sigmask(signal.SIG_BLOCK, [])), name=name)
-        with contextlib.suppress(OSError, AttributeError):
-            prctl(_PR_SET_NAME, TEMPLATE_NAME)
-        return baseline
+        return cls(env=dict(os.environ), signals=handlers,
+                   mask=frozenset(signal.pthread_sigmask(signal.SIG_BLOCK, [])))
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,9 +108,6 @@ def become_worker(request: Request, baseline: Baseline, output: tuple[bytes, byt
     os.environ.update(env)
     importlib.invalidate_caches()
     linecache.clearcache()
-    if baseline.name:
-        with contextlib.suppress(OSError, AttributeError):
-            prctl(_PR_SET_NAME, baseline.name)
     _reseed()
     restore_blas()
 

@@ -1,8 +1,10 @@
-"""Starting the process template: cheap to import, so that it can start before anything else.
+"""Starting the process template.
 
-``workers up`` calls :func:`launch_early` right after loading the topology, before it imports
-the supervisor, so that the two import their modules at the same time;
-:class:`~cli.supervisor.template.Template` takes over what it started.
+``workers up`` calls :func:`launch_early` once the supervisor has imported its modules and
+before its event loop starts: the first template is forked from the supervisor then
+(:mod:`cli.forkserver.fork`), so that it has the library already. A later one, and the first
+when forking is not possible, is a new interpreter (:func:`launch`).
+:class:`~cli.supervisor.template.Template` takes over what was started.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from cli.forkserver import TEMPLATE_ENV, Config, prctl
+from cli.forkserver.fork import fork_template, forkable
 from cli.topology.model import Topology
 
 _PR_SET_CHILD_SUBREAPER = 36
@@ -55,7 +58,8 @@ def template_config(topology: Topology, excluded: Iterable[str] = ()) -> Config:
     modules = dict.fromkeys(w.class_path.partition(":")[0]  # checked when loaded
                             for w in topology.workers.values())
     backends = dict.fromkeys(c.backend for c in topology.channels.values())
-    return Config(fd=-1, supervisor_pid=os.getpid(), root=str(topology.root),
+    return Config(fd=-1, supervisor_pid=os.getpid(), project=topology.name,
+                  root=str(topology.root),
                   modules=tuple(modules), backends=tuple(backends),
                   explicit=topology.preload, excluded=tuple(excluded))
 
@@ -88,10 +92,22 @@ def launch(config: Config, env: Mapping[str, str]) -> Launched:
 
 
 def launch_early(topology: Topology, env: Mapping[str, str]) -> Launched | str:
-    """Prepare and launch a template for ``topology``; or why there is none."""
+    """Prepare and start a template for ``topology``, forked from this process if it has no
+    thread; or why there is none."""
     if (why := prepare()) is not None:
         return why
+    config = template_config(topology)
     try:
-        return launch(template_config(topology), env)
+        if forkable() is not None:
+            return launch(config, env)
+        config, pid, sock, stderr_fd = fork_template(config, template_env(env))
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            sock.close()
+            os.close(stderr_fd)
+            raise
     except OSError as exc:
         return f"cannot start the process template: {exc}"
+    sock.setblocking(False)
+    return Launched(config, pid, pidfd, sock, stderr_fd)

@@ -33,6 +33,7 @@ from cli.forkserver.child import Baseline, Request, become_worker
 from cli.forkserver.loading import Failed, Loaded, load
 from cli.forkserver.preloads import plan_preloads
 from cli.imported import inherit
+from cli.titles import set_title
 
 STALE_CHECK_EVERY = 1.0  # seconds: how often the files it imported are compared, at most
 _PR_SET_PDEATHSIG = 1
@@ -48,6 +49,7 @@ def serve() -> None:
     with contextlib.suppress(OSError):
         os.chdir(config.root)  # where its workers run
     baseline = Baseline.capture()
+    set_title(f"workers: {config.project} process template", name="workers-template")
     root = Path(config.root)
     plan = plan_preloads(root, modules=config.modules, backends=config.backends,
                          explicit=config.explicit, excluded=config.excluded)

@@ -211,7 +211,7 @@ def _ours(pid: int) -> bool:
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return b"-m\0cli" in cmd
+    return b"-m\0cli" in cmd or cmd.startswith(b"workers: ")  # or the title it gave itself
 
 
 def _orphans() -> list[int]:

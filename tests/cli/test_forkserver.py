@@ -164,6 +164,14 @@ def _log(root: Path, worker: str) -> list[tuple[str, str]]:
     return lines
 
 
+def _title(pid: int | None) -> str | None:
+    """A process's command line as ``ps`` shows it (its title, once it set one)."""
+    if pid is None:
+        return None
+    raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    return raw.split(b"\0")[0].decode() if raw.startswith(b"workers: ") else raw.decode()
+
+
 def _all_logs(root: Path) -> str:
     """Every log of the project: the workers' and the supervisor's (its notes)."""
     return "\n".join(p.read_text() for p in sorted(root.glob(".workers/*/**/*.log")))
@@ -185,6 +193,9 @@ def _run_once(cli: Cli, root: Path, *flags: str) -> dict[str, Any]:
         "template": status["template"],
         "supervisor": status["supervisor_pid"],
         "pids": {n: by[n]["pid"] for n in ("w1", "w2")},
+        "titles": {n: _title(pid) for n, pid in (("w1", by["w1"]["pid"]),
+                                                 ("supervisor", status["supervisor_pid"]),
+                                                 ("template", status["template"]["pid"]))},
     }
     down = cli.run("down", timeout=60)
     assert down.returncode == 0, down.stderr
@@ -221,6 +232,10 @@ def test_a_forked_worker_is_what_a_spawned_one_is(tmp_path: Path,
     assert forked["raiser_reason"] == spawned["raiser_reason"]
     assert "no API key configured" in forked["raiser_reason"]
     assert forked["logs"] == spawned["logs"]
+    # ps -ef names the project and the worker, whichever way it started.
+    assert forked["titles"] == {"w1": "workers: parity/w1", "supervisor": "workers: parity "
+                                "supervisor", "template": "workers: parity process template"}
+    assert spawned["titles"] == {**forked["titles"], "template": None}
     assert ("out", "w1 says hello on stdout") in forked["logs"]["w1"]
     assert ("err", "w1 says hello on stderr") in forked["logs"]["w1"]
 
