@@ -55,6 +55,7 @@ class Config:
     backends: tuple[str, ...]
     explicit: tuple[str, ...]     # ``preload:``
     excluded: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()  # what every worker's ``env:`` sets alike
 
     def to_json(self) -> str:
         return json.dumps({f: getattr(self, f) for f in self.__dataclass_fields__})
@@ -64,6 +65,7 @@ class Config:
         data: dict[str, Any] = json.loads(text)
         fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v
                                   for k, v in data.items()}
+        fields["env"] = tuple((str(k), str(v)) for k, v in fields.get("env", ()))
         return cls(**fields)
 
 

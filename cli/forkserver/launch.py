@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
@@ -48,9 +49,26 @@ def prepare() -> str | None:
     return None
 
 
-def template_env(env: Mapping[str, str]) -> dict[str, str]:
-    """The template's environment: the supervisor's, unbuffered as a worker host's."""
-    return {**env, "PYTHONUNBUFFERED": "1"}
+def template_env(env: Mapping[str, str], config: Config) -> dict[str, str]:
+    """The template's environment: the supervisor's with what most workers' ``env:`` set
+    (so that a preloaded module reads at import what they would), unbuffered as a worker
+    host's."""
+    return {**env, **dict(config.env), "PYTHONUNBUFFERED": "1"}
+
+
+def common_env(topology: Topology, env: Mapping[str, str]) -> dict[str, str]:
+    """For each variable some worker's ``env:`` sets, the value most worker processes get
+    (``env`` for those that do not set it), where that is not ``env``'s own: a worker that
+    gets another value is spawned if a preloaded module read it. A tie keeps ``env``'s."""
+    specs = list(topology.workers.values())
+    chosen: dict[str, str] = {}
+    for key in sorted({k for w in specs for k in w.env}):
+        votes = Counter(w.env.get(key, env.get(key)) for w in specs for _ in range(w.replicas))
+        default = env.get(key)
+        value, count = max(votes.items(), key=lambda kv: (kv[1], kv[0] == default))
+        if value is not None and value != default and count > votes[default]:
+            chosen[key] = value
+    return chosen
 
 
 def template_config(topology: Topology, excluded: Iterable[str] = ()) -> Config:
@@ -60,6 +78,7 @@ def template_config(topology: Topology, excluded: Iterable[str] = ()) -> Config:
     backends = dict.fromkeys(c.backend for c in topology.channels.values())
     return Config(fd=-1, supervisor_pid=os.getpid(), project=topology.name,
                   root=str(topology.root),
+                  env=tuple(sorted(common_env(topology, os.environ).items())),
                   modules=tuple(modules), backends=tuple(backends),
                   explicit=topology.preload, excluded=tuple(excluded))
 
@@ -75,7 +94,8 @@ def launch(config: Config, env: Mapping[str, str]) -> Launched:
         config = replace(config, fd=theirs.fileno())
         pid = os.posix_spawn(
             sys.executable, [sys.executable, "-P", "-m", "cli.host"],
-            {**template_env(env), TEMPLATE_ENV: config.to_json()}, setsid=True, file_actions=[
+            {**template_env(env, config), TEMPLATE_ENV: config.to_json()}, setsid=True,
+            file_actions=[
                 (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                 (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
                 (os.POSIX_SPAWN_DUP2, err_w, 2)])
@@ -100,7 +120,7 @@ def launch_early(topology: Topology, env: Mapping[str, str]) -> Launched | str:
     try:
         if forkable() is not None:
             return launch(config, env)
-        config, pid, sock, stderr_fd = fork_template(config, template_env(env))
+        config, pid, sock, stderr_fd = fork_template(config, template_env(env, config))
         try:
             pidfd = os.pidfd_open(pid)
         except OSError:

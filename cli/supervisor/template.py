@@ -84,7 +84,7 @@ class Template:
     def __init__(self, topology: Topology, env: Mapping[str, str], *,
                  off: str | None = None, launched: Launched | str | None = None) -> None:
         self._topology = topology
-        self._env = template_env(env)
+        self._supervisor_env = dict(env)
         self._early = launched
         self._note: Callable[[str], None] = lambda text: None
         self._off = off
@@ -203,7 +203,7 @@ class Template:
                 raise ForkUnavailable("no template") from None
             except ForkUnavailable:
                 continue  # it failed or was replaced: the next one, if any
-            if (why := self._refuses(env, info)) is not None:
+            if (why := self._refuses(env, info, self._env_of(instance))) is not None:
                 raise ForkUnavailable(why, note=f"spawned, not forked: {why}")
             answer = await self._ask(instance, env, cwd, fds)
             if answer.get("forked"):
@@ -221,12 +221,17 @@ class Template:
             raise ForkUnavailable(self._off or "no template")  # said once, when it went
         return instance
 
-    def _refuses(self, env: Mapping[str, str], info: Mapping[str, Any]) -> str | None:
+    def _env_of(self, instance: _Instance) -> dict[str, str]:
+        return template_env(self._supervisor_env, instance.config)
+
+    @staticmethod
+    def _refuses(env: Mapping[str, str], info: Mapping[str, Any],
+                 template: Mapping[str, str]) -> str | None:
         """Why this environment cannot be forked: it changes what the interpreter or a
-        preloaded module read when the template started."""
+        preloaded module read when the template started (with ``template``)."""
         read = set(info.get("env") or ())
         for key in sorted(env):
-            if self._env.get(key) == env[key] or not (
+            if template.get(key) == env[key] or not (
                     key.startswith(_NOT_FORKABLE_ENV) or key in read):
                 continue
             if key.startswith(_NOT_FORKABLE_ENV):
@@ -237,9 +242,10 @@ class Template:
     async def _ask(self, instance: _Instance, env: Mapping[str, str], cwd: Path,
                    fds: Sequence[int]) -> dict[str, Any]:
         ident = next(self._ids)
+        template = self._env_of(instance)
         message = {"id": ident, "cwd": str(cwd),
-                   "env": {k: v for k, v in env.items() if self._env.get(k) != v},
-                   "unset": [k for k in self._env if k not in env]}
+                   "env": {k: v for k, v in env.items() if template.get(k) != v},
+                   "unset": [k for k in template if k not in env]}
         answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         instance.pending[ident] = answer
         try:
@@ -282,7 +288,8 @@ class Template:
 
     def _spawn(self) -> _Instance:
         """Start a template process (synchronously: no loop needed); raises OSError."""
-        return _Instance.of(launch(template_config(self._topology, self._excluded), self._env))
+        return _Instance.of(launch(template_config(self._topology, self._excluded),
+                                   self._supervisor_env))
 
     def _launch(self) -> None:
         """A new template, in the running loop."""

@@ -389,3 +389,36 @@ def test_no_fork_from_the_environment(tmp_path: Path, clis: Callable[[Path], Cli
     status = cli.wait_ps(_settled, timeout=30, what="settled")
     assert status["template"] == {"state": "off", "pid": None,
                                   "reason": "WORKERS_NO_FORK is set"}
+
+
+@pytest.mark.timeout(60)
+def test_what_every_worker_sets_alike_is_the_templates_and_a_difference_is_spawned(
+        tmp_path: Path, clis: Callable[[Path], Cli]) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "reads_env.py").write_text(
+        "import os\n\nAT_IMPORT = os.environ.get('LEVEL_AT_IMPORT', 'unset')\n")
+    root = tmp_path / "shared-env"
+    _project(root)
+    (root / "probe.py").write_text(PROBE_PY.replace(
+        '"shared": shared.VERSION,', '"shared": shared.VERSION, "read": reads_env.AT_IMPORT,'
+    ).replace("import shared\n", "import reads_env\nimport shared\n"))
+    document = yaml.safe_load((root / "workers.yaml").read_text())
+    for entry in document["workers"].values():
+        entry.setdefault("env", {})["LEVEL_AT_IMPORT"] = "quiet"
+    document["workers"]["loud"] = {"class": "probe:Probe", "args": {"report": "reports/loud.json"},
+                                   "env": {"LEVEL_AT_IMPORT": "loud"}}
+    (root / "workers.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
+    cli = clis(root)
+    cli.env["PYTHONPATH"] = str(site)
+    cli.run("up", "-d", "workers.yaml", timeout=60)
+    cli.wait_ps(lambda s: _settled(s) and workers_by_name(s)["loud"]["state"] == "ready",
+                timeout=30, what="settled, loud ready")
+    reports = {n: json.loads((root / "reports" / f"{n}.json").read_text())
+               for n in ("w1", "loud")}
+    assert reports["w1"]["read"] == "quiet" and reports["loud"]["read"] == "loud"
+    logs = {n: "\n".join(p.read_text() for p in root.glob(f".workers/*/logs/{n}.log"))
+            for n in ("w1", "loud")}
+    assert "spawned, not forked" not in logs["w1"], logs["w1"]
+    assert ("spawned, not forked: its env sets LEVEL_AT_IMPORT, which a preloaded module read "
+            "when imported") in logs["loud"], logs["loud"]

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from test_topology import check, load
 
+from cli.forkserver.launch import common_env
 from cli.forkserver.preloads import LIBRARY, infer_imports, is_project_module, plan_preloads
 from cli.imported import inherit, project_imports
 
@@ -112,3 +113,19 @@ def test_preload_in_the_topology(tmp_path: Path) -> None:
 def test_a_bad_preload_is_one_line_naming_its_place(tmp_path: Path, text: str, line: int,
                                                     message: str) -> None:
     check(tmp_path, text + "workers:\n  a: {class: 'm:A'}\n", line, "preload", message)
+
+
+def test_the_template_takes_the_value_most_worker_processes_get(tmp_path: Path) -> None:
+    text = """\
+        workers:
+          a: {class: 'm:A', replicas: 3, env: {LEVEL: quiet, ONLY_A: x}}
+          b: {class: 'm:A', env: {LEVEL: loud, TIE: one}}
+          c: {class: 'm:A', env: {TIE: two, SAME: '1'}}
+          d: {class: 'm:A', env: {SAME: '1'}}
+        """
+    topology = load(tmp_path, textwrap.dedent(text))
+    # LEVEL: quiet 3, loud 1, unset 2. ONLY_A: x 3 against 3 unset, a tie: the supervisor's
+    # (unset) stays. TIE: one 1, two 1, unset 4. SAME: '1' 2, unset 4.
+    assert common_env(topology, {}) == {"LEVEL": "quiet"}
+    assert common_env(topology, {"LEVEL": "quiet"}) == {}  # the supervisor's already
+    assert common_env(topology, {"SAME": "1"}) == {"LEVEL": "quiet"}
