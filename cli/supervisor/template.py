@@ -441,11 +441,6 @@ async def _send(sock: socket.socket, message: dict[str, Any], fds: Sequence[int]
                 loop.remove_writer(sock.fileno())
 
 
-def _settle(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
 def _consume(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()  # retrieved: a template nobody asked of fails quietly
