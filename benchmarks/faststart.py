@@ -49,21 +49,8 @@ class Idle(BaseWorker):
         return {"version": VERSION}
 '''
 
-PIPECAT_MODULE = '''
-import pipecat.services.openai.llm  # what an LLM agent imports: about a second
-
-from pipecat_workers import BaseWorker, job
-
-VERSION = 0
-
-
-class Agent(BaseWorker):
-    """Registers, and says which version of this file it runs."""
-
-    @job("version")
-    async def version(self, message):
-        return {"version": VERSION}
-'''
+# What an LLM agent imports: about a second in a new interpreter.
+PIPECAT_MODULE = "import pipecat.services.openai.llm\n" + VERSIONED_MODULE
 
 
 def _topology(name: str, classes: list[str]) -> str:
@@ -113,6 +100,20 @@ def _alternating(runs: int, one: Callable[[str], float]) -> dict[str, list[float
     return times
 
 
+def _up_times(project: Path, runs: int) -> dict[str, list[float]]:
+    """``up -d`` then ``down``, ``runs`` times per mode, after a warm-up (bytecode caches,
+    page cache); the times of ``up -d``."""
+    _up(project, FORK)
+    run_cli(project, "down")
+
+    def one(mode: str) -> float:
+        took = _up(project, mode)
+        run_cli(project, "down")
+        return took
+
+    return _alternating(runs, one)
+
+
 def _compared(times: dict[str, list[float]], unit: str = "s") -> tuple[float, float, str]:
     """(forked median, how many times faster than spawned, a note)."""
     fork, spawn = statistics.median(times[FORK]), statistics.median(times[SPAWN])
@@ -133,15 +134,7 @@ def _up_10_times(scale: Scale) -> dict[str, list[float]]:
     """Measured once for both rows (per scale)."""
     if scale.quick not in _UP_10:
         with _idle_project("bench-up10", 10) as project:
-            _up(project, FORK)  # warm-up: bytecode caches, page cache
-            run_cli(project, "down")
-
-            def one(mode: str) -> float:
-                took = _up(project, mode)
-                run_cli(project, "down")
-                return took
-
-            _UP_10[scale.quick] = _alternating(scale.pick(5, 2), one)
+            _UP_10[scale.quick] = _up_times(project, scale.pick(5, 2))
     return _UP_10[scale.quick]
 
 
@@ -319,17 +312,9 @@ def _pipecat(scale: Scale) -> dict[str, Any]:
         return _PIPECAT[scale.quick]
     _needs_pipecat()
     modules = {"agents.py": PIPECAT_MODULE, "solo.py": PIPECAT_MODULE}
-    classes = ["solo:Agent"] + ["agents:Agent"] * 9  # w0's module is its own: reloaded alone
+    classes = ["solo:Idle"] + ["agents:Idle"] * 9  # w0's module is its own: reloaded alone
     with _project("bench-pipecat", modules, classes) as project:
-        _up(project, FORK)  # warm-up
-        run_cli(project, "down")
-
-        def one(mode: str) -> float:
-            took = _up(project, mode)
-            run_cli(project, "down")
-            return took
-
-        up = _alternating(scale.pick(2, 1), one)
+        up = _up_times(project, scale.pick(2, 1))
         reload, right, asked = _reload_rows(project, "solo.py", ["w0"], scale.pick(2, 1))
     _PIPECAT[scale.quick] = {"up": up, "reload": reload, "right": right, "asked": asked}
     return _PIPECAT[scale.quick]
