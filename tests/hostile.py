@@ -151,7 +151,8 @@ JUNK: dict[str, list[tuple[Any, str]]] = {
         (NAN, "malformed"),
     ],
     "bool": [(v, "invalid") for v in (0, 1, "true", 1.0, [True], {"b": True})],
-    "payload": [(v, "invalid") for v in (5, "x", [1, 2], True, 1.5)],
+    "payload": [(v, "invalid") for v in (5, "x", [1, 2], True, 1.5, {"x": INF},
+                                           {"x": [1, {"y": NEG_INF}]})],
     "names": [(v, "invalid") for v in (
         "j", 5, {"j": 1}, [5], ["j", None], ["j", LONG_NAME], ["j"] * 5000 + [True])],
     "texts": [(v, "invalid") for v in ("j", 5, {"j": 1}, [5], ["j", None], ["j"] * 5000 + [1])],
@@ -163,7 +164,7 @@ JUNK: dict[str, list[tuple[Any, str]]] = {
         *((v, "invalid") for v in ("completed", 1, True, {"$t": "frame.direction", "v": 1})),
         ({"$t": "job.status", "v": "finished"}, "malformed"),
     ],
-    "any": [],
+    "any": [(v, "invalid") for v in (INF, [1, NEG_INF], {"deep": {"x": INF}})],
 }
 
 

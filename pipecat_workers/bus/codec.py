@@ -31,6 +31,12 @@ from pipecat_workers.validate import schema_of
 TAG = "$t"
 _TUPLE, _BYTES, _PAIRS = 0, 1, 2
 SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+class OutOfRange(float):
+    """A number read from the wire that no float can hold (``1e400``): it matches no
+    field's type, an ``Any`` field's included, so the message is dropped as invalid
+    wherever it is (not being in :data:`SCALARS`, it reaches :func:`decode_value`)."""
 _SHARED = frozenset({str, int, bool, type(None), bytes})  # immutable, no check: copied as is
 
 _init_fields: dict[type, tuple[str, ...]] = {}
@@ -217,6 +223,8 @@ def decode_value(v: Any) -> Any:
     if t is list:
         return [x if type(x) in SCALARS else decode_value(x) for x in v]
     if t is not dict:
+        if t is OutOfRange:
+            raise Drop("invalid", "", "a number out of range")
         return v
     if TAG not in v:
         return {k: (x if type(x) in SCALARS else decode_value(x)) for k, x in v.items()}

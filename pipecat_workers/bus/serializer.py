@@ -69,7 +69,14 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from pipecat_workers.bus.codec import Drop, Unsupported, build, encode_fields, nonfinite_path
+from pipecat_workers.bus.codec import (
+    Drop,
+    OutOfRange,
+    Unsupported,
+    build,
+    encode_fields,
+    nonfinite_path,
+)
 from pipecat_workers.bus.messages import BusLocalMessage, BusMessage, BusUnregisteredMessage
 from pipecat_workers.catalogue import adapter_named, lookup, type_name
 from pipecat_workers.errors import ConfigurationError, MessageTooLargeError, SerializationError
@@ -112,7 +119,12 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
 
 
-_parse = json.JSONDecoder(parse_constant=_reject_constant).decode
+def _parse_float(text: str) -> float:
+    value = float(text)
+    return value if math.isfinite(value) else OutOfRange(value)  # ``1e400``
+
+
+_parse = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_parse_float).decode
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,10 +346,10 @@ class JSONMessageSerializer(MessageSerializer):
         if (
             type(mid) is not str
             or type(sender) is not str
-            or not _finite(inc)
-            or not _finite(ts)
+            or not _number(inc)
+            or not _number(ts)
             or not (ch is None or type(ch) is str)
-            or not _finite(tinc)
+            or not _number(tinc)
             or tinc < 0
             or type(body) is not dict
         ):
@@ -457,7 +469,8 @@ class _Sender:
         return True
 
 
-def _finite(value: Any) -> bool:
-    """A JSON number that is finite (``1e400`` parses as infinity)."""
+def _number(value: Any) -> bool:
+    """A JSON number that is finite (:func:`_parse` reads ``1e400`` as an
+    :class:`~pipecat_workers.bus.codec.OutOfRange`)."""
     t = type(value)
-    return t is int or (t is float and math.isfinite(value))
+    return t is int or t is float
