@@ -24,7 +24,7 @@ and the place in the user's own code), and sends the same as the ``error`` event
 from __future__ import annotations
 
 import asyncio
-import ctypes
+import contextlib
 import importlib
 import json
 import logging
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cli.forkserver import TEMPLATE_ENV
+from cli.forkserver import PR_SET_PDEATHSIG, TEMPLATE_ENV, prctl
 from cli.imported import project_imports
 from cli.titles import set_title
 
@@ -45,7 +45,6 @@ if TYPE_CHECKING:
 
 HOST_ENV = "PIPECAT_WORKERS_HOST"
 EXIT_CONFIG = 78  # EX_CONFIG of sysexits.h: the supervisor does not restart it
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,11 +94,8 @@ def die_with_parent(supervisor_pid: int) -> None:
     """
     signal.signal(signal.SIGHUP, lambda *_: kill_own_group())
     if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGHUP, 0, 0, 0)
-        except (OSError, AttributeError):
-            pass
+        with contextlib.suppress(OSError, AttributeError):
+            prctl(PR_SET_PDEATHSIG, signal.SIGHUP)
     if supervisor_pid and os.getppid() != supervisor_pid:
         kill_own_group()
 

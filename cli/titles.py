@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import contextlib
 
-_PR_SET_NAME = 15
-
 
 def set_title(title: str, *, name: str | None = None) -> None:
     """Show ``title`` as this process's command line, and ``name`` (at most 15 bytes kept)
@@ -16,7 +14,7 @@ def set_title(title: str, *, name: str | None = None) -> None:
 
         setproctitle(title)
     if name is not None:
-        from cli.forkserver import prctl
+        from cli.forkserver import PR_SET_NAME, prctl
 
         with contextlib.suppress(OSError, AttributeError):
-            prctl(_PR_SET_NAME, name.encode()[:15])
+            prctl(PR_SET_NAME, name.encode()[:15])

@@ -18,7 +18,7 @@ Protocol, one JSON object per message on a ``SOCK_SEQPACKET`` socket pair:
   file descriptors (stdin, stdout, stderr, status): the environment is given as its
   difference from the template's own.
 - template to supervisor: ``{"event": "ready", ...}`` once, or ``{"event": "failed",
-  "module": ..., "error": ..., "unsafe": bool, "explicit": bool}`` and it exits; then
+  "module": ..., "error": ..., "optional": bool}`` and it exits; then
   ``{"id": N, "forked": true}`` as soon as it has forked, ``{"id": N, "error": ...}``, or
   ``{"id": N, "stale": PATH}`` when a file it imported changed since (it answers every later
   request the same way, and the supervisor starts a new one).
@@ -78,6 +78,11 @@ def send(sock: socket.socket, message: dict[str, Any], fds: Sequence[int] = ()) 
         socket.send_fds(sock, [data], list(fds))
     else:
         sock.send(data)
+
+
+PR_SET_PDEATHSIG = 1  # prctl(2) options used here
+PR_SET_NAME = 15
+PR_SET_CHILD_SUBREAPER = 36
 
 
 def prctl(option: int, arg: int | bytes) -> None:

@@ -69,12 +69,10 @@ class Request:
     env: Mapping[str, str]
     unset: tuple[str, ...]
     fds: tuple[int, ...]
-    sock_fd: int
     middle: int = 0  # the short-lived process between the template and the worker
 
     @classmethod
-    def from_message(cls, message: Mapping[str, Any], fds: Sequence[int],
-                     sock_fd: int) -> Request:
+    def from_message(cls, message: Mapping[str, Any], fds: Sequence[int]) -> Request:
         env = message["env"]
         unset = message.get("unset") or []
         if not (isinstance(env, dict) and all(isinstance(k, str) and isinstance(v, str)
@@ -83,7 +81,7 @@ class Request:
                 and isinstance(message["cwd"], str) and isinstance(message["id"], int)):
             raise ValueError("a malformed request")
         return cls(id=message["id"], cwd=message["cwd"], env=env, unset=tuple(unset),
-                   fds=tuple(fds), sock_fd=sock_fd)
+                   fds=tuple(fds))
 
     def forked(self, middle: int) -> Request:
         return replace(self, middle=middle)
@@ -92,7 +90,6 @@ class Request:
 def become_worker(request: Request, baseline: Baseline, output: tuple[bytes, bytes]) -> None:
     """Make this freshly forked process what a spawned host is at its start."""
     _wait_for_new_parent(request.middle)
-    os.close(request.sock_fd)
     _take_fds(request.fds)
     _write_all(STATUS_FD, json.dumps({"event": "forked", "pid": os.getpid()}).encode() + b"\n")
     for fd, text in ((1, output[0]), (2, output[1])):

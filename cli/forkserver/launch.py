@@ -16,11 +16,9 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
-from cli.forkserver import TEMPLATE_ENV, Config, prctl
+from cli.forkserver import PR_SET_CHILD_SUBREAPER, TEMPLATE_ENV, Config, prctl
 from cli.forkserver.fork import fork_template, forkable
 from cli.topology.model import Topology
-
-_PR_SET_CHILD_SUBREAPER = 36
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +41,7 @@ def prepare() -> str | None:
     except (AttributeError, OSError) as exc:
         return f"no pidfd_open here (Linux 5.3 or later): {exc}"
     try:
-        prctl(_PR_SET_CHILD_SUBREAPER, 1)
+        prctl(PR_SET_CHILD_SUBREAPER, 1)
     except (AttributeError, OSError) as exc:
         return f"cannot become a child subreaper: {exc}"
     return None

@@ -31,15 +31,14 @@ MAX_OUTPUT = 64 * 1024  # bytes kept of what the imports print, per stream
 
 
 class Failed(Exception):
-    """A module the template must import failed, or one was unsafe to fork with."""
+    """A module the template must import failed, or one was unsafe to fork with;
+    ``optional``: one it may leave out (inferred, not the library or ``preload:``)."""
 
-    def __init__(self, module: str, error: str, *, unsafe: bool = False,
-                 explicit: bool = False) -> None:
+    def __init__(self, module: str, error: str, *, optional: bool) -> None:
         super().__init__(f"{module}: {error}")
         self.module = module
         self.error = error
-        self.unsafe = unsafe
-        self.explicit = explicit
+        self.optional = optional
 
 
 @dataclass(slots=True)
@@ -76,7 +75,7 @@ def load(plan: PreloadPlan, root: Path, *, keep_fds: Collection[int]) -> Loaded:
                 _import(name, loaded, known_fds, required=True)
             with _on_path(str(root)):  # where a worker host looks first
                 for name in plan.explicit:
-                    _import(name, loaded, known_fds, required=True, explicit=True)
+                    _import(name, loaded, known_fds, required=True)
             for name in plan.optional:
                 _import(name, loaded, known_fds, required=False)
     finally:
@@ -89,20 +88,19 @@ def load(plan: PreloadPlan, root: Path, *, keep_fds: Collection[int]) -> Loaded:
     return loaded
 
 
-def _import(name: str, loaded: Loaded, known_fds: set[int], *, required: bool,
-            explicit: bool = False) -> None:
+def _import(name: str, loaded: Loaded, known_fds: set[int], *, required: bool) -> None:
     try:
         importlib.import_module(name)
     except (Exception, SystemExit) as exc:
         why = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
         if required:
-            raise Failed(name, why, explicit=explicit) from None
+            raise Failed(name, why, optional=False) from None
         loaded.skipped[name] = why
     else:
         loaded.modules.append(name)
     unsafe = _running(known_fds)
     if unsafe is not None:
-        raise Failed(name, f"importing it {unsafe}", unsafe=True, explicit=explicit)
+        raise Failed(name, f"importing it {unsafe}", optional=not required)
 
 
 def _running(known_fds: set[int]) -> str | None:

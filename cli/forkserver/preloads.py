@@ -18,7 +18,6 @@ when it lives in the project (an editable install), and an edit of it restarts t
 from __future__ import annotations
 
 import ast
-import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,8 +52,6 @@ class PreloadPlan:
     explicit: tuple[str, ...]   # ``preload:``: a failure means no template, and says why
     optional: tuple[str, ...]   # drivers and inferred modules: a failure is skipped
 
-    def all(self) -> list[str]:
-        return list(dict.fromkeys((*self.required, *self.explicit, *self.optional)))
 
 
 def plan_preloads(root: Path, *, modules: Iterable[str], backends: Iterable[str],
@@ -167,8 +164,3 @@ def _absolute(module: str | None, level: int, package: str) -> str:
 def _is_type_checking(test: ast.expr) -> bool:
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
         isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
-
-
-def stdlib(name: str) -> bool:
-    """Whether ``name`` is a module of the standard library."""
-    return name.partition(".")[0] in sys.stdlib_module_names

@@ -17,11 +17,12 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from cli.forkserver import (
     CHILD_FDS,
     MAX_MESSAGE,
+    PR_SET_PDEATHSIG,
     TEMPLATE_ENV,
     Config,
     close_other_fds,
@@ -36,8 +37,7 @@ from cli.imported import inherit
 from cli.titles import set_title
 
 STALE_CHECK_EVERY = 1.0  # seconds: how often the files it imported are compared, at most
-_PR_SET_PDEATHSIG = 1
-_MAX_REPORTED_FILES = 5000
+_MAX_FILES_BYTES = 100_000  # of the ready message, which must fit in one datagram
 
 
 def serve() -> None:
@@ -58,18 +58,19 @@ def serve() -> None:
     try:
         loaded = load(plan, root, keep_fds={config.fd})
     except Failed as failed:
-        _send_or_exit(sock, {"event": "failed", "module": failed.module,
-                             "error": failed.error, "unsafe": failed.unsafe,
-                             "explicit": failed.explicit})
+        _reply(sock, {"event": "failed", "module": failed.module, "error": failed.error,
+                      "optional": failed.optional})
         sys.exit(1)
-    # Collected, then frozen: a worker's garbage collector never writes to these pages.
+    # Not collected while importing, then frozen: a worker's garbage collector never
+    # writes to these pages (the recipe of gc.freeze's documentation).
     gc.freeze()
-    _send_or_exit(sock, {
+    _reply(sock, {
         "event": "ready", "pid": os.getpid(), "seconds": round(time.monotonic() - started, 3),
         "preloaded": len(loaded.modules), "skipped": dict(list(loaded.skipped.items())[:20]),
         "env": sorted(loaded.env_read),
-        "files": inherit(root.resolve())[:_MAX_REPORTED_FILES]})
+        "files": _at_most(inherit(root.resolve()), _MAX_FILES_BYTES)})
     request = _serve(sock, loaded)
+    sock.close()  # in the worker: the template's socket is not its to keep
     become_worker(request, baseline, loaded.output)
     gc.enable()
 
@@ -77,7 +78,7 @@ def serve() -> None:
 def _die_with(supervisor_pid: int) -> None:
     """SIGKILL when the supervisor dies (the template has nothing to clean up)."""
     with contextlib.suppress(OSError, AttributeError):
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != supervisor_pid:
         os._exit(1)
 
@@ -107,7 +108,7 @@ def _serve(sock: socket.socket, loaded: Loaded) -> Request:
             _reply(sock, {"id": ident, "stale": stale})
             continue
         try:
-            forked = _fork(Request.from_message(request, fds, sock.fileno()))
+            forked = _fork(Request.from_message(request, fds))
         except (OSError, ValueError, TypeError, KeyError) as exc:
             _close(fds)
             _reply(sock, {"id": ident, "error": f"{type(exc).__name__}: {exc}"})
@@ -148,19 +149,22 @@ def _collect_middles() -> None:
             return
 
 
-def _reply(sock: socket.socket, message: dict[str, Any]) -> None:
-    _send_or_exit(sock, message)
-
-
-def _send_or_exit(sock: socket.socket, message: Mapping[str, Any]) -> None:
+def _reply(sock: socket.socket, message: Mapping[str, Any]) -> None:
     try:
         send(sock, dict(message))
     except OSError:
-        _exit_now()
+        sys.exit(0)  # the supervisor is gone: nobody to fork for
 
 
-def _exit_now() -> NoReturn:
-    sys.exit(0)  # the supervisor is gone: nobody to fork for
+def _at_most(paths: list[str], size: int) -> list[str]:
+    """The first of ``paths`` that fit in ``size`` bytes of a message."""
+    kept, used = [], 0
+    for path in paths:
+        used += len(path.encode()) + 4
+        if used > size:
+            break
+        kept.append(path)
+    return kept
 
 
 def _close(fds: list[int]) -> None:

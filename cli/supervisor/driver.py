@@ -38,6 +38,7 @@ from cli.supervisor.machine import (
 )
 from cli.supervisor.monitors import Monitors
 from cli.supervisor.process import Exited, Output, ProcessEvent, Status, WorkerProcess
+from cli.supervisor.reaper import Reaper
 from cli.supervisor.reload import ChangeWatcher, drop_bytecode, plan, reload_topology, shown
 from cli.supervisor.report import FeedHandler, job_news, project_status
 from cli.supervisor.statedir import StateDir
@@ -128,6 +129,7 @@ class Supervisor:
         self._loop_over = False
         self._dirty = True
         self._template = template or Template(topology, self._env, off=no_fork)
+        self._reaper = Reaper()  # a child subreaper's orphans (see cli.forkserver)
 
     @property
     def state_dir(self) -> StateDir:
@@ -162,7 +164,7 @@ class Supervisor:
 
     async def _open(self) -> None:
         self._state.logs_dir.mkdir(parents=True, exist_ok=True)
-        self._template.start(self._project_note)  # first: it imports while the rest starts
+        self._template.start(self._project_note, self._reaper)
         if any(c.backend == "local" for c in self._topology.channels.values()):
             self._hub = BusHub(self._state.socket_path("hub"))
             await self._hub.start()
@@ -215,7 +217,7 @@ class Supervisor:
             self._wakeup.clear()
             while self._events:
                 self._handle(self._events.popleft())
-            self._template.reap({p.pid for p in self._processes.values()})
+            self._reaper.reap({p.pid for p in self._processes.values()})
             self._perform(self._machine.tick())
             now = self._clock()
             if self._dirty or now - last_state >= _STATE_EVERY:
@@ -255,7 +257,7 @@ class Supervisor:
             process = self._processes.get(event.name)
             if process is not None and process.pid == event.pid:
                 del self._processes[event.name]
-                self._template.exited(event.pid)
+                self._reaper.exited(event.pid)
                 self._background(process.close())
                 last = self._last_err.pop(event.name, "")
                 proc = machine.procs[event.name]

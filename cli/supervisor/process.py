@@ -65,11 +65,9 @@ class _Child(Protocol):
 class WorkerProcess:
     """A running host process and the tasks that read its pipes."""
 
-    def __init__(self, name: str, proc: _Child, tasks: list[asyncio.Task[None]], *,
-                 forked: bool = False) -> None:
+    def __init__(self, name: str, proc: _Child, tasks: list[asyncio.Task[None]]) -> None:
         self.name = name
         self.pid = proc.pid
-        self.forked = forked
         self._proc = proc
         self._tasks = tasks
 
@@ -127,7 +125,7 @@ class WorkerProcess:
             _close(ours[:3])
             raise
         return cls(spec.name, child, _watch(child, child.stdout, child.stderr, status,
-                                            closing, spec.name, emit), forked=True)
+                                            closing, spec.name, emit))
 
     def drain(self) -> None:
         """Ask the host for a graceful end (it reads ``drain`` on its stdin)."""
@@ -138,15 +136,8 @@ class WorkerProcess:
 
     def signal(self, sig: int) -> None:
         """Signal the whole process group: the worker and anything it started."""
-        try:
-            os.killpg(self.pid, sig)
-        except ProcessLookupError:
-            # No group yet: a forked worker that has not made its session (it has started
-            # nothing either).
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(self.pid, sig)
-        except PermissionError:
-            pass
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, sig)  # a forked worker leads its session before it says its pid
 
     async def close(self) -> None:
         """Stop reading its pipes (after it exited, or when the supervisor gives up)."""
@@ -177,6 +168,9 @@ class _Forked:
         pidfd = -1
         try:
             pidfd = os.pidfd_open(pid)
+            # A pid that is not our child (a worker's status pipe says it) is never ours to
+            # wait for or signal.
+            os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG | os.WNOWAIT)
             write, protocol = await loop.connect_write_pipe(
                 asyncio.streams.FlowControlMixin, files[0])
             transports.append(write)
@@ -188,13 +182,16 @@ class _Forked:
                     lambda r=reader: asyncio.StreamReaderProtocol(r), file)  # type: ignore[misc]
                 transports.append(read)
                 readers.append(reader)
-        except BaseException:
+        except BaseException as exc:
             for done in transports:
                 done.close()
             for file in files:
                 file.close()
             if pidfd >= 0:
                 os.close(pidfd)
+            if isinstance(exc, ChildProcessError):
+                raise ForkUnavailable(f"the forked worker said pid {pid}, not a child of "
+                                      "the supervisor") from None
             raise
         return cls(pid, pidfd, writer, readers[0], readers[1])
 
@@ -262,8 +259,9 @@ async def _announced(status: asyncio.StreamReader) -> int:
         line = b""
     with contextlib.suppress(ValueError, TypeError, KeyError):
         event = json.loads(line)
-        if event["event"] == "forked" and isinstance(event["pid"], int):
-            return int(event["pid"])
+        pid = event["pid"]
+        if event["event"] == "forked" and type(pid) is int and pid > 1:
+            return pid
     raise ForkUnavailable("the forked worker did not start")
 
 

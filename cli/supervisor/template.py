@@ -7,14 +7,15 @@ possible: not Linux, turned off (``--no-fork``, ``WORKERS_NO_FORK=1``), a module
 ``preload:`` fails or starts a thread when imported, or the template dies.
 
 While it forks, the supervisor is a child subreaper: forked workers become its children, and
-so do the orphans of a worker's process group once the worker is gone; :meth:`Template.reap`
-collects those.
+so do the orphans of a worker's process group once the worker is gone
+(:class:`~cli.supervisor.reaper.Reaper` collects those).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import itertools
 import os
 import signal
@@ -28,6 +29,7 @@ from typing import Any
 from cli.forkserver import MAX_MESSAGE, Config, decode, send
 from cli.forkserver.launch import Launched, launch, prepare, template_config, template_env
 from cli.supervisor.model import describe_exit
+from cli.supervisor.reaper import Reaper
 from cli.supervisor.status import TemplateStatus
 from cli.topology.model import Topology
 
@@ -93,8 +95,7 @@ class Template:
         self._current: _Instance | None = None
         self._excluded: list[str] = []
         self._ids = itertools.count(1)
-        self._reaping = False  # a child subreaper: orphans come to us
-        self._groups: set[int] = set()   # process groups whose leader has exited
+        self._reaper: Reaper | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -125,19 +126,19 @@ class Template:
         if early is None and (why := prepare()) is not None:
             self._off = why
             return
-        self._reaping = True
         try:
             self._current = _Instance.of(early) if early is not None else self._spawn()
         except OSError as exc:
             self._off = f"cannot start the process template: {exc}"
 
-    def start(self, note: Callable[[str], None]) -> None:
+    def start(self, note: Callable[[str], None], reaper: Reaper) -> None:
         """Start (or take over) the template in the running loop, or say why there is none.
 
         Args:
             note: Shows one line about the whole project.
+            reaper: Collects the middle processes a template that died left behind.
         """
-        self._note = note
+        self._note, self._reaper = note, reaper
         self.launch()
         if self._off is not None:
             note(f"workers start without a process template: {self._off}")
@@ -159,14 +160,13 @@ class Template:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def changed(self, paths: Collection[Path]) -> Path | None:
-        """Start a new template if it imported one of ``paths``; the path that did it."""
+    def changed(self, paths: Collection[Path]) -> None:
+        """Start a new template if it imported one of ``paths``."""
         instance = self._current
         files = set(instance.info.get("files") or ()) if instance is not None else set()
         hit = next((p for p in sorted(paths) if str(p) in files), None)
         if hit is not None and instance is not None:
             self._replace(instance, f"{_shown(hit, self._topology.root)} changed")
-        return hit
 
     def update(self, topology: Topology) -> None:
         """The topology was edited: a new template if its preloads changed."""
@@ -230,13 +230,14 @@ class Template:
         """Why this environment cannot be forked: it changes what the interpreter or a
         preloaded module read when the template started (with ``template``)."""
         read = set(info.get("env") or ())
-        for key in sorted(env):
-            if template.get(key) == env[key] or not (
+        for key in sorted(env.keys() | template.keys()):  # set, changed or unset
+            if template.get(key) == env.get(key) or not (
                     key.startswith(_NOT_FORKABLE_ENV) or key in read):
                 continue
+            how = "sets" if key in env else "unsets"
             if key.startswith(_NOT_FORKABLE_ENV):
-                return f"its env sets {key}, which Python reads when it starts"
-            return f"its env sets {key}, which a preloaded module read when imported"
+                return f"its env {how} {key}, which Python reads when it starts"
+            return f"its env {how} {key}, which a preloaded module read when imported"
         return None
 
     async def _ask(self, instance: _Instance, env: Mapping[str, str], cwd: Path,
@@ -251,38 +252,20 @@ class Template:
         try:
             await _send(instance.sock, message, fds)
             return await asyncio.wait_for(answer, ANSWER_TIMEOUT)
-        except (OSError, TimeoutError) as exc:
+        except OSError as exc:
+            if exc.errno == errno.EMSGSIZE:  # this worker's env alone: the template is fine
+                raise ForkUnavailable("too large", note="spawned, not forked: its "
+                                      "environment is too large to send") from None
             if instance is self._current:
-                self._fall_back(f"the process template did not answer ({exc or 'timeout'})",
-                                instance)
+                self._fall_back(f"the process template did not answer ({exc})", instance)
+            raise ForkUnavailable("no answer") from None
+        except TimeoutError:
+            if instance is self._current:
+                self._fall_back(f"the process template did not answer within "
+                                f"{ANSWER_TIMEOUT:g} s", instance)
             raise ForkUnavailable("no answer") from None
         finally:
             instance.pending.pop(ident, None)
-
-    # -- reaping ----------------------------------------------------------------------
-
-    def exited(self, pgid: int) -> None:
-        """A worker (the leader of process group ``pgid``) has exited and was collected."""
-        if self._reaping:
-            self._groups.add(pgid)
-
-    def reap(self, tracked: Collection[int]) -> None:
-        """Collect the orphans of exited workers' groups that were re-parented to us (never
-        a process in ``tracked``: those are collected by whoever started them)."""
-        for pgid in list(self._groups):
-            while True:
-                try:
-                    info = os.waitid(os.P_PGID, pgid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-                except ChildProcessError:
-                    self._groups.discard(pgid)  # nothing of ours left in it
-                    break
-                if info is None:
-                    break  # some still run: next time
-                if info.si_pid in tracked:
-                    self._groups.discard(pgid)  # its number was taken again: not ours
-                    break
-                with contextlib.suppress(ChildProcessError):
-                    os.waitid(os.P_PID, info.si_pid, os.WEXITED | os.WNOHANG)
 
     # -- the template process ---------------------------------------------------------
 
@@ -325,7 +308,8 @@ class Template:
             transport.close()
         code = await self._ended(instance)
         self._retire(instance, "the process template exited")
-        self._groups.add(instance.pid)  # a middle process it left behind, if it was killed
+        if self._reaper is not None:  # a middle process it left behind, if it was killed
+            self._reaper.exited(instance.pid)
         if instance is self._current and self._off is None:
             last = f": {instance.stderr[-1]}" if instance.stderr else ""
             self._fall_back(f"the process template died ({describe_exit(code)}){last}")
@@ -380,8 +364,7 @@ class Template:
         """A module could not be preloaded: leave it out (an inferred one that is unsafe),
         or stop forking until the topology's preloads change."""
         module, error = str(message.get("module")), str(message.get("error"))
-        if (message.get("unsafe") and not message.get("explicit")
-                and len(self._excluded) < MAX_EXCLUSIONS):
+        if message.get("optional") is True and len(self._excluded) < MAX_EXCLUSIONS:
             self._excluded.append(module)
             self._note(f"not preloading '{module}': {error}")
             self._replace(instance, "", quiet=True)

@@ -14,6 +14,7 @@ from test_topology import check, load
 from cli.forkserver.launch import common_env
 from cli.forkserver.preloads import LIBRARY, infer_imports, is_project_module, plan_preloads
 from cli.imported import inherit, project_imports
+from cli.supervisor.template import Template
 
 
 def _write(root: Path, files: dict[str, str]) -> None:
@@ -129,3 +130,15 @@ def test_the_template_takes_the_value_most_worker_processes_get(tmp_path: Path) 
     assert common_env(topology, {}) == {"LEVEL": "quiet"}
     assert common_env(topology, {"LEVEL": "quiet"}) == {}  # the supervisor's already
     assert common_env(topology, {"SAME": "1"}) == {"LEVEL": "quiet"}
+
+
+def test_a_worker_that_changes_or_unsets_what_a_preload_read_is_not_forked() -> None:
+    template = {"A": "1", "HF_HOME": "/x", "PATH": "/bin"}
+    info = {"env": ["HF_HOME"]}
+    assert Template._refuses({"A": "2", "HF_HOME": "/x", "PATH": "/bin"}, info, template) is None
+    assert Template._refuses({"A": "1", "PATH": "/bin"}, info, template) == (
+        "its env unsets HF_HOME, which a preloaded module read when imported")
+    assert Template._refuses({**template, "HF_HOME": "/y"}, info, template) == (
+        "its env sets HF_HOME, which a preloaded module read when imported")
+    assert Template._refuses({**template, "PYTHONPATH": "/p"}, info, template) == (
+        "its env sets PYTHONPATH, which Python reads when it starts")
