@@ -191,7 +191,9 @@ class RedisPresence(Presence):
             await self._read_all()
 
     async def _check_overdue(self, overdue: dict[str, float], now: float) -> None:
-        fresh = [name for name in overdue if name not in self._absent]
+        # Not yet reported, or reported only as quiet: a quiet one whose subscription is
+        # gone since is reported gone for certain.
+        fresh = [name for name in overdue if not self._absent.get(name)]
         if not fresh:
             return
         counts = await self._client.pubsub_numsub(
