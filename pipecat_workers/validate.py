@@ -38,6 +38,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union
 
+from pipecat_workers.errors import ConfigurationError
+
 Check = Callable[[Any], bool]
 """A test a value must pass, for values whose exact type is not enough to accept them."""
 
@@ -86,12 +88,13 @@ bounded, as names become keys of the registry and of job tables."""
 
 
 def check_name(kind: str, name: object) -> str:
-    """``name`` if it can travel as a :data:`Name`; else a ``ValueError`` saying why, so that
+    """``name`` if it can travel as a :data:`Name`; else a
+    :class:`~pipecat_workers.errors.ConfigurationError` (a ``ValueError``) saying why, so that
     a name every peer would refuse is refused where it is made instead."""
     if not isinstance(name, str) or not name:
-        raise ValueError(f"a {kind} name must be a non-empty string, got {name!r}")
+        raise ConfigurationError(f"a {kind} name must be a non-empty string, got {name!r}")
     if len(name) > MAX_NAME_LENGTH:
-        raise ValueError(f"a {kind} name must be at most {MAX_NAME_LENGTH:,} characters, "
+        raise ConfigurationError(f"a {kind} name must be at most {MAX_NAME_LENGTH:,} characters, "
                          f"got {len(name):,}")
     return name
 

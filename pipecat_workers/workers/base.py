@@ -43,7 +43,7 @@ from pipecat_workers.bus.messages import (
     BusWorkerReadyMessage,
     BusWorkerStoppedMessage,
 )
-from pipecat_workers.errors import ConfigurationError, WorkerStateError
+from pipecat_workers.errors import WorkerStateError
 from pipecat_workers.events import EventEmitter
 from pipecat_workers.jobs.executor import JobExecutorMixin, RememberedAnswer
 from pipecat_workers.jobs.group import JobGroup
@@ -119,10 +119,7 @@ class BaseWorker(EventEmitter, JobRequesterMixin, JobExecutorMixin):
             cls_name = type(self).__name__
             counter = _auto_names.setdefault(cls_name, itertools.count())
             name = f"{cls_name}#{next(counter)}"
-        try:
-            self._name = check_name("worker", name)
-        except ValueError as error:
-            raise ConfigurationError(str(error)) from None
+        self._name = check_name("worker", name)
         self._active = False
         self._pending_activation = active
         self._activation_args: dict[str, Any] | None = None

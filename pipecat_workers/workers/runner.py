@@ -89,10 +89,7 @@ class WorkerRunner(EventEmitter):
         handle_sigint: bool = True, handle_sigterm: bool = False,
         settings: Settings | None = None,
     ) -> None:
-        try:
-            self._name = check_name("runner", name or f"runner-{os.urandom(4).hex()}")
-        except ValueError as error:
-            raise ConfigurationError(str(error)) from None
+        self._name = check_name("runner", name or f"runner-{os.urandom(4).hex()}")
         self._settings = settings or DEFAULT_SETTINGS
         self._incarnation = time.time()
         self._bus = bus if bus is not None else AsyncQueueBus(
