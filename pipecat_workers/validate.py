@@ -154,22 +154,33 @@ def schema_of(cls: type) -> Schema:
 
 
 def _compile(cls: type) -> Schema:
-    hints = _hints(cls)
+    rules = field_rules(cls)
     fields: list[_Field] = []
     required: set[str] = set()
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
+        rule = rules[f.name]
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            required.add(f.name)
+        fields.append((f.name, rule.plain, rule.check, rule.limit))
+    return Schema(tuple(fields), frozenset(required))
+
+
+def field_rules(cls: type) -> dict[str, Rule]:
+    """What each field of a dataclass (``init=False`` ones too) accepts, by name; a field
+    whose default is ``None`` also takes ``None``."""
+    hints = _hints(cls)
+    rules: dict[str, Rule] = {}
+    for f in dataclasses.fields(cls):
         try:
             rule = rule_for(hints.get(f.name, Any))
         except Exception:  # an annotation this module does not understand: unchecked
             rule = ANYTHING
         if f.default is None and not rule.accepts(None):
             rule = Rule((rule.plain or frozenset()) | {_NONE}, rule.check, rule.limit)
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            required.add(f.name)
-        fields.append((f.name, rule.plain, rule.check, rule.limit))
-    return Schema(tuple(fields), frozenset(required))
+        rules[f.name] = rule
+    return rules
 
 
 def _hints(cls: type) -> dict[str, Any]:

@@ -87,6 +87,7 @@ from pipecat_workers.pipeline.wire_values import (
     model_adapter,
     register_value_adapters,
 )
+from pipecat_workers.validate import Rule, field_rules
 
 logger = logging.getLogger("pipecat_workers.pipeline")
 
@@ -155,7 +156,7 @@ def _omittable(f: dataclasses.Field[Any]) -> tuple[Any, Callable[[], Any] | None
 class _FrameCodec:
     """Encodes and decodes one frame class; built once, at registration."""
 
-    __slots__ = ("cls", "fields", "init_names", "absent", "factories", "by_dict")
+    __slots__ = ("cls", "fields", "init_names", "absent", "factories", "by_dict", "_rules")
 
     def __init__(self, cls: type[Frame]) -> None:
         self.cls = cls
@@ -182,6 +183,7 @@ class _FrameCodec:
                 self.absent[f.name] = default
         self.fields = tuple(fields)
         self.init_names = frozenset(init_names)
+        self._rules: dict[str, Rule] | None = None  # compiled when the first one arrives
         # Fields stored plainly in __dict__ are read and set there: faster, and StartFrame's
         # deprecation warnings on attribute reads stay quiet. Slots, descriptors or a custom
         # __setattr__ make the codec go through getattr/setattr instead.
@@ -210,7 +212,13 @@ class _FrameCodec:
         extra = self.absent.copy()
         for name, factory in self.factories:
             extra[name] = factory()
+        rules = self._rules
+        if rules is None:
+            rules = self._rules = field_rules(self.cls)
         for k, v in raw.items():
+            rule = rules.get(k)
+            if rule is not None and not rule.accepts(v):  # as any other value from the wire
+                raise ValueError(f"frame field {k!r}: {type(v).__name__} does not match")
             if k in init_names:
                 kwargs[k] = v
             elif k in extra:

@@ -541,6 +541,34 @@ def test_frames_with_unknown_or_missing_fields_are_malformed(change: Callable[[A
     assert s.stats()["malformed"] == 1
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda v: v.update(text=123),
+        lambda v: v.update(metadata=[1]),  # a field the constructor does not take
+        lambda v: v.update(pts="soon"),
+    ],
+)
+def test_frames_with_fields_of_the_wrong_type_are_malformed(
+        change: Callable[[Any], Any]) -> None:
+    s = ser()
+    envelope = json.loads(s.serialize(BusFrameMessage(source="a", frame=F.TextFrame(text="x"))))
+    change(envelope["body"]["frame"]["v"])
+    assert s.decode(json.dumps(envelope).encode()) is None
+    assert s.stats()["malformed"] == 1
+
+
+def test_a_drain_probe_with_fields_of_the_wrong_type_never_reaches_a_bridge() -> None:
+    from pipecat_workers.pipeline.drain import DrainProbeFrame
+
+    s = ser()
+    probe = DrainProbeFrame(drain_id="d1", origin="w", leg=1)
+    envelope = json.loads(s.serialize(BusFrameMessage(source="a", frame=probe)))
+    envelope["body"]["frame"]["v"].update(drain_id=[1], origin={"a": 1})
+    assert s.decode(json.dumps(envelope).encode()) is None
+    assert s.stats()["malformed"] == 1
+
+
 def test_a_frame_class_from_main_needs_a_name() -> None:
     @dataclass
     class MainFrame(F.DataFrame):
