@@ -159,10 +159,14 @@ class BusBridgeProcessor(FrameProcessor):
         self._waiting.append((frame, direction))
 
     async def _send(self, peer: str, frame: Frame, direction: FrameDirection) -> None:
+        probe = None
         if isinstance(frame, DrainProbeFrame):
-            self._probes[(frame.drain_id, frame.leg)] = (peer, direction, frame.origin)
+            probe = (frame.drain_id, frame.leg)
+            self._probes[probe] = (peer, direction, frame.origin)
         assert self._host is not None
         if not await self._host._send_frame(self.worker_name, peer, frame, direction, self._tag):
+            if probe is not None:
+                self._probes.pop(probe, None)  # or the peer's leaving would push it again
             await self.push_frame(frame, direction)  # it cannot cross: it stays local
 
     # -- frames and news from the bus -------------------------------------------------------

@@ -187,9 +187,10 @@ class BridgeServing:
         (it refers to a processor, holds a callable, ...). A worker in this process gets a
         copy, as one in another process would (D30). While the bus is down a frame is lost
         at once (counted), as audio would be, and does not hold the pipeline up; a drain
-        probe then stays local, so that no drain waits for it."""
+        probe then stays local, so that no drain waits for it. A worker in this process is
+        reached all the same."""
         bus = self.bus
-        if not getattr(bus, "connected", True):
+        if not bus.is_local(target) and not getattr(bus, "connected", True):
             if isinstance(frame, DrainProbeFrame):
                 return False
             self._count_drop("bus down")

@@ -366,3 +366,34 @@ async def test_a_bus_that_is_down_holds_nothing_up(socket_dir: str) -> None:
             assert acme.frame_stats()["bus down"] == 5
     finally:
         await hub.stop()
+
+
+async def test_a_worker_in_the_same_process_is_reached_while_the_bus_is_down(
+        socket_dir: str) -> None:
+    # Frames for a worker on the same runner go to its mailbox, not over the network: a bus
+    # that is down loses none of them.
+    from pipecat_workers import WorkerRunner
+    from pipecat_workers.bus import BusHub, HubBus
+    from tests.helpers import running
+    from tests.pipeline.kit import FAST
+
+    hub = BusHub(f"{socket_dir}/hub.sock")
+    await hub.start()
+    greeter = Helper("greeter")
+    acme = Transport()
+    runner = WorkerRunner(name="one", bus=HubBus(hub.path, channel="local-down"),
+                          handle_sigint=False, settings=FAST)
+    await runner.add_workers(greeter, acme)
+    try:
+        async with running(runner):
+            await acme.activate_worker("greeter")
+            await wait_until(lambda: acme.bridge.peer == "greeter", timeout=TIMEOUT)
+            await hub.stop()
+            await wait_until(lambda: not runner.bus.connected, timeout=TIMEOUT)
+            for i in range(3):
+                await acme.queue_frame(TextFrame(f"kept {i}"))
+            await greeter.seen.wait_for(lambda r: len(r.texts()) == 3)
+            assert greeter.seen.texts() == ["kept 0", "kept 1", "kept 2"]
+            assert acme.frame_stats().get("bus down", 0) == 0
+    finally:
+        await hub.stop()
