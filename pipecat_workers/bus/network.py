@@ -49,6 +49,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from pipecat_workers.bus.core import WorkerBus
+from pipecat_workers.bus.loops import RateLimitedLog
 from pipecat_workers.bus.messages import BusMessage, BusRegistryRequestMessage
 from pipecat_workers.bus.serializer import (
     JSONMessageSerializer,
@@ -107,6 +108,7 @@ class NetworkBus(WorkerBus, EventEmitter):
         self._told: set[str] = set()  # unsigned senders told that this channel is signed
         self._tell_after = 0.0
         self._telling: set[asyncio.Task[None]] = set()
+        self._payload_errors = RateLimitedLog(logger)
 
     @property
     def serializer(self) -> MessageSerializer:
@@ -158,7 +160,16 @@ class NetworkBus(WorkerBus, EventEmitter):
 
     def _on_payload(self, data: bytes) -> None:
         """Decode one payload from the backend and deliver it; drops its own echoes, and
-        messages bound to another incarnation of a subscriber of ours."""
+        messages bound to another incarnation of a subscriber of ours. Never raises: one bad
+        payload must cost neither the backend's reader nor the rest of its batch."""
+        try:
+            self._deliver_payload(data)
+        except Exception as exc:
+            self.loops.failed("payload", exc)
+            self._payload_errors.warning("bus on channel '%s' could not deliver a payload",
+                                         self._channel, exc_info=exc)
+
+    def _deliver_payload(self, data: bytes) -> None:
         envelope = self._serializer.decode(data, channel=self._channel)
         if envelope is None:
             if self._serializer.signed and not looks_signed(data):

@@ -241,7 +241,7 @@ async def test_a_payload_that_breaks_delivery_is_counted_and_costs_nothing_else(
     a, b = _runner("a", new_bus()), _runner("b", new_bus())
     await b.add_workers(BaseWorker("wb"))
     bus = a.bus
-    real = bus._on_payload  # type: ignore[attr-defined]
+    real = bus._deliver_payload  # type: ignore[attr-defined]
     broken = [True]
 
     def once(data: bytes) -> None:
@@ -249,7 +249,7 @@ async def test_a_payload_that_breaks_delivery_is_counted_and_costs_nothing_else(
             raise RuntimeError("a bug in decoding")
         real(data)
 
-    bus._on_payload = once  # type: ignore[attr-defined]
+    bus._deliver_payload = once  # type: ignore[attr-defined]
     events: list[str] = []
 
     async def down(_: object) -> None:

@@ -62,7 +62,6 @@ from pipecat_workers.bus.hub_wire import (
     read_frame,
     scan,
 )
-from pipecat_workers.bus.loops import RateLimitedLog
 from pipecat_workers.bus.network import DISCONNECTED, NetworkBus
 from pipecat_workers.bus.presence import Presence
 from pipecat_workers.bus.serializer import MessageSerializer
@@ -126,7 +125,6 @@ class HubBus(NetworkBus):
         self._names: dict[str, bytes] = {}  # runner -> its SEND name field
         self._features = 0  # what the hub said it offers in WELCOME
         self._presence = HubPresence()
-        self._payload_errors = RateLimitedLog(logger)
 
     @property
     def path(self) -> str:
@@ -252,12 +250,7 @@ class HubBus(NetworkBus):
 
     def _on_frame(self, op: int, data: bytes, start: int, end: int) -> None:
         if op == OP_PAYLOAD:
-            try:
-                self._on_payload(data[start + HEAD.size:end])
-            except Exception as exc:  # one bad payload must not cost the connection
-                self.loops.failed("payload", exc)
-                self._payload_errors.warning("bus on channel '%s' could not deliver a payload",
-                                             self._channel, exc_info=exc)
+            self._on_payload(data[start + HEAD.size:end])
         elif op == OP_JOINED:
             self._presence.joined(data[start + HEAD.size:end].decode(errors="replace"))
         elif op == OP_LEFT:

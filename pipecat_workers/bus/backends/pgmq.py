@@ -381,11 +381,7 @@ class PgmqBus(NetworkBus):
                 if not rows:
                     break
                 for row in rows:
-                    try:
-                        self._on_payload(row[1].encode("utf-8") if row[1] is not None else b"")
-                    except Exception as exc:  # one bad payload must not cost the batch
-                        self.loops.failed("payload", exc)
-                        logger.exception("could not deliver a message from '%s'", queue)
+                    self._on_payload(row[1].encode("utf-8") if row[1] is not None else b"")
                 # Ack after local delivery.
                 await conn.execute(_DELETE, queue, [row[0] for row in rows],
                                    timeout=_IO_TIMEOUT)

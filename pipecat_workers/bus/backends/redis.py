@@ -31,7 +31,6 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pipecat_workers.bus.backends.redis_presence import RedisPresence
-from pipecat_workers.bus.loops import RateLimitedLog
 from pipecat_workers.bus.network import NetworkBus
 from pipecat_workers.bus.presence import Presence
 from pipecat_workers.bus.serializer import MessageSerializer
@@ -84,7 +83,6 @@ class RedisBus(NetworkBus):
         self._outbox: list[_Outgoing] = []
         self._busy = False  # a publish is in flight: later ones queue behind it
         self._presence: RedisPresence | None = None
-        self._payload_errors = RateLimitedLog(logger)
 
     def _runner_channel(self, runner: str) -> str:
         return f"{self._channel}:runner:{runner}"
@@ -182,12 +180,7 @@ class RedisBus(NetworkBus):
             # math.inf: block without the client's socket timeout, as listen() does.
             reply = await read(timeout=math.inf, push_request=True)
             if isinstance(reply, list) and len(reply) == 3 and reply[0] in _MESSAGE:
-                try:
-                    on_payload(reply[2])
-                except Exception as exc:  # one bad payload must not cost the subscription
-                    self.loops.failed("payload", exc)
-                    self._payload_errors.warning("Redis reader of '%s' could not deliver a "
-                                                 "payload", self._channel, exc_info=exc)
+                on_payload(reply[2])
 
     async def probe(self, runner: str) -> bool | None:
         """A runner is connected iff its channel has a subscriber; a killed process's
