@@ -34,20 +34,7 @@ receiver cuts them off, restores ``U``, checks the HMAC over ``U`` and parses ``
 verifies exactly what was signed, channel and target incarnation included. Carriers must keep
 the bytes as they are (store them as a string, not as re-normalised JSON). A signing receiver
 drops unsigned and forged messages, messages whose ``ts`` is more than ``max_age`` seconds away
-from its clock, and replays:
-
-- Per sender prefix it keeps the highest counter accepted and which of the ``_WINDOW``
-  (1,024) counters below it were seen. A higher counter is new; one in the window is new
-  unless seen; one below the window is refused (too old to tell: every carrier keeps each
-  sender's order, so it is a replay). When a prefix is first heard, every lower counter counts
-  as seen. So a replay is refused however many messages passed since, and a sender costs
-  ``_WINDOW`` bits.
-- At most ``_MAX_SENDERS`` (4,096) prefixes are kept. A new one beyond that evicts the one
-  heard least recently; if that one's last message is not yet older than ``max_age``, the
-  receiver's floor rises to its timestamp, and a message from a prefix it does not know,
-  stamped at or before the floor, is refused (it may come from a forgotten sender). A flood of
-  new prefixes (which takes the secret) can delay a new sender whose clock lags, but never
-  reopens a replay.
+from its clock, and replays (:mod:`pipecat_workers.bus.replay` says how).
 
 A receiver without a secret reads signed messages without checking them, counts them
 (:attr:`JSONMessageSerializer.unverified`) and says once that the channel is signed: its own
@@ -63,9 +50,7 @@ import json
 import logging
 import math
 import os
-import re
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,6 +63,7 @@ from pipecat_workers.bus.codec import (
     nonfinite_path,
 )
 from pipecat_workers.bus.messages import BusLocalMessage, BusMessage, BusUnregisteredMessage
+from pipecat_workers.bus.replay import ReplayGuard
 from pipecat_workers.catalogue import adapter_named, lookup, type_name
 from pipecat_workers.errors import ConfigurationError, MessageTooLargeError, SerializationError
 
@@ -91,10 +77,6 @@ UNVERIFIED = {"bus_event": "unverified"}
 _SIG_HEAD = b',"sig":"'
 _SIG_LEN = len(_SIG_HEAD) + 64 + 2  # ,"sig":" + 64 hex digits + "}
 _MAX_LOGGED = 1024  # distinct (reason, type) keys that get a log line
-_WINDOW = 1024  # counters below a sender's highest that are remembered one by one
-_ALL_SEEN = (1 << _WINDOW) - 1
-_MAX_SENDERS = 4096  # sender prefixes remembered against replays
-_ID = re.compile(r"([0-9a-f]{1,32})-([0-9a-f]{1,16})")
 
 _REASONS: dict[str, str] = {
     "malformed": "malformed envelope or body",
@@ -225,8 +207,7 @@ class JSONMessageSerializer(MessageSerializer):
         self._keep_unknown = keep_unknown
         self._id_prefix = os.urandom(6).hex() + "-"
         self._counter = itertools.count()
-        self._senders: OrderedDict[str, _Sender] = OrderedDict()  # least recently heard first
-        self._floor = 0.0  # an unknown sender's message stamped at or before this is refused
+        self._replay = ReplayGuard(self._max_age)
         self._unverified = 0
         self._drops: dict[str, int] = dict.fromkeys(_REASONS, 0)
         self._logged: set[tuple[str, str]] = set()
@@ -394,36 +375,9 @@ class JSONMessageSerializer(MessageSerializer):
         )
 
     def _check_fresh(self, mid: str, ts: float, name: str) -> None:
-        """Refuse a stale message or a replay; remember the id of a fresh one (see the
-        module docstring for the rules)."""
-        now = time.time()
-        if not abs(now - ts) <= self._max_age:
-            raise Drop("stale", name)
-        match = _ID.fullmatch(mid)
-        if match is None:
-            raise Drop("malformed", name)
-        prefix, counter = match[1], int(match[2], 16)
-        senders = self._senders
-        sender = senders.get(prefix)
-        if sender is None:
-            if ts <= self._floor:
-                raise Drop("replayed", name)
-            if len(senders) >= _MAX_SENDERS:
-                self._forget_a_sender(now)
-            senders[prefix] = _Sender(counter, ts)
-            return
-        if not sender.accept(counter):
-            raise Drop("replayed", name)
-        if ts > sender.last_ts:
-            sender.last_ts = ts
-        senders.move_to_end(prefix)
-
-    def _forget_a_sender(self, now: float) -> None:
-        """Make room: forget the sender heard least recently, raising the floor to its last
-        timestamp unless even that has gone stale (then any replay of it is refused as such)."""
-        _, forgotten = self._senders.popitem(last=False)
-        if forgotten.last_ts + self._max_age >= now and forgotten.last_ts > self._floor:
-            self._floor = forgotten.last_ts
+        """Refuse a stale message or a replay; remember the id of a fresh one."""
+        if (reason := self._replay.check(mid, ts)) is not None:
+            raise Drop(reason, name)
 
     def _count_unverified(self) -> None:
         self._unverified += 1
@@ -442,31 +396,6 @@ class JSONMessageSerializer(MessageSerializer):
                 f" of type {name!r}" if name else "",
                 _REASONS[reason],
             )
-
-
-class _Sender:
-    """What a receiver remembers of one sender's message ids: the highest counter accepted,
-    and a bitmap of the ``_WINDOW`` counters up to it (bit ``i``: ``top - i`` was seen)."""
-
-    __slots__ = ("top", "seen", "last_ts")
-
-    def __init__(self, counter: int, ts: float) -> None:
-        self.top = counter
-        self.seen = _ALL_SEEN  # heard first now: every earlier counter counts as seen
-        self.last_ts = ts
-
-    def accept(self, counter: int) -> bool:
-        """Record ``counter``; False if it was seen, or is too far below the top to tell."""
-        ahead = counter - self.top
-        if ahead > 0:
-            self.seen = (self.seen << ahead | 1) & _ALL_SEEN if ahead < _WINDOW else 1
-            self.top = counter
-            return True
-        bit = 1 << -ahead if -ahead < _WINDOW else 0
-        if not bit or self.seen & bit:
-            return False
-        self.seen |= bit
-        return True
 
 
 def _number(value: Any) -> bool:

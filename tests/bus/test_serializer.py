@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipecat_workers.bus import messages
+from pipecat_workers.bus import replay as replay_module
 from pipecat_workers.bus import serializer as serializer_module
 from pipecat_workers.bus.messages import (
     BusDataMessage,
@@ -551,11 +552,11 @@ def test_replayed_message_is_dropped() -> None:
 
 def test_replay_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     # More in tests/bus/test_signing.py: per sender it is a fixed window, whatever the rate.
-    monkeypatch.setattr(serializer_module, "_MAX_SENDERS", 10)
+    monkeypatch.setattr(replay_module, "MAX_SENDERS", 10)
     s = ser(secret="k")
     for _ in range(50):
         assert s.decode(ser(secret="k").serialize(BusEndMessage(source="a"))) is not None
-    assert len(s._senders) <= 10
+    assert len(s._replay._senders) <= 10
 
 
 @pytest.mark.parametrize("offset", [-120.0, 120.0])

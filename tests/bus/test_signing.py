@@ -30,7 +30,7 @@ from pipecat_workers.bus import (
     JSONMessageSerializer,
     register_message,
 )
-from pipecat_workers.bus import serializer as serializer_module
+from pipecat_workers.bus import replay as replay_module
 from pipecat_workers.bus.network import NetworkBus
 from tests.helpers import Recorder, running, wait_until
 from tests.procs.cluster import SETTINGS, Cluster
@@ -154,7 +154,7 @@ def test_the_first_message_is_refused_after_200_000_others() -> None:
         assert receiver.decode(sender.serialize(end(), channel="c"), channel="c") is not None
     assert receiver.decode(first, channel="c") is None
     assert receiver.stats()["replayed"] == 1
-    assert len(receiver._senders) == 1  # one sender, one fixed-size record
+    assert len(receiver._replay._senders) == 1  # one sender, one fixed-size record
 
 
 def test_a_flood_of_new_senders_evicts_no_replay_protection() -> None:
@@ -163,10 +163,10 @@ def test_a_flood_of_new_senders_evicts_no_replay_protection() -> None:
     honest, receiver = ser(), ser()
     first = honest.serialize(end(), channel="c")
     assert receiver.decode(first, channel="c") is not None
-    flood = [ser().serialize(end(), channel="c") for _ in range(2 * serializer_module._MAX_SENDERS)]
+    flood = [ser().serialize(end(), channel="c") for _ in range(2 * replay_module.MAX_SENDERS)]
     for data in flood:
         assert receiver.decode(data, channel="c") is not None
-    assert len(receiver._senders) == serializer_module._MAX_SENDERS
+    assert len(receiver._replay._senders) == replay_module.MAX_SENDERS
     assert receiver.decode(first, channel="c") is None
     assert receiver.decode(flood[0], channel="c") is None
     assert receiver.stats()["replayed"] == 2
@@ -176,7 +176,7 @@ def test_a_flood_of_new_senders_evicts_no_replay_protection() -> None:
 
 def test_forgetting_a_stale_sender_does_not_raise_the_floor(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(serializer_module, "_MAX_SENDERS", 1)
+    monkeypatch.setattr(replay_module, "MAX_SENDERS", 1)
     receiver = ser(max_age=60.0)
     old = ser().serialize(end())
     assert receiver.decode(old) is not None
@@ -192,7 +192,7 @@ def test_forgetting_a_stale_sender_does_not_raise_the_floor(
 def test_out_of_order_ids_within_the_window_are_accepted_once() -> None:
     sender, receiver = ser(), ser()
     data = [sender.serialize(end(i)) for i in range(3000)]
-    window = serializer_module._WINDOW
+    window = replay_module.WINDOW
     assert receiver.decode(data[5]) is not None
     assert receiver.decode(data[3]) is None  # sent before the first one heard: unknowable
     assert receiver.decode(data[10]) is not None
@@ -404,7 +404,7 @@ async def test_a_request_sent_again_after_thousands_of_messages_does_not_run(
     await wait_until(lambda: "w" in caller.registry, timeout=5)
     await count(client, 1)
     first = next(data for _, data in sent if JOB_REQUEST in data)
-    pings = 3 * serializer_module._WINDOW
+    pings = 3 * replay_module.WINDOW
     for start in range(0, pings, 256):  # in rounds, so that no mailbox overflows
         for n in range(start, start + 256):
             await client.send_bus_message(Ping(source="client", target="w", n=n))
