@@ -12,11 +12,11 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from cli.forkserver import PR_SET_CHILD_SUBREAPER, TEMPLATE_ENV, Config, prctl
+from cli.forkserver.environment import common_env, template_env
 from cli.forkserver.fork import fork_template, forkable
 from cli.topology.model import Topology
 
@@ -47,28 +47,6 @@ def prepare() -> str | None:
     return None
 
 
-def template_env(env: Mapping[str, str], config: Config) -> dict[str, str]:
-    """The template's environment: the supervisor's with what most workers' ``env:`` set
-    (so that a preloaded module reads at import what they would), unbuffered as a worker
-    host's."""
-    return {**env, **dict(config.env), "PYTHONUNBUFFERED": "1"}
-
-
-def common_env(topology: Topology, env: Mapping[str, str]) -> dict[str, str]:
-    """For each variable some worker's ``env:`` sets, the value most worker processes get
-    (``env`` for those that do not set it), where that is not ``env``'s own: a worker that
-    gets another value is spawned if a preloaded module read it. A tie keeps ``env``'s."""
-    specs = list(topology.workers.values())
-    chosen: dict[str, str] = {}
-    for key in sorted({k for w in specs for k in w.env}):
-        votes = Counter(w.env.get(key, env.get(key)) for w in specs for _ in range(w.replicas))
-        default = env.get(key)
-        value, count = max(votes.items(), key=lambda kv: (kv[1], kv[0] == default))
-        if value is not None and value != default and count > votes[default]:
-            chosen[key] = value
-    return chosen
-
-
 def template_config(topology: Topology, excluded: Iterable[str] = ()) -> Config:
     """What a template for ``topology`` is told (its socket's descriptor is set at launch)."""
     modules = dict.fromkeys(w.class_path.partition(":")[0]  # checked when loaded
@@ -92,7 +70,7 @@ def launch(config: Config, env: Mapping[str, str]) -> Launched:
         config = replace(config, fd=theirs.fileno())
         pid = os.posix_spawn(
             sys.executable, [sys.executable, "-P", "-m", "cli.host"],
-            {**template_env(env, config), TEMPLATE_ENV: config.to_json()}, setsid=True,
+            {**template_env(env, dict(config.env)), TEMPLATE_ENV: config.to_json()}, setsid=True,
             file_actions=[
                 (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                 (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
@@ -118,7 +96,7 @@ def launch_early(topology: Topology, env: Mapping[str, str]) -> Launched | str:
     try:
         if forkable() is not None:
             return launch(config, env)
-        config, pid, sock, stderr_fd = fork_template(config, template_env(env, config))
+        config, pid, sock, stderr_fd = fork_template(config, template_env(env, dict(config.env)))
         try:
             pidfd = os.pidfd_open(pid)
         except OSError:

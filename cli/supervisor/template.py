@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from cli.forkserver import MAX_MESSAGE, Config, decode, send
-from cli.forkserver.launch import Launched, launch, prepare, template_config, template_env
+from cli.forkserver.environment import difference, refused, template_env
+from cli.forkserver.launch import Launched, launch, prepare, template_config
 from cli.supervisor.model import describe_exit
 from cli.supervisor.reaper import Reaper
 from cli.supervisor.status import TemplateStatus
@@ -36,7 +37,6 @@ from cli.topology.model import Topology
 READY_TIMEOUT = 60.0   # seconds for the template to import its modules
 ANSWER_TIMEOUT = 10.0  # seconds for it to answer one request
 MAX_EXCLUSIONS = 3     # inferred modules left out for being unsafe, before giving up
-_NOT_FORKABLE_ENV = ("PYTHON", "LD_")  # read by the interpreter or the loader at start
 
 
 class ForkUnavailable(Exception):
@@ -203,7 +203,7 @@ class Template:
                 raise ForkUnavailable("no template") from None
             except ForkUnavailable:
                 continue  # it failed or was replaced: the next one, if any
-            if (why := self._refuses(env, info, self._env_of(instance))) is not None:
+            if (why := refused(env, self._env_of(instance), info.get("env"))) is not None:
                 raise ForkUnavailable(why, note=f"spawned, not forked: {why}")
             answer = await self._ask(instance, env, cwd, fds)
             if answer.get("forked"):
@@ -222,31 +222,12 @@ class Template:
         return instance
 
     def _env_of(self, instance: _Instance) -> dict[str, str]:
-        return template_env(self._supervisor_env, instance.config)
-
-    @staticmethod
-    def _refuses(env: Mapping[str, str], info: Mapping[str, Any],
-                 template: Mapping[str, str]) -> str | None:
-        """Why this environment cannot be forked: it changes what the interpreter or a
-        preloaded module read when the template started (with ``template``)."""
-        read = set(info.get("env") or ())
-        for key in sorted(env.keys() | template.keys()):  # set, changed or unset
-            if template.get(key) == env.get(key) or not (
-                    key.startswith(_NOT_FORKABLE_ENV) or key in read):
-                continue
-            how = "sets" if key in env else "unsets"
-            if key.startswith(_NOT_FORKABLE_ENV):
-                return f"its env {how} {key}, which Python reads when it starts"
-            return f"its env {how} {key}, which a preloaded module read when imported"
-        return None
+        return template_env(self._supervisor_env, dict(instance.config.env))
 
     async def _ask(self, instance: _Instance, env: Mapping[str, str], cwd: Path,
                    fds: Sequence[int]) -> dict[str, Any]:
         ident = next(self._ids)
-        template = self._env_of(instance)
-        message = {"id": ident, "cwd": str(cwd),
-                   "env": {k: v for k, v in env.items() if template.get(k) != v},
-                   "unset": [k for k in template if k not in env]}
+        message = {"id": ident, "cwd": str(cwd), **difference(env, self._env_of(instance))}
         answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         instance.pending[ident] = answer
         try:

@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 from test_topology import check, load
 
-from cli.forkserver.launch import common_env
+from cli.forkserver.environment import common_env, refused
 from cli.forkserver.preloads import LIBRARY, infer_imports, is_project_module, plan_preloads
 from cli.imported import inherit, project_imports
-from cli.supervisor.template import Template
 
 
 def _write(root: Path, files: dict[str, str]) -> None:
@@ -135,10 +134,10 @@ def test_the_template_takes_the_value_most_worker_processes_get(tmp_path: Path) 
 def test_a_worker_that_changes_or_unsets_what_a_preload_read_is_not_forked() -> None:
     template = {"A": "1", "HF_HOME": "/x", "PATH": "/bin"}
     info = {"env": ["HF_HOME"]}
-    assert Template._refuses({"A": "2", "HF_HOME": "/x", "PATH": "/bin"}, info, template) is None
-    assert Template._refuses({"A": "1", "PATH": "/bin"}, info, template) == (
+    assert refused({"A": "2", "HF_HOME": "/x", "PATH": "/bin"}, template, info["env"]) is None
+    assert refused({"A": "1", "PATH": "/bin"}, template, info["env"]) == (
         "its env unsets HF_HOME, which a preloaded module read when imported")
-    assert Template._refuses({**template, "HF_HOME": "/y"}, info, template) == (
+    assert refused({**template, "HF_HOME": "/y"}, template, info["env"]) == (
         "its env sets HF_HOME, which a preloaded module read when imported")
-    assert Template._refuses({**template, "PYTHONPATH": "/p"}, info, template) == (
+    assert refused({**template, "PYTHONPATH": "/p"}, template, info["env"]) == (
         "its env sets PYTHONPATH, which Python reads when it starts")
