@@ -396,6 +396,22 @@ async def test_a_new_incarnation_replaces_the_old_and_watches_fire_again(bus) ->
         assert "old" not in a.registry and "w" in a.registry
 
 
+async def test_a_snapshot_sent_before_a_goodbye_and_arriving_after_it_brings_nobody_back(
+        bus) -> None:
+    # A runner that leaves while it answers our registry request: its answer can come after
+    # its goodbye. Its workers must not come back (to be declared "lost" once it is gone).
+    a = runner_on(bus, "runner-a")
+    async with running(a):
+        await bus.send(BusRunnerLeaveMessage(source="quick", runner="quick", incarnation=1.0))
+        await bus.send(BusWorkerRegistryMessage(source="quick", runner="quick", incarnation=1.0,
+                                                workers=[WorkerRegistryEntry(name="qw")]))
+        await asyncio.sleep(0.05)
+        assert "qw" not in a.registry and "quick" not in a.peers
+        # Its next incarnation is welcome.
+        await fake_runner(bus, "quick", 2.0, ["qw"], digest="again")
+        await wait_until(lambda: "qw" in a.registry)
+
+
 async def test_an_unknown_digest_asks_for_the_full_snapshot(bus) -> None:
     a = runner_on(bus, "runner-a", Settings(heartbeat_interval=10))
     peer = Recorder("peer")

@@ -306,10 +306,18 @@ class Membership(Announcer):
             return
         runner, incarnation = who
         peer = self._book.peers.get(runner)
-        if peer is None or incarnation < peer.incarnation:
+        now = asyncio.get_running_loop().time()
+        if peer is None:
+            # Not met yet: remembered all the same, so that a message it sent before its
+            # goodbye and that arrives after it (its answer to our registry request, say)
+            # does not bring it back, to be found "lost" once it is gone.
+            self._book.heard.pop(runner, None)
+            self._book.remember_leave(runner, incarnation, now)
+            return
+        if incarnation < peer.incarnation:
             return
         self._book.remove(runner)
-        self._book.remember_leave(runner, incarnation, asyncio.get_running_loop().time())
+        self._book.remember_leave(runner, incarnation, now)
         await self._registry.remove_runner(runner, reason="left")
 
     async def _on_worker_stopped(self, message: BusWorkerStoppedMessage) -> None:
