@@ -42,7 +42,7 @@ def _topology(n: int) -> str:
 def run_cli(project: Path, *args: str, timeout: float = 60.0) -> float:
     """Run ``workers ARGS`` in the project; its wall time in seconds."""
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "cli", *args], cwd=project, check=True,
+    subprocess.run([sys.executable, "-m", "pipecat_workers_cli", *args], cwd=project, check=True,
                    timeout=timeout, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     return time.perf_counter() - start
 
@@ -58,7 +58,7 @@ def throwaway_project(files: dict[str, str], *, prefix: str = "pw-bench-"
         try:
             yield project
         finally:
-            subprocess.run([sys.executable, "-m", "cli", "down"], cwd=project,
+            subprocess.run([sys.executable, "-m", "pipecat_workers_cli", "down"], cwd=project,
                            timeout=60, capture_output=True)
 
 

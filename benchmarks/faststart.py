@@ -190,9 +190,9 @@ def _answers(project: Path, names: list[str], version: int) -> int:
     """How many of ``names`` answer that they run ``version``."""
     right = 0
     for name in names:
-        out = subprocess.run([sys.executable, "-m", "cli", "call", name, "--job", "version",
-                              "--json"], cwd=project, capture_output=True, text=True,
-                             timeout=60)
+        out = subprocess.run([sys.executable, "-m", "pipecat_workers_cli", "call", name,
+                              "--job", "version", "--json"], cwd=project, capture_output=True,
+                             text=True, timeout=60)
         events = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
         answers = [e.get("data") for e in events if e.get("event") == "response"]
         right += out.returncode == 0 and answers == [{"version": version}]

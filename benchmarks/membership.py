@@ -345,10 +345,12 @@ def up_100(scale: Scale) -> Measurement:
         f"  w{i}: {{class: 'idle:Idle'}}\n" for i in range(100))
     with throwaway_project({"idle.py": IDLE_MODULE, "workers.yaml": topology}) as project:
         start = time.perf_counter()
-        up = subprocess.run([sys.executable, "-m", "cli", "up", "-d", "workers.yaml"],
+        up = subprocess.run([sys.executable, "-m", "pipecat_workers_cli", "up", "-d",
+                             "workers.yaml"],
                             cwd=project, timeout=300, capture_output=True, text=True)
         took = time.perf_counter() - start
-        ps = subprocess.run([sys.executable, "-m", "cli", "ps", "--json"], cwd=project,
+        ps = subprocess.run([sys.executable, "-m", "pipecat_workers_cli", "ps", "--json"],
+                            cwd=project,
                             timeout=60, capture_output=True, text=True)
     workers = json.loads(ps.stdout)["workers"] if ps.returncode == 0 else []
     ready = sum(w.get("registered") is True for w in workers)

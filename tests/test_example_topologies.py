@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 import yaml
+from pipecat_workers_cli.topology import check_args, expand, load_topology, resolve_class
 
-from cli.topology import check_args, expand, load_topology, resolve_class
 from examples.handoff.main import Conversation
 from examples.research.coordinator import Coordinator
 from examples.sensors.controller import Controller

@@ -77,7 +77,7 @@ def test_readme_main_command_runs_the_handoff_topology_to_its_end():
 
 
 def test_readme_topology_example_loads(tmp_path):
-    from cli.topology import load_topology
+    from pipecat_workers_cli.topology import load_topology
 
     block = re.search(r"```yaml\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
     assert block is not None

@@ -118,8 +118,8 @@ def test_every_hook_is_a_coroutine_and_an_event(hook):
 
 def test_library_never_imports_the_cli_stack():
     code = ("import sys, pipecat_workers, pipecat_workers.bus; "
-            "cli = ('click', 'rich', 'cli', 'yaml', 'watchfiles'); "
-            "print(','.join(m for m in cli if m in sys.modules))")
+            "stack = ('click', 'rich', 'pipecat_workers_cli', 'yaml', 'watchfiles'); "
+            "print(','.join(m for m in stack if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
 

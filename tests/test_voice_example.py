@@ -37,8 +37,8 @@ from pipecat.processors.aggregators.llm_response_universal import (
     LLMContextAggregatorPair,
     LLMUserAggregatorParams,
 )
+from pipecat_workers_cli.topology import check_args, expand, load_topology, resolve_class
 
-from cli.topology import check_args, expand, load_topology, resolve_class
 from examples.voice.main import TransportWorker
 from examples.voice.services import OfflineSTTService, OfflineTTSService
 from examples.voice.transport import TextTransport, TransportClosedError

@@ -18,7 +18,8 @@ import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
-from cli.commands.channel import Where, joined, locate
+from pipecat_workers_cli.commands.channel import Where, joined, locate
+
 from pipecat_workers import BaseWorker, JobError, JobEvent, WorkerRunner, WorkersError
 
 

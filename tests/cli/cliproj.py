@@ -1,9 +1,9 @@
 """Tiny projects in a temporary directory, driven through the real ``workers`` program.
 
-Used by ``test_cli_integration.py``: :func:`write_project` writes a topology and the worker
-module ``app_workers.py`` next to it; a :class:`Cli` runs ``python -m cli ...`` there as a
-subprocess, remembers every process id it sees (supervisor and workers), and
-:meth:`Cli.cleanup` leaves nothing running, whatever the test did.
+Used by ``test_cli_integration.py``: :func:`write_project` writes a topology and the worker module
+``app_workers.py`` next to it; a :class:`Cli` runs ``python -m pipecat_workers_cli ...`` there as a
+subprocess, remembers every process id it sees (supervisor and workers), and :meth:`Cli.cleanup`
+leaves nothing running, whatever the test did.
 
 On Linux the test process makes itself a *child subreaper* while a :class:`Cli` lives: a
 detached supervisor (and, when it is killed, its workers) is re-parented to the test rather
@@ -106,11 +106,12 @@ _UNSET = ("WORKERS_FILE", "PIPECAT_WORKERS_HOST", "PIPECAT_WORKERS_TEMPLATE", "W
           "NO_COLOR", "FORCE_COLOR", "CLICOLOR_FORCE",
           "PY_COLORS", "TTY_COMPATIBLE", "TTY_INTERACTIVE")
 _PR_SET_CHILD_SUBREAPER = 36
-# ``python -m cli ARGS`` with SIGINT back at its default (exec keeps the disposition).
+# ``python -m pipecat_workers_cli ARGS`` with SIGINT back at its default (exec keeps the
+# disposition).
 _DEFAULT_SIGINT = [
     sys.executable, "-c",
     "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
-    "os.execv(sys.executable, [sys.executable, '-m', 'cli', *sys.argv[1:]])",
+    "os.execv(sys.executable, [sys.executable, '-m', 'pipecat_workers_cli', *sys.argv[1:]])",
 ]
 _STARTED = re.compile(r"started, pid (\d+)")
 
@@ -323,7 +324,7 @@ class Cli:
     # -- running commands --------------------------------------------------------------
 
     def command(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "cli", *args]
+        return [sys.executable, "-m", "pipecat_workers_cli", *args]
 
     def run(self, *args: str, timeout: float = CLI_TIMEOUT,
             cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

@@ -9,8 +9,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from pipecat_workers_cli.topology import (
+    TopologyError,
+    WorkerClassError,
+    check_args,
+    load_topology,
+    resolve_class,
+)
 
-from cli.topology import TopologyError, WorkerClassError, check_args, load_topology, resolve_class
 from pipecat_workers import BaseWorker
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -229,5 +235,5 @@ def test_classes_module_imports_no_cli_libraries(monkeypatch: pytest.MonkeyPatch
     for name in list(sys.modules):
         if name.split(".")[0] in (*heavy, "cli"):
             monkeypatch.delitem(sys.modules, name)  # restored after the test
-    importlib.import_module("cli.topology.classes")
+    importlib.import_module("pipecat_workers_cli.topology.classes")
     assert [m for m in sys.modules if m.split(".")[0] in heavy] == []

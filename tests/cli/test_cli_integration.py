@@ -1,9 +1,9 @@
 """The real ``workers`` program on tiny projects in a temporary directory.
 
-Each test writes a topology and a worker module (see ``cliproj.py``) into ``tmp_path`` and
-runs ``python -m cli ...`` there as a subprocess, the way a user would: ``up -d``, ``ps``,
-``call``, ``logs``, ``restart``, ``down``, a foreground ``up`` and its signals, crash loops and
-configuration errors. Every test leaves nothing running: the ``clis`` fixture brings every
+Each test writes a topology and a worker module (see ``cliproj.py``) into ``tmp_path`` and runs
+``python -m pipecat_workers_cli ...`` there as a subprocess, the way a user would: ``up -d``,
+``ps``, ``call``, ``logs``, ``restart``, ``down``, a foreground ``up`` and its signals, crash loops
+and configuration errors. Every test leaves nothing running: the ``clis`` fixture brings every
 project down and kills any process of ours still there, even when the test failed.
 
 Starting the CLI costs about half a second, so the steps are grouped into a few scenarios,

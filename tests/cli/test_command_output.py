@@ -17,19 +17,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pipecat_workers_cli.commands.bus import _Printer, _registered
+from pipecat_workers_cli.commands.channel import Where, _channel_of
+from pipecat_workers_cli.commands.up import _exited_early, _verdict
+from pipecat_workers_cli.errors import CommandError, StateDirError
+from pipecat_workers_cli.logs.reader import LogRecord
+from pipecat_workers_cli.main import OneLineFormatter, configure_logging
+from pipecat_workers_cli.render.plain import PlainRenderer
+from pipecat_workers_cli.states import select, worker_line
+from pipecat_workers_cli.supervisor.statedir import StateDir
+from pipecat_workers_cli.supervisor.status import ProjectStatus, WorkerStatus
+from pipecat_workers_cli.topology import load_topology
 from rich.console import Console
 
-from cli.commands.bus import _Printer, _registered
-from cli.commands.channel import Where, _channel_of
-from cli.commands.up import _exited_early, _verdict
-from cli.errors import CommandError, StateDirError
-from cli.logs.reader import LogRecord
-from cli.main import OneLineFormatter, configure_logging
-from cli.render.plain import PlainRenderer
-from cli.states import select, worker_line
-from cli.supervisor.statedir import StateDir
-from cli.supervisor.status import ProjectStatus, WorkerStatus
-from cli.topology import load_topology
 from pipecat_workers.bus import BusEndMessage, BusHeartbeatMessage
 from pipecat_workers.errors import BusConnectionError
 
@@ -294,8 +294,7 @@ def test_tail_stops_quietly_when_its_reader_goes_away() -> None:
 def test_an_error_with_brackets_is_printed_as_it_is(tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     from click.testing import CliRunner
-
-    from cli.main import main
+    from pipecat_workers_cli.main import main
 
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(main, ["check", "bad/[x].yaml"])
@@ -309,7 +308,7 @@ def test_an_error_with_brackets_is_printed_as_it_is(tmp_path: Path,
 
 
 def test_tables_show_names_and_reasons_as_they_are() -> None:
-    from cli.render.tables import project_table, runners_table
+    from pipecat_workers_cli.render.tables import project_table, runners_table
 
     status = project(worker("w", "crashed", reason="bad [red]x[/] and [/]"))
     out = io.StringIO()
@@ -322,7 +321,7 @@ def test_tables_show_names_and_reasons_as_they_are() -> None:
 
 
 def test_the_live_views_last_frame_does_not_say_it_still_runs() -> None:
-    from cli.render.live import LiveRenderer
+    from pipecat_workers_cli.render.live import LiveRenderer
 
     out = io.StringIO()
     view = LiveRenderer(load_topology(Path(__file__).parents[2] / "configs/sensors.yaml"),
@@ -336,7 +335,7 @@ def test_the_live_views_last_frame_does_not_say_it_still_runs() -> None:
 
 
 def test_hints_name_the_project_so_that_they_work_from_here(tmp_path: Path) -> None:
-    from cli.project import command_for
+    from pipecat_workers_cli.project import command_for
 
     (tmp_path / "sub").mkdir()
     a = tmp_path / "sub" / "a.yaml"
@@ -354,8 +353,7 @@ def test_hints_name_the_project_so_that_they_work_from_here(tmp_path: Path) -> N
 def test_with_several_stopped_projects_ps_and_down_answer_for_all(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from click.testing import CliRunner
-
-    from cli.main import main
+    from pipecat_workers_cli.main import main
 
     for name in ("handoff", "research"):
         (tmp_path / ".workers" / name).mkdir(parents=True)
@@ -375,9 +373,9 @@ def test_with_several_stopped_projects_ps_and_down_answer_for_all(
 def test_check_reports_a_bus_whose_driver_is_missing(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from click.testing import CliRunner
+    from pipecat_workers_cli.main import main
 
     import pipecat_workers.bus
-    from cli.main import main
 
     monkeypatch.setitem(pipecat_workers.bus._LAZY, "RedisBus",
                         ("pipecat_workers.bus.backends.redis", "no_such_driver_here", "redis"))
@@ -394,8 +392,8 @@ def test_check_reports_a_bus_whose_driver_is_missing(
 
 
 def test_a_piped_table_is_not_wrapped_at_80_columns(monkeypatch: pytest.MonkeyPatch) -> None:
-    from cli.render import PIPED_WIDTH, table_console
-    from cli.render.tables import project_table
+    from pipecat_workers_cli.render import PIPED_WIDTH, table_console
+    from pipecat_workers_cli.render.tables import project_table
 
     monkeypatch.setattr(sys.stdout, "isatty", lambda: False, raising=False)
     console = table_console()
@@ -411,8 +409,7 @@ def test_a_piped_table_is_not_wrapped_at_80_columns(monkeypatch: pytest.MonkeyPa
 def test_up_refuses_unknown_workers_and_a_second_topology_at_once(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from click.testing import CliRunner
-
-    from cli.main import main
+    from pipecat_workers_cli.main import main
 
     (tmp_path / "t.yaml").write_text("name: t\nroot: .\nworkers:\n  w: {class: 'm:W'}\n"
                                      "  r: {class: 'm:W', replicas: 2}\n")

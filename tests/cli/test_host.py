@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pipecat_workers_cli.host import EXIT_CONFIG, HostSpec, _Status, build_bus, host
 
-from cli.host import EXIT_CONFIG, HostSpec, _Status, build_bus, host
 from pipecat_workers.bus import BusHub, HubBus
 from pipecat_workers.errors import ConfigurationError
 

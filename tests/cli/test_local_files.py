@@ -1,9 +1,9 @@
 """The files a project keeps next to its topology: private to the user, never reached through
 a link that someone else planted, and worker output that survives a deleted logs directory.
 
-The rules are in :mod:`cli.supervisor.statedir`: ``.workers``, the project's directory and
-``logs`` are each a directory of this user (made 0700, tightened to 0700) or a link made by
-this user to one; files are 0600 and never opened through a link. A test that needs a file
+The rules are in :mod:`pipecat_workers_cli.supervisor.statedir`: ``.workers``, the project's
+directory and ``logs`` are each a directory of this user (made 0700, tightened to 0700) or a link
+made by this user to one; files are 0600 and never opened through a link. A test that needs a file
 of *another* user makes it with ``lchown``, so it runs as root only (it is skipped otherwise).
 """
 
@@ -21,10 +21,9 @@ from pathlib import Path
 
 import pytest
 from cliproj import Cli, wait_for, write_project
-
-from cli.errors import StateDirError
-from cli.logs import LogWriter, read_records
-from cli.supervisor.statedir import StateDir, find_state_dirs
+from pipecat_workers_cli.errors import StateDirError
+from pipecat_workers_cli.logs import LogWriter, read_records
+from pipecat_workers_cli.supervisor.statedir import StateDir, find_state_dirs
 
 OTHER = 65534  # nobody
 needs_root = pytest.mark.skipif(os.geteuid() != 0,
@@ -205,7 +204,7 @@ def test_a_deleted_logs_directory_is_made_again_with_one_warning(
     for writer in writers:
         writer.write("out", "before")
     shutil.rmtree(tmp_path / ".workers")
-    with caplog.at_level(logging.WARNING, logger="cli.logs"):
+    with caplog.at_level(logging.WARNING, logger="pipecat_workers_cli.logs"):
         for writer in writers:
             writer.write("out", "after")
         fresh = LogWriter(logs / "w3.log")

@@ -12,10 +12,9 @@ from contextlib import aclosing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pipecat_workers_cli.logs
 import pytest
-
-import cli.logs
-from cli.logs import (
+from pipecat_workers_cli.logs import (
     LineSplitter,
     LogRecord,
     LogWriter,
@@ -27,8 +26,8 @@ from cli.logs import (
     pump,
     read_records,
 )
-from cli.logs import reader as reader_module
-from cli.logs.writer import MAX_LINE_BYTES
+from pipecat_workers_cli.logs import reader as reader_module
+from pipecat_workers_cli.logs.writer import MAX_LINE_BYTES
 
 T0 = datetime(2026, 11, 22, 5, 40, 1, 123456, tzinfo=UTC)
 LINE_BYTES = 40  # "2026-11-22T05:40:01.123456Z out line-00\n"
@@ -445,12 +444,13 @@ def test_parse_since_message():
 
 
 def test_all_is_sorted_and_complete():
-    assert cli.logs.__all__ == sorted(set(cli.logs.__all__))
-    assert all(hasattr(cli.logs, name) for name in cli.logs.__all__)
+    assert pipecat_workers_cli.logs.__all__ == sorted(set(pipecat_workers_cli.logs.__all__))
+    assert all(hasattr(pipecat_workers_cli.logs, name) for name in pipecat_workers_cli.logs.__all__)
 
 
 def test_logs_modules_import_neither_click_nor_rich():
-    code = "import sys, cli.logs; print(sorted({'click', 'rich'} & set(sys.modules)))"
+    code = ("import sys, pipecat_workers_cli.logs; "
+            "print(sorted({'click', 'rich'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).parents[2])
     assert out.stdout.strip() == "[]"

@@ -14,9 +14,8 @@ from typing import Any
 
 import pytest
 from fakes import T0, FakeClock
-
-from cli.host import EXIT_CONFIG
-from cli.supervisor.machine import (
+from pipecat_workers_cli.host import EXIT_CONFIG
+from pipecat_workers_cli.supervisor.machine import (
     Drain,
     Kill,
     Machine,
@@ -25,7 +24,7 @@ from cli.supervisor.machine import (
     State,
     Timing,
 )
-from cli.topology.model import (
+from pipecat_workers_cli.topology.model import (
     ChannelSpec,
     ProcessSpec,
     RestartPolicy,

@@ -9,11 +9,15 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from pipecat_workers_cli.forkserver.environment import common_env, refused
+from pipecat_workers_cli.forkserver.preloads import (
+    LIBRARY,
+    infer_imports,
+    is_project_module,
+    plan_preloads,
+)
+from pipecat_workers_cli.imported import inherit, project_imports
 from test_topology import check, load
-
-from cli.forkserver.environment import common_env, refused
-from cli.forkserver.preloads import LIBRARY, infer_imports, is_project_module, plan_preloads
-from cli.imported import inherit, project_imports
 
 
 def _write(root: Path, files: dict[str, str]) -> None:
@@ -87,7 +91,7 @@ def test_a_forked_worker_reports_the_templates_project_files_and_its_own(
     importlib.import_module("skip_mod")
 
     root = tmp_path.resolve()
-    monkeypatch.setattr("cli.imported._inherited_root", "")
+    monkeypatch.setattr("pipecat_workers_cli.imported._inherited_root", "")
     assert inherit(root) == [str(root / "first_mod.py")]
     importlib.import_module("second_mod")  # imported "after the fork"
 

@@ -17,12 +17,10 @@ from typing import Any
 
 import pytest
 from fakes import T0, FakeClock
-from watchfiles import Change
-
-from cli.host import EXIT_CONFIG
-from cli.logs.reader import LogRecord
-from cli.supervisor.driver import Supervisor
-from cli.supervisor.machine import (
+from pipecat_workers_cli.host import EXIT_CONFIG
+from pipecat_workers_cli.logs.reader import LogRecord
+from pipecat_workers_cli.supervisor.driver import Supervisor
+from pipecat_workers_cli.supervisor.machine import (
     Drain,
     Kill,
     Machine,
@@ -32,15 +30,15 @@ from cli.supervisor.machine import (
     Timing,
     same_process,
 )
-from cli.supervisor.reload import (
+from pipecat_workers_cli.supervisor.reload import (
     DEBOUNCE_STEP_MS,
     ChangeWatcher,
     ProjectFilter,
     ReloadPlan,
     plan,
 )
-from cli.supervisor.status import ProjectStatus
-from cli.topology.model import (
+from pipecat_workers_cli.supervisor.status import ProjectStatus
+from pipecat_workers_cli.topology.model import (
     ChannelSpec,
     ProcessSpec,
     RestartPolicy,
@@ -48,6 +46,7 @@ from cli.topology.model import (
     WorkerSpec,
     expand,
 )
+from watchfiles import Change
 
 SIGTERM, SIGKILL = signal.SIGTERM, signal.SIGKILL
 ROOT = Path("/project")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import sys
 
-from cli.supervisor.report import FeedHandler, job_news
-from cli.supervisor.status import ProjectStatus, WorkerStatus
+from pipecat_workers_cli.supervisor.report import FeedHandler, job_news
+from pipecat_workers_cli.supervisor.status import ProjectStatus, WorkerStatus
 
 
 def status(**jobs: dict[str, int]) -> ProjectStatus:
@@ -40,10 +40,9 @@ def test_feed_handler_gives_one_line_per_record_with_the_error_but_no_traceback(
 
 
 def test_a_runner_whose_loop_keeps_failing_shows_in_ps() -> None:
+    from pipecat_workers_cli.render.tables import project_table, runners_table
+    from pipecat_workers_cli.supervisor.report import failing_loops
     from rich.console import Console
-
-    from cli.render.tables import project_table, runners_table
-    from cli.supervisor.report import failing_loops
 
     loops = {"membership": {"failures": 4, "last_error": "TypeError: boom", "failing": True},
              "job_checks": {"failures": 1, "last_error": "OSError: x", "failing": False}}

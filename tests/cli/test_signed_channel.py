@@ -50,7 +50,7 @@ async def workers(*args: str, secret: str | None = None) -> tuple[int, str, str,
     loop = asyncio.get_running_loop()
     started = loop.time()
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "cli", *args, cwd=ROOT, env=env,
+        sys.executable, "-m", "pipecat_workers_cli", *args, cwd=ROOT, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
         out, err = await asyncio.wait_for(process.communicate(), 40)

@@ -13,13 +13,12 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
+import pipecat_workers_cli.topology
 import pytest
 import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-
-import cli.topology
-from cli.topology import (
+from pipecat_workers_cli.topology import (
     BACKENDS,
     RestartPolicy,
     Topology,
@@ -28,8 +27,9 @@ from cli.topology import (
     load_topology,
     topology_schema,
 )
-from cli.topology.fields import WORKER_FIELDS
-from cli.topology.schema import CHANNEL_KEYS, TOP_KEYS, WORKER_KEYS, render_schema
+from pipecat_workers_cli.topology.fields import WORKER_FIELDS
+from pipecat_workers_cli.topology.schema import CHANNEL_KEYS, TOP_KEYS, WORKER_KEYS, render_schema
+
 from pipecat_workers.errors import ConfigurationError, WorkersError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -506,7 +506,7 @@ workers:
 def test_published_schema_is_current() -> None:
     published = ROOT / "configs" / "topology.schema.json"
     assert published.read_text() == render_schema(), (
-        "regenerate: python -m cli.topology.schema > configs/topology.schema.json")
+        "regenerate: python -m pipecat_workers_cli.topology.schema > configs/topology.schema.json")
     assert json.loads(published.read_text()) == topology_schema()
 
 
@@ -537,11 +537,11 @@ def test_example_topologies_load(path: Path) -> None:
 
 
 def test_public_names() -> None:
-    assert cli.topology.__all__ == sorted(cli.topology.__all__)
-    for name in cli.topology.__all__:
-        assert getattr(cli.topology, name) is not None
+    assert pipecat_workers_cli.topology.__all__ == sorted(pipecat_workers_cli.topology.__all__)
+    for name in pipecat_workers_cli.topology.__all__:
+        assert getattr(pipecat_workers_cli.topology, name) is not None
     with pytest.raises(AttributeError):
-        _ = cli.topology.nothing_here
+        _ = pipecat_workers_cli.topology.nothing_here
 
 
 # -- bounded input: every error one line, fast, in little memory ------------------------------

@@ -1,3 +1,0 @@
-from cli.main import main
-
-main(prog_name="workers")

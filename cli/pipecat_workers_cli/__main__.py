@@ -1,0 +1,3 @@
+from pipecat_workers_cli.main import main
+
+main(prog_name="workers")

@@ -1,0 +1,21 @@
+"""The ``workers`` commands, one module per family, imported only when used.
+
+``workers ps`` should answer as fast as the interpreter starts, so the group imports a
+command's module (and through it the supervisor, the bus or rich) only when that command runs.
+"""
+
+from __future__ import annotations
+
+# command name -> "module:attribute", in the order ``workers --help`` lists them
+COMMANDS: dict[str, str] = {
+    "up": "pipecat_workers_cli.commands.up:up",
+    "ps": "pipecat_workers_cli.commands.inspect:ps",
+    "logs": "pipecat_workers_cli.commands.inspect:logs",
+    "down": "pipecat_workers_cli.commands.lifecycle:down",
+    "stop": "pipecat_workers_cli.commands.lifecycle:stop",
+    "start": "pipecat_workers_cli.commands.lifecycle:start",
+    "restart": "pipecat_workers_cli.commands.lifecycle:restart",
+    "check": "pipecat_workers_cli.commands.bus:check",
+    "call": "pipecat_workers_cli.commands.bus:call",
+    "tail": "pipecat_workers_cli.commands.bus:tail",
+}

@@ -1,0 +1,329 @@
+"""``workers check``, ``call`` and ``tail``: the topology's classes, and the bus itself."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import sys
+from collections.abc import Coroutine
+from datetime import datetime
+from typing import IO, Any, TypeVar
+
+import click
+
+from pipecat_workers import BaseWorker, JobError, JobStatus, WorkerRunner
+from pipecat_workers.bus import (
+    BusHeartbeatMessage,
+    BusMessage,
+    BusUnregisteredMessage,
+    JSONMessageSerializer,
+    WorkerBus,
+)
+from pipecat_workers.bus.network import DISCONNECTED, NetworkBus
+from pipecat_workers.bus.serializer import SECRET_ENV, UNVERIFIED
+from pipecat_workers.errors import WorkersError
+from pipecat_workers.monitor import BusMonitor
+from pipecat_workers_cli.commands.channel import Where, joined, locate
+from pipecat_workers_cli.errors import CommandError
+from pipecat_workers_cli.host import bus_class
+from pipecat_workers_cli.render import plural
+from pipecat_workers_cli.topology import load_topology
+from pipecat_workers_cli.topology.classes import check_args, resolve_class
+
+T = TypeVar("T")
+
+SIGNED_CHANNEL = f"messages on this channel are signed; set {SECRET_ENV}"
+
+
+@click.command()
+@click.argument("file", required=False)
+@click.pass_context
+def check(ctx: click.Context, file: str | None) -> None:
+    """Validate FILE and import every worker class, without starting anything."""
+    path = file or ctx.obj.get("file")
+    if path is None:
+        raise CommandError("which topology? `workers check FILE`")
+    topology = load_topology(path)
+    sys.path.insert(0, str(topology.root))
+    failures = 0
+    for channel in topology.channels.values():
+        try:
+            bus_class(channel.backend)  # its driver is installed
+        except WorkersError as exc:
+            failures += 1
+            click.secho(f"error: {path}:{channel.line}: channels.{channel.key}.backend: {exc}",
+                        fg="red", err=True)
+    for spec in topology.workers.values():
+        field = f"workers.{spec.key}.class"
+        try:
+            cls = resolve_class(spec.class_path)
+            field = f"workers.{spec.key}.args"
+            check_args(cls, spec.key, spec.args)
+        except WorkersError as exc:
+            failures += 1
+            click.secho(f"error: {path}:{spec.line}: {field}: {exc}", fg="red", err=True)
+        else:
+            click.echo(f"ok  {spec.key:<16} {spec.class_path}")
+    if failures:
+        raise CommandError(f"{plural(failures, 'error')} in {path}")
+    click.echo(f"{topology.name}: {plural(len(topology.workers), 'worker')}, "
+               f"{plural(len(topology.channels), 'channel')}: ok")
+
+
+@click.command()
+@click.argument("worker")
+@click.option("--job", "job_name", metavar="NAME", help="The job's name (its @job handler).")
+@click.option("--payload", metavar="JSON", default="{}", help="The job's payload, a JSON "
+              "object.")
+@click.option("--timeout", type=float, default=30.0, show_default=True,
+              help="Seconds to wait for the worker and its answer.")
+@click.option("--json", "as_json", is_flag=True, help="Print events as JSON lines.")
+@click.option("--channel", metavar="KEY|NAME", help="The channel (default: the worker's).")
+@click.option("--url", metavar="URL", help="Join this bus instead of the project's.")
+@click.pass_context
+def call(ctx: click.Context, worker: str, job_name: str | None, payload: str,
+         timeout: float, as_json: bool, channel: str | None, url: str | None) -> None:
+    """Send a job to WORKER and show its updates, stream and answer.
+
+    Exits 0 when the job completed, 1 when it failed, errored or was cancelled, 124 when no
+    answer came in time.
+    """
+    try:
+        body = json.loads(payload)
+    except ValueError as exc:
+        raise CommandError(f"--payload: not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise CommandError("--payload: expected a JSON object, like '{\"topic\": \"solar\"}'")
+    where = locate(ctx.obj, channel, url, worker=worker)
+    sys.exit(asyncio.run(_call(where, worker, job_name, body, timeout, as_json)))
+
+
+class _Caller(BaseWorker):
+    """The terminal's stand-in on the bus."""
+
+
+async def _call(where: Where, target: str, job_name: str | None, payload: dict[str, Any],
+                timeout: float, as_json: bool) -> int:
+    name = f"workers-call-{os.getpid()}"
+    _hide(UNVERIFIED)  # a signed channel ends the call with one line that says it
+    bus = where.bus()
+    runner = WorkerRunner(name=f"{name}-runner", bus=bus, handle_sigint=False)
+    caller = _Caller(name)
+    await runner.add_workers(caller)
+    async with joined(where, bus):
+        run = asyncio.ensure_future(runner.run(auto_end=False))
+
+        async def call() -> int:
+            await _registered(where, caller, run)
+            return await _request(caller, target, job_name, payload, timeout, as_json)
+
+        try:
+            return await asyncio.wait_for(_unless_signed(bus, call()), timeout)
+        except TimeoutError:
+            click.secho(f"error: no answer from '{target}' within {timeout:g} s", fg="red",
+                        err=True)
+            return 124
+        except CommandError:
+            raise
+        except WorkersError as exc:
+            raise CommandError(str(exc)) from None
+        finally:
+            await runner.cancel(reason="call done")
+            await asyncio.gather(run, return_exceptions=True)
+
+
+async def _unless_signed(bus: WorkerBus, work: Coroutine[Any, Any, T]) -> T:
+    """Await ``work``, unless the channel turns out to be signed and we have no secret: our
+    messages are dropped there, so say so at once instead of waiting for nothing.
+
+    Raises:
+        CommandError: a signed message arrived and this process cannot sign.
+    """
+    serializer = bus.serializer if isinstance(bus, NetworkBus) else None
+    if not isinstance(serializer, JSONMessageSerializer) or serializer.signed:
+        return await work
+    task = asyncio.ensure_future(work)
+    try:
+        while not task.done():
+            if serializer.unverified:  # the peers' heartbeats arrive every second
+                raise CommandError(SIGNED_CHANNEL)
+            await asyncio.wait({task}, timeout=0.05)
+        return task.result()
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+async def _registered(where: Where, caller: _Caller, run: asyncio.Future[None]) -> None:
+    """Wait until the caller is on the bus, or fail as soon as its runner does."""
+    registered = asyncio.ensure_future(caller.wait_registered())
+    try:
+        await asyncio.wait({registered, run}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        registered.cancel()
+        await asyncio.gather(registered, return_exceptions=True)
+    if run.done():
+        raise where.cannot_join(run.exception() or "the bus stopped")
+
+
+async def _request(caller: _Caller, target: str, job_name: str | None,
+                   payload: dict[str, Any], timeout: float, as_json: bool) -> int:
+    try:
+        async with caller.job(target, name=job_name, payload=payload, timeout=timeout) as job:
+            async for event in job:
+                _show(as_json, {"event": str(event.type), "data": event.data})
+    except JobError as exc:
+        status = exc.statuses.get(target) if exc.statuses else None
+        _show(as_json, {"event": "response", "status": str(status or "error"),
+                        "data": (exc.responses or {}).get(target), "error": exc.reason})
+        return 1
+    status = job.status
+    _show(as_json, {"event": "response", "status": str(status), "data": job.response})
+    return 0 if status is JobStatus.COMPLETED else 1
+
+
+def _show(as_json: bool, event: dict[str, Any]) -> None:
+    if as_json:
+        click.echo(json.dumps(event, default=str))
+        return
+    kind = event["event"]
+    data = json.dumps(event.get("data"), default=str)
+    if kind == "response":
+        if event.get("error"):
+            click.secho(f"{event['status']}: {event['error']}", fg="red")
+        else:
+            colour = "green" if event["status"] == "completed" else "red"
+            click.secho(f"{event['status']}: {data}", fg=colour)
+    else:
+        click.echo(f"{kind:<13} {data}")
+
+
+@click.command()
+@click.option("--channel", metavar="KEY|NAME", help="The channel (default: the only one).")
+@click.option("--url", metavar="URL", help="Join this bus instead of the project's.")
+@click.option("--heartbeats", is_flag=True, help="Also show heartbeats (sent when a runner's "
+              "counters change).")
+@click.option("--json", "as_json", is_flag=True, help="Print messages as JSON lines.")
+@click.pass_context
+def tail(ctx: click.Context, channel: str | None, url: str | None, heartbeats: bool,
+         as_json: bool) -> None:
+    """Print the messages on a channel as they pass, until Ctrl-C, until the project stops
+    (on the embedded bus), or (piped into `head`, say) until the reader stops.
+
+    On the embedded bus it shows every message. On Redis and PGMQ it shows what reaches
+    every runner (registry, heartbeats, broadcasts): a message for one worker travels only
+    to its process.
+    """
+    where = locate(ctx.obj, channel, url)
+    printer = _Printer(f"workers-tail-{os.getpid()}", heartbeats=heartbeats, as_json=as_json)
+    try:
+        asyncio.run(_tail(where, printer))
+    except KeyboardInterrupt:
+        sys.exit(130)
+    if printer.project_stopped:
+        click.echo("the project stopped (its supervisor hosted the bus)", err=True)
+        return
+    # The reader of our output went away (`workers tail | head`). End quietly, as Unix
+    # tools do: stdout on devnull, so that the interpreter's last flush (of what the pipe
+    # refused) does not fail too.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def describe(message: BusMessage) -> tuple[str, dict[str, Any]]:
+    """A message's short type name (``JobRequest``; an application type by its registered
+    name) and its fields that are set."""
+    if isinstance(message, BusUnregisteredMessage):
+        kind, values = message.type_name, message.body
+    else:
+        kind = type(message).__name__.removeprefix("Bus").removesuffix("Message")
+        values = {f.name: getattr(message, f.name) for f in dataclasses.fields(message)
+                  if f.name not in ("source", "target")}
+    return kind, {k: v for k, v in values.items() if v not in (None, "", [], {})}
+
+
+def _plain(value: object) -> object:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return str(value)
+
+
+class _Printer:
+    """Prints the messages ``tail`` shows, until the reader of its output goes away.
+
+    Args:
+        name: ``tail``'s own runner, whose messages are not shown.
+        heartbeats: Show heartbeats too.
+        as_json: One JSON object a line, instead of a timed line of text.
+        out: Where to print; default: stdout.
+    """
+
+    def __init__(self, name: str, *, heartbeats: bool, as_json: bool,
+                 out: IO[str] | None = None) -> None:
+        self.name = name
+        self.closed = asyncio.Event()  # the output's reader went away, or the project stopped
+        self.project_stopped = False
+        self._heartbeats = heartbeats
+        self._as_json = as_json
+        self._out = out
+
+    def __call__(self, message: BusMessage) -> None:
+        if self.closed.is_set() or message.source == self.name or (
+                not self._heartbeats and isinstance(message, BusHeartbeatMessage)):
+            return
+        try:
+            click.echo(self._line(message), file=self._out)
+        except BrokenPipeError:
+            self.closed.set()
+
+    def _line(self, message: BusMessage) -> str:
+        kind, fields = describe(message)
+        if self._as_json:
+            return json.dumps({"type": kind, "source": message.source,
+                               "target": message.target, **fields}, default=_plain)
+        to = f" -> {message.target}" if message.target else ""
+        when = datetime.now().strftime("%H:%M:%S.%f")[:-3]
+        body = " ".join(f"{k}={json.dumps(v, default=_plain)}" for k, v in fields.items())
+        return f"{when} {kind:<16} {message.source}{to}  {body[:300]}"
+
+
+def _hide(event: dict[str, str]) -> None:
+    """Leave the library's log record of ``event`` out: the command says it in its own way."""
+    def shown(record: logging.LogRecord) -> bool:
+        return getattr(record, "bus_event", None) != event["bus_event"]
+
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(shown)
+
+
+async def _tail(where: Where, printer: _Printer) -> None:
+    """Print the channel's messages until the output's reader goes away, or the supervisor
+    that hosts an embedded bus does (the project stopped: there will be nothing more)."""
+    bus = where.bus(everything=True)
+    if where.backend == "local" and isinstance(bus, NetworkBus):
+        async def hub_gone(bus: object) -> None:
+            printer.project_stopped = True
+            printer.closed.set()
+
+        bus.add_event_handler("on_disconnected", hub_gone)
+        _hide(DISCONNECTED)  # one line at the end says it instead
+    _hide(UNVERIFIED)
+    serializer = bus.serializer if isinstance(bus, NetworkBus) else None
+
+    def show(message: BusMessage) -> None:
+        # What this process cannot check is not shown: on a signed channel, tail fails instead.
+        if not (isinstance(serializer, JSONMessageSerializer) and serializer.unverified):
+            printer(message)
+
+    monitor = BusMonitor(bus, name=printer.name, on_message=show)
+    async with joined(where, bus):
+        try:
+            async with monitor:
+                await _unless_signed(bus, printer.closed.wait())
+        except CommandError:
+            raise
+        except (WorkersError, OSError) as exc:
+            raise where.cannot_join(exc) from None

@@ -1,0 +1,168 @@
+"""``workers ps`` and ``workers logs``: look at a project from any terminal."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import click
+
+from pipecat_workers_cli.errors import CommandError, SeveralProjects
+from pipecat_workers_cli.logs.reader import follow, merge, read_records
+from pipecat_workers_cli.logs.timespec import parse_since
+from pipecat_workers_cli.project import Project, find_project
+from pipecat_workers_cli.states import ENDED
+from pipecat_workers_cli.supervisor.statedir import state_errors
+from pipecat_workers_cli.supervisor.status import ProjectStatus
+
+if TYPE_CHECKING:
+    from pipecat_workers_cli.render.plain import PlainRenderer
+
+_STALE = "supervisor not answering; showing its last recorded state"
+_ANSWER_WITHIN = 3.0  # seconds: a supervisor that takes longer is stuck, its data stale
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--channel", metavar="KEY|NAME", help="Show what is on a channel, from its "
+              "heartbeats, with no supervisor: a channel of the topology (KEY), or with "
+              "--url the channel's NAME on the wire.")
+@click.option("--url", metavar="URL", help="With --channel: the bus (redis://..., "
+              "postgresql://...).")
+@click.option("--wait", type=float, default=None, help="With --channel: seconds to listen "
+              "(default: one and a half heartbeat intervals).")
+@click.pass_context
+def ps(ctx: click.Context, as_json: bool, channel: str | None, url: str | None,
+       wait: float | None) -> None:
+    """Show the project's workers: state, pid, uptime, restarts, jobs, and the bus view."""
+    if channel is not None or url is not None:
+        from pipecat_workers_cli.commands.channel import show_channel
+
+        show_channel(ctx.obj, channel, url, as_json=as_json, wait=wait)
+        return
+    try:
+        project = find_project(ctx.obj.get("file"), ctx.obj.get("project"))
+    except SeveralProjects as none_running:
+        if as_json:
+            raise
+        click.echo(f"no project is running here ({', '.join(none_running.names)}); "
+                   "`workers -p NAME ps` shows one's last state")
+        return
+    status, stale = _status(project)
+    if as_json:
+        click.echo(json.dumps({**status.to_json(), "stale": stale}, indent=2))
+        return
+    from pipecat_workers_cli.render import table_console
+    from pipecat_workers_cli.render.tables import channel_table, project_table
+
+    console = table_console()
+    console.print(project_table(status))
+    for view in status.channels:
+        console.print(channel_table(view))
+    if status.running:
+        console.print(status.template.describe(), style="dim", highlight=False)
+    if stale:
+        console.print(f"{_STALE} (supervisor pid {status.supervisor_pid})", style="yellow")
+
+
+def _status(project: Project) -> tuple[ProjectStatus, bool]:
+    """Live from the supervisor, or the last state it recorded; and whether that is stale:
+    recorded by a supervisor that still holds the lock but does not answer."""
+    alive = project.state.supervisor_alive()
+    if alive:
+        from pipecat_workers_cli.commands.lifecycle import status_of
+
+        try:
+            return status_of(project, _ANSWER_WITHIN), False
+        except CommandError:
+            pass  # stopping right now, or stuck: show what it last wrote, marked
+    status = project.last_status()
+    if status is None:
+        raise CommandError(f"project '{project.name}' has never run here")
+    if alive and project.state.supervisor_alive():
+        return status, True
+    # What it recorded last; nothing of it runs now (its workers die with it).
+    status.running = False
+    status.channels = []
+    for worker in status.workers:
+        worker.jobs, worker.registered = {}, False
+        if worker.state not in ENDED:
+            worker.state, worker.reason = "gone", "supervisor not running"
+            worker.pid = worker.uptime = None
+    return status, False
+
+
+@click.command()
+@click.argument("workers", nargs=-1)
+@click.option("-f", "--follow", "follow_", is_flag=True, help="Keep printing new lines.")
+@click.option("-n", "--tail", type=click.IntRange(min=0), default=None, metavar="N",
+              help="Only the last N lines of each worker.")
+@click.option("--since", metavar="TIME", help="Only lines since a duration ago (10m, 1h30m) "
+              "or a time (2026-11-22T05:00).")
+@click.option("-t", "--timestamps", is_flag=True, help="Show each line's time (local time, "
+              "as --since reads it).")
+@click.pass_context
+def logs(ctx: click.Context, workers: tuple[str, ...], follow_: bool, tail: int | None,
+         since: str | None, timestamps: bool) -> None:
+    """Show the output of WORKERS (all if none), merged in time order."""
+    project = find_project(ctx.obj.get("file"), ctx.obj.get("project"))
+    logs_dir = project.state.logs_dir
+    known = _known_workers(project)
+    names = list(workers) or known
+    replicas = {w: [k for k in known if k == w or k.startswith(f"{w}.")] for w in names}
+    if unknown := [w for w, found in replicas.items() if not found]:
+        raise CommandError(f"no worker named {', '.join(map(repr, unknown))} in project "
+                           f"'{project.name}' (it has {', '.join(known) or 'none'})")
+    chosen = [n for found in replicas.values() for n in found]
+    try:
+        start = parse_since(since, datetime.now(UTC)) if since else None
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    from pipecat_workers_cli.render.plain import PlainRenderer
+
+    renderer = PlainRenderer(chosen, timestamps=timestamps)
+    with state_errors():
+        if not follow_:
+            for record in merge([read_records(logs_dir, n, since=start, tail=tail)
+                                 for n in chosen]):
+                renderer.record(record)
+            return
+        try:
+            asyncio.run(_follow(project, chosen, start, tail, renderer))
+        except KeyboardInterrupt:
+            sys.exit(130)
+
+
+async def _follow(project: Project, names: list[str], since: datetime | None,
+                  tail: int | None, renderer: PlainRenderer) -> None:
+    """Print lines as they come; stop once the supervisor is gone and the files are read."""
+    stop = asyncio.Event()
+
+    async def watch_supervisor() -> None:
+        while project.state.supervisor_alive():
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(0.3)  # its last lines
+        stop.set()
+
+    watcher = asyncio.get_running_loop().create_task(watch_supervisor())
+    try:
+        async for record in follow(project.state.logs_dir, names, since=since, tail=tail,
+                                   stop=stop):
+            renderer.record(record)
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+
+
+def _known_workers(project: Project) -> list[str]:
+    status = project.last_status()
+    if status is not None:
+        return [w.name for w in status.workers]
+    if project.topology is not None:
+        from pipecat_workers_cli.topology import expand
+
+        return [p.name for p in expand(project.topology)]
+    return sorted(p.name.removesuffix(".log") for p in project.state.logs_dir.glob("*.log"))

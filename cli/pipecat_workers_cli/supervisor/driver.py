@@ -1,0 +1,493 @@
+"""The supervisor: runs a project's worker processes and carries out the machine's decisions.
+
+One loop owns everything: process events, control requests and signals arrive on one queue; the
+:class:`~pipecat_workers_cli.supervisor.machine.Machine` decides; the loop spawns, drains and
+signals, writes each worker's log, keeps the state file current and tells the renderer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import signal
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from pipecat_workers.bus import BusHub
+from pipecat_workers.errors import WorkersError
+from pipecat_workers_cli.errors import CommandError
+from pipecat_workers_cli.host import HostSpec
+from pipecat_workers_cli.logs.reader import LogRecord
+from pipecat_workers_cli.logs.writer import LogWriter
+from pipecat_workers_cli.supervisor.control import ControlServer
+from pipecat_workers_cli.supervisor.machine import (
+    Action,
+    Drain,
+    Kill,
+    Machine,
+    Note,
+    Spawn,
+    Timing,
+    describe_exit,
+)
+from pipecat_workers_cli.supervisor.monitors import Monitors
+from pipecat_workers_cli.supervisor.process import (
+    Exited,
+    Output,
+    ProcessEvent,
+    Status,
+    WorkerProcess,
+)
+from pipecat_workers_cli.supervisor.reaper import Reaper
+from pipecat_workers_cli.supervisor.reload import (
+    ChangeWatcher,
+    drop_bytecode,
+    plan,
+    reload_topology,
+    shown,
+)
+from pipecat_workers_cli.supervisor.report import FeedHandler, job_news, project_status
+from pipecat_workers_cli.supervisor.statedir import StateDir
+from pipecat_workers_cli.supervisor.status import ProjectStatus
+from pipecat_workers_cli.supervisor.template import ForkUnavailable, Template
+from pipecat_workers_cli.topology.model import Topology, expand
+
+logger = logging.getLogger("pipecat_workers_cli.supervisor")
+
+_STATE_EVERY = 0.2  # seconds between state file writes while things change
+
+
+class Renderer(Protocol):
+    """Shows a running project: the live view, or plain prefixed lines."""
+
+    def record(self, record: LogRecord) -> None: ...
+
+    def status(self, status: ProjectStatus) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    payload: dict[str, Any]
+    answer: asyncio.Future[dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Signal:
+    sig: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Changed:
+    paths: set[Path]
+
+
+_Event = ProcessEvent | _Request | _Signal | _Changed
+
+
+class Supervisor:
+    """Runs one project until every worker has ended or it is told to stop.
+
+    Args:
+        topology: The loaded project.
+        renderer: Where records and status go.
+        only: Worker names (or keys) to start with their dependencies; all by default.
+        timing: Delays of the stop sequence and restart back-off.
+        reload: Watch the project's files: restart the workers whose code changed, apply
+            edits of the topology, and park a crashed worker until the next change.
+        no_fork: Why workers are spawned rather than forked from the process template
+            (``--no-fork``), if they are.
+        template: The process template, if it was launched already (with ``env``).
+        clock, rng: Injected for tests.
+    """
+
+    def __init__(
+        self, topology: Topology, renderer: Renderer, *, only: Sequence[str] | None = None,
+        timing: Timing | None = None, env: Mapping[str, str] | None = None,
+        reload: bool = False, no_fork: str | None = None, template: Template | None = None,
+        clock: Callable[[], float] = time.monotonic, rng: Callable[[], float] = random.random,
+    ) -> None:
+        self._topology = topology
+        self._renderer = renderer
+        self._only = list(only) if only else None
+        self._env = dict(os.environ if env is None else env)
+        self._clock = clock
+        self._machine = Machine(expand(topology), clock, rng,
+                                timing or Timing(), reload=reload)
+        self._reload = reload
+        self._watcher: ChangeWatcher | None = None
+        self._imports: dict[str, set[str]] = {}
+        self._stopping = False
+        self._state = StateDir.of(topology.root, topology.name)
+        self._events: deque[_Event] = deque()
+        self._wakeup = asyncio.Event()
+        self._last_err: dict[str, str] = {}
+        self._jobs_seen: dict[str, dict[str, int]] = {}
+        self._processes: dict[str, WorkerProcess] = {}
+        self._writers: dict[str, LogWriter] = {}
+        self._hub: BusHub | None = None
+        self._control: ControlServer | None = None
+        self._monitors: Monitors | None = None
+        self._signalled: int | None = None
+        self._runners: dict[str, str] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop_over = False
+        self._dirty = True
+        self._template = template or Template(topology, self._env, off=no_fork)
+        self._reaper = Reaper()  # a child subreaper's orphans (see pipecat_workers_cli.forkserver)
+
+    @property
+    def state_dir(self) -> StateDir:
+        return self._state
+
+    async def run(self) -> int:
+        """Supervise until the end; returns the exit code for the command."""
+        if self._only and (wrong := self._topology.unknown_workers(self._only)):
+            raise CommandError(wrong)
+        lock = self._state.lock()
+        loop = asyncio.get_running_loop()
+        installed = self._install_signals(loop)
+        root, handlers = logging.getLogger(), logging.getLogger().handlers[:]
+        # Our own warnings (and the library's) join the feed: printed around a live view,
+        # they would tear it.
+        root.handlers = [FeedHandler(self._project_note)]
+        try:
+            await self._open()
+            self._perform(self._machine.start(self._only))
+            self._write_state()
+            await self._loop()
+        finally:
+            self._remove_signals(loop, installed)
+            await self._close()
+            os.close(lock)
+            root.handlers = handlers
+        if self._signalled is not None:
+            return 128 + self._signalled
+        return self._machine.exit_code()
+
+    # -- resources --------------------------------------------------------------------
+
+    async def _open(self) -> None:
+        self._state.logs_dir.mkdir(parents=True, exist_ok=True)
+        self._template.start(self._project_note, self._reaper)
+        if any(c.backend == "local" for c in self._topology.channels.values()):
+            self._hub = BusHub(self._state.socket_path("hub"))
+            await self._hub.start()
+        self._control = ControlServer(self._state.socket_path("control"), self._on_control)
+        await self._control.start()
+        self._monitors = Monitors(self._topology, self._hub_path())
+        self._monitors.start()
+        if self._reload:
+            self._watcher = ChangeWatcher(self._topology.root,
+                                          extra=[self._topology.path.parent])
+            self._background(self._watch(self._watcher))
+
+    async def _close(self) -> None:
+        for event in self._events:  # requests that came too late for the loop
+            if isinstance(event, _Request) and not event.answer.done():
+                event.answer.set_result({"ok": False, "error": "the supervisor is stopping"})
+        if self._control is not None:
+            await self._control.stop()  # first: nobody waits on a loop that has ended
+        if self._watcher is not None:
+            self._watcher.stop()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for process in list(self._processes.values()):
+            process.signal(signal.SIGKILL)  # only left if the loop itself failed
+            await process.close()
+        await self._template.close()
+        if self._monitors is not None:
+            await self._monitors.stop()
+        if self._hub is not None:
+            await self._hub.stop()
+        self._write_state(running=False)
+        for writer in self._writers.values():
+            writer.close()
+
+    def _hub_path(self) -> str | None:
+        return str(self._hub.path) if self._hub is not None else None
+
+    # -- the loop ---------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        last_state = 0.0
+        while not (self._machine.done and not self._processes and (
+                self._stopping or not (self._reload or self._machine.holding))):
+            deadline = self._machine.next_deadline()
+            timeout = _STATE_EVERY if deadline is None else min(
+                _STATE_EVERY, max(0.0, deadline - self._clock()))
+            if not self._events:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(timeout):
+                        await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._events:
+                self._handle(self._events.popleft())
+            self._reaper.reap({p.pid for p in self._processes.values()})
+            self._perform(self._machine.tick())
+            now = self._clock()
+            if self._dirty or now - last_state >= _STATE_EVERY:
+                last_state = now
+                self._publish_status()
+        self._loop_over = True
+        self._publish_status()
+
+    def _emit(self, event: _Event) -> None:
+        """Queue an event for the loop. Output is written at once instead: the pipe's
+        reader then goes only as fast as the log, so a chatty worker slows down rather
+        than fill the supervisor's memory, and requests and signals never wait behind it."""
+        if isinstance(event, Output):
+            text = event.raw.decode("utf-8", "replace")
+            if event.stream == "err" and text.strip():
+                self._last_err[event.name] = text.strip()
+            self._log(event.name, event.stream, text)
+            return
+        self._events.append(event)
+        self._wakeup.set()
+
+    def _handle(self, event: _Event) -> None:
+        machine = self._machine
+        if isinstance(event, Status):
+            process = self._processes.get(event.name)
+            if process is None or process.pid != event.pid:
+                return  # from a process that has been replaced since
+            kind = event.event.get("event")
+            if kind == "ready":
+                self._runners[event.name] = str(event.event.get("runner", ""))
+                self._imports[event.name] = set(event.event.get("imports") or ())
+                self._perform(machine.ready(event.name))
+            elif kind == "error":
+                self._perform(machine.reported_error(event.name,
+                                                     str(event.event.get("message", ""))))
+        elif isinstance(event, Exited):
+            process = self._processes.get(event.name)
+            if process is not None and process.pid == event.pid:
+                del self._processes[event.name]
+                self._reaper.exited(event.pid)
+                self._background(process.close())
+                last = self._last_err.pop(event.name, "")
+                proc = machine.procs[event.name]
+                if event.code != 0 and not proc.reason:
+                    proc.reason = describe_exit(event.code) + (f": {last}" if last else "")
+                self._perform(machine.exited(event.name, event.code))
+        elif isinstance(event, _Request):
+            self._answer(event)
+        elif isinstance(event, _Signal):
+            self._on_signal(event.sig)
+        elif isinstance(event, _Changed):
+            self._on_changes(event.paths)
+
+    def _perform(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Spawn):
+                self._background(self._spawn(action.name))
+            elif isinstance(action, Drain):
+                if (process := self._processes.get(action.name)) is not None:
+                    process.drain()
+            elif isinstance(action, Kill):
+                if (process := self._processes.get(action.name)) is not None:
+                    process.signal(action.sig)
+            elif isinstance(action, Note):
+                self._log(action.name, "sup", action.text)
+        if actions:
+            self._dirty = True
+
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _spawn(self, name: str) -> None:
+        spec = self._machine.procs[name].spec
+        channel = spec.channel
+        host = HostSpec(
+            name=name, class_path=spec.worker.class_path, args=dict(spec.worker.args),
+            backend=channel.backend, channel=channel.channel,
+            url=self._hub_path() if channel.backend == "local" else channel.url,
+            runner=f"{self._topology.name}/{name}", root=str(self._topology.root))
+        env = {**self._env, **spec.worker.env}
+        try:
+            process = await self._start_process(host, env)
+        except Exception as exc:  # a missing interpreter, a NUL in an env value, ...
+            self._perform(self._machine.spawn_failed(name, f"{type(exc).__name__}: {exc}"))
+            return
+        self._processes[name] = process
+        self._perform(self._machine.spawned(name, process.pid))
+
+    async def _start_process(self, host: HostSpec, env: Mapping[str, str]) -> WorkerProcess:
+        """Forked from the process template when it can, else spawned."""
+        if self._template.on:
+            try:
+                return await WorkerProcess.fork(self._template, host, env=env,
+                                                cwd=self._topology.root, emit=self._emit)
+            except ForkUnavailable as refused:
+                if refused.note:
+                    self._log(host.name, "sup", refused.note)
+        return await WorkerProcess.spawn(host, env=env, cwd=self._topology.root,
+                                         emit=self._emit)
+
+    # -- logs and status --------------------------------------------------------------
+
+    def _log(self, name: str, stream: str, text: str) -> None:
+        writer = self._writers.get(name)
+        if writer is None:
+            writer = self._writers[name] = LogWriter(self._state.logs_dir / f"{name}.log")
+        self._renderer.record(writer.write(stream, text))
+
+    def status(self, *, running: bool = True) -> ProjectStatus:
+        """The project as of now, joined with what the bus monitors see."""
+        views = self._monitors.views() if self._monitors is not None else {}
+        status = project_status(self._topology, self._machine, views, self._runners,
+                                now=self._clock(), running=running)
+        status.template = self._template.describe()
+        return status
+
+    def _publish_status(self) -> None:
+        """Tell the renderer; rewrite the state file when a process changed state (so
+        ``up -d`` and ``ps`` see a worker ready as soon as it is)."""
+        status = self.status()
+        for name, text in job_news(self._jobs_seen, status):  # the feed's, not the log's
+            self._renderer.record(LogRecord(time=datetime.now(UTC), worker=name,
+                                            stream="news", text=text))
+        self._jobs_seen = {w.name: w.jobs for w in status.workers if w.jobs}
+        self._renderer.status(status)
+        if self._dirty:
+            self._dirty = False
+            self._write_state(status)
+
+    def _write_state(self, status: ProjectStatus | None = None, *, running: bool = True
+                     ) -> None:
+        status = status or self.status(running=running)
+        status.running = running
+        data = status.to_json()
+        data["sockets"] = {"control": str(self._state.socket_path("control")),
+                           "hub": self._hub_path()}
+        with contextlib.suppress(OSError):
+            self._state.write_state(data)
+
+    # -- control and signals ----------------------------------------------------------
+
+    async def _on_control(self, payload: dict[str, Any]) -> dict[str, Any]:
+        if self._loop_over:
+            return {"ok": False, "error": "the supervisor is stopping"}
+        answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._emit(_Request(payload, answer))
+        return await answer
+
+    def _answer(self, request: _Request) -> None:
+        payload, machine = request.payload, self._machine
+        cmd = payload.get("cmd")
+        names = payload.get("workers") or None
+        if names is not None and not (isinstance(names, list)
+                                      and all(isinstance(n, str) for n in names)):
+            request.answer.set_result({"ok": False, "error": "workers: expected a list of "
+                                       "worker names"})
+            return
+        try:
+            if names and (unknown := machine.unknown(names)):
+                raise CommandError(f"no worker named {', '.join(map(repr, unknown))}")
+            if cmd == "status":
+                result: dict[str, Any] = {"status": self.status().to_json()}
+            elif cmd in ("stop", "down"):
+                self._stopping = self._stopping or cmd == "down"
+                self._perform(machine.stop(names if cmd == "stop" else None,
+                                           hold=cmd == "stop"))
+                result = {}
+            elif cmd == "start":
+                self._perform(machine.start(names))
+                result = {}
+            elif cmd == "restart":
+                self._perform(machine.restart(names or list(machine.procs)))
+                result = {}
+            else:
+                raise CommandError(f"unknown command {cmd!r}")
+        except CommandError as exc:
+            request.answer.set_result({"ok": False, "error": str(exc)})
+            return
+        request.answer.set_result({"ok": True, **result})
+
+    def _on_signal(self, sig: int) -> None:
+        self._stopping = True
+        if self._signalled is None:
+            self._signalled = sig
+            logger.warning("%s: stopping every worker (again to force)",
+                           signal.Signals(sig).name)
+            self._perform(self._machine.stop())
+        else:
+            logger.warning("forcing: killing every worker")
+            self._perform(self._machine.force())
+
+    # -- reload -----------------------------------------------------------------------
+
+    async def _watch(self, watcher: ChangeWatcher) -> None:
+        async for paths in watcher.changes():
+            self._emit(_Changed(paths))
+
+    def _on_changes(self, paths: set[Path]) -> None:
+        if self._stopping:
+            return
+        live = {n: files for n, files in self._imports.items()
+                if n in self._machine.procs and not self._machine.procs[n].removed}
+        result = plan(paths, topology=self._topology.path, imports=live,
+                      parked=self._machine.parked())
+        drop_bytecode(paths)  # before any worker imports the new code
+        self._template.changed(paths)  # first: the workers restarted next fork from a new one
+        if result.topology_changed:
+            self._apply_topology()
+        for name, path in result.restart.items():
+            if name in self._machine.procs:
+                self._log(name, "sup", f"reloading: {shown(path, self._topology.root)} changed")
+                self._perform(self._machine.restart([name], quick=True))
+
+    def _apply_topology(self) -> None:
+        """Run the edited topology's difference; a broken edit changes nothing."""
+        try:
+            topology = reload_topology(self._topology)
+        except WorkersError as exc:
+            self._project_note(f"topology not applied: {exc}")
+            return
+        specs = expand(topology)
+        if topology.channels != self._topology.channels:
+            self._background(self._rewatch(topology))
+        self._template.update(topology)
+        self._topology = topology
+        self._project_note(f"applying the edited {topology.path.name}")
+        self._perform(self._machine.update(specs))
+
+    async def _rewatch(self, topology: Topology) -> None:
+        """Channels changed: host the hub if one is new, and watch the new channels."""
+        if self._hub is None and any(c.backend == "local" for c in topology.channels.values()):
+            hub = self._hub = BusHub(self._state.socket_path("hub"))
+            try:
+                await hub.start()
+            except Exception as exc:
+                self._project_note(f"cannot host the embedded bus: {exc}")
+        # Swapped before the old ones are awaited, so a quick second edit cannot leak one.
+        old, self._monitors = self._monitors, Monitors(topology, self._hub_path())
+        self._monitors.start()
+        if old is not None:
+            await old.stop()
+
+    def _project_note(self, text: str) -> None:
+        """A line about the whole project, for the renderer."""
+        self._renderer.record(LogRecord(time=datetime.now(UTC), worker="workers",
+                                        stream="sup", text=text))
+
+    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> list[int]:
+        installed: list[int] = []
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: terminal closed
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, self._emit, _Signal(sig))
+                installed.append(sig)
+        return installed
+
+    @staticmethod
+    def _remove_signals(loop: asyncio.AbstractEventLoop, installed: list[int]) -> None:
+        for sig in installed:
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,394 @@
+"""The supervisor's brain: every worker process's state and every decision, with no I/O.
+
+The driver (:mod:`pipecat_workers_cli.supervisor.driver`) feeds it what happened (a process was
+spawned, reported ready, exited; time passed; a user asked for something) and carries out the
+actions it returns (spawn, drain, signal). Time comes from an injected clock and back-off jitter
+from an injected random source, so tests replay scripted histories exactly.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from pipecat_workers_cli.host import EXIT_CONFIG
+from pipecat_workers_cli.supervisor.model import (
+    ALIVE,
+    FINAL,
+    Action,
+    Drain,
+    Kill,
+    Note,
+    Proc,
+    Spawn,
+    State,
+    Timing,
+    describe_exit,
+    same_process,
+)
+from pipecat_workers_cli.topology.model import ProcessSpec, RestartPolicy
+
+__all__ = ["ALIVE", "FINAL", "Action", "Drain", "Kill", "Machine", "Note", "Proc", "Spawn",
+           "State", "Timing", "describe_exit", "same_process"]
+
+
+@dataclass(slots=True)
+class Machine:
+    """The state of every process of a project, and the policy that moves it."""
+
+    specs: Sequence[ProcessSpec]
+    clock: Callable[[], float]
+    random: Callable[[], float]
+    timing: Timing = field(default_factory=Timing)
+    reload: bool = False   # a crashed worker waits for a change instead of restarting
+    procs: dict[str, Proc] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.procs = {spec.name: Proc(spec, wanted=False, state=State.STOPPED)
+                      for spec in self.specs}
+
+    # -- requests ---------------------------------------------------------------------
+
+    def start(self, names: Iterable[str] | None = None) -> list[Action]:
+        """Run these processes (all by default), their dependencies first."""
+        for proc in self._select(names, with_dependencies=True):
+            proc.wanted, proc.held = True, False
+            if proc.state is State.STOPPING:
+                proc.restart_when_stopped = True  # it is on its way down: bring it back
+            elif proc.state in FINAL:
+                proc.state, proc.failures, proc.reason = State.WAITING, 0, ""
+        return self._advance()
+
+    def stop(self, names: Iterable[str] | None = None, *, hold: bool = False
+             ) -> list[Action]:
+        """Stop these processes (all by default); of those, dependents stop first.
+
+        ``hold``: they were stopped on request and may be started again, so the project is
+        not over when nothing else runs.
+        """
+        actions: list[Action] = []
+        for proc in self._select(names):
+            actions += self._stop(proc, hold=hold)
+        return actions + self._advance()
+
+    def _stop(self, proc: Proc, *, hold: bool) -> list[Action]:
+        proc.wanted, proc.held = False, hold
+        proc.restart_when_stopped = False
+        if proc.state in (State.WAITING, State.BACKOFF):
+            proc.state, proc.deadline = State.STOPPED, None
+            return [Note(proc.name, "stopped")]
+        return []
+
+    def restart(self, names: Iterable[str], *, quick: bool = False) -> list[Action]:
+        """Stop and start these processes again (their dependents keep running).
+
+        ``quick`` skips the graceful drain: SIGTERM cancels the worker's jobs at once.
+        """
+        actions: list[Action] = []
+        for proc in self._select(names):
+            actions += self._restart(proc, quick=quick)
+        return actions + self._advance()
+
+    def _restart(self, proc: Proc, *, quick: bool) -> list[Action]:
+        if proc.removed:
+            return []  # on its way out of the topology
+        proc.quick_stop, proc.held, proc.wanted = quick, False, True
+        if proc.state is State.STOPPING:
+            proc.restart_when_stopped = True  # keep the stop already under way
+            return []
+        if proc.state in ALIVE:
+            proc.restart_when_stopped = True
+            return self._begin_stop(proc)
+        proc.restarts += 1
+        proc.state, proc.failures, proc.reason, proc.deadline = State.WAITING, 0, "", None
+        return []
+
+    def update(self, specs: Sequence[ProcessSpec]) -> list[Action]:
+        """Apply an edited topology: start what is new, stop what is gone, restart what
+        changed (quickly), and leave the rest running."""
+        old = self.procs
+        actions: list[Action] = []
+        new: dict[str, Proc] = {}
+        for spec in specs:
+            proc = old.get(spec.name)
+            if proc is None:
+                new[spec.name] = Proc(spec)
+                actions.append(Note(spec.name, "added to the topology"))
+                continue
+            new[spec.name] = proc
+            if proc.removed:  # back before its old process is gone: start it once that is
+                proc.removed, proc.spec = False, spec
+                actions.append(Note(spec.name, "added to the topology again"))
+                actions += self._restart(proc, quick=True)
+            elif not same_process(proc.spec, spec):
+                proc.spec = spec
+                actions.append(Note(spec.name, "changed in the topology"))
+                if not proc.held:  # stopped on request: it starts with its new spec later
+                    actions += self._restart(proc, quick=True)
+        for name, proc in old.items():
+            if name not in new:
+                proc.removed, proc.quick_stop = True, True
+                new[name] = proc  # kept until it has stopped
+                actions.append(Note(name, "removed from the topology"))
+                actions += self._stop(proc, hold=False)
+        self.procs = new
+        self._forget_removed()
+        return actions + self._advance()
+
+    def force(self) -> list[Action]:
+        """Kill everything now (a second Ctrl-C)."""
+        actions: list[Action] = []
+        for proc in self.procs.values():
+            proc.wanted = proc.restart_when_stopped = False
+            if proc.state in ALIVE:
+                proc.state, proc.phase = State.STOPPING, "kill"
+                proc.deadline = self.clock() + self.timing.kill_timeout
+                actions.append(Kill(proc.name, signal.SIGKILL))
+            elif proc.state in (State.WAITING, State.BACKOFF):
+                proc.state, proc.deadline = State.STOPPED, None
+        return actions
+
+    # -- what happened ----------------------------------------------------------------
+
+    def spawned(self, name: str, pid: int) -> list[Action]:
+        proc = self.procs[name]
+        proc.pid, proc.started_at, proc.ready_at = pid, self.clock(), None
+        proc.exit_code, proc.reason = None, ""
+        actions: list[Action] = [Note(name, f"started, pid {pid}")]
+        if proc.state is State.STARTING:
+            proc.deadline = proc.started_at + proc.spec.worker.ready_timeout
+        elif proc.state is State.STOPPING:  # stopped while it was being spawned
+            actions.append(Kill(name, signal.SIGKILL if proc.phase == "kill"
+                                else signal.SIGTERM))
+        return actions
+
+    def spawn_failed(self, name: str, error: str) -> list[Action]:
+        proc = self.procs[name]
+        proc.reason, proc.deadline, proc.pid, proc.exit_code = error, None, None, None
+        proc.phase, proc.restart_when_stopped = None, False
+        self._settle(proc, State.FAILED if proc.wanted else State.STOPPED)
+        return [Note(name, f"could not start: {error}"), *self._advance()]
+
+    def reported_error(self, name: str, message: str) -> list[Action]:
+        """The host said why it cannot start (it exits next)."""
+        self.procs[name].reason = message
+        return []
+
+    def ready(self, name: str) -> list[Action]:
+        proc = self.procs[name]
+        if proc.state is not State.STARTING:
+            return []
+        proc.state, proc.ready_at, proc.reason = State.READY, self.clock(), ""
+        proc.deadline = self._forgive_at(proc)
+        return [Note(name, "ready"), *self._advance()]
+
+    def exited(self, name: str, code: int) -> list[Action]:
+        proc = self.procs[name]
+        now = self.clock()
+        # Only time spent ready counts as stable: a worker that never got ready is failing.
+        stable = proc.ready_at is not None and now - proc.ready_at >= self.timing.stable_after
+        proc.pid, proc.exit_code, proc.phase, proc.deadline = None, code, None, None
+        proc.ready_at, proc.quick_stop = None, False
+        actions: list[Action] = [Note(name, f"exited with {describe_exit(code)}")]
+        if proc.restart_when_stopped:
+            proc.restart_when_stopped = False
+            proc.restarts += 1
+            proc.state, proc.failures = State.WAITING, 0
+        elif not proc.wanted:
+            proc.state = State.STOPPED
+        else:
+            if stable:
+                proc.failures = 0
+            actions += self._after_exit(proc, code)
+        self._forget_removed()
+        return actions + self._advance()
+
+    def tick(self) -> list[Action]:
+        """Act on every deadline that has passed."""
+        now = self.clock()
+        actions: list[Action] = []
+        for proc in self.procs.values():
+            if proc.deadline is not None and proc.deadline <= now:
+                proc.deadline = None
+                actions += self._on_deadline(proc)
+        return actions + self._advance()
+
+    # -- questions --------------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        deadlines = [p.deadline for p in self.procs.values() if p.deadline is not None]
+        return min(deadlines, default=None)
+
+    def in_crash_loop(self, proc: Proc) -> bool:
+        return proc.failures >= self.timing.crash_loop_after and proc.state in (
+            State.BACKOFF, State.WAITING, State.STARTING)
+
+    def parked(self) -> list[str]:
+        """Workers that crashed in reload mode and wait for a change."""
+        return [p.name for p in self.procs.values() if self.is_parked(p)]
+
+    def is_parked(self, proc: Proc) -> bool:
+        return self.reload and proc.state is State.CRASHED and proc.wanted
+
+    def unknown(self, names: Iterable[str]) -> list[str]:
+        """Those of ``names`` that are neither a process nor a worker of the project."""
+        known = {p.name for p in self.procs.values()} | {
+            p.spec.worker.key for p in self.procs.values()}
+        return [n for n in names if n not in known]
+
+    @property
+    def done(self) -> bool:
+        """Nothing runs and nothing will: every process is in a final state."""
+        return all(p.state in FINAL for p in self.procs.values())
+
+    @property
+    def holding(self) -> bool:
+        """Some process was stopped on request and waits to be started again."""
+        return any(p.held for p in self.procs.values())
+
+    def exit_code(self) -> int:
+        """0 if every process ended well, else the code of the one that failed first."""
+        failed = [p for p in self.procs.values()
+                  if p.state in (State.CRASHED, State.FAILED) and p.failed_at is not None]
+        if not failed:
+            return 0
+        code = min(failed, key=lambda p: p.failed_at or 0.0).exit_code
+        return code if code is not None and code > 0 else 1
+
+    def _settle(self, proc: Proc, state: State) -> None:
+        """Put it in a final state, noting when it failed (for the exit code)."""
+        proc.state = state
+        if state in (State.CRASHED, State.FAILED):
+            proc.failed_at = self.clock()
+
+    # -- policy -----------------------------------------------------------------------
+
+    def _after_exit(self, proc: Proc, code: int) -> list[Action]:
+        policy = proc.spec.worker.restart
+        if self.reload and code != 0:
+            self._settle(proc, State.CRASHED)
+            proc.reason = "waiting for a change"
+            return [Note(proc.name, "crashed: waiting for a change to restart it")]
+        if code == EXIT_CONFIG:
+            self._settle(proc, State.FAILED)
+            worker = proc.spec.worker
+            return [Note(proc.name, "not restarted: fix its entry in the topology "
+                                    f"(workers.{worker.key}, line {worker.line}) or install "
+                                    "what it needs")]
+        if not (policy is RestartPolicy.ALWAYS
+                or (policy is RestartPolicy.ON_FAILURE and code != 0)):
+            self._settle(proc, State.EXITED if code == 0 else State.CRASHED)
+            return []
+        if code != 0:
+            proc.failures += 1
+        delay = self._backoff(max(proc.failures, 1))
+        proc.state, proc.deadline = State.BACKOFF, self.clock() + delay
+        text = f"restarting in {delay:.1f} s"
+        if proc.failures >= self.timing.crash_loop_after:
+            text += f" (crash loop: {proc.failures} failures in a row)"
+        return [Note(proc.name, text)]
+
+    def _backoff(self, failures: int) -> float:
+        """Exponential, capped, with jitter so that crashed peers do not restart in step."""
+        base = min(self.timing.backoff_max, self.timing.backoff_first * 2 ** (failures - 1))
+        return float(base * (0.5 + self.random() / 2))
+
+    def _forgive_at(self, proc: Proc) -> float | None:
+        if proc.failures and proc.ready_at is not None:
+            return proc.ready_at + self.timing.stable_after
+        return None
+
+    def _on_deadline(self, proc: Proc) -> list[Action]:
+        now = self.clock()
+        if proc.state is State.BACKOFF:
+            proc.state = State.WAITING
+            proc.restarts += 1
+            return []
+        if proc.state is State.READY:
+            proc.failures = 0  # stable for long enough
+            return []
+        if proc.state is State.STARTING:
+            limit = proc.spec.worker.ready_timeout
+            proc.reason = f"not ready within {limit:g} s"
+            proc.state, proc.phase = State.STOPPING, "kill"
+            proc.deadline = now + self.timing.kill_timeout
+            return [Note(proc.name, f"{proc.reason}: killing it"),
+                    Kill(proc.name, signal.SIGKILL)]
+        if proc.phase == "drain":
+            proc.phase, proc.deadline = "term", now + self.timing.term_timeout
+            return [Note(proc.name, "did not drain in time: SIGTERM"),
+                    Kill(proc.name, signal.SIGTERM)]
+        if proc.phase == "term":
+            proc.phase, proc.deadline = "kill", now + self.timing.kill_timeout
+            return [Note(proc.name, "still running after SIGTERM: SIGKILL"),
+                    Kill(proc.name, signal.SIGKILL)]
+        if proc.phase == "kill":
+            return [Note(proc.name, "still running after SIGKILL")]
+        return []
+
+    def _advance(self) -> list[Action]:
+        """Start what may start and stop what must stop, in dependency order."""
+        actions: list[Action] = []
+        for proc in self.procs.values():
+            if proc.state is State.WAITING and proc.wanted:
+                actions += self._maybe_spawn(proc)
+            elif (proc.state in ALIVE and not proc.wanted and proc.phase is None
+                  and not self._stopping_dependents(proc)):
+                actions += self._begin_stop(proc)
+        return actions
+
+    def _maybe_spawn(self, proc: Proc) -> list[Action]:
+        deps = [self.procs[n] for n in proc.spec.depends_on]
+        for dep in deps:
+            if self.is_parked(dep):
+                return []  # under --reload it comes back with the next change: wait for it
+            if dep.state in (State.CRASHED, State.FAILED):
+                self._settle(proc, State.FAILED)
+                proc.reason = f"dependency '{dep.name}' is {dep.state}"
+                return [Note(proc.name, f"not started: {proc.reason}")]
+        if all(d.state is State.READY or (d.state is State.EXITED and d.exit_code == 0)
+               for d in deps):
+            proc.state = State.STARTING
+            # Counted from the request, so a spawn that never reports cannot hang the project.
+            proc.deadline = self.clock() + proc.spec.worker.ready_timeout
+            return [Spawn(proc.name)]
+        return []
+
+    def _begin_stop(self, proc: Proc) -> list[Action]:
+        now = self.clock()
+        proc.state = State.STOPPING
+        if proc.ready_at is not None and not proc.quick_stop:
+            proc.phase, proc.deadline = "drain", now + proc.spec.worker.stop_timeout
+            return [Drain(proc.name)]
+        proc.phase, proc.deadline = "term", now + self.timing.term_timeout
+        return [Kill(proc.name, signal.SIGTERM)]
+
+    def _forget_removed(self) -> None:
+        for name in [p.name for p in self.procs.values() if p.removed and p.state in FINAL]:
+            del self.procs[name]
+
+    def _stopping_dependents(self, proc: Proc) -> bool:
+        """Whether something that depends on it is still on its way down: it goes first."""
+        return any(d.state in ALIVE and not d.wanted for d in self._dependents(proc))
+
+    def _dependents(self, proc: Proc) -> list[Proc]:
+        return [p for p in self.procs.values() if proc.name in p.spec.depends_on]
+
+    def _select(self, names: Iterable[str] | None, *,
+                with_dependencies: bool = False) -> list[Proc]:
+        """The named processes (a worker key names all its replicas), in file order."""
+        if names is None:
+            return list(self.procs.values())
+        chosen: set[str] = set()
+        pending = [p.name for n in names for p in self.procs.values()
+                   if n in (p.name, p.spec.worker.key)]
+        while pending:
+            name = pending.pop()
+            if name in chosen:
+                continue
+            chosen.add(name)
+            proc = self.procs[name]
+            if with_dependencies:
+                pending.extend(proc.spec.depends_on)
+        return [p for p in self.procs.values() if p.name in chosen]

@@ -1,0 +1,374 @@
+"""Where a running project keeps its lock, sockets, state file and logs.
+
+``<project root>/.workers/<project name>/`` holds ``lock`` (held by the live supervisor),
+``state.json`` (what ``ps`` shows when no supervisor answers), ``supervisor.log`` and
+``logs/<worker>.log``. Sockets go there too, unless the path is too long for a Unix socket
+(about 100 bytes); then they go to a private directory under the system's temporary
+directory, and ``state.json`` records where.
+
+Everything here is private to the user who runs the project: the directories are 0700 and
+the files 0600, and existing ones are tightened to that. Nothing is followed that another
+user could have planted: ``.workers``, the project's directory and ``logs`` must each be a
+directory of this user, or a symbolic link made by this user to a directory of this user.
+Anything else (a link planted by someone else, a directory they own) is refused, because
+whoever controls it could read the logs, drive the project through its socket or hide it
+from ``workers down``. Files are opened without following links.
+
+A directory that cannot be used (a read-only project, a file named ``.workers``, a link planted by
+another user) raises :class:`~pipecat_workers_cli.errors.StateDirError`: one line naming the path,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import pwd
+import stat
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from pipecat_workers_cli.errors import CommandError, StateDirError
+
+STATE_DIRNAME = ".workers"
+_SOCKET_PATH_MAX = 100  # AF_UNIX allows 108 bytes on Linux, fewer elsewhere
+PRIVATE_DIR = 0o700
+PRIVATE_FILE = 0o600
+_NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@dataclass(frozen=True, slots=True)
+class StateDir:
+    """The state directory of one project."""
+
+    path: Path
+    project: str
+
+    @classmethod
+    def of(cls, root: Path, project: str) -> StateDir:
+        return cls(root / STATE_DIRNAME / project, project)
+
+    @property
+    def state_file(self) -> Path:
+        return self.path / "state.json"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.path / "logs"
+
+    @property
+    def supervisor_log(self) -> Path:
+        return self.path / "supervisor.log"
+
+    def socket_path(self, kind: str) -> Path:
+        """A socket path short enough for AF_UNIX, private to this user."""
+        here = self.path / f"{kind}.sock"
+        if len(os.fsencode(here)) <= _SOCKET_PATH_MAX:
+            return here
+        digest = hashlib.sha256(os.fsencode(self.path)).hexdigest()[:16]
+        private = Path(tempfile.gettempdir()) / f"pipecat-workers-{os.getuid()}"
+        private.mkdir(mode=0o700, exist_ok=True)
+        info = private.lstat()
+        if info.st_uid != os.getuid() or info.st_mode & 0o077 or not stat.S_ISDIR(info.st_mode):
+            # Someone else made it first: a socket there could be swapped under us.
+            raise StateDirError(f"{private} is not a private directory of this user; "
+                                "remove it, or use a shorter project path")
+        return private / f"{digest}-{kind}.sock"
+
+    def socket_from_state(self, kind: str) -> Path:
+        """The ``kind`` socket (``control``, ``hub``) the supervisor recorded in its state
+        file, else where it would be."""
+        recorded = ((self.read_state() or {}).get("sockets") or {}).get(kind)
+        return Path(recorded) if recorded else self.socket_path(kind)
+
+    def make(self, *, logs: bool = True) -> None:
+        """Create the state directory (and ``logs``), private to this user, or check it.
+
+        Raises:
+            StateDirError: a directory cannot be created, or is not this user's (see the
+                module's rules).
+        """
+        base = self.path.parent
+        private_dir(base, create=True, wanted=self.path)
+        private_dir(self.path, create=True)
+        if logs:
+            private_dir(self.logs_dir, create=True)
+
+    def check(self) -> bool:
+        """Whether the state directory exists; tightens it when it is too open.
+
+        Raises:
+            StateDirError: it exists but is not this user's.
+        """
+        return (private_dir(self.path.parent, create=False, wanted=self.path)
+                and private_dir(self.path, create=False))
+
+    def open_supervisor_log(self) -> BinaryIO:
+        """``supervisor.log`` opened for appending (0600), the state directory made first.
+
+        Raises:
+            StateDirError: the directory or the file cannot be used.
+        """
+        self.make(logs=False)
+        fd = open_private(self.supervisor_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        return os.fdopen(fd, "ab")
+
+    def lock(self) -> int:
+        """Take the project's lock for this supervisor's lifetime; returns the open fd.
+
+        Raises:
+            CommandError: another supervisor runs this project.
+            StateDirError: the state directory cannot be created or written.
+        """
+        self.make()
+        _tighten_files(self.path, self.logs_dir)  # left by an older version, or by hand
+        fd = open_private(self.path / "lock", os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            pid = (self.read_state() or {}).get("supervisor_pid", "?")
+            raise CommandError(
+                f"project '{self.project}' is already running (supervisor pid {pid}); "
+                "use `workers down` to stop it") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        return fd
+
+    def supervisor_alive(self) -> bool:
+        """Whether a supervisor holds the lock right now.
+
+        Raises:
+            StateDirError: the lock exists but cannot be read, or the state directory is
+                not this user's.
+        """
+        if not self.check():
+            return False  # no state directory (or a file where it would be): none runs
+        try:
+            fd = open_private(self.path / "lock", os.O_RDONLY)
+        except StateDirError as exc:
+            if isinstance(exc.__cause__, FileNotFoundError | NotADirectoryError):
+                return False
+            raise
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+    def read_state(self) -> dict[str, Any] | None:
+        """What the supervisor last recorded; None when there is no (readable JSON) file.
+
+        Raises:
+            StateDirError: the file exists but cannot be read, or the state directory is
+                not this user's.
+        """
+        if not self.check():
+            return None
+        try:
+            fd = open_private(self.state_file, os.O_RDONLY)
+        except StateDirError as exc:
+            if isinstance(exc.__cause__, FileNotFoundError | NotADirectoryError):
+                return None
+            raise
+        try:
+            with os.fdopen(fd, "rb") as file:
+                data = json.loads(file.read())
+        except ValueError:
+            return None
+        except OSError as exc:
+            raise state_error(exc) from None
+        return data if isinstance(data, dict) else None
+
+    def write_state(self, data: dict[str, Any]) -> None:
+        """Replace the state file atomically: a reader never sees half of it.
+
+        Raises:
+            StateDirError: the directory cannot be created or written.
+        """
+        self.make(logs=False)
+        with state_errors():
+            # mkstemp makes the file 0600.
+            fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".state-", suffix=".json")
+            try:
+                with os.fdopen(fd, "w") as file:
+                    # dumps, compact: the C encoder (dump, or an indent, is pure Python).
+                    file.write(json.dumps(data, separators=(",", ":"), default=str))
+                os.replace(tmp, self.state_file)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+
+
+def private_dir(path: Path, *, create: bool, wanted: Path | None = None) -> bool:
+    """Make sure ``path`` is a directory only this user can use, tightening it to 0700.
+
+    It must be a directory of this user, or a symbolic link made by this user to one.
+
+    Args:
+        path: The directory.
+        create: Make it (0700) when missing; else a missing one (or a file, or a link to
+            nothing) is answered False.
+        wanted: What the directory is for, named in messages; default: ``path``.
+
+    Returns:
+        Whether the directory is there (always True when ``create``).
+
+    Raises:
+        StateDirError: It is not this user's, or cannot be made or tightened.
+    """
+    def refuse(why: str) -> StateDirError:
+        return StateDirError(f"cannot use {wanted or path} for the project's state: {why}")
+
+    uid = os.getuid()
+    with state_errors():
+        try:
+            link = os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            if not create:
+                return False
+            with contextlib.suppress(FileExistsError):  # made meanwhile: checked below
+                os.mkdir(path, PRIVATE_DIR)
+            link = os.lstat(path)
+        info = link
+        if stat.S_ISLNK(link.st_mode):
+            if link.st_uid != uid:
+                raise refuse(f"{path} is a symbolic link made by {_who(link.st_uid)}; "
+                             "remove it")
+            try:
+                info = os.stat(path)
+            except OSError:
+                info = link  # a link to nothing: refused below
+            if not stat.S_ISDIR(info.st_mode):
+                if not create:
+                    return False
+                raise refuse(f"{path} links to {_target(path)}, which is not a directory")
+            if info.st_uid != uid:
+                raise refuse(f"{path} links to {_target(path)}, a directory of "
+                             f"{_who(info.st_uid)}")
+        elif not stat.S_ISDIR(link.st_mode):
+            if not create:
+                return False
+            raise refuse(f"{path} is a file, not a directory")
+        elif link.st_uid != uid:
+            raise refuse(f"{path} belongs to {_who(link.st_uid)}; remove it")
+        if stat.S_IMODE(info.st_mode) & 0o077:
+            os.chmod(path, PRIVATE_DIR)
+            if os.lstat(path).st_ino != link.st_ino:  # swapped since it was checked
+                raise refuse(f"{path} was replaced while it was checked")
+    return True
+
+
+def open_private(path: Path, flags: int) -> int:
+    """Open a file of the state directory (``os.open`` flags), never through a link.
+
+    A file it creates is 0600; an existing one must be this user's and is tightened to
+    0600. Returns the open fd.
+
+    Raises:
+        StateDirError: It cannot be opened, is a link, or is not this user's file. An
+            OSError that caused it is its ``__cause__``.
+    """
+    try:
+        fd = os.open(path, flags | _NOFOLLOW, PRIVATE_FILE)
+    except OSError as exc:
+        raise state_error(exc) from exc
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
+            what = "is not a file" if not stat.S_ISREG(info.st_mode) else (
+                f"belongs to {_who(info.st_uid)}")
+            raise StateDirError(f"cannot use {path} for the project's state: it {what}; "
+                                "remove it")
+        if stat.S_IMODE(info.st_mode) & 0o077:
+            os.fchmod(fd, PRIVATE_FILE)
+    except BaseException as exc:
+        os.close(fd)
+        if isinstance(exc, OSError) and not isinstance(exc, StateDirError):
+            raise state_error(exc) from exc
+        raise
+    return fd
+
+
+def _tighten_files(*directories: Path) -> None:
+    """Make the files of our own directories 0600 (an older version left them 0644)."""
+    uid = os.getuid()
+    for directory in directories:
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError), \
+                os.scandir(directory) as entries:
+            for entry in entries:
+                with contextlib.suppress(FileNotFoundError):
+                    info = entry.stat(follow_symlinks=False)
+                    if (stat.S_ISREG(info.st_mode) and info.st_uid == uid
+                            and stat.S_IMODE(info.st_mode) & 0o077):
+                        os.chmod(entry.path, PRIVATE_FILE)
+
+
+def _who(uid: int) -> str:
+    """``another user (alice)``, or ``another user (uid 1234)``."""
+    try:
+        return f"another user ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"another user (uid {uid})"
+
+
+def _target(link: Path) -> str:
+    try:
+        return os.readlink(link)
+    except OSError:
+        return "?"
+
+
+def state_error(exc: OSError) -> StateDirError:
+    """``exc`` as one line naming the path, and the file in the way if that is the trouble:
+    ``cannot use /p/.workers/x for the project's state: /p/.workers is a file``."""
+    if exc.filename is None:
+        return StateDirError(f"cannot use the project's state directory: {exc}")
+    where = Path(os.fsdecode(exc.filename))
+    why = exc.strerror or str(exc)
+    if exc.errno == errno.ELOOP and where.is_symlink():
+        why = "it is a symbolic link; remove it"
+    if isinstance(exc, NotADirectoryError | FileExistsError):
+        blocking = next((p for p in (where, *where.parents) if p.exists() and not p.is_dir()),
+                        None)
+        if blocking is not None:
+            why = f"{blocking} is a file, not a directory"
+    return StateDirError(f"cannot use {where} for the project's state: {why}")
+
+
+@contextlib.contextmanager
+def state_errors() -> Iterator[None]:
+    """Turn an OSError of the block into :class:`StateDirError`."""
+    try:
+        yield
+    except StateDirError:
+        raise
+    except OSError as exc:
+        raise state_error(exc) from None
+
+
+def find_state_dirs(start: Path) -> list[StateDir]:
+    """Projects with a state directory in ``start`` or the nearest parent that has any.
+
+    Raises:
+        StateDirError: the nearest ``.workers`` is not this user's.
+    """
+    for directory in (start, *start.parents):
+        base = directory / STATE_DIRNAME
+        if private_dir(base, create=False):  # one planted by another user is refused
+            # A project's directory exists from `up` on; its state file only once the
+            # supervisor has written it.
+            found = [StateDir(p, p.name) for p in sorted(base.iterdir()) if p.is_dir()]
+            if found:
+                return found
+    return []

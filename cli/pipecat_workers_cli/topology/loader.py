@@ -1,0 +1,301 @@
+"""Load a topology file into the frozen objects of :mod:`pipecat_workers_cli.topology.model`.
+
+Everything is checked before anything runs, and every error names the file, the line and the field,
+and says what was expected. The keys come from :mod:`pipecat_workers_cli.topology.schema`, which
+also publishes them as a JSON Schema.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from pipecat_workers_cli.topology.errors import TopologyError
+from pipecat_workers_cli.topology.fields import (
+    KEY,
+    WORKER_FIELDS,
+    Invalid,
+    backend_name,
+    bad_key,
+    module_names,
+    non_empty,
+    project_name,
+    root_dir,
+    string,
+    suggest,
+)
+from pipecat_workers_cli.topology.model import ChannelSpec, Topology, WorkerSpec
+from pipecat_workers_cli.topology.nodes import Node, Problems, got, path_join, read_document, shown
+from pipecat_workers_cli.topology.schema import (
+    CHANNEL_KEYS,
+    TOP_KEYS,
+    URL_SCHEMES,
+    WORKER_KEYS,
+    Key,
+)
+
+MAX_FILE_BYTES = 1024 * 1024
+"""The largest topology file read; a real one is a few kilobytes (and the values in it are
+bounded too: :data:`pipecat_workers_cli.topology.nodes.MAX_VALUES`)."""
+
+
+def load_topology(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Topology:
+    """Read, interpolate and validate a topology file.
+
+    Args:
+        path: The YAML file; messages name it as given.
+        env: Variables for ``${VAR}`` interpolation; default: ``os.environ``.
+
+    Returns:
+        The validated topology, with absolute ``path`` and ``root``.
+
+    Raises:
+        TopologyError: The first problem in file order, as one line
+            (``configs/x.yaml:12: workers.greeter.restart: expected one of ...``).
+
+    Example::
+
+        topology = load_topology("configs/handoff.yaml")
+        for process in expand(topology): ...
+    """
+    file = os.fspath(path)
+    source = Path(file)
+    problems = Problems(file)
+    document = read_document(_read(source, file), os.environ if env is None else env, problems)
+    topology = _Loader(source, problems).topology(document)
+    problems.raise_first()
+    _check_cycles(topology, document, problems)
+    return topology
+
+
+def _read(source: Path, file: str) -> str:
+    try:
+        if source.is_file() and source.stat().st_size <= MAX_FILE_BYTES:
+            data = source.read_bytes()
+        else:
+            with source.open("rb") as stream:
+                # One byte more than allowed tells a file that is too large without reading
+                # all of it (or forever, from a device); a pipe is read this way too.
+                data = stream.read(MAX_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise TopologyError("file not found", file=file) from None
+    except IsADirectoryError:
+        raise TopologyError("is a directory, not a topology file", file=file) from None
+    except OSError as exc:
+        raise TopologyError(f"cannot read the file: {exc.strerror or exc}", file=file) from None
+    except ValueError as exc:  # a NUL in the path
+        raise TopologyError(f"cannot read the file: {exc}", file=file) from None
+    if len(data) > MAX_FILE_BYTES:
+        raise TopologyError(f"too large for a topology file: more than {_mb(MAX_FILE_BYTES)}",
+                            file=file)
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise TopologyError(f"not UTF-8 text (byte 0x{data[exc.start]:02x})",
+                            file=file, line=line) from None
+
+
+class _Loader:
+    """One pass over the document; problems are collected, not raised, to report the first."""
+
+    def __init__(self, source: Path, problems: Problems) -> None:
+        self.source = source
+        self.problems = problems
+        self.channel_keys: list[str] = ["main"]  # declared, even if invalid: no echo errors
+
+    def topology(self, doc: Node) -> Topology:
+        entries = self.entries(doc, "", TOP_KEYS, line=1) or {}
+        path = self.source.resolve()
+        name = self.field(entries, "name", "", project_name, _default_name(self.source))
+        root = self.field(entries, "root", "", lambda n: root_dir(n, path.parent), path.parent)
+        channels = self.channels(entries.get("channels"), name)
+        workers = self.workers(entries.get("workers"))
+        preload = self.field(entries, "preload", "", module_names, ())
+        return Topology(name=name, path=path, root=root, channels=channels, workers=workers,
+                        preload=preload)
+
+    def entries(self, node: Node, field: str, keys: Iterable[Key], *, line: int,
+                allow_null: bool = False) -> dict[str, Node] | None:
+        """The mapping's entries; unknown keys and missing required keys are problems."""
+        if node.value is None and allow_null:
+            node = Node({}, node.line)
+        if not node.is_mapping:
+            self.problems.add(node.line, field, f"expected a mapping, got {got(node)}")
+            return None
+        known = {k.name: k for k in keys}
+        entries: dict[str, Node] = node.value
+        hints = {key: suggest(key, known) for key in entries if key not in known}
+        for key, hint in hints.items():
+            self.problems.add(node.key_lines[key], path_join(field, key),
+                              f"unknown key {shown(key)}{hint}")
+        for spec in known.values():
+            if not spec.required or spec.name in entries:
+                continue
+            # A misspelt required key is reported once, as the misspelling whose hint
+            # names it (the hint names it as it names itself: " (did you mean 'class'?)").
+            if suggest(spec.name, [spec.name]) not in hints.values():
+                self.problems.add(line, path_join(field, spec.name), "required key missing")
+        return {k: v for k, v in entries.items() if k in known}
+
+    def field(self, entries: Mapping[str, Node], key: str, field: str,
+              convert: Callable[[Node], Any], default: Any) -> Any:
+        """``convert(entries[key])``, or ``default`` when absent or wrong (a problem)."""
+        node = entries.get(key)
+        if node is None:
+            return default
+        try:
+            return convert(node)
+        except Invalid as exc:
+            where = path_join(field, key)
+            if exc.key is not None:
+                where = path_join(where, exc.key)
+            self.problems.add(exc.line or node.line, where, exc.message)
+            return default
+
+    def named_entries(self, node: Node | None, field: str, what: str) -> dict[str, Node]:
+        """Entries of ``channels:`` or ``workers:``: a non-empty mapping of valid keys."""
+        if node is None:
+            return {}
+        if not node.is_mapping or not node.value:
+            shown = "an empty mapping" if node.is_mapping else got(node)
+            self.problems.add(node.line, field, f"expected a mapping of {what}, got {shown}")
+            return {}
+        for key in node.value:
+            if not KEY.fullmatch(key):
+                self.problems.add(node.key_lines[key], path_join(field, key), bad_key(key))
+        return dict(node.value)
+
+    def channels(self, node: Node | None, project: str) -> dict[str, ChannelSpec]:
+        if node is None:
+            return {"main": ChannelSpec(key="main", channel=f"{project}.main")}
+        channels: dict[str, ChannelSpec] = {}
+        declared = self.named_entries(node, "channels", "channels")
+        self.channel_keys = list(declared)
+        for key, value in declared.items():
+            field = f"channels.{key}"
+            line = node.key_lines[key]
+            entries = self.entries(value, field, CHANNEL_KEYS, line=line, allow_null=True)
+            if entries is None:
+                continue
+            backend = self.field(entries, "backend", field, backend_name, "local")
+            url = self.field(entries, "url", field, string, None)
+            self.check_url(backend, url, entries, field, line)
+            wire = self.field(entries, "channel", field, non_empty, f"{project}.{key}")
+            channels[key] = ChannelSpec(key=key, backend=backend, url=url, channel=wire,
+                                        line=line)
+        return channels
+
+    def check_url(self, backend: str, url: str | None, entries: Mapping[str, Node],
+                  field: str, line: int) -> None:
+        """Never guess a server: redis and pgmq need a URL of their scheme, local none."""
+        where = entries["url"].line if "url" in entries else line
+        schemes = URL_SCHEMES.get(backend)
+        if schemes is None:
+            if url is not None:
+                self.problems.add(where, f"{field}.url", "the local backend takes no url")
+            return
+        *others, last = [f"{s}://" for s in schemes]
+        expected = f"{', '.join(others)} or {last}" if others else last
+        if not url:
+            self.problems.add(where, f"{field}.url",
+                              f"required for the {backend} backend (a {expected} URL)")
+        elif url.partition("://")[0] not in schemes or "://" not in url:
+            self.problems.add(where, f"{field}.url", f"expected a {expected} URL for the "
+                                                     f"{backend} backend, got {shown(url)}")
+
+    def workers(self, node: Node | None) -> dict[str, WorkerSpec]:
+        declared = self.named_entries(node, "workers", "workers")
+        key_lines = node.key_lines if node is not None else {}
+        workers: dict[str, WorkerSpec] = {}
+        for key, value in declared.items():
+            field = f"workers.{key}"
+            line = key_lines[key]
+            entries = self.entries(value, field, WORKER_KEYS, line=line, allow_null=True)
+            if entries is None:
+                continue
+            values = {k: self.field(entries, k, field, convert, None)
+                      for k, convert in WORKER_FIELDS.items() if k in entries}
+            if values.get("class") is None:
+                continue
+            channel = self.worker_channel(values.get("channel"), entries, field, line)
+            depends = values.get("depends_on") or ()
+            for dep, dep_line in depends:
+                if dep == key:
+                    self.problems.add(dep_line, f"{field}.depends_on",
+                                      f"{shown(key)} cannot depend on itself")
+                elif dep not in declared:
+                    self.problems.add(dep_line, f"{field}.depends_on",
+                                      f"unknown worker {shown(dep)}{suggest(dep, declared)}")
+            options = {k: v for k, v in values.items()
+                       if v is not None and k not in ("class", "channel", "depends_on")}
+            workers[key] = WorkerSpec(key=key, class_path=values["class"], channel=channel,
+                                      depends_on=tuple(d for d, _ in depends), line=line,
+                                      **options)
+        # Keys have no dots and replica names always do ("key.N"), so a worker key can
+        # never collide with another worker's replica name.
+        return workers
+
+    def worker_channel(self, given: str | None, entries: Mapping[str, Node], field: str,
+                       line: int) -> str:
+        """The channel given (it must exist), else the only one, else ``main``."""
+        channels = self.channel_keys
+        choices = ", ".join(channels)
+        if given is not None:
+            if channels and given not in channels:
+                self.problems.add(entries["channel"].line, f"{field}.channel",
+                                  f"unknown channel {shown(given)}{suggest(given, channels)} "
+                                  f"(channels: {choices})")
+            return given
+        if len(channels) == 1:
+            return channels[0]
+        if channels and "main" not in channels:
+            self.problems.add(line, f"{field}.channel",
+                              f"required: there are several channels ({choices}) "
+                              "and none is named 'main'")
+        return "main"
+
+
+def _check_cycles(topology: Topology, doc: Node, problems: Problems) -> None:
+    """Refuse a dependency cycle, named from its first worker in the file: a -> b -> a."""
+    order = {key: i for i, key in enumerate(topology.workers)}
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    stack: list[str] = []
+
+    def visit(key: str) -> list[str] | None:
+        state[key] = 1
+        stack.append(key)
+        for dep in topology.workers[key].depends_on:
+            if state.get(dep) == 1:
+                return stack[stack.index(dep):]
+            if dep not in state and (cycle := visit(dep)) is not None:
+                return cycle
+        stack.pop()
+        state[key] = 2
+        return None
+
+    for key in topology.workers:
+        if key in state:
+            continue
+        cycle = visit(key)
+        if cycle is not None:
+            start = cycle.index(min(cycle, key=order.__getitem__))
+            cycle = cycle[start:] + cycle[:start]
+            first = topology.workers[cycle[0]]
+            line = doc.value["workers"].value[first.key].value["depends_on"].line
+            problems.add(line, f"workers.{first.key}.depends_on",
+                         "dependency cycle: " + " -> ".join([*cycle, cycle[0]]))
+            problems.raise_first()
+
+
+def _mb(size: int) -> str:
+    return f"{size / (1024 * 1024):g} MB"
+
+
+def _default_name(source: Path) -> str:
+    """The file's stem made into a valid project name: ``My App.yaml`` -> ``my-app``."""
+    name = re.sub(r"[^a-z0-9_.-]+", "-", source.stem.lower()).strip("_.-")
+    return name or "topology"
