@@ -112,13 +112,18 @@ def _apply_to_running(topology: Topology, state: StateDir, names: list[str], tim
                                            "env": dict(os.environ), "workers": names}))
     changes: dict[str, list[str]] = applied["applied"]
     deadline = time.monotonic() + timeout
-    while True:
-        answer = asyncio.run(request(socket, {"cmd": "status"}))
-        status = ProjectStatus.from_json(answer["status"])
-        ok = _verdict(status, partial=bool(names))
-        if ok is not None or time.monotonic() > deadline:
-            break
-        time.sleep(_APPLY_POLL)
+    try:
+        while True:
+            answer = asyncio.run(request(socket, {"cmd": "status"}))
+            status = ProjectStatus.from_json(answer["status"])
+            ok = _verdict(status, partial=bool(names))
+            if ok is not None or time.monotonic() > deadline:
+                break
+            time.sleep(_APPLY_POLL)
+    except KeyboardInterrupt:
+        click.echo(f"\nstopped waiting; the changes go on in the background: "
+                   f"`{command_for(topology)} ps` shows them", err=True)
+        return 130
     shown = {w.name: w for w in status.workers}
     for verb in ("started", "restarted"):
         for name in changes[verb]:

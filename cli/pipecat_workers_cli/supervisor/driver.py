@@ -446,6 +446,8 @@ class Supervisor:
         if not (isinstance(counts, dict) and counts and all(
                 isinstance(k, str) and isinstance(n, int) for k, n in counts.items())):
             raise CommandError("scale: expected worker keys and replica counts")
+        if self._stopping:
+            raise CommandError("the project is stopping")
         for key, count in counts.items():
             if key not in self._topology.workers:
                 raise CommandError(f"no worker key {key!r} in {self._topology.path.name} (it "
