@@ -85,13 +85,13 @@ def plan(topology: Topology, text: str, file: str) -> Plan:
             raise TopologyError(
                 "a local channel lives inside `workers up` and cannot be exported; use a "
                 "redis or pgmq channel", file=file, line=channel.line or None,
-                field=f"channels.{channel.key}.backend")
+                field=f"channels.{channel.key}")
         raw_worker = _mapping(_mapping(raw.get("workers")).get(spec.key))
         if "${" in yaml.safe_dump(raw_worker.get("args")):
             raise TopologyError(
-                "holds a ${VAR} reference, whose value an export would write out; pass "
-                "secrets through env", file=file, line=spec.line or None,
-                field=f"workers.{spec.key}.args")
+                "its args hold a ${VAR} reference, whose value an export would write out; "
+                "pass secrets through env", file=file, line=spec.line or None,
+                field=f"workers.{spec.key}")
         raw_env = _mapping(raw_worker.get("env"))
         env, secrets = {"PYTHONUNBUFFERED": "1"}, {}
         for name, value in spec.env.items():
