@@ -108,7 +108,7 @@ def reload_topology(current: Topology) -> Topology:
     """
     from pipecat_workers_cli.topology import load_topology
 
-    edited = load_topology(current.path)
+    edited = load_topology(current.path, env_files=current.env_files)
     if (edited.name, edited.root) != (current.name, current.root):
         raise CommandError("its name or root changed; stop and run `workers up` again")
     return edited
