@@ -25,7 +25,11 @@ class Project:
         return self.state.project
 
     def topology_or_recorded(self) -> Topology:
-        """The topology: the one given, or the file the running project was started from."""
+        """The topology to go by: the one the running supervisor resolved, else the one
+        given (``-f``), else the file the project was started from, loaded here (with the
+        ``--env-file`` files it was started with)."""
+        if self.state.supervisor_alive() and (running := self.running_topology()):
+            return running
         if self.topology is not None:
             return self.topology
         recorded = (self.state.read_state() or {}).get("file")
@@ -33,7 +37,21 @@ class Project:
             raise CommandError(f"project '{self.name}' records no topology file; pass -f FILE")
         from pipecat_workers_cli.topology import load_topology
 
-        return load_topology(recorded)
+        last = self.running_topology()  # the last run's, for its env files
+        return load_topology(recorded, env_files=last.env_files if last else None)
+
+    def running_topology(self) -> Topology | None:
+        """The topology the supervisor recorded when it started or last applied an edit
+        (environment variables resolved as in its own environment); None without one."""
+        from pipecat_workers_cli.topology.record import RecordError, topology_from_record
+
+        data = self.state.read_topology()
+        if data is None:
+            return None
+        try:
+            return topology_from_record(data)
+        except RecordError:
+            return None  # another version's: the file will do
 
     def command(self, cwd: Path | None = None) -> str:
         """How to name this project in a hint: see :func:`command_for`."""

@@ -16,6 +16,7 @@ COMMANDS: dict[str, str] = {
     "start": "pipecat_workers_cli.commands.lifecycle:start",
     "restart": "pipecat_workers_cli.commands.lifecycle:restart",
     "check": "pipecat_workers_cli.commands.bus:check",
+    "config": "pipecat_workers_cli.commands.config:config",
     "call": "pipecat_workers_cli.commands.bus:call",
     "tail": "pipecat_workers_cli.commands.bus:tail",
 }

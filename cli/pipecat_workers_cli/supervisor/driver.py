@@ -152,6 +152,7 @@ class Supervisor:
         if self._only and (wrong := self._topology.unknown_workers(self._only)):
             raise CommandError(wrong)
         lock = self._state.lock()
+        self._record_topology()
         loop = asyncio.get_running_loop()
         installed = self._install_signals(loop)
         root, handlers = logging.getLogger(), logging.getLogger().handlers[:]
@@ -371,6 +372,14 @@ class Supervisor:
         with contextlib.suppress(OSError):
             self._state.write_state(data)
 
+    def _record_topology(self) -> None:
+        """What ``call``, ``tail`` and ``ps --channel`` go by: this topology as resolved
+        here, not as their own environment would resolve the file."""
+        from pipecat_workers_cli.topology.record import topology_record
+
+        with contextlib.suppress(OSError):
+            self._state.write_topology(topology_record(self._topology))
+
     # -- control and signals ----------------------------------------------------------
 
     async def _on_control(self, payload: dict[str, Any]) -> dict[str, Any]:
@@ -457,6 +466,7 @@ class Supervisor:
             self._background(self._rewatch(topology))
         self._template.update(topology)
         self._topology = topology
+        self._record_topology()
         self._project_note(f"applying the edited {topology.path.name}")
         self._perform(self._machine.update(specs))
 
