@@ -39,7 +39,7 @@ def config(ctx: click.Context, file: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(document, indent=2))
         return
-    import yaml
+    import yaml  # type: ignore[import-untyped,unused-ignore]
 
     click.echo(yaml.safe_dump(document, sort_keys=False, allow_unicode=True), nl=False)
 
