@@ -7,6 +7,8 @@ import itertools
 import json
 import os
 import pickle
+import subprocess
+import sys
 import threading
 import time
 import tracemalloc
@@ -469,6 +471,22 @@ def test_every_error_at_once_in_file_order(tmp_path: Path) -> None:
     assert (err.line, err.field) == (4, "workers.a.restart")  # the first one's
     copy = pickle.loads(pickle.dumps(err))
     assert (type(copy), str(copy)) == (TopologyErrors, str(err))
+
+
+@pytest.mark.parametrize("command", [["check"], ["up", "-d"]])
+def test_check_and_up_print_every_error_one_line_each(tmp_path: Path,
+                                                      command: list[str]) -> None:
+    (tmp_path / "t.yaml").write_text(
+        "workers:\n  a:\n    class: m:A\n    restart: maybe\n    replicas: 0\n"
+        "  b:\n    class: m:B\n    colour: red\n")
+    result = subprocess.run([sys.executable, "-m", "pipecat_workers_cli", *command, "t.yaml"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr.splitlines() == [
+        "error: t.yaml:4: workers.a.restart: expected one of no, on-failure, always, got 'maybe'",
+        "error: t.yaml:5: workers.a.replicas: expected an integer >= 1, got 0",
+        "error: t.yaml:8: workers.b.colour: unknown key 'colour'",
+    ]
 
 
 def test_errors_are_bounded(tmp_path: Path) -> None:

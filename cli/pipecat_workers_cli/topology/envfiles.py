@@ -7,21 +7,24 @@ Two kinds, as in docker compose:
 - ``env_file:`` in the topology (at the top: for every worker; in a worker: for it): variables
   its processes get, under its ``env:``.
 
-python-dotenv skips a line it cannot parse with a warning; a topology must not run with half
-of its settings, so such a line is an error here.
+The lines are parsed by python-dotenv (quotes, escapes, ``export``, comments), but where it
+skips a line it cannot parse with a warning, that line is an error here: a project must not
+run with half of its settings. ``${VAR}`` in a value (unless single-quoted) is expanded as in
+the topology, from the lines above, then the environment.
 """
 
 from __future__ import annotations
 
 import io
 import os
-from collections.abc import Sequence
+from collections import ChainMap
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from dotenv import dotenv_values
 from dotenv.parser import parse_stream  # the parser behind dotenv_values, with line numbers
 
 from pipecat_workers_cli.topology.errors import TopologyError
+from pipecat_workers_cli.topology.interpolate import interpolate
 
 DEFAULT_ENV_FILE = ".env"
 MAX_ENV_FILE_BYTES = 1024 * 1024
@@ -32,19 +35,20 @@ class EnvFileMissing(TopologyError):
     """Raised when an env file named in the topology or on the command line does not exist."""
 
 
-def read_env_file(path: Path, shown_as: str) -> dict[str, str]:
+def read_env_file(path: Path, shown_as: str, env: Mapping[str, str]) -> dict[str, str]:
     """The variables of one ``.env`` file, in file order.
 
-    ``${VAR}`` and ``${VAR:-default}`` in values are expanded (python-dotenv's rules) from
-    the lines above and the environment. A line with a name and no ``=`` sets nothing.
+    A line with a name and no ``=`` sets nothing.
 
     Args:
         path: The file to read.
         shown_as: How messages name it (as the user wrote it).
+        env: The environment ``${VAR}`` falls back on after the lines above.
 
     Raises:
         EnvFileMissing: There is no such file.
-        TopologyError: It cannot be read, or a line is not ``NAME=value`` (with its line).
+        TopologyError: It cannot be read, a line is not ``NAME=value``, or a value names an
+            unset variable (with its line).
     """
     try:
         with path.open("rb") as stream:
@@ -64,14 +68,28 @@ def read_env_file(path: Path, shown_as: str) -> dict[str, str]:
         line = data.count(b"\n", 0, exc.start) + 1
         raise TopologyError(f"not UTF-8 text (byte 0x{data[exc.start]:02x})",
                             file=shown_as, line=line) from None
+    values: dict[str, str] = {}
     for binding in parse_stream(io.StringIO(text)):
+        line = binding.original.line
         if binding.error:
-            first = binding.original.string.strip().splitlines()[0]
+            first = (binding.original.string.strip().splitlines() or [""])[0]
             cut = first if len(first) <= 40 else f"{first[:37]}..."
-            raise TopologyError(f"expected NAME=value, got {cut!r}", file=shown_as,
-                                line=binding.original.line)
-    values = dotenv_values(stream=io.StringIO(text), interpolate=True)
-    return {name: value for name, value in values.items() if value is not None}
+            raise TopologyError(f"expected NAME=value, got {cut!r}", file=shown_as, line=line)
+        if binding.key is None or binding.value is None:
+            continue  # a comment, a blank line, a name alone
+        if _single_quoted(binding.original.string):
+            values[binding.key] = binding.value
+            continue
+        try:
+            values[binding.key] = interpolate(binding.value, ChainMap(values, dict(env)))
+        except TopologyError as exc:
+            raise exc.located(file=shown_as, line=line, field=binding.key) from None
+    return values
+
+
+def _single_quoted(source: str) -> bool:
+    """Whether the value of a ``NAME=value`` line is in single quotes (taken literally)."""
+    return source.partition("=")[2].lstrip().startswith("'")
 
 
 def project_env_files(topology: Path, given: Sequence[str] | None) -> list[tuple[Path, str]]:
@@ -85,7 +103,8 @@ def project_env_files(topology: Path, given: Sequence[str] | None) -> list[tuple
     return []
 
 
-def project_variables(topology: Path, given: Sequence[str] | None) -> dict[str, str]:
+def project_variables(topology: Path, given: Sequence[str] | None,
+                      env: Mapping[str, str]) -> dict[str, str]:
     """The project's env files merged, a later file winning (``--env-file`` in order).
 
     Raises:
@@ -94,7 +113,7 @@ def project_variables(topology: Path, given: Sequence[str] | None) -> dict[str, 
     merged: dict[str, str] = {}
     for path, shown_as in project_env_files(topology, given):
         try:
-            merged.update(read_env_file(path, shown_as))
+            merged.update(read_env_file(path, shown_as, ChainMap(merged, dict(env))))
         except EnvFileMissing:
             raise TopologyError("file not found", file=shown_as, field="--env-file") from None
     return merged

@@ -78,9 +78,9 @@ def load_topology(path: str | os.PathLike[str], env: Mapping[str, str] | None = 
     problems = Problems(file)
     text = _read(source, file)
     shell = os.environ if env is None else env
-    variables = {**project_variables(source, env_files), **shell}
+    variables = {**project_variables(source, env_files, shell), **shell}
     document = read_document(text, variables, problems)
-    topology = _Loader(source, problems).topology(document)
+    topology = _Loader(source, problems, shell).topology(document)
     problems.raise_all()
     _check_cycles(topology, document, problems)
     if env_files:
@@ -120,9 +120,10 @@ def _read(source: Path, file: str) -> str:
 class _Loader:
     """One pass over the document; problems are collected, not raised, to report the first."""
 
-    def __init__(self, source: Path, problems: Problems) -> None:
+    def __init__(self, source: Path, problems: Problems, env: Mapping[str, str]) -> None:
         self.source = source
         self.problems = problems
+        self.env = env
         self.channel_keys: list[str] = ["main"]  # declared, even if invalid: no echo errors
         self.shared_env: dict[str, str] = {}  # the top-level env_file's variables
         # env files read, by name: their variables, missing, or None (malformed)
@@ -274,7 +275,7 @@ class _Loader:
             shown_as = os.path.normpath(os.path.join(os.path.dirname(self.problems.file), name))
             if shown_as not in self.read:
                 try:
-                    self.read[shown_as] = read_env_file(path, shown_as)
+                    self.read[shown_as] = read_env_file(path, shown_as, self.env)
                 except EnvFileMissing as exc:
                     self.read[shown_as] = exc
                 except TopologyError as exc:  # reported once, in the env file
@@ -282,7 +283,9 @@ class _Loader:
                     self.problems.add_elsewhere(exc)
             variables = self.read[shown_as]
             if isinstance(variables, EnvFileMissing):  # reported where each names it
-                self.problems.add(line, field, f"env file not found: {shown(shown_as)}")
+                text = shown_as if shown_as.isprintable() and len(shown_as) <= 200 else (
+                    shown(shown_as, 200))
+                self.problems.add(line, field, f"env file not found: {text}")
             elif variables is not None:
                 merged.update(variables)
         return merged
