@@ -459,7 +459,8 @@ class Supervisor:
         try:
             topology = reload_topology(self._topology)
         except WorkersError as exc:
-            self._project_note(f"topology not applied: {exc}")
+            # Several errors are a line each: one note keeps them together.
+            self._project_note(f"topology not applied: {'; '.join(str(exc).splitlines())}")
             return
         specs = expand(topology)
         if topology.channels != self._topology.channels:
