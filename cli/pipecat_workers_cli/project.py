@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 from dataclasses import dataclass
@@ -88,9 +89,16 @@ def find_project(file: str | None, name: str | None, cwd: Path | None = None) ->
         CommandError: none or several match.
     """
     if file is not None:
-        from pipecat_workers_cli.topology import load_topology
+        from pipecat_workers_cli.topology import TopologyError, load_topology
 
-        topology = load_topology(file)
+        try:
+            topology = load_topology(file)
+        except TopologyError:
+            # Resolved here, the file may lack a variable that its running supervisor had.
+            running = _running_from(Path(file))
+            if running is None:
+                raise
+            topology = running
         return Project(StateDir.of(topology.root, topology.name), topology)
     found = find_state_dirs(cwd or Path.cwd())
     if name is not None:
@@ -112,3 +120,15 @@ def find_project(file: str | None, name: str | None, cwd: Path | None = None) ->
         else:
             raise SeveralProjects([s.project for s in found])
     return Project(found[0])
+
+
+def _running_from(file: Path) -> Topology | None:
+    """The topology a running supervisor recorded for ``file``, found from its directory
+    upwards (where a project's ``root:`` is); None if none runs it."""
+    with contextlib.suppress(OSError, ValueError):
+        path = file.resolve()
+        for state in find_state_dirs(path.parent):
+            running = Project(state).running_topology() if state.supervisor_alive() else None
+            if running is not None and running.path == path:
+                return running
+    return None

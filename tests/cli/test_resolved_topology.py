@@ -67,14 +67,17 @@ def test_a_variable_set_only_for_up_serves_call_ps_and_config(
     assert "GREETING" not in cli.env
     up_with(cli, {"GREETING": "Yo"}, "--reload")
 
-    call, channel, shown, from_file = cli.run_many(
+    call, call_f, channel, shown, from_file = cli.run_many(
         ("call", "answerer", "--job", "greet"),
+        ("-f", "workers.yaml", "call", "answerer", "--job", "greet"),
         ("ps", "--channel", "main", "--json", "--wait", "3"),
         ("config", "--json"),
         ("-f", "workers.yaml", "config"),  # the file, resolved here: GREETING is not set
     )
     assert call.returncode == 0, (call.stdout, call.stderr)
     assert answer_of(call.stdout) == {"greeting": "Yo"}
+    assert call_f.returncode == 0, (call_f.stdout, call_f.stderr)  # the file it runs
+    assert answer_of(call_f.stdout) == {"greeting": "Yo"}
     assert channel.returncode == 0, (channel.stdout, channel.stderr)
     assert "answerer" in {w["name"] for w in json.loads(channel.stdout)["workers"]}
     assert shown.returncode == 0, (shown.stdout, shown.stderr)
