@@ -1,10 +1,11 @@
 """Entry point of the ``workers`` command: the group, its shared options, and error handling.
 
-Each command lives in :mod:`pipecat_workers_cli.commands` and is imported when it runs; commands
-parse options, call the library or the supervisor, and render. A user error is one red line and exit
-status 1, never a traceback. Log records (of the library, say) are one line each on stderr, at
-WARNING and above, with an exception's type and message but not its traceback; ``WORKERS_DEBUG=1``
-shows tracebacks.
+Each command lives in :mod:`pipecat_workers_cli.commands` and is imported when it runs;
+commands parse options, call the library or the supervisor, and render. A user error is one
+red line (a topology with several mistakes: a line each) and exit status 1, never a
+traceback. Log records (of the library, say) are one line each on stderr, at WARNING and
+above, with an exception's type and message but not its traceback; ``WORKERS_DEBUG=1`` shows
+tracebacks.
 """
 
 from __future__ import annotations

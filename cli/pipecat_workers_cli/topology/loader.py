@@ -118,7 +118,7 @@ def _read(source: Path, file: str) -> str:
 
 
 class _Loader:
-    """One pass over the document; problems are collected, not raised, to report the first."""
+    """One pass over the document; problems are collected, not raised, to report them all."""
 
     def __init__(self, source: Path, problems: Problems, env: Mapping[str, str]) -> None:
         self.source = source
