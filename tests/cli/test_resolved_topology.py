@@ -8,6 +8,7 @@ there, or set to something else). Each test runs the real ``workers`` program.
 from __future__ import annotations
 
 import json
+import os
 import stat
 import sys
 import uuid
@@ -18,6 +19,12 @@ from typing import Any
 import pytest
 import yaml
 from cliproj import Cli, wait_for, write_project
+from pipecat_workers_cli.topology import load_topology
+from pipecat_workers_cli.topology.record import (
+    RecordError,
+    topology_from_record,
+    topology_record,
+)
 
 if sys.platform != "linux":  # pragma: no cover
     pytest.skip("the supervisor's process handling is tested on Linux", allow_module_level=True)
@@ -37,6 +44,28 @@ class Greeter(BaseWorker):
 '''
 GREETER = {"class": "greeters:Greeter", "env": {"LOG_LEVEL": "WARNING",
                                                  "GREETING": "${GREETING}"}}
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_the_record_rebuilds_the_topology_exactly(config: Path) -> None:
+    topology = load_topology(config, env={"REDIS_URL": "redis://h:1/0"},
+                             env_files=[os.devnull])
+    data = json.loads(json.dumps(topology_record(topology)))  # as written and read back
+    assert topology_from_record(data) == topology
+
+
+def test_a_record_of_another_shape_is_refused() -> None:
+    topology = load_topology(ROOT / "configs" / "research.yaml", env={})
+    data = topology_record(topology)
+    with pytest.raises(RecordError):
+        topology_from_record({**data, "version": 0})
+    data["topology"]["workers"]["researcher"]["replicas"] = "three"
+    with pytest.raises(RecordError):
+        topology_from_record(data)
 
 
 def answer_of(stdout: str) -> dict[str, Any]:
