@@ -69,6 +69,7 @@ def read_env_file(path: Path, shown_as: str, env: Mapping[str, str]) -> dict[str
         raise TopologyError(f"not UTF-8 text (byte 0x{data[exc.start]:02x})",
                             file=shown_as, line=line) from None
     values: dict[str, str] = {}
+    lookup = ChainMap(values, dict(env))  # the lines above first, as they are added
     for binding in parse_stream(io.StringIO(text)):
         line = binding.original.line
         if binding.error:
@@ -81,7 +82,7 @@ def read_env_file(path: Path, shown_as: str, env: Mapping[str, str]) -> dict[str
             values[binding.key] = binding.value
             continue
         try:
-            values[binding.key] = interpolate(binding.value, ChainMap(values, dict(env)))
+            values[binding.key] = interpolate(binding.value, lookup)
         except TopologyError as exc:
             raise exc.located(file=shown_as, line=line, field=binding.key) from None
     return values
