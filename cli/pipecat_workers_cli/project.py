@@ -33,13 +33,16 @@ class Project:
             return running
         if self.topology is not None:
             return self.topology
-        recorded = (self.state.read_state() or {}).get("file")
+        state = self.state.read_state() or {}
+        recorded = state.get("file")
         if not recorded:
             raise CommandError(f"project '{self.name}' records no topology file; pass -f FILE")
         from pipecat_workers_cli.topology import load_topology
 
-        last = self.running_topology()  # the last run's, for its env files
-        return load_topology(recorded, env_files=last.env_files if last else None)
+        env_files = state.get("env_files")  # the last run's --env-file files
+        if not (isinstance(env_files, list) and all(isinstance(f, str) for f in env_files)):
+            env_files = None
+        return load_topology(recorded, env_files=env_files or None)
 
     def running_topology(self) -> Topology | None:
         """The topology the supervisor recorded when it started or last applied an edit

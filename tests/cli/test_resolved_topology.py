@@ -150,8 +150,51 @@ def test_a_bus_url_set_only_for_up_is_the_one_call_joins(
     assert call.returncode == 0, (call.stdout, call.stderr)
     assert answer_of(call.stdout) == {"greeting": "hi"}
 
-    # Once the project is down, the file is what there is: resolved here.
+    # Once the project is down, the file is what there is: resolved here. The record, with
+    # the values of the environment it was resolved in, is gone with the supervisor.
     assert cli.run("down").returncode == 0
+    assert not (tmp_path / ".workers" / "resolved-url" / "topology.json").exists()
     after = cli.run("config", "--json")
     assert after.returncode == 0, after.stderr
     assert json.loads(after.stdout)["channels"]["main"]["url"] == "redis://127.0.0.1:1/0"
+
+
+@pytest.mark.timeout(150)
+def test_up_d_again_resolves_with_its_own_env_files_and_environment_which_later_edits_keep(
+        tmp_path: Path, clis: Callable[[Path], Cli]) -> None:
+    answerer = {**GREETER, "env": {"LOG_LEVEL": "WARNING", "GREETING": "${GREETING}${SUFFIX:-}"}}
+    path = write_project(tmp_path, "reapplied", {"answerer": answerer, "peer": {"class": "Echo"}})
+    (tmp_path / "greeters.py").write_text(GREETERS_PY)
+    (tmp_path / ".env").write_text("GREETING=from-dotenv\n")
+    (tmp_path / "prod.env").write_text("GREETING=from-prod\n")
+    cli = clis(tmp_path)
+
+    def greeting() -> str:
+        call = cli.run("call", "answerer", "--job", "greet")
+        assert call.returncode == 0, (call.stdout, call.stderr)
+        return str(answer_of(call.stdout)["greeting"])
+
+    first = cli.run("--env-file", "prod.env", "up", "-d", "--reload", "workers.yaml", timeout=60)
+    assert first.returncode == 0, (first.stdout, first.stderr)
+    assert greeting() == "from-prod"
+    # A second `up -d` without --env-file reads the .env beside the file, as `config` does.
+    up_with(cli, {})
+    assert greeting() == "from-dotenv"
+    up_with(cli, {"SUFFIX": "!"})
+    assert greeting() == "from-dotenv!"
+    before = {w["name"]: w["pid"] for w in cli.ps()["workers"]}
+
+    # An edit of another worker, under --reload: the file is read again with what the last
+    # `up -d` gave it, so the answerer neither changes nor restarts.
+    document = yaml.safe_load(path.read_text())
+    document["workers"]["peer"]["env"]["EDITED"] = "yes"
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+
+    def peer_restarted() -> dict[str, Any] | None:
+        now = {w["name"]: w for w in cli.ps()["workers"]}
+        peer = now["peer"]
+        return now if peer["pid"] not in (None, before["peer"]) and peer["registered"] else None
+
+    now = wait_for(peer_restarted, timeout=30, what="the edited peer restarted")
+    assert now["answerer"]["pid"] == before["answerer"]
+    assert greeting() == "from-dotenv!"

@@ -119,6 +119,9 @@ class Supervisor:
         self._renderer = renderer
         self._only = list(only) if only else None
         self._env = dict(os.environ if env is None else env)
+        # What the topology file was last interpolated with: the environment of the
+        # `up -d` that applied it, kept for later edits under --reload (None: ours).
+        self._file_env: dict[str, str] | None = None
         self._clock = clock
         self._machine = Machine(expand(topology), clock, rng,
                                 timing or Timing(), reload=reload)
@@ -209,6 +212,8 @@ class Supervisor:
         if self._hub is not None:
             await self._hub.stop()
         self._write_state(running=False)
+        with contextlib.suppress(OSError):
+            self._state.forget_topology()
         for writer in self._writers.values():
             writer.close()
 
@@ -370,6 +375,7 @@ class Supervisor:
         data = status.to_json()
         data["sockets"] = {"control": str(self._state.socket_path("control")),
                            "hub": self._hub_path()}
+        data["env_files"] = list(self._topology.env_files or ())  # for commands after `down`
         with contextlib.suppress(OSError):
             self._state.write_state(data)
 
@@ -441,11 +447,14 @@ class Supervisor:
         if self._stopping:
             raise CommandError("the project is stopping")
         try:
-            topology = reload_topology(self._topology, Path(file), env, env_files=env_files)
+            # `()`, not None, without --env-file: the caller's default (.env), not ours.
+            topology = reload_topology(self._topology, Path(file), env,
+                                       env_files=env_files or ())
         except WorkersError as exc:
             raise CommandError(str(exc)) from None
         if names and (wrong := topology.unknown_workers(names)):
             raise CommandError(wrong)
+        self._file_env = env
         self._project_note(f"applying {topology.path.name}")
         applied, actions = self._machine.apply(self._use(topology), names)
         self._perform(actions)
@@ -473,6 +482,7 @@ class Supervisor:
             workers = {**self._topology.workers,
                        key: replace(self._topology.workers[key], replicas=count)}
             self._topology = replace(self._topology, workers=workers)
+            self._record_topology()
             self._perform(self._machine.scale(key, expand(self._topology)))
 
     def _on_signal(self, sig: int) -> None:
@@ -511,7 +521,7 @@ class Supervisor:
     def _apply_topology(self) -> None:
         """Run the edited topology's difference; a broken edit changes nothing."""
         try:
-            topology = reload_topology(self._topology)
+            topology = reload_topology(self._topology, env=self._file_env)
         except WorkersError as exc:
             # Several errors are a line each: one note keeps them together.
             self._project_note(f"topology not applied: {'; '.join(str(exc).splitlines())}")

@@ -226,6 +226,12 @@ class StateDir:
         """
         self._write_json(self.topology_file, data)
 
+    def forget_topology(self) -> None:
+        """Remove the recorded topology (the supervisor exits): its secrets stay no longer
+        than the project runs."""
+        with contextlib.suppress(FileNotFoundError), state_errors():
+            os.unlink(self.topology_file)
+
     def _write_json(self, path: Path, data: dict[str, Any]) -> None:
         self.make(logs=False)
         with state_errors():
