@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING
 import click
 
 from pipecat_workers_cli.errors import CommandError, SeveralProjects
+from pipecat_workers_cli.logs.news import NEWS, as_shown, file_stem
 from pipecat_workers_cli.logs.reader import follow, merge, read_records
 from pipecat_workers_cli.logs.timespec import parse_since
 from pipecat_workers_cli.project import Project, find_project
-from pipecat_workers_cli.states import ENDED
+from pipecat_workers_cli.states import ENDED, GONE
 from pipecat_workers_cli.supervisor.statedir import state_errors
 from pipecat_workers_cli.supervisor.status import ProjectStatus
 
@@ -90,8 +91,9 @@ def _status(project: Project) -> tuple[ProjectStatus, bool]:
     for worker in status.workers:
         worker.jobs, worker.registered = {}, False
         if worker.state not in ENDED:
-            worker.state, worker.reason = "gone", "supervisor not running"
-            worker.pid = worker.uptime = None
+            worker.state, worker.reason = GONE, "supervisor not running"
+            worker.pid = worker.uptime = worker.retry_in = None
+            worker.cpu_percent = worker.rss_bytes = None
     return status, False
 
 
@@ -107,16 +109,11 @@ def _status(project: Project) -> tuple[ProjectStatus, bool]:
 @click.pass_context
 def logs(ctx: click.Context, workers: tuple[str, ...], follow_: bool, tail: int | None,
          since: str | None, timestamps: bool) -> None:
-    """Show the output of WORKERS (all if none), merged in time order."""
+    """Show the output of WORKERS (all if none), merged in time order, with the supervisor's
+    own news as the `workers` stream (`workers logs workers` shows it alone)."""
     project = find_project(ctx.obj.get("file"), ctx.obj.get("project"))
     logs_dir = project.state.logs_dir
-    known = _known_workers(project)
-    names = list(workers) or known
-    replicas = {w: [k for k in known if k == w or k.startswith(f"{w}.")] for w in names}
-    if unknown := [w for w, found in replicas.items() if not found]:
-        raise CommandError(f"no worker named {', '.join(map(repr, unknown))} in project "
-                           f"'{project.name}' (it has {', '.join(known) or 'none'})")
-    chosen = [n for found in replicas.values() for n in found]
+    chosen = _chosen(project, workers)
     try:
         start = parse_since(since, datetime.now(UTC)) if since else None
     except ValueError as exc:
@@ -126,9 +123,9 @@ def logs(ctx: click.Context, workers: tuple[str, ...], follow_: bool, tail: int 
     renderer = PlainRenderer(chosen, timestamps=timestamps)
     with state_errors():
         if not follow_:
-            for record in merge([read_records(logs_dir, n, since=start, tail=tail)
+            for record in merge([read_records(logs_dir, file_stem(n), since=start, tail=tail)
                                  for n in chosen]):
-                renderer.record(record)
+                renderer.record(as_shown(record))
             return
         try:
             asyncio.run(_follow(project, chosen, start, tail, renderer))
@@ -149,12 +146,28 @@ async def _follow(project: Project, names: list[str], since: datetime | None,
 
     watcher = asyncio.get_running_loop().create_task(watch_supervisor())
     try:
-        async for record in follow(project.state.logs_dir, names, since=since, tail=tail,
-                                   stop=stop):
-            renderer.record(record)
+        async for record in follow(project.state.logs_dir, [file_stem(n) for n in names],
+                                   since=since, tail=tail, stop=stop):
+            renderer.record(as_shown(record))
     finally:
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
+
+
+def _chosen(project: Project, workers: tuple[str, ...]) -> list[str]:
+    """The logs to show: every worker's and the news, or those named (a worker's key names
+    all its replicas; ``workers`` names the news, unless a worker has that name)."""
+    known = _known_workers(project)
+    if not workers:
+        return [*known, NEWS]
+    replicas = {w: [k for k in known if k == w or k.startswith(f"{w}.")] for w in workers}
+    if NEWS in replicas and not replicas[NEWS]:
+        replicas[NEWS] = [NEWS]
+    if unknown := [w for w, found in replicas.items() if not found]:
+        raise CommandError(f"no worker named {', '.join(map(repr, unknown))} in project "
+                           f"'{project.name}' (it has {', '.join(known) or 'none'}; "
+                           f"`{NEWS}` is the supervisor's news)")
+    return [n for found in replicas.values() for n in found]
 
 
 def _known_workers(project: Project) -> list[str]:
@@ -165,4 +178,5 @@ def _known_workers(project: Project) -> list[str]:
         from pipecat_workers_cli.topology import expand
 
         return [p.name for p in expand(project.topology)]
-    return sorted(p.name.removesuffix(".log") for p in project.state.logs_dir.glob("*.log"))
+    return sorted(p.name.removesuffix(".log") for p in project.state.logs_dir.glob("*.log")
+                  if not p.name.startswith("_"))  # "_workers.log" holds the news

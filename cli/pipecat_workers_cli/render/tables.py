@@ -8,6 +8,7 @@ from rich.table import Table
 from rich.text import Text
 
 from pipecat_workers_cli.render import plural
+from pipecat_workers_cli.supervisor.exits import explain_exit
 from pipecat_workers_cli.supervisor.report import failing_loops
 from pipecat_workers_cli.supervisor.status import ChannelStatus, ProjectStatus, WorkerStatus
 
@@ -16,6 +17,8 @@ STATE_STYLES = {
     "backing off": "red", "crashed": "bold red", "failed": "bold red", "exited": "dim",
     "stopped": "dim", "gone": "red",
 }
+"""A style for each word of :data:`pipecat_workers_cli.states.STATES`: the STATE column shows
+the state as ``ps --json`` has it, and nothing else (the why goes to REASON)."""
 
 
 def duration(seconds: float | None) -> str:
@@ -30,19 +33,46 @@ def duration(seconds: float | None) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
+def size(n: int | None) -> str:
+    """``812K``, ``45.3M``, ``1.2G``: a memory size for a table cell."""
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "K", "M", "G"):
+        if value < 1024 or unit == "G":
+            return f"{value:.0f}{unit}" if unit in ("B", "K") or value >= 100 else (
+                f"{value:.1f}{unit}")
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def cpu_text(percent: float | None) -> str:
+    return "-" if percent is None else f"{percent:.0f}%"
+
+
 def state_text(worker: WorkerStatus) -> Text:
-    label = worker.state
-    if worker.state == "backing off" and worker.retry_in is not None:
-        label += f" ({duration(worker.retry_in)})"
+    return Text(worker.state, style=STATE_STYLES.get(worker.state, ""))
+
+
+def reason_text(worker: WorkerStatus) -> str:
+    """Why the worker is where it is: its reason, when it restarts, a crash loop."""
+    parts = []
     if worker.crash_loop:
-        label = f"crash loop, {label}"
-    if worker.parked:
-        label = "crashed, waiting for a change"
-    if worker.state in ("exited", "crashed") and worker.exit_code is not None:
-        label += f" ({worker.exit_code})"
-    if worker.state == "ready" and worker.active:
-        label = "active"
-    return Text(label, style=STATE_STYLES.get(worker.state, ""))
+        parts.append("crash loop")
+    if worker.reason:
+        parts.append(worker.reason)
+    elif worker.state in ("exited", "crashed", "failed") and worker.exit_code is not None:
+        parts.append(explain_exit(worker.exit_code))
+    if worker.state == "backing off" and worker.retry_in is not None:
+        parts.append(f"restarting in {duration(worker.retry_in)}")
+    return "; ".join(parts) or "-"
+
+
+def bus_text(worker: WorkerStatus) -> str:
+    bus = ("registered, active" if worker.active else "registered") if worker.registered else "-"
+    if worker.failing:
+        bus = f"{bus}; loop failing: {', '.join(worker.failing)}"
+    return bus
 
 
 def jobs_text(jobs: dict[str, int]) -> str:
@@ -56,19 +86,32 @@ def jobs_text(jobs: dict[str, int]) -> str:
 # a Text, so that none of it is read as rich markup ("[/]" in an error would not even print).
 
 
-def project_table(status: ProjectStatus) -> Table:
-    title = Text(f"{status.project}" + ("" if status.running else " (not running)"))
+_COLUMNS = ("NAME", "STATE", "PID", "UPTIME", "RESTARTS", "CPU", "MEM", "JOBS run/ok/fail",
+            "BUS", "REASON")
+
+
+def project_table(status: ProjectStatus, *, workers: list[WorkerStatus] | None = None,
+                  more: int = 0, ellipsize: bool = False) -> Table:
+    """The workers of ``status`` (or the ``workers`` given), one row each, and a last row
+    "... N more" when ``more`` were left out.
+
+    ``ellipsize``: cut long cells short with "..." rather than wrap them (the live view keeps
+    one line per worker); ``ps`` wraps, so that nothing is lost.
+    """
+    title = Text(f"{status.project}" + ("" if status.running else " (not running)"),
+                 no_wrap=True, overflow="ellipsis")
     table = Table(title=title, title_justify="left", box=None, pad_edge=False)
-    for column in ("NAME", "STATE", "PID", "UPTIME", "RESTARTS", "JOBS run/ok/fail", "BUS"):
-        table.add_column(column, no_wrap=column != "BUS")
-    for w in status.workers:
-        bus = "registered" if w.registered else "-"
-        if w.reason and w.state not in ("ready",):
-            bus = w.reason
-        if w.failing:
-            bus = f"{bus}; loop failing: {', '.join(w.failing)}"
+    for column in _COLUMNS:
+        wraps = column in ("BUS", "REASON") and not ellipsize
+        table.add_column(column, no_wrap=not wraps, overflow="ellipsis" if not wraps else "fold",
+                         ratio=1 if column in ("BUS", "REASON") and ellipsize else None,
+                         min_width=6 if column in ("BUS", "REASON") else None)
+    for w in status.workers if workers is None else workers:
         table.add_row(Text(w.name), state_text(w), str(w.pid or "-"), duration(w.uptime),
-                      str(w.restarts), jobs_text(w.jobs), Text(bus))
+                      str(w.restarts), cpu_text(w.cpu_percent), size(w.rss_bytes),
+                      jobs_text(w.jobs), Text(bus_text(w)), Text(reason_text(w)))
+    if more:
+        table.add_row(Text(f"... {more} more", style="dim"))
     return table
 
 
