@@ -88,38 +88,45 @@ def jobs_text(jobs: dict[str, int]) -> str:
 
 _COLUMNS = ("NAME", "STATE", "PID", "UPTIME", "RESTARTS", "CPU", "MEM", "JOBS run/ok/fail",
             "BUS", "REASON")
+_SHORT = {"UPTIME": "UP", "RESTARTS": "RST", "JOBS run/ok/fail": "JOBS"}
+NARROW = 120
+"""Below this many columns the live view's headers are shortened, so 80 columns fit."""
 
 
 def project_table(status: ProjectStatus, *, workers: list[WorkerStatus] | None = None,
-                  more: int = 0, ellipsize: bool = False) -> Table:
+                  more: int = 0, ellipsize: bool = False, narrow: bool = False) -> Table:
     """The workers of ``status`` (or the ``workers`` given), one row each, and a last row
     "... N more" when ``more`` were left out.
 
     ``ellipsize``: cut long cells short with "..." rather than wrap them (the live view keeps
-    one line per worker); ``ps`` wraps, so that nothing is lost.
+    one line per worker); ``ps`` wraps, so that nothing is lost. ``narrow``: short headers.
     """
     title = Text(f"{status.project}" + ("" if status.running else " (not running)"),
                  no_wrap=True, overflow="ellipsis")
     table = Table(title=title, title_justify="left", box=None, pad_edge=False)
     for column in _COLUMNS:
-        wraps = column in ("BUS", "REASON") and not ellipsize
-        table.add_column(column, no_wrap=not wraps, overflow="ellipsis" if not wraps else "fold",
-                         ratio=1 if column in ("BUS", "REASON") and ellipsize else None,
-                         min_width=6 if column in ("BUS", "REASON") else None)
+        free = column in ("BUS", "REASON")  # long text: these give way first
+        table.add_column(_SHORT.get(column, column) if narrow else column, no_wrap=not free,
+                         overflow="ellipsis", min_width=6 if free else None)
     for w in status.workers if workers is None else workers:
+        # Ellipsized, a long cell keeps to one line: its column still narrows first.
+        bus, why = (Text(t, no_wrap=ellipsize, overflow="ellipsis" if ellipsize else "fold")
+                    for t in (bus_text(w), reason_text(w)))
         table.add_row(Text(w.name), state_text(w), str(w.pid or "-"), duration(w.uptime),
                       str(w.restarts), cpu_text(w.cpu_percent), size(w.rss_bytes),
-                      jobs_text(w.jobs), Text(bus_text(w)), Text(reason_text(w)))
+                      jobs_text(w.jobs), bus, why)
     if more:
-        table.add_row(Text(f"... {more} more", style="dim"))
+        table.caption = Text(f"... {more} more", style="dim")
+        table.caption_justify = "left"
     return table
 
 
-def channel_table(channel: ChannelStatus) -> Text:
+def channel_table(channel: ChannelStatus, *, ellipsize: bool = False) -> Text:
     link = "connected" if channel.connected else "not connected"
     return Text(f"channel {channel.key} ({channel.backend}, '{channel.channel}'): {link}, "
                 f"{plural(channel.runners, 'runner')}, {plural(len(channel.workers), 'worker')}, "
-                f"{plural(channel.jobs_running, 'job')} running", style="dim")
+                f"{plural(channel.jobs_running, 'job')} running", style="dim",
+                no_wrap=ellipsize, overflow="ellipsis" if ellipsize else None)
 
 
 def runners_table(survey: dict[str, Any]) -> Table:

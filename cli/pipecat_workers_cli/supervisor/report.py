@@ -83,7 +83,9 @@ def exit_news(proc: Proc, reason: str, notes: Sequence[str]) -> str:
         if note.startswith("exited with"):
             continue  # said better by the reason
         if note.startswith("restarting in"):
-            note = f"{note} (attempt {proc.restarts + 1})"
+            # "restarting in 7.9 s (attempt 5; crash loop: 5 failures in a row)"
+            when, _, more = note.partition(" (")
+            note = f"{when} (attempt {proc.restarts + 1}" + (f"; {more}" if more else ")")
         then.append(note)
     return f"{proc.name}: {reason}" + "".join(f"; {n}" for n in then)
 
