@@ -22,7 +22,7 @@ from pipecat_workers_cli.supervisor.status import ProjectStatus
 if TYPE_CHECKING:
     from pipecat_workers_cli.render.plain import PlainRenderer
 
-_STALE = "supervisor not answering; showing its last recorded state"
+STALE = "supervisor not answering; showing its last recorded state"
 _ANSWER_WITHIN = 3.0  # seconds: a supervisor that takes longer is stuck, its data stale
 
 
@@ -52,7 +52,7 @@ def ps(ctx: click.Context, as_json: bool, channel: str | None, url: str | None,
         click.echo(f"no project is running here ({', '.join(none_running.names)}); "
                    "`workers -p NAME ps` shows one's last state")
         return
-    status, stale = _status(project)
+    status, stale = current_status(project)
     if as_json:
         click.echo(json.dumps({**status.to_json(), "stale": stale}, indent=2))
         return
@@ -66,10 +66,10 @@ def ps(ctx: click.Context, as_json: bool, channel: str | None, url: str | None,
     if status.running:
         console.print(status.template.describe(), style="dim", highlight=False)
     if stale:
-        console.print(f"{_STALE} (supervisor pid {status.supervisor_pid})", style="yellow")
+        console.print(f"{STALE} (supervisor pid {status.supervisor_pid})", style="yellow")
 
 
-def _status(project: Project) -> tuple[ProjectStatus, bool]:
+def current_status(project: Project) -> tuple[ProjectStatus, bool]:
     """Live from the supervisor, or the last state it recorded; and whether that is stale:
     recorded by a supervisor that still holds the lock but does not answer."""
     alive = project.state.supervisor_alive()

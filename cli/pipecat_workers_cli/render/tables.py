@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 from rich.text import Text
@@ -11,6 +11,9 @@ from pipecat_workers_cli.render import plural
 from pipecat_workers_cli.supervisor.exits import explain_exit
 from pipecat_workers_cli.supervisor.report import failing_loops
 from pipecat_workers_cli.supervisor.status import ChannelStatus, ProjectStatus, WorkerStatus
+
+if TYPE_CHECKING:
+    from pipecat_workers_cli.listing import ProjectEntry
 
 STATE_STYLES = {
     "ready": "green", "starting": "yellow", "waiting": "dim", "stopping": "yellow",
@@ -148,4 +151,20 @@ def runners_table(survey: dict[str, Any]) -> Table:
                       Text(heard))
     if not survey["runners"]:
         table.caption = "no runner heard"
+    return table
+
+
+_PROJECT_STYLES = {"running": "green", "stopped": "dim", "crashed": "bold red"}
+
+
+def projects_table(rows: list[tuple[ProjectEntry, str, str]]) -> Table:
+    """What ``ls`` shows: each project with its state, and its root and topology file as
+    given (``rows``: the entry, its root and its file as they should read)."""
+    table = Table(box=None, pad_edge=False)
+    for column in ("NAME", "STATE", "ROOT", "FILE"):
+        table.add_column(column, overflow="fold")
+    for entry, root, file in rows:
+        table.add_row(Text(entry.name), Text(entry.describe(),
+                                              style=_PROJECT_STYLES.get(entry.state, "")),
+                      Text(root), Text(file))
     return table

@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import pwd
+import shutil
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -164,6 +165,35 @@ class StateDir:
         finally:
             os.close(fd)
         return False
+
+    def remove(self) -> bool:
+        """Delete the state directory (logs included) unless a supervisor runs the project;
+        True if it was deleted. The lock is held meanwhile, so that no supervisor starts in a
+        directory being deleted. A link to the directory is removed, not what it links to.
+
+        Raises:
+            StateDirError: it is not this user's, or cannot be deleted.
+        """
+        if not self.check():
+            return False
+        fd = open_private(self.path / "lock", os.O_RDWR | os.O_CREAT)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False  # running
+            for kind in ("control", "hub"):  # sockets kept elsewhere when the path is long
+                with contextlib.suppress(OSError, StateDirError):
+                    if (socket := self.socket_path(kind)).parent != self.path:
+                        socket.unlink(missing_ok=True)
+            with state_errors():
+                if self.path.is_symlink():
+                    self.path.unlink()
+                else:
+                    shutil.rmtree(self.path)
+        finally:
+            os.close(fd)
+        return True
 
     def read_state(self) -> dict[str, Any] | None:
         """What the supervisor last recorded; None when there is no (readable JSON) file.
