@@ -36,6 +36,7 @@ from pipecat_workers_cli.supervisor.machine import (
     Machine,
     Note,
     Spawn,
+    State,
     Timing,
 )
 from pipecat_workers_cli.supervisor.monitors import Monitors
@@ -290,9 +291,10 @@ class Supervisor:
                 self._last_exits[event.name] = reason
                 if event.code != 0:
                     proc.reason = reason
+                # News: an exit nobody asked for that failed, or that is restarted.
                 asked = not proc.wanted or proc.restart_when_stopped
                 actions = machine.exited(event.name, event.code)
-                if not asked:
+                if not asked and (event.code != 0 or proc.state is State.BACKOFF):
                     self._news_line(exit_news(proc, reason, [
                         a.text for a in actions if isinstance(a, Note) and a.name == proc.name]))
                 self._perform(actions, news=False)
