@@ -25,7 +25,7 @@ from pipecat_workers.bus import BusHub
 from pipecat_workers.errors import WorkersError
 from pipecat_workers_cli.errors import CommandError
 from pipecat_workers_cli.host import HostSpec
-from pipecat_workers_cli.logs.news import as_shown, news_writer
+from pipecat_workers_cli.logs.news import NEWS, as_shown, news_writer
 from pipecat_workers_cli.logs.reader import LogRecord
 from pipecat_workers_cli.logs.writer import LogWriter
 from pipecat_workers_cli.supervisor.control import ControlServer
@@ -289,7 +289,7 @@ class Supervisor:
                 proc = machine.procs[event.name]
                 reason = exit_reason(event.code, proc.reason or last)
                 self._last_exits[event.name] = reason
-                if event.code != 0:
+                if event.code != 0 and not proc.reason:  # what the host said is clearer
                     proc.reason = reason
                 # News: an exit nobody asked for that failed, or that is restarted.
                 asked = not proc.wanted or proc.restart_when_stopped
@@ -512,7 +512,11 @@ class Supervisor:
         renderer."""
         if self._news is None:
             self._news = news_writer(self._state.logs_dir)
-        self._renderer.record(as_shown(self._news.write("sup", text)))
+        try:
+            record = as_shown(self._news.write("sup", text))
+        except ValueError:  # closed: a last word while the supervisor ends
+            record = LogRecord(time=datetime.now(UTC), worker=NEWS, stream="sup", text=text)
+        self._renderer.record(record)
 
     def _install_signals(self, loop: asyncio.AbstractEventLoop) -> list[int]:
         installed: list[int] = []

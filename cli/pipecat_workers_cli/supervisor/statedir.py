@@ -1,8 +1,8 @@
 """Where a running project keeps its lock, sockets, state file and logs.
 
 ``<project root>/.workers/<project name>/`` holds ``lock`` (held by the live supervisor),
-``state.json`` (what ``ps`` shows when no supervisor answers), ``supervisor.log`` and
-``logs/<worker>.log``. Sockets go there too, unless the path is too long for a Unix socket
+``state.json`` (what ``ps`` shows when no supervisor answers), ``supervisor.log``,
+``logs/<worker>.log`` and ``logs/_workers.log`` (the supervisor's news). Sockets go there too, unless the path is too long for a Unix socket
 (about 100 bytes); then they go to a private directory under the system's temporary
 directory, and ``state.json`` records where.
 
