@@ -2,9 +2,9 @@
 
 ``<project root>/.workers/<project name>/`` holds ``lock`` (held by the live supervisor),
 ``state.json`` (what ``ps`` shows when no supervisor answers), ``supervisor.log``,
-``logs/<worker>.log`` and ``logs/_workers.log`` (the supervisor's news). Sockets go there too, unless the path is too long for a Unix socket
-(about 100 bytes); then they go to a private directory under the system's temporary
-directory, and ``state.json`` records where.
+``logs/<worker>.log`` and ``logs/_workers.log`` (the supervisor's news). Sockets go there
+too, unless the path is too long for a Unix socket (about 100 bytes); then they go to a
+private directory under the system's temporary directory, and ``state.json`` records where.
 
 Everything here is private to the user who runs the project: the directories are 0700 and
 the files 0600, and existing ones are tightened to that. Nothing is followed that another
