@@ -223,3 +223,18 @@ def test_the_live_view_shows_every_worker_when_they_fit(tmp_path: Path) -> None:
     console.print(view._render())
     text = out.getvalue()
     assert all(f"w.{i} " in text for i in range(1, 4)) and "more" not in text
+
+
+def test_ps_at_80_columns_keeps_the_reason_and_wraps_it() -> None:
+    failing = worker("researcher.1", "backing off", restarts=3, retry_in=1.2,
+                     reason="exit code 3: RuntimeError: no database at db:5432")
+    looping = worker("echo", "ready", pid=12345, registered=True,
+                     failing=["membership (TypeError: x)"])
+    text = rendered(project_table(project(failing, looping), narrow=True), width=80)
+    lines = text.splitlines()
+    assert max(map(len, lines)) <= 80, text
+    assert lines[1].split() == ["NAME", "STATE", "PID", "UP", "RST", "CPU", "MEM", "JOBS",
+                                "REASON"]
+    words = " ".join(text.split())
+    assert "RuntimeError: no database at db:5432; restarting in 1s" in words, text
+    assert "loop failing: membership (TypeError: x)" in words, text

@@ -57,10 +57,10 @@ def ps(ctx: click.Context, as_json: bool, channel: str | None, url: str | None,
         click.echo(json.dumps({**status.to_json(), "stale": stale}, indent=2))
         return
     from pipecat_workers_cli.render import table_console
-    from pipecat_workers_cli.render.tables import channel_table, project_table
+    from pipecat_workers_cli.render.tables import NARROW, channel_table, project_table
 
     console = table_console()
-    console.print(project_table(status))
+    console.print(project_table(status, narrow=console.width < NARROW))
     for view in status.channels:
         console.print(channel_table(view))
     if status.running:

@@ -98,26 +98,35 @@ NARROW = 120
 
 def project_table(status: ProjectStatus, *, workers: list[WorkerStatus] | None = None,
                   more: int = 0, ellipsize: bool = False, narrow: bool = False) -> Table:
-    """The workers of ``status`` (or the ``workers`` given), one row each, and a last row
+    """The workers of ``status`` (or the ``workers`` given), one row each, and a caption
     "... N more" when ``more`` were left out.
 
     ``ellipsize``: cut long cells short with "..." rather than wrap them (the live view keeps
-    one line per worker); ``ps`` wraps, so that nothing is lost. ``narrow``: short headers.
+    one line per worker); ``ps`` wraps, so that nothing is lost. ``narrow`` (a terminal under
+    :data:`NARROW` columns): short headers, and no BUS column (a failing loop, the one thing
+    in it that needs saying, joins REASON), so that 80 columns keep REASON.
     """
     title = Text(f"{status.project}" + ("" if status.running else " (not running)"),
                  no_wrap=True, overflow="ellipsis")
     table = Table(title=title, title_justify="left", box=None, pad_edge=False)
     for column in _COLUMNS:
+        if narrow and column == "BUS":
+            continue
         free = column in ("BUS", "REASON")  # long text: these give way first
         table.add_column(_SHORT.get(column, column) if narrow else column, no_wrap=not free,
                          overflow="ellipsis", min_width=6 if free else None)
     for w in status.workers if workers is None else workers:
+        reason = reason_text(w)
+        if narrow and w.failing:
+            reason = ("" if reason == "-" else f"{reason}; ") + (
+                f"loop failing: {', '.join(w.failing)}")
         # Ellipsized, a long cell keeps to one line: its column still narrows first.
         bus, why = (Text(t, no_wrap=ellipsize, overflow="ellipsis" if ellipsize else "fold")
-                    for t in (bus_text(w), reason_text(w)))
-        table.add_row(Text(w.name), state_text(w), str(w.pid or "-"), duration(w.uptime),
-                      str(w.restarts), cpu_text(w.cpu_percent), size(w.rss_bytes),
-                      jobs_text(w.jobs), bus, why)
+                    for t in (bus_text(w), reason))
+        cells: list[Text | str] = [Text(w.name), state_text(w), str(w.pid or "-"), duration(w.uptime),
+                 str(w.restarts), cpu_text(w.cpu_percent), size(w.rss_bytes),
+                 jobs_text(w.jobs), *([] if narrow else [bus]), why]
+        table.add_row(*cells)
     if more:
         table.caption = Text(f"... {more} more", style="dim")
         table.caption_justify = "left"
