@@ -123,9 +123,10 @@ def project_table(status: ProjectStatus, *, workers: list[WorkerStatus] | None =
         # Ellipsized, a long cell keeps to one line: its column still narrows first.
         bus, why = (Text(t, no_wrap=ellipsize, overflow="ellipsis" if ellipsize else "fold")
                     for t in (bus_text(w), reason))
-        cells: list[Text | str] = [Text(w.name), state_text(w), str(w.pid or "-"), duration(w.uptime),
-                 str(w.restarts), cpu_text(w.cpu_percent), size(w.rss_bytes),
-                 jobs_text(w.jobs), *([] if narrow else [bus]), why]
+        cells: list[Text | str] = [
+            Text(w.name), state_text(w), str(w.pid or "-"), duration(w.uptime),
+            str(w.restarts), cpu_text(w.cpu_percent), size(w.rss_bytes), jobs_text(w.jobs),
+            *([] if narrow else [bus]), why]
         table.add_row(*cells)
     if more:
         table.caption = Text(f"... {more} more", style="dim")
