@@ -16,11 +16,18 @@ from pipecat_workers_cli.supervisor.statedir import STATE_DIRNAME
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--prune", "prune_", is_flag=True, help="Delete the state directories (logs "
               "included) of the projects that are not running; running ones are kept.")
-def ls(as_json: bool, prune_: bool) -> None:
-    """List the projects found from this directory: state, root and topology file."""
+@click.pass_context
+def ls(ctx: click.Context, as_json: bool, prune_: bool) -> None:
+    """List the projects found from this directory (with -f FILE: from the topology's root):
+    state, root and topology file."""
     here = Path.cwd()
+    start = here
+    if ctx.obj.get("file"):
+        from pipecat_workers_cli.topology import load_topology
+
+        start = load_topology(ctx.obj["file"]).root
     if prune_:
-        removed = prune(here)
+        removed = prune(start)
         if as_json:
             click.echo(json.dumps([e.to_json() for e in removed], indent=2))
             return
@@ -29,7 +36,7 @@ def ls(as_json: bool, prune_: bool) -> None:
         if not removed:
             click.echo("nothing to prune: no stopped project here")
         return
-    entries = [entry for _, entry in list_projects(here)]
+    entries = [entry for _, entry in list_projects(start)]
     if as_json:
         click.echo(json.dumps([e.to_json() for e in entries], indent=2))
         return
