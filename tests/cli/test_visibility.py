@@ -73,6 +73,9 @@ def test_a_crashing_workers_reason_and_back_off_reach_logs_and_ps(
     cli = clis(tmp_path)
     up = cli.run("up", "-d", "workers.yaml", timeout=60)
     assert up.returncode == 1, (up.stdout, up.stderr)
+    follower = cli.popen("logs", "-f", "workers")  # the news as it comes
+    follower.out.wait_for(r"^workers \| \[failing: exit code 3: RuntimeError: no database"
+                          r".*\(attempt 3\b", timeout=15)
     assert re.search(r"^failing: backing off \(exit code 3: RuntimeError: no database",
                      up.stdout, re.M), up.stdout
 

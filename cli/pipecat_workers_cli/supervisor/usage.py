@@ -51,19 +51,19 @@ class UsageSampler:
         if self._last is not None and now - self._last < self._every:
             return
         self._last = now
+        children = _children_by_parent()
         seen: set[int] = set()
         usage = {}
         for name, pid in pids.items():
             known = pid in self._procs  # read before: its CPU share is measured since then
-            tree = self._tree(pid)
-            cpu, rss = 0.0, 0
-            for proc in tree:
+            cpu, rss, found = 0.0, 0, False
+            for proc in self._tree(pid, children):
                 seen.add(proc.pid)
                 with contextlib.suppress(psutil.Error), proc.oneshot():
                     cpu += proc.cpu_percent()
                     rss += proc.memory_info().rss
-                self._procs[proc.pid] = proc
-            if tree:
+                    found = True
+            if found:
                 usage[name] = Usage(cpu if known else None, rss)
         self._procs = {pid: p for pid, p in self._procs.items() if pid in seen}
         self._usage = usage
@@ -72,13 +72,28 @@ class UsageSampler:
         """What the last sample found for worker ``name`` (None: not running then)."""
         return self._usage.get(name)
 
-    def _tree(self, pid: int) -> list[psutil.Process]:
-        """The worker's process and its descendants, the known objects reused."""
-        try:
-            root = self._procs.get(pid) or psutil.Process(pid)
-            if not root.is_running():  # the pid was reused since it was read
-                root = psutil.Process(pid)
-            children = root.children(recursive=True)
-        except psutil.Error:
-            return []
-        return [root, *(self._procs.get(c.pid) or c for c in children)]
+    def _tree(self, pid: int, children: Mapping[int, list[int]]) -> list[psutil.Process]:
+        """The worker's process and its descendants, the objects of earlier reads reused."""
+        tree, pending = [], [pid]
+        while pending:
+            current = pending.pop()
+            proc = self._procs.get(current)
+            try:
+                if proc is None or not proc.is_running():  # new, or its pid was reused
+                    proc = self._procs[current] = psutil.Process(current)
+            except psutil.Error:
+                continue
+            tree.append(proc)
+            pending.extend(children.get(current, ()))
+        return tree
+
+
+def _children_by_parent() -> dict[int, list[int]]:
+    """Every process's children, from one pass over the process table (rather than one per
+    worker: a project may run a thousand)."""
+    children: dict[int, list[int]] = {}
+    for proc in psutil.process_iter(["ppid"]):
+        ppid = proc.info.get("ppid")
+        if isinstance(ppid, int):
+            children.setdefault(ppid, []).append(proc.pid)
+    return children
