@@ -38,7 +38,8 @@ _ANSWER_WITHIN = 3.0  # seconds: a supervisor that takes longer is stuck, its da
 @click.pass_context
 def ps(ctx: click.Context, as_json: bool, channel: str | None, url: str | None,
        wait: float | None) -> None:
-    """Show the project's workers: state, pid, uptime, restarts, jobs, and the bus view."""
+    """Show the project's workers: state, pid, uptime, restarts, CPU, memory, jobs, the bus
+    view, and the reason each is where it is."""
     if channel is not None or url is not None:
         from pipecat_workers_cli.commands.channel import show_channel
 
