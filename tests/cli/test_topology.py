@@ -28,6 +28,7 @@ from pipecat_workers_cli.topology import (
     topology_schema,
 )
 from pipecat_workers_cli.topology.fields import WORKER_FIELDS
+from pipecat_workers_cli.topology.model import Condition
 from pipecat_workers_cli.topology.schema import CHANNEL_KEYS, TOP_KEYS, WORKER_KEYS, render_schema
 
 from pipecat_workers.errors import ConfigurationError, WorkersError
@@ -191,6 +192,30 @@ def test_integer_keys_are_names(tmp_path: Path) -> None:
     topology = load(tmp_path, "workers:\n  1:\n    class: m:A\n  2:\n    class: m:A\n"
                               "    depends_on: [1]\n")
     assert topology.workers["2"].depends_on == ("1",)
+
+
+def test_depends_on_conditions_and_max_restarts(tmp_path: Path) -> None:
+    topology = load(tmp_path, """\
+workers:
+  db: {class: m:Db, replicas: 2, max_restarts: 5}
+  migrate: {class: m:Migrate, restart: "no", max_restarts: "${N}"}
+  cache: {class: m:Cache}
+  api:
+    class: m:Api
+    depends_on:
+      db: {condition: ready}
+      migrate: {condition: completed}
+      cache:
+""", env={"N": "0"})
+    api = topology.workers["api"]
+    assert api.depends_on == ("db", "migrate", "cache")
+    assert [api.condition(k) for k in api.depends_on] == [
+        Condition.READY, Condition.COMPLETED, Condition.READY]
+    assert (topology.workers["db"].max_restarts, topology.workers["migrate"].max_restarts,
+            api.max_restarts) == (5, 0, None)
+    process = next(p for p in expand(topology) if p.name == "api")
+    assert process.depends_on == ("db.1", "db.2", "migrate", "cache")
+    assert process.completed == {"migrate"}
 
 
 # -- interpolation --------------------------------------------------------------------------
@@ -407,10 +432,21 @@ def test_unusable_documents(tmp_path: Path, text: str, line: int, message: str) 
      "'a' cannot depend on itself"),
     (WORKER + "    depends_on: [b, b]\n  b:\n    class: m:B\n", 4, "workers.a.depends_on",
      "'b' is listed twice"),
-    (WORKER + "    depends_on: {b: 1}\n", 4, "workers.a.depends_on",
-     "expected a worker key or a list of worker keys, got a mapping"),
+    (WORKER + "    depends_on: {b: 1}\n", 4, "workers.a.depends_on.b",
+     "expected a mapping such as {condition: ready}, got 1"),
     (WORKER + "    depends_on:\n", 4, "workers.a.depends_on",
-     "expected a worker key or a list of worker keys, got nothing"),
+     "expected a worker key, a list of worker keys or a mapping of them, got nothing"),
+    (WORKER + "    depends_on:\n      b: {condition: healthy}\n  b:\n    class: m:B\n", 5,
+     "workers.a.depends_on.b.condition", "expected one of ready, completed, got 'healthy'"),
+    (WORKER + "    depends_on:\n      b: {conditon: ready}\n  b:\n    class: m:B\n", 5,
+     "workers.a.depends_on.b.conditon", "unknown key 'conditon' (did you mean 'condition'?)"),
+    (WORKER + "    depends_on:\n      b: {condition: completed}\n  b:\n    class: m:B\n"
+     "    restart: always\n", 5, "workers.a.depends_on.b",
+     "'b' has restart: always, so it never completes; give it restart: on-failure or no"),
+    (WORKER + "    max_restarts: -1\n", 4, "workers.a.max_restarts",
+     "expected an integer >= 0, got -1"),
+    (WORKER + "    max_restarts: many\n", 4, "workers.a.max_restarts",
+     "expected an integer >= 0, got 'many'"),
     (WORKER + "    depends_on:\n      - [b]\n", 5, "workers.a.depends_on",
      "expected a string, got a list"),
 ])

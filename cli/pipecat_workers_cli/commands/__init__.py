@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "stop": "pipecat_workers_cli.commands.lifecycle:stop",
     "start": "pipecat_workers_cli.commands.lifecycle:start",
     "restart": "pipecat_workers_cli.commands.lifecycle:restart",
+    "scale": "pipecat_workers_cli.commands.scale:scale",
     "check": "pipecat_workers_cli.commands.bus:check",
     "call": "pipecat_workers_cli.commands.bus:call",
     "tail": "pipecat_workers_cli.commands.bus:tail",

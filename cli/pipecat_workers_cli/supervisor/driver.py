@@ -16,7 +16,7 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -67,7 +67,8 @@ from pipecat_workers_cli.supervisor.statedir import StateDir
 from pipecat_workers_cli.supervisor.status import ProjectStatus
 from pipecat_workers_cli.supervisor.template import ForkUnavailable, Template
 from pipecat_workers_cli.supervisor.usage import UsageSampler
-from pipecat_workers_cli.topology.model import Topology, expand
+from pipecat_workers_cli.topology.model import ProcessSpec, Topology, expand
+from pipecat_workers_cli.topology.schema import MAX_REPLICAS
 
 logger = logging.getLogger("pipecat_workers_cli.supervisor")
 
@@ -419,10 +420,12 @@ class Supervisor:
                                        "worker names"})
             return
         try:
-            if names and (unknown := machine.unknown(names)):
+            if cmd == "apply":  # names are those of the file it applies
+                result: dict[str, Any] = {"applied": self._apply_file(payload, names)}
+            elif names and (unknown := machine.unknown(names)):
                 raise CommandError(f"no worker named {', '.join(map(repr, unknown))}")
-            if cmd == "status":
-                result: dict[str, Any] = {"status": self.status().to_json()}
+            elif cmd == "status":
+                result = {"status": self.status().to_json()}
             elif cmd in ("stop", "down"):
                 self._stopping = self._stopping or cmd == "down"
                 self._perform(machine.stop(names if cmd == "stop" else None,
@@ -432,7 +435,11 @@ class Supervisor:
                 self._perform(machine.start(names))
                 result = {}
             elif cmd == "restart":
-                self._perform(machine.restart(names or list(machine.procs)))
+                self._perform(machine.restart(names or list(machine.procs),
+                                              rolling=payload.get("rolling") is True))
+                result = {}
+            elif cmd == "scale":
+                self._scale(payload.get("replicas"))
                 result = {}
             else:
                 raise CommandError(f"unknown command {cmd!r}")
@@ -440,6 +447,51 @@ class Supervisor:
             request.answer.set_result({"ok": False, "error": str(exc)})
             return
         request.answer.set_result({"ok": True, **result})
+
+    def _apply_file(self, payload: dict[str, Any], names: list[str] | None
+                    ) -> dict[str, list[str]]:
+        """``up`` on the running project: load the file it names with its environment and
+        run the difference. A file with an error changes nothing."""
+        file, env = payload.get("file"), payload.get("env")
+        if not isinstance(file, str) or not (env is None or (isinstance(env, dict) and all(
+                isinstance(k, str) and isinstance(v, str) for k, v in env.items()))):
+            raise CommandError("apply: expected a file name and an environment")
+        if self._stopping:
+            raise CommandError("the project is stopping")
+        try:
+            topology = reload_topology(self._topology, Path(file), env)
+        except WorkersError as exc:
+            raise CommandError(str(exc)) from None
+        if names and (wrong := topology.unknown_workers(names)):
+            raise CommandError(wrong)
+        self._project_note(f"applying {topology.path.name}")
+        applied, actions = self._machine.apply(self._use(topology), names)
+        self._perform(actions)
+        return applied.to_json()
+
+    def _scale(self, counts: object) -> None:
+        """Run this many replicas of these worker keys until the topology is next applied;
+        0 stops them all."""
+        if not (isinstance(counts, dict) and counts and all(
+                isinstance(k, str) and isinstance(n, int) for k, n in counts.items())):
+            raise CommandError("scale: expected worker keys and replica counts")
+        if self._stopping:
+            raise CommandError("the project is stopping")
+        for key, count in counts.items():
+            if key not in self._topology.workers:
+                raise CommandError(f"no worker key {key!r} in {self._topology.path.name} (it "
+                                   f"has {', '.join(self._topology.workers)})")
+            if not 0 <= count <= MAX_REPLICAS:
+                raise CommandError(f"{key}: expected 0 to {MAX_REPLICAS} replicas, got {count}")
+        for key, count in counts.items():
+            self._project_note(f"scaling {key} to {count} until the topology is next applied")
+            if count == 0:
+                self._perform(self._machine.stop([key], hold=True))
+                continue
+            workers = {**self._topology.workers,
+                       key: replace(self._topology.workers[key], replicas=count)}
+            self._topology = replace(self._topology, workers=workers)
+            self._perform(self._machine.scale(key, expand(self._topology)))
 
     def _on_signal(self, sig: int) -> None:
         self._stopping = True
@@ -481,13 +533,16 @@ class Supervisor:
         except WorkersError as exc:
             self._project_note(f"topology not applied: {exc}")
             return
-        specs = expand(topology)
+        self._project_note(f"applying the edited {topology.path.name}")
+        self._perform(self._machine.update(self._use(topology)))
+
+    def _use(self, topology: Topology) -> list[ProcessSpec]:
+        """Make ``topology`` the project's from now on; its processes."""
         if topology.channels != self._topology.channels:
             self._background(self._rewatch(topology))
         self._template.update(topology)
         self._topology = topology
-        self._project_note(f"applying the edited {topology.path.name}")
-        self._perform(self._machine.update(specs))
+        return expand(topology)
 
     async def _rewatch(self, topology: Topology) -> None:
         """Channels changed: host the hub if one is new, and watch the new channels."""

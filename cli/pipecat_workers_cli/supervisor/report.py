@@ -59,8 +59,15 @@ def reason_of(proc: Proc, machine: Machine, last_exit: str) -> str:
     if proc.reason:
         return proc.reason
     if proc.state is State.WAITING and proc.wanted:
-        waits = [d for d in proc.spec.depends_on
-                 if d in machine.procs and machine.procs[d].state is not State.READY]
+        waits = []
+        for name in proc.spec.depends_on:
+            dep = machine.procs.get(name)
+            if dep is None or (dep.state is State.EXITED and dep.exit_code == 0):
+                continue
+            if name in proc.spec.completed:
+                waits.append(f"{name} to complete")
+            elif dep.state is not State.READY:
+                waits.append(name)
         if waits:
             return "waiting for " + ", ".join(waits)
     if proc.state in (State.WAITING, State.STARTING) and proc.failures and last_exit:

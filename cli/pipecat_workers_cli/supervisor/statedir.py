@@ -39,6 +39,7 @@ from typing import Any, BinaryIO
 from pipecat_workers_cli.errors import CommandError, StateDirError
 
 STATE_DIRNAME = ".workers"
+GITIGNORE = ".gitignore"  # inside STATE_DIRNAME: ignores all of it
 _SOCKET_PATH_MAX = 100  # AF_UNIX allows 108 bytes on Linux, fewer elsewhere
 PRIVATE_DIR = 0o700
 PRIVATE_FILE = 0o600
@@ -98,6 +99,7 @@ class StateDir:
         """
         base = self.path.parent
         private_dir(base, create=True, wanted=self.path)
+        _ignore_for_git(base)
         private_dir(self.path, create=True)
         if logs:
             private_dir(self.logs_dir, create=True)
@@ -297,6 +299,23 @@ def private_dir(path: Path, *, create: bool, wanted: Path | None = None) -> bool
             if os.lstat(path).st_ino != link.st_ino:  # swapped since it was checked
                 raise refuse(f"{path} was replaced while it was checked")
     return True
+
+
+def _ignore_for_git(base: Path) -> None:
+    """Write ``.workers/.gitignore`` (``*``) once: logs, sockets and state never belong in a
+    repository, and the user need not remember to say so."""
+    path = base / GITIGNORE
+    if os.path.lexists(path):  # the user's own, or ours from before: left as it is
+        return
+    try:
+        fd = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    except StateDirError as exc:
+        if isinstance(exc.__cause__, FileExistsError):  # written meanwhile
+            return
+        raise
+    with os.fdopen(fd, "w") as file:
+        file.write("# Written by `workers`: the state of running projects, never committed.\n"
+                   "*\n")
 
 
 def open_private(path: Path, flags: int) -> int:

@@ -27,7 +27,13 @@ from pipecat_workers_cli.topology.fields import (
     string,
     suggest,
 )
-from pipecat_workers_cli.topology.model import ChannelSpec, Topology, WorkerSpec
+from pipecat_workers_cli.topology.model import (
+    ChannelSpec,
+    Condition,
+    RestartPolicy,
+    Topology,
+    WorkerSpec,
+)
 from pipecat_workers_cli.topology.nodes import Node, Problems, got, path_join, read_document, shown
 from pipecat_workers_cli.topology.schema import (
     CHANNEL_KEYS,
@@ -223,7 +229,7 @@ class _Loader:
                 continue
             channel = self.worker_channel(values.get("channel"), entries, field, line)
             depends = values.get("depends_on") or ()
-            for dep, dep_line in depends:
+            for dep, dep_line, _ in depends:
                 if dep == key:
                     self.problems.add(dep_line, f"{field}.depends_on",
                                       f"{shown(key)} cannot depend on itself")
@@ -233,11 +239,28 @@ class _Loader:
             options = {k: v for k, v in values.items()
                        if v is not None and k not in ("class", "channel", "depends_on")}
             workers[key] = WorkerSpec(key=key, class_path=values["class"], channel=channel,
-                                      depends_on=tuple(d for d, _ in depends), line=line,
+                                      depends_on=tuple(d for d, _, _ in depends), line=line,
+                                      conditions={d: c for d, _, c in depends
+                                                  if c is not Condition.READY},
                                       **options)
+        self.check_completed(workers, node)
         # Keys have no dots and replica names always do ("key.N"), so a worker key can
         # never collide with another worker's replica name.
         return workers
+
+    def check_completed(self, workers: Mapping[str, WorkerSpec], node: Node | None) -> None:
+        """A worker others wait to complete must be able to end: not ``restart: always``."""
+        for spec in workers.values():
+            for dep in spec.depends_on:
+                target = workers.get(dep)
+                if (spec.condition(dep) is Condition.COMPLETED and target is not None
+                        and target.restart is RestartPolicy.ALWAYS):
+                    assert node is not None  # workers were declared under it
+                    entry = node.value[spec.key].value["depends_on"]
+                    self.problems.add(entry.key_lines.get(dep, entry.line),
+                                      f"workers.{spec.key}.depends_on.{dep}",
+                                      f"{shown(dep)} has restart: always, so it never "
+                                      "completes; give it restart: on-failure or no")
 
     def worker_channel(self, given: str | None, entries: Mapping[str, Node], field: str,
                        line: int) -> str:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipecat_workers_cli.topology.classes import CLASS_PATH_PATTERN
-from pipecat_workers_cli.topology.model import BACKENDS, RestartPolicy
+from pipecat_workers_cli.topology.model import BACKENDS, Condition, RestartPolicy
 
 PROJECT_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
 KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"  # no dots: replicas are named "key.N"
@@ -103,10 +103,16 @@ WORKER_KEYS: tuple[Key, ...] = (
     Key("replicas", "How many processes; replicas are named '<key>.1' .. '<key>.N'.",
         _or_var({"type": "integer", "minimum": 1, "maximum": MAX_REPLICAS},
                 {"type": "string", "pattern": r"^\s*[0-9]+\s*$"})),
-    Key("depends_on", "Workers that must be ready (registered on their bus) before it starts.",
+    Key("depends_on", "Workers that must be ready (registered on their bus) before it starts; "
+        "or a mapping such as {migrate: {condition: completed}} (exited with code 0).",
         {"anyOf": [{"type": "string", "pattern": KEY_PATTERN},
                    {"type": "array", "uniqueItems": True,
-                    "items": {"type": "string", "pattern": KEY_PATTERN}}]}),
+                    "items": {"type": "string", "pattern": KEY_PATTERN}},
+                   {"type": "object", "propertyNames": {"pattern": KEY_PATTERN},
+                    "additionalProperties": {
+                        "type": ["object", "null"], "additionalProperties": False,
+                        "properties": {"condition": {
+                            "enum": [c.value for c in Condition]}}}}]}),
     Key("restart", "When to start it again after it exits; default: on-failure.",
         _or_var({"enum": [p.value for p in RestartPolicy]},
                 {"const": False, "description": "YAML 1.1 reads a bare no as false"})),
@@ -114,6 +120,10 @@ WORKER_KEYS: tuple[Key, ...] = (
         _DURATION),
     Key("ready_timeout", "Seconds from spawn to registered on its bus: a number, or '30s'.",
         _DURATION),
+    Key("max_restarts", "Restarts in a row (a run ready for 10 s resets the count) after "
+        "which it stays crashed; default: no limit.",
+        _or_var({"type": "integer", "minimum": 0},
+                {"type": "string", "pattern": r"^\s*[0-9]+\s*$"})),
 )
 
 
