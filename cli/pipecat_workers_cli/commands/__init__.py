@@ -21,4 +21,5 @@ COMMANDS: dict[str, str] = {
     "check": "pipecat_workers_cli.commands.bus:check",
     "call": "pipecat_workers_cli.commands.bus:call",
     "tail": "pipecat_workers_cli.commands.bus:tail",
+    "export": "pipecat_workers_cli.commands.export:export_command",
 }

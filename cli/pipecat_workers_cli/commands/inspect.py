@@ -35,15 +35,17 @@ _ANSWER_WITHIN = 3.0  # seconds: a supervisor that takes longer is stuck, its da
               "postgresql://...).")
 @click.option("--wait", type=float, default=None, help="With --channel: seconds to listen "
               "(default: one and a half heartbeat intervals).")
+@click.option("--jobs", "list_jobs", is_flag=True, help="Also list the job names each worker "
+              "takes (its @job handlers), as `workers call --job` wants them.")
 @click.pass_context
 def ps(ctx: click.Context, as_json: bool, channel: str | None, url: str | None,
-       wait: float | None) -> None:
+       wait: float | None, list_jobs: bool) -> None:
     """Show the project's workers: state, pid, uptime, restarts, CPU, memory, jobs, the bus
     view, and the reason each is where it is."""
     if channel is not None or url is not None:
         from pipecat_workers_cli.commands.channel import show_channel
 
-        show_channel(ctx.obj, channel, url, as_json=as_json, wait=wait)
+        show_channel(ctx.obj, channel, url, as_json=as_json, wait=wait, list_jobs=list_jobs)
         return
     try:
         project = find_project(ctx.obj.get("file"), ctx.obj.get("project"))
@@ -62,6 +64,10 @@ def ps(ctx: click.Context, as_json: bool, channel: str | None, url: str | None,
 
     console = table_console()
     console.print(project_table(status, narrow=console.width < NARROW))
+    if list_jobs:
+        from pipecat_workers_cli.render.tables import jobs_table
+
+        console.print(jobs_table(status))
     for view in status.channels:
         console.print(channel_table(view))
     if status.running:

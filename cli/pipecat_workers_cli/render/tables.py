@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
@@ -178,3 +179,40 @@ def projects_table(rows: list[tuple[ProjectEntry, str, str]]) -> Table:
                                               style=_PROJECT_STYLES.get(entry.state, "")),
                       Text(root), Text(file))
     return table
+
+
+def jobs_table(status: ProjectStatus) -> Table:
+    """``ps --jobs``: the job names each worker takes, as the bus's registry lists them."""
+    table = Table(box=None, pad_edge=False)
+    table.add_column("NAME", no_wrap=True)
+    table.add_column("JOBS")
+    channels = {c.key: c for c in status.channels}
+    for w in status.workers:
+        channel = channels.get(w.channel)
+        names = channel.job_names.get(w.name) if channel is not None else None
+        if channel is None or w.name not in channel.workers:
+            listed = "- (not on the bus)"
+        else:
+            listed = job_list(names, w.name in channel.any_job)
+        table.add_row(Text(w.name), Text(listed))
+    return table
+
+
+def channel_jobs_table(survey: dict[str, Any]) -> Table:
+    """``ps --channel --jobs``: the job names of every worker heard on a channel."""
+    table = Table(box=None, pad_edge=False)
+    table.add_column("WORKER", no_wrap=True)
+    table.add_column("JOBS")
+    for worker in survey["workers"]:
+        listed = job_list(worker.get("jobs"), bool(worker.get("any_job")))
+        table.add_row(Text(worker["name"]), Text(listed))
+    return table
+
+
+def job_list(names: Sequence[str] | None, any_job: bool) -> str:
+    """A worker's job names for a cell: ``None`` when its runner does not announce them."""
+    if names is None:
+        listed = "? (its runner does not announce them)"
+    else:
+        listed = ", ".join(names) or "none"
+    return f"{listed} (and any other name)" if any_job else listed

@@ -303,16 +303,15 @@ def private_dir(path: Path, *, create: bool, wanted: Path | None = None) -> bool
 
 def _ignore_for_git(base: Path) -> None:
     """Write ``.workers/.gitignore`` (``*``) once: logs, sockets and state never belong in a
-    repository, and the user need not remember to say so."""
+    repository, and the user need not remember to say so. A convenience only: if it cannot
+    be written, what the project needs next (its lock, say) fails with its own message."""
     path = base / GITIGNORE
     if os.path.lexists(path):  # the user's own, or ours from before: left as it is
         return
     try:
         fd = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-    except StateDirError as exc:
-        if isinstance(exc.__cause__, FileExistsError):  # written meanwhile
-            return
-        raise
+    except StateDirError:
+        return  # written meanwhile, or the directory cannot be written
     with os.fdopen(fd, "w") as file:
         file.write("# Written by `workers`: the state of running projects, never committed.\n"
                    "*\n")

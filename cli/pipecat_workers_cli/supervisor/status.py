@@ -41,6 +41,9 @@ class ChannelStatus:
     runners: int = 0
     workers: list[str] = field(default_factory=list)
     jobs_running: int = 0
+    # Per worker, the job names its runner announced (an older runner announces none) ...
+    job_names: dict[str, list[str]] = field(default_factory=dict)
+    any_job: list[str] = field(default_factory=list)  # ... and those that take any name
 
 
 @dataclass(slots=True)
