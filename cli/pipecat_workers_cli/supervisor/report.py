@@ -8,14 +8,17 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from pipecat_workers_cli.supervisor.exits import explain_exit
 from pipecat_workers_cli.supervisor.machine import Machine
 from pipecat_workers_cli.supervisor.model import ALIVE, Proc, State
 from pipecat_workers_cli.supervisor.monitors import ChannelView
 from pipecat_workers_cli.supervisor.status import ProjectStatus, WorkerStatus
-from pipecat_workers_cli.supervisor.usage import Usage
 from pipecat_workers_cli.topology.model import Topology
+
+if TYPE_CHECKING:
+    from pipecat_workers_cli.supervisor.usage import Usage  # psutil: only the supervisor's
 
 
 def project_status(topology: Topology, machine: Machine, views: Mapping[str, ChannelView],
