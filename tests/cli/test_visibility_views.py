@@ -238,3 +238,20 @@ def test_ps_at_80_columns_keeps_the_reason_and_wraps_it() -> None:
     words = " ".join(text.split())
     assert "RuntimeError: no database at db:5432; restarting in 1s" in words, text
     assert "loop failing: membership (TypeError: x)" in words, text
+
+
+def test_the_live_feed_shows_an_exit_once(tmp_path: Path) -> None:
+    top = topology(tmp_path, "  crasher: {class: 'm:W'}\n")
+    out = io.StringIO()
+    console = Console(file=out, width=80, height=24, color_system=None)
+    view = LiveRenderer(top, console=console)  # type: ignore[arg-type]
+    now = datetime.now(UTC)
+    for worker_name, text in (("crasher", "exited with code 3"),
+                              ("crasher", "restarting in 1.2 s"),
+                              ("workers", "crasher: exit code 3; restarting in 1.2 s (attempt 1)"),
+                              ("crasher", "started, pid 7")):
+        view.record(LogRecord(now, worker_name, "sup", text))
+    console.print(view._render())
+    text = out.getvalue()
+    assert "exited with code 3" not in text and "restarting in 1.2 s (attempt 1)" in text
+    assert "started, pid 7" in text

@@ -29,6 +29,9 @@ from pipecat_workers_cli.topology import Topology, expand
 
 _FEED = 12
 _FEED_KEPT = 3  # feed lines shown even when workers do not all fit
+# A worker's own notes on an exit, which the `workers` stream sums up in one line
+# ("crasher: exit code 3; restarting in 1.2 s (attempt 3)"); its log keeps them.
+_SAID_BY_THE_NEWS = ("exited with ", "restarting in ")
 
 
 def fit_workers(workers: list[WorkerStatus], rows: int) -> tuple[list[WorkerStatus], int]:
@@ -78,6 +81,8 @@ class LiveRenderer:
                                  style="dim"))
 
     def record(self, record: LogRecord) -> None:
+        if record.stream == "sup" and record.text.startswith(_SAID_BY_THE_NEWS):
+            return  # the feed is short: the `workers` stream's one line says it
         self._feed.append(record)
 
     def status(self, status: ProjectStatus) -> None:
