@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from pipecat_workers_cli.errors import CommandError
 from pipecat_workers_cli.render import plural
 from pipecat_workers_cli.supervisor.model import ALIVE, State
 from pipecat_workers_cli.supervisor.statedir import StateDir, find_state_dirs
@@ -78,22 +79,30 @@ def project_entry(state: StateDir) -> ProjectEntry:
         supervisor_pid=pid if running and isinstance(pid, int) else None)
 
 
-def list_projects(start: Path) -> list[tuple[StateDir, ProjectEntry]]:
-    """Every project found from ``start`` (see :func:`find_state_dirs`), by name.
+def list_projects(start: Path, only: str | None = None) -> list[tuple[StateDir, ProjectEntry]]:
+    """Every project found from ``start`` (see :func:`find_state_dirs`), by name; or only
+    the one named ``only``.
 
     Raises:
+        CommandError: no project is named ``only``.
         StateDirError: a state directory is not this user's.
     """
-    return [(state, project_entry(state)) for state in find_state_dirs(start)]
+    found = find_state_dirs(start)
+    if only is not None:
+        found = [s for s in found if s.project == only]
+        if not found:
+            raise CommandError(f"no project named '{only}' here")
+    return [(state, project_entry(state)) for state in found]
 
 
-def prune(start: Path) -> list[ProjectEntry]:
+def prune(start: Path, only: str | None = None) -> list[ProjectEntry]:
     """Delete the state directories (logs included) of the projects found from ``start``
-    that are not running; returns those deleted. A project that starts meanwhile is kept:
-    the deletion holds its lock.
+    (or of the one named ``only``) that are not running; returns those deleted. A project
+    that starts meanwhile is kept: the deletion holds its lock.
 
     Raises:
+        CommandError: no project is named ``only``.
         StateDirError: a state directory is not this user's, or cannot be deleted.
     """
-    return [entry for state, entry in list_projects(start)
+    return [entry for state, entry in list_projects(start, only)
             if entry.state != "running" and state.remove()]

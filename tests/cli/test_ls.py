@@ -78,6 +78,9 @@ def test_prune_deletes_what_does_not_run_and_keeps_a_running_project(tmp_path: P
     done = state_dir(tmp_path, "done")
     crashed = state_dir(tmp_path, "crashed", running=True, states=("ready",))
     with held(live):
+        assert [e.name for e in prune(tmp_path, "done")] == ["done"]  # that one only
+        assert crashed.path.is_dir()
+        done = state_dir(tmp_path, "done")
         removed = prune(tmp_path)
         assert sorted(e.name for e in removed) == ["crashed", "done"]
         assert live.path.is_dir() and (live.logs_dir / "w0.log").exists()
@@ -148,6 +151,11 @@ def test_ls_and_prune_with_the_real_program(tmp_path: Path,
     assert cli.ps()["running"] is True  # the running project is untouched
     again = cli.run("ls", "--prune")
     assert again.stdout.strip() == "nothing to prune: no stopped project here"
+    named = cli.run("-p", "alpha", "ls", "--prune")
+    assert named.stdout.strip() == "nothing to prune: 'alpha' is running", named
+    unknown = cli.run("-p", "nope", "ls")
+    assert (unknown.returncode, unknown.stderr.strip()) == (
+        1, "error: no project named 'nope' here"), unknown
     assert cli.run("down").returncode == 0
     assert [e["name"] for e in ls_json(cli, "--prune")] == ["alpha"]
     assert ls_json(cli) == []

@@ -18,25 +18,26 @@ from pipecat_workers_cli.supervisor.statedir import STATE_DIRNAME
               "included) of the projects that are not running; running ones are kept.")
 @click.pass_context
 def ls(ctx: click.Context, as_json: bool, prune_: bool) -> None:
-    """List the projects found from this directory (with -f FILE: from the topology's root):
-    state, root and topology file."""
+    """List the projects found from this directory (with -f FILE: from the topology's root;
+    with -p NAME: that one only): state, root and topology file."""
     here = Path.cwd()
-    start = here
+    start, only = here, ctx.obj.get("project")
     if ctx.obj.get("file"):
         from pipecat_workers_cli.topology import load_topology
 
         start = load_topology(ctx.obj["file"]).root
     if prune_:
-        removed = prune(start)
+        removed = prune(start, only)
         if as_json:
             click.echo(json.dumps([e.to_json() for e in removed], indent=2))
             return
         for entry in removed:
             click.echo(f"removed {entry.name} ({entry.state}): {_shown(entry.state_dir, here)}")
         if not removed:
-            click.echo("nothing to prune: no stopped project here")
+            click.echo(f"nothing to prune: '{only}' is running" if only else
+                       "nothing to prune: no stopped project here")
         return
-    entries = [entry for _, entry in list_projects(start)]
+    entries = [entry for _, entry in list_projects(start, only)]
     if as_json:
         click.echo(json.dumps([e.to_json() for e in entries], indent=2))
         return
