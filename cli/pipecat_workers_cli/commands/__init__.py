@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "restart": "pipecat_workers_cli.commands.lifecycle:restart",
     "scale": "pipecat_workers_cli.commands.scale:scale",
     "check": "pipecat_workers_cli.commands.bus:check",
+    "config": "pipecat_workers_cli.commands.config:config",
     "call": "pipecat_workers_cli.commands.bus:call",
     "tail": "pipecat_workers_cli.commands.bus:tail",
     "export": "pipecat_workers_cli.commands.export:export_command",

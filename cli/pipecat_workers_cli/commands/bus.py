@@ -46,7 +46,7 @@ def check(ctx: click.Context, file: str | None) -> None:
     path = file or ctx.obj.get("file")
     if path is None:
         raise CommandError("which topology? `workers check FILE`")
-    topology = load_topology(path)
+    topology = load_topology(path, env_files=ctx.obj.get("env_files"))
     sys.path.insert(0, str(topology.root))
     failures = 0
     for channel in topology.channels.values():

@@ -64,7 +64,7 @@ def up(ctx: click.Context, args: tuple[str, ...], detach: bool, no_ui: bool, rel
     the first that failed.
     """
     file, names = _split(ctx.obj.get("file"), args)
-    topology = load_topology(file)
+    topology = load_topology(file, env_files=ctx.obj.get("env_files"))
     state = StateDir.of(topology.root, topology.name)
     if wrong := topology.unknown_workers(names):
         raise CommandError(wrong)
@@ -108,8 +108,10 @@ def _apply_to_running(topology: Topology, state: StateDir, names: list[str], tim
     from pipecat_workers_cli.supervisor.control import request
 
     socket = state.socket_from_state("control")
-    applied = asyncio.run(request(socket, {"cmd": "apply", "file": str(topology.path),
-                                           "env": dict(os.environ), "workers": names}))
+    applied = asyncio.run(request(socket, {
+        "cmd": "apply", "file": str(topology.path), "env": dict(os.environ),
+        "env_files": list(topology.env_files) if topology.env_files else None,
+        "workers": names}))
     changes: dict[str, list[str]] = applied["applied"]
     deadline = time.monotonic() + timeout
     try:
@@ -307,7 +309,8 @@ def _spawn_supervisor(topology: Topology, state: StateDir, names: list[str], *,
             state.state_file.unlink()  # so that waiting never reads the previous run's
         start = log.tell()  # before the child writes: it shares this file offset
         child = subprocess.Popen(
-            [sys.executable, "-P", "-m", "pipecat_workers_cli", "-f", str(topology.path), "up",
+            [sys.executable, "-P", "-m", "pipecat_workers_cli", "-f", str(topology.path),
+             *(a for f in topology.env_files or () for a in ("--env-file", f)), "up",
              _DAEMON_FLAG,
              *(["--reload"] if reload else []),
              *(["--no-fork"] if no_fork == "--no-fork" else []), *names],

@@ -165,6 +165,7 @@ class Supervisor:
         if self._only and (wrong := self._topology.unknown_workers(self._only)):
             raise CommandError(wrong)
         lock = self._state.lock()
+        self._record_topology()
         loop = asyncio.get_running_loop()
         installed = self._install_signals(loop)
         root, handlers = logging.getLogger(), logging.getLogger().handlers[:]
@@ -401,6 +402,14 @@ class Supervisor:
         with contextlib.suppress(OSError):
             self._state.write_state(data)
 
+    def _record_topology(self) -> None:
+        """What ``call``, ``tail`` and ``ps --channel`` go by: this topology as resolved
+        here, not as their own environment would resolve the file."""
+        from pipecat_workers_cli.topology.record import topology_record
+
+        with contextlib.suppress(OSError):
+            self._state.write_topology(topology_record(self._topology))
+
     # -- control and signals ----------------------------------------------------------
 
     async def _on_control(self, payload: dict[str, Any]) -> dict[str, Any]:
@@ -452,14 +461,16 @@ class Supervisor:
                     ) -> dict[str, list[str]]:
         """``up`` on the running project: load the file it names with its environment and
         run the difference. A file with an error changes nothing."""
-        file, env = payload.get("file"), payload.get("env")
+        file, env, env_files = payload.get("file"), payload.get("env"), payload.get("env_files")
         if not isinstance(file, str) or not (env is None or (isinstance(env, dict) and all(
-                isinstance(k, str) and isinstance(v, str) for k, v in env.items()))):
-            raise CommandError("apply: expected a file name and an environment")
+                isinstance(k, str) and isinstance(v, str) for k, v in env.items()))) or not (
+                env_files is None or (isinstance(env_files, list)
+                                      and all(isinstance(f, str) for f in env_files))):
+            raise CommandError("apply: expected a file name, an environment and env files")
         if self._stopping:
             raise CommandError("the project is stopping")
         try:
-            topology = reload_topology(self._topology, Path(file), env)
+            topology = reload_topology(self._topology, Path(file), env, env_files=env_files)
         except WorkersError as exc:
             raise CommandError(str(exc)) from None
         if names and (wrong := topology.unknown_workers(names)):
@@ -531,7 +542,8 @@ class Supervisor:
         try:
             topology = reload_topology(self._topology)
         except WorkersError as exc:
-            self._project_note(f"topology not applied: {exc}")
+            # Several errors are a line each: one note keeps them together.
+            self._project_note(f"topology not applied: {'; '.join(str(exc).splitlines())}")
             return
         self._project_note(f"applying the edited {topology.path.name}")
         self._perform(self._machine.update(self._use(topology)))
@@ -542,6 +554,7 @@ class Supervisor:
             self._background(self._rewatch(topology))
         self._template.update(topology)
         self._topology = topology
+        self._record_topology()
         return expand(topology)
 
     async def _rewatch(self, topology: Topology) -> None:

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import importlib.util
 import os
-from collections.abc import AsyncIterator, Collection, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,9 +100,11 @@ def plan(changed: Collection[Path], *, topology: Path, imports: Mapping[str, Col
 
 
 def reload_topology(current: Topology, path: Path | None = None,
-                    env: Mapping[str, str] | None = None) -> Topology:
+                    env: Mapping[str, str] | None = None, *,
+                    env_files: Sequence[str] | None = None) -> Topology:
     """The topology file as edited (``path``, by default ``current``'s), if it can replace
-    ``current`` in a running supervisor; ``env`` interpolates it (default: ours).
+    ``current`` in a running supervisor; ``env`` interpolates it (default: ours), with
+    ``env_files`` (default: the ones ``current`` was read with).
 
     Raises:
         TopologyError: the file has an error (it says where).
@@ -110,7 +112,8 @@ def reload_topology(current: Topology, path: Path | None = None,
     """
     from pipecat_workers_cli.topology import load_topology
 
-    edited = load_topology(path or current.path, env)
+    edited = load_topology(path or current.path, env,
+                           env_files=current.env_files if env_files is None else env_files)
     if (edited.name, edited.root) != (current.name, current.root):
         raise CommandError("its name or root changed; stop and run `workers up` again")
     return edited

@@ -1,10 +1,12 @@
 """Where a running project keeps its lock, sockets, state file and logs.
 
 ``<project root>/.workers/<project name>/`` holds ``lock`` (held by the live supervisor),
-``state.json`` (what ``ps`` shows when no supervisor answers), ``supervisor.log``,
-``logs/<worker>.log`` and ``logs/_workers.log`` (the supervisor's news). Sockets go there
-too, unless the path is too long for a Unix socket (about 100 bytes); then they go to a
-private directory under the system's temporary directory, and ``state.json`` records where.
+``state.json`` (what ``ps`` shows when no supervisor answers), ``topology.json`` (the topology
+the supervisor resolved, environment values and all: what commands that join its buses go
+by), ``supervisor.log``, ``logs/<worker>.log`` and ``logs/_workers.log`` (the supervisor's
+news). Sockets go there too, unless the path is too long for a Unix socket (about 100
+bytes); then they go to a private directory under the system's temporary directory, and
+``state.json`` records where.
 
 Everything here is private to the user who runs the project: the directories are 0700 and
 the files 0600, and existing ones are tightened to that. Nothing is followed that another
@@ -60,6 +62,10 @@ class StateDir:
     @property
     def state_file(self) -> Path:
         return self.path / "state.json"
+
+    @property
+    def topology_file(self) -> Path:
+        return self.path / "topology.json"
 
     @property
     def logs_dir(self) -> Path:
@@ -204,10 +210,22 @@ class StateDir:
             StateDirError: the file exists but cannot be read, or the state directory is
                 not this user's.
         """
+        return self._read_json(self.state_file)
+
+    def read_topology(self) -> dict[str, Any] | None:
+        """The topology the supervisor recorded (see :meth:`write_topology`); None when
+        there is no (readable JSON) file.
+
+        Raises:
+            StateDirError: as :meth:`read_state`.
+        """
+        return self._read_json(self.topology_file)
+
+    def _read_json(self, path: Path) -> dict[str, Any] | None:
         if not self.check():
             return None
         try:
-            fd = open_private(self.state_file, os.O_RDONLY)
+            fd = open_private(path, os.O_RDONLY)
         except StateDirError as exc:
             if isinstance(exc.__cause__, FileNotFoundError | NotADirectoryError):
                 return None
@@ -227,15 +245,28 @@ class StateDir:
         Raises:
             StateDirError: the directory cannot be created or written.
         """
+        self._write_json(self.state_file, data)
+
+    def write_topology(self, data: dict[str, Any]) -> None:
+        """Record the topology the supervisor runs (as
+        :func:`~pipecat_workers_cli.topology.record.topology_record` makes it), atomically.
+        It holds the values of environment variables, secrets too: private like the rest.
+
+        Raises:
+            StateDirError: the directory cannot be created or written.
+        """
+        self._write_json(self.topology_file, data)
+
+    def _write_json(self, path: Path, data: dict[str, Any]) -> None:
         self.make(logs=False)
         with state_errors():
             # mkstemp makes the file 0600.
-            fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".state-", suffix=".json")
+            fd, tmp = tempfile.mkstemp(dir=self.path, prefix=f".{path.stem}-", suffix=".json")
             try:
                 with os.fdopen(fd, "w") as file:
                     # dumps, compact: the C encoder (dump, or an indent, is pure Python).
                     file.write(json.dumps(data, separators=(",", ":"), default=str))
-                os.replace(tmp, self.state_file)
+                os.replace(tmp, path)
             except BaseException:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)

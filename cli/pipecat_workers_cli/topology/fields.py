@@ -251,10 +251,24 @@ def _duration(node: Node) -> float:
     return seconds
 
 
+def env_file_names(node: Node) -> tuple[tuple[str, int], ...]:
+    """``env_file:``: one path or a list of them, each with its line (to place a missing
+    file)."""
+    items = node.value if node.is_list else [node]
+    names: list[tuple[str, int]] = []
+    for item in items:
+        if not isinstance(item.value, str) or not item.value or "\0" in item.value:
+            raise Invalid(f"expected a file name or a list of file names, got {got(item)}",
+                          item.line)
+        names.append((item.value, item.line))
+    return tuple(names)
+
+
 WORKER_FIELDS: Mapping[str, Callable[[Node], Any]] = {
     "class": _class_path,
     "args": _args,
     "channel": name_ref,
+    "env_file": env_file_names,
     "env": _env,
     "replicas": _replicas,
     "depends_on": _depends_on,

@@ -82,6 +82,9 @@ class Topology:
     channels: Mapping[str, ChannelSpec]
     workers: Mapping[str, WorkerSpec]
     preload: tuple[str, ...] = ()  # modules the process template imports (``preload:``)
+    # The project's env files given on the command line (``--env-file``), absolute; None:
+    # the ``.env`` beside the file, if any. Kept so that a reload reads the same ones.
+    env_files: tuple[str, ...] | None = None
 
     def unknown_workers(self, names: Iterable[str]) -> str | None:
         """What is wrong with ``names`` given to a command (a worker key names all its

@@ -62,6 +62,9 @@ _DURATION = _or_var(
     {"type": "string", "pattern": DURATION_PATTERN},
 )
 
+_ENV_FILE = {"anyOf": [{"type": "string", "minLength": 1},
+                       {"type": "array", "items": {"type": "string", "minLength": 1}}]}
+
 TOP_KEYS: tuple[Key, ...] = (
     Key("name", "Project name; default: the file name. Lower-case letters, digits, '_.-'.",
         _string(PROJECT_NAME_PATTERN)),
@@ -77,6 +80,8 @@ TOP_KEYS: tuple[Key, ...] = (
         "besides the library, the bus drivers and what the workers' modules import.",
         {"type": "array", "uniqueItems": True,
          "items": {"type": "string", "pattern": MODULE_PATTERN}}),
+    Key("env_file", "Env files (NAME=value lines) every worker gets, relative to this "
+        "file; a worker's own env_file and env override them.", _ENV_FILE),
 )
 
 CHANNEL_KEYS: tuple[Key, ...] = (
@@ -97,6 +102,8 @@ WORKER_KEYS: tuple[Key, ...] = (
                                              "not": {"const": "name"}}}),
     Key("channel", "The channel key it joins; default: the only channel, else 'main'.",
         _string(KEY_PATTERN)),
+    Key("env_file", "Env files (NAME=value lines) of its processes, relative to this file; "
+        "a later file overrides an earlier one, env overrides them all.", _ENV_FILE),
     Key("env", "Extra environment variables of its processes.",
         {"type": "object", "propertyNames": {"pattern": ENV_NAME_PATTERN},
          "additionalProperties": {"type": ["string", "number", "boolean"]}}),
