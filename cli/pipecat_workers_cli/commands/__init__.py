@@ -11,6 +11,8 @@ COMMANDS: dict[str, str] = {
     "up": "pipecat_workers_cli.commands.up:up",
     "ps": "pipecat_workers_cli.commands.inspect:ps",
     "logs": "pipecat_workers_cli.commands.inspect:logs",
+    "top": "pipecat_workers_cli.commands.top:top",
+    "ls": "pipecat_workers_cli.commands.ls:ls",
     "down": "pipecat_workers_cli.commands.lifecycle:down",
     "stop": "pipecat_workers_cli.commands.lifecycle:stop",
     "start": "pipecat_workers_cli.commands.lifecycle:start",

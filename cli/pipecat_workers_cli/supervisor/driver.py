@@ -25,6 +25,7 @@ from pipecat_workers.bus import BusHub
 from pipecat_workers.errors import WorkersError
 from pipecat_workers_cli.errors import CommandError
 from pipecat_workers_cli.host import HostSpec
+from pipecat_workers_cli.logs.news import NEWS, as_shown, news_writer
 from pipecat_workers_cli.logs.reader import LogRecord
 from pipecat_workers_cli.logs.writer import LogWriter
 from pipecat_workers_cli.supervisor.control import ControlServer
@@ -35,8 +36,8 @@ from pipecat_workers_cli.supervisor.machine import (
     Machine,
     Note,
     Spawn,
+    State,
     Timing,
-    describe_exit,
 )
 from pipecat_workers_cli.supervisor.monitors import Monitors
 from pipecat_workers_cli.supervisor.process import (
@@ -54,10 +55,18 @@ from pipecat_workers_cli.supervisor.reload import (
     reload_topology,
     shown,
 )
-from pipecat_workers_cli.supervisor.report import FeedHandler, job_news, project_status
+from pipecat_workers_cli.supervisor.report import (
+    FeedHandler,
+    exit_news,
+    exit_reason,
+    is_news,
+    job_news,
+    project_status,
+)
 from pipecat_workers_cli.supervisor.statedir import StateDir
 from pipecat_workers_cli.supervisor.status import ProjectStatus
 from pipecat_workers_cli.supervisor.template import ForkUnavailable, Template
+from pipecat_workers_cli.supervisor.usage import UsageSampler
 from pipecat_workers_cli.topology.model import ProcessSpec, Topology, expand
 from pipecat_workers_cli.topology.schema import MAX_REPLICAS
 
@@ -136,6 +145,9 @@ class Supervisor:
         self._jobs_seen: dict[str, dict[str, int]] = {}
         self._processes: dict[str, WorkerProcess] = {}
         self._writers: dict[str, LogWriter] = {}
+        self._news: LogWriter | None = None  # the `workers` stream: the supervisor's news
+        self._last_exits: dict[str, str] = {}
+        self._usage = UsageSampler(clock)
         self._hub: BusHub | None = None
         self._control: ControlServer | None = None
         self._monitors: Monitors | None = None
@@ -216,6 +228,8 @@ class Supervisor:
             self._state.forget_topology()
         for writer in self._writers.values():
             writer.close()
+        if self._news is not None:
+            self._news.close()
 
     def _hub_path(self) -> str | None:
         return str(self._hub.path) if self._hub is not None else None
@@ -280,9 +294,17 @@ class Supervisor:
                 self._background(process.close())
                 last = self._last_err.pop(event.name, "")
                 proc = machine.procs[event.name]
-                if event.code != 0 and not proc.reason:
-                    proc.reason = describe_exit(event.code) + (f": {last}" if last else "")
-                self._perform(machine.exited(event.name, event.code))
+                reason = exit_reason(event.code, proc.reason or last)
+                self._last_exits[event.name] = reason
+                if event.code != 0 and not proc.reason:  # what the host said is clearer
+                    proc.reason = reason
+                # News: an exit nobody asked for that failed, or that is restarted.
+                asked = not proc.wanted or proc.restart_when_stopped
+                actions = machine.exited(event.name, event.code)
+                if not asked and (event.code != 0 or proc.state is State.BACKOFF):
+                    self._news_line(exit_news(proc, reason, [
+                        a.text for a in actions if isinstance(a, Note) and a.name == proc.name]))
+                self._perform(actions, news=False)
         elif isinstance(event, _Request):
             self._answer(event)
         elif isinstance(event, _Signal):
@@ -290,7 +312,9 @@ class Supervisor:
         elif isinstance(event, _Changed):
             self._on_changes(event.paths)
 
-    def _perform(self, actions: list[Action]) -> None:
+    def _perform(self, actions: list[Action], *, news: bool = True) -> None:
+        """Carry out the machine's actions; its notes that matter go to the ``workers``
+        stream too, unless the caller says them there itself (``news=False``)."""
         for action in actions:
             if isinstance(action, Spawn):
                 self._background(self._spawn(action.name))
@@ -302,6 +326,8 @@ class Supervisor:
                     process.signal(action.sig)
             elif isinstance(action, Note):
                 self._log(action.name, "sup", action.text)
+                if news and is_news(action.text):
+                    self._news_line(f"{action.name}: {action.text}")
         if actions:
             self._dirty = True
 
@@ -351,13 +377,16 @@ class Supervisor:
         """The project as of now, joined with what the bus monitors see."""
         views = self._monitors.views() if self._monitors is not None else {}
         status = project_status(self._topology, self._machine, views, self._runners,
-                                now=self._clock(), running=running)
+                                now=self._clock(), running=running,
+                                last_exits=self._last_exits, usage=self._usage.usage)
         status.template = self._template.describe()
         return status
 
     def _publish_status(self) -> None:
         """Tell the renderer; rewrite the state file when a process changed state (so
         ``up -d`` and ``ps`` see a worker ready as soon as it is)."""
+        self._usage.sample({p.name: p.pid for p in self._machine.procs.values()
+                            if p.pid is not None})
         status = self.status()
         for name, text in job_news(self._jobs_seen, status):  # the feed's, not the log's
             self._renderer.record(LogRecord(time=datetime.now(UTC), worker=name,
@@ -553,9 +582,19 @@ class Supervisor:
             await old.stop()
 
     def _project_note(self, text: str) -> None:
-        """A line about the whole project, for the renderer."""
-        self._renderer.record(LogRecord(time=datetime.now(UTC), worker="workers",
-                                        stream="sup", text=text))
+        """A line about the whole project, for the ``workers`` stream."""
+        self._news_line(text)
+
+    def _news_line(self, text: str) -> None:
+        """A line of the supervisor's own news: its log (``workers logs workers``) and the
+        renderer."""
+        if self._news is None:
+            self._news = news_writer(self._state.logs_dir)
+        try:
+            record = as_shown(self._news.write("sup", text))
+        except ValueError:  # closed: a last word while the supervisor ends
+            record = LogRecord(time=datetime.now(UTC), worker=NEWS, stream="sup", text=text)
+        self._renderer.record(record)
 
     def _install_signals(self, loop: asyncio.AbstractEventLoop) -> list[int]:
         installed: list[int] = []

@@ -3,9 +3,10 @@
 ``<project root>/.workers/<project name>/`` holds ``lock`` (held by the live supervisor),
 ``state.json`` (what ``ps`` shows when no supervisor answers), ``topology.json`` (the topology
 the supervisor resolved, environment values and all: what commands that join its buses go
-by), ``supervisor.log`` and ``logs/<worker>.log``. Sockets go there too, unless the path is
-too long for a Unix socket (about 100 bytes); then they go to a private directory under the
-system's temporary directory, and ``state.json`` records where.
+by), ``supervisor.log``, ``logs/<worker>.log`` and ``logs/_workers.log`` (the supervisor's
+news). Sockets go there too, unless the path is too long for a Unix socket (about 100
+bytes); then they go to a private directory under the system's temporary directory, and
+``state.json`` records where.
 
 Everything here is private to the user who runs the project: the directories are 0700 and
 the files 0600, and existing ones are tightened to that. Nothing is followed that another
@@ -29,6 +30,7 @@ import hashlib
 import json
 import os
 import pwd
+import shutil
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -171,6 +173,35 @@ class StateDir:
         finally:
             os.close(fd)
         return False
+
+    def remove(self) -> bool:
+        """Delete the state directory (logs included) unless a supervisor runs the project;
+        True if it was deleted. The lock is held meanwhile, so that no supervisor starts in a
+        directory being deleted. A link to the directory is removed, not what it links to.
+
+        Raises:
+            StateDirError: it is not this user's, or cannot be deleted.
+        """
+        if not self.check():
+            return False
+        fd = open_private(self.path / "lock", os.O_RDWR | os.O_CREAT)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False  # running
+            for kind in ("control", "hub"):  # sockets kept elsewhere when the path is long
+                with contextlib.suppress(OSError, StateDirError):
+                    if (socket := self.socket_path(kind)).parent != self.path:
+                        socket.unlink(missing_ok=True)
+            with state_errors():
+                if self.path.is_symlink():
+                    self.path.unlink()
+                else:
+                    shutil.rmtree(self.path)
+        finally:
+            os.close(fd)
+        return True
 
     def read_state(self) -> dict[str, Any] | None:
         """What the supervisor last recorded; None when there is no (readable JSON) file.

@@ -26,6 +26,8 @@ class WorkerStatus:
     active: bool | None = None
     jobs: dict[str, int] = field(default_factory=dict)
     failing: list[str] = field(default_factory=list)  # its runner's loops that keep failing
+    cpu_percent: float | None = None  # of one core, with its children, over the last second
+    rss_bytes: int | None = None      # resident memory of its process and its children
 
 
 @dataclass(slots=True)
