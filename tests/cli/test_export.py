@@ -260,6 +260,18 @@ def test_standalone_names_a_replica_and_takes_the_url_from_the_environment() -> 
     assert standalone(spec, {}).name == "echo"
 
 
+def test_the_exported_service_without_its_bus_url_names_the_variable(cli: Cli) -> None:
+    service = yaml.safe_load(exported(cli, "compose"))["services"]["front"]
+    env = {k: v.replace("$$", "$") for k, v in service["environment"].items()
+           if k == HOST_ENV}
+    ran = subprocess.run([sys.executable, *service["command"][1:]], cwd=cli.cwd,
+                         env={**cli.env, **env}, stdin=subprocess.DEVNULL,
+                         capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 78, ran.stderr
+    assert ran.stderr.strip().splitlines() == [
+        "error: front: PIPECAT_WORKERS_BUS_URL is not set: the redis bus needs its URL there"]
+
+
 @pytest.mark.redis
 @pytest.mark.timeout(90)
 def test_the_exported_service_runs_and_answers_on_redis(cli: Cli, tmp_path: Path,
