@@ -341,6 +341,18 @@ def test_compose_keeps_conditions_bounds_retries_and_never_writes_a_literal_bus_
     assert "# Set the bus URL there too: PIPECAT_WORKERS_BUS_URL_MAIN." in text
 
 
+def test_compose_refuses_two_channels_with_one_url_variable(
+        tmp_path: Path, clis: Callable[[Path], Cli]) -> None:
+    project(tmp_path, "name: shop\nchannels:\n"
+                      "  a-b: {backend: redis, url: 'redis://h/0'}\n"
+                      "  a_b: {backend: redis, url: 'redis://h/1'}\n"
+                      "workers:\n  one: {class: app_workers:Echo, channel: a-b}\n"
+                      "  two: {class: app_workers:Echo, channel: a_b}\n")
+    one_line_error(clis(tmp_path).run("export", "compose", "workers.yaml"),
+                   "channels 'a-b' and 'a_b' both read their URL from "
+                   "PIPECAT_WORKERS_BUS_URL_A_B in compose: rename one")
+
+
 def test_kubernetes_runs_one_shot_workers_as_jobs(tmp_path: Path,
                                                  clis: Callable[[Path], Cli]) -> None:
     project(tmp_path, ONE_SHOTS)

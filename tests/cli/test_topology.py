@@ -287,7 +287,7 @@ def test_unset_variables_in_fields_kept_as_references(tmp_path: Path) -> None:
     assert loaded.topology.workers["a"].env == {"X": "k-${KEY}"}
     written = loaded.document.value["workers"].value["a"].value["env"].value["X"]
     assert (written.raw, written.unset) == ("k-${KEY}", ("KEY",))
-    with pytest.raises(TopologyError, match="channels.main.url: variable URL is not set"):
+    with pytest.raises(TopologyError, match=r"channels\.main\.url: variable URL is not set"):
         load_with_document(path, {}, keep_unset=lambda field: field == "workers.a.env.X")
 
 

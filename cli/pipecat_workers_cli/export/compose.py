@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipecat_workers_cli.errors import CommandError
 from pipecat_workers_cli.export.plan import (
     HOST_COMMAND,
     Plan,
@@ -35,7 +36,17 @@ _CONDITIONS = {Condition.READY: "service_started",  # no healthcheck: started, n
 
 
 def compose_file(plan: Plan, *, image: str, workdir: str) -> str:
-    """The compose file of ``plan``: every service runs ``image`` in ``workdir``."""
+    """The compose file of ``plan``: every service runs ``image`` in ``workdir``.
+
+    Raises:
+        CommandError: two channels' URLs would be read from one variable.
+    """
+    channels: dict[str, str] = {}
+    for channel in dict.fromkeys(s.channel for s in plan.services):
+        other = channels.setdefault(bus_url_variable(channel), channel)
+        if other != channel:
+            raise CommandError(f"channels '{other}' and '{channel}' both read their URL from "
+                               f"{bus_url_variable(channel)} in compose: rename one")
     services = {s.key: _service(s, image=image, workdir=workdir) for s in plan.services}
     document = {"name": plan.project, "services": services}
     header = (f"# Written by `workers export compose` from project '{plan.project}'.\n"
