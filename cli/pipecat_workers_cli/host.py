@@ -196,6 +196,9 @@ async def host(spec: HostSpec, status: _Status, *, supervised: bool = True) -> i
     from pipecat_workers.errors import WorkersError, WorkerStateError
     from pipecat_workers_cli.topology.classes import check_args, raised_at, resolve_class
 
+    if not supervised and not spec.url and spec.backend != "local":
+        return _cannot_start(spec, status, f"{BUS_URL_ENV} is not set: the {spec.backend} "
+                                           "bus needs its URL there")
     try:
         cls = resolve_class(spec.class_path)
         check_args(cls, spec.name, spec.args)

@@ -109,7 +109,7 @@ def test_compose_file_follows_the_compose_specification(cli: Cli, tmp_path: Path
     assert echo["image"] == "shop:1" and echo["working_dir"] == "/app"
     assert echo["command"] == ["python", "-P", "-m", "pipecat_workers_cli.host"]
     assert (echo["restart"], front["restart"]) == ("always", "no")
-    assert front["depends_on"] == ["echo"]
+    assert front["depends_on"] == {"echo": {"condition": "service_started"}}
     env = echo["environment"]
     assert env["API_KEY"] == "${SHOP_KEY}"  # compose resolves it, as the topology would
     assert env["PIPECAT_WORKERS_BUS_URL"] == "${REDIS_URL:-redis://localhost:6379/0}"
@@ -246,6 +246,167 @@ def test_several_files_need_a_directory(cli: Cli, tmp_path: Path) -> None:
         "shop-echo@.service", "shop-front.service", "shop.target", "shop-main.env.example"]
 
 
+# -- secrets and variables -----------------------------------------------------------------
+
+
+def test_variables_kept_as_references_need_no_value_and_env_files_count(
+        tmp_path: Path, clis: Callable[[Path], Cli]) -> None:
+    """An export writes ``${REDIS_URL}`` and ``${SHOP_KEY}`` as they are, so it runs
+    without them; a value it writes out (``replicas``) comes from ``--env-file``."""
+    project(tmp_path, "name: shop\nchannels:\n  main: {backend: redis, url: '${REDIS_URL}'}\n"
+                      "workers:\n  echo:\n    class: app_workers:Echo\n"
+                      "    replicas: ${ECHO_REPLICAS}\n    env: {API_KEY: '${SHOP_KEY}'}\n")
+    (tmp_path / "prod.env").write_text("ECHO_REPLICAS=3\n")
+    cli = clis(tmp_path)
+    for name in ("REDIS_URL", "SHOP_KEY", "ECHO_REPLICAS"):
+        cli.env.pop(name, None)
+    result = cli.run("--env-file", "prod.env", "export", "compose", "workers.yaml")
+    assert result.returncode == 0, result.stderr
+    echo = yaml.safe_load(result.stdout)["services"]["echo"]
+    assert echo["deploy"] == {"replicas": 3}
+    assert echo["environment"]["PIPECAT_WORKERS_BUS_URL"] == "${REDIS_URL}"
+    assert echo["environment"]["API_KEY"] == "${SHOP_KEY}"
+    for kind in ("kubernetes", "systemd"):
+        assert cli.run("--env-file", "prod.env", "export", kind, "workers.yaml").returncode == 0
+    # A value written out still needs its variable.
+    one_line_error(cli.run("export", "compose", "workers.yaml"),
+                   "workers.yaml:7: workers.echo.replicas: variable ECHO_REPLICAS is not set")
+
+
+def test_the_file_is_read_once(tmp_path: Path, clis: Callable[[Path], Cli]) -> None:
+    """From a pipe, which a second read finds empty: the resolved bus URL stays a secret."""
+    project(tmp_path)
+    cli = clis(tmp_path)
+    cli.env.update(SHOP_KEY=SECRET, REDIS_URL="redis://:hunter2@cache:6379/0")
+    result = subprocess.run(cli.command("export", "compose", "/dev/stdin"), cwd=tmp_path,
+                            env=cli.env, input=TOPOLOGY, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "hunter2" not in result.stdout and SECRET not in result.stdout
+    env = yaml.safe_load(result.stdout)["services"]["echo"]["environment"]
+    assert env["PIPECAT_WORKERS_BUS_URL"] == "${REDIS_URL:-redis://localhost:6379/0}"
+
+
+ONE_SHOTS = """\
+name: shop
+channels:
+  main:
+    backend: redis
+    url: redis://:hunter2@cache:6379/0
+workers:
+  migrate:
+    class: app_workers:Echo
+    restart: "no"
+  seed:
+    class: app_workers:Echo
+    max_restarts: 2
+  echo:
+    class: app_workers:Echo
+    replicas: 2
+    restart: always
+  front:
+    class: app_workers:Echo
+    depends_on:
+      migrate: {condition: completed}
+      seed: {condition: completed}
+      echo: {condition: ready}
+"""
+
+
+def test_compose_keeps_conditions_bounds_retries_and_never_writes_a_literal_bus_url(
+        tmp_path: Path, clis: Callable[[Path], Cli]) -> None:
+    project(tmp_path, ONE_SHOTS)
+    cli = clis(tmp_path)
+    out = tmp_path / "compose.yaml"
+    result = cli.run("export", "compose", "workers.yaml", "-o", str(out), "--workdir",
+                     "/srv/$app")
+    assert result.returncode == 0, result.stderr
+    checked = subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec",
+         str(out)], capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    text = out.read_text()
+    assert "hunter2" not in text
+    services = yaml.safe_load(text)["services"]
+    assert services["front"]["depends_on"] == {
+        "migrate": {"condition": "service_completed_successfully"},
+        "seed": {"condition": "service_completed_successfully"},
+        "echo": {"condition": "service_started"}}
+    assert [services[k]["restart"] for k in ("migrate", "seed", "echo", "front")] == [
+        "no", "on-failure:2", "always", "on-failure:5"]
+    for service in services.values():
+        assert service["environment"]["PIPECAT_WORKERS_BUS_URL"] == (
+            "${PIPECAT_WORKERS_BUS_URL_MAIN:?the bus URL of channel main}")
+        assert service["working_dir"] == "/srv/$$app"  # compose reads "$$" back as "$"
+    assert "# Set the bus URL there too: PIPECAT_WORKERS_BUS_URL_MAIN." in text
+
+
+def test_compose_refuses_two_channels_with_one_url_variable(
+        tmp_path: Path, clis: Callable[[Path], Cli]) -> None:
+    project(tmp_path, "name: shop\nchannels:\n"
+                      "  a-b: {backend: redis, url: 'redis://h/0'}\n"
+                      "  a_b: {backend: redis, url: 'redis://h/1'}\n"
+                      "workers:\n  one: {class: app_workers:Echo, channel: a-b}\n"
+                      "  two: {class: app_workers:Echo, channel: a_b}\n")
+    one_line_error(clis(tmp_path).run("export", "compose", "workers.yaml"),
+                   "channels 'a-b' and 'a_b' both read their URL from "
+                   "PIPECAT_WORKERS_BUS_URL_A_B in compose: rename one")
+
+
+def test_kubernetes_runs_one_shot_workers_as_jobs(tmp_path: Path,
+                                                 clis: Callable[[Path], Cli]) -> None:
+    project(tmp_path, ONE_SHOTS)
+    stream = exported(clis(tmp_path), "kubernetes")
+    assert "hunter2" not in stream
+    documents = {d["metadata"]["name"]: d for d in yaml.safe_load_all(stream)}
+    version = kubernetes_validate.latest_version()
+    for document in documents.values():
+        kubernetes_validate.validate(document, version, strict=True)
+    kinds = {name: (d["apiVersion"], d["kind"]) for name, d in documents.items()}
+    assert kinds == {"shop-migrate": ("batch/v1", "Job"), "shop-seed": ("batch/v1", "Job"),
+                     "shop-echo": ("apps/v1", "Deployment"),
+                     "shop-front": ("apps/v1", "Deployment")}
+    migrate, seed = documents["shop-migrate"]["spec"], documents["shop-seed"]["spec"]
+    assert (migrate["backoffLimit"], seed["backoffLimit"]) == (0, 2)
+    assert migrate["podFailurePolicy"]["rules"] == [
+        {"action": "FailJob", "onExitCodes": {"operator": "In", "values": [78]}}]
+    assert migrate["template"]["spec"]["restartPolicy"] == "Never"
+    env = {e["name"]: e for e in migrate["template"]["spec"]["containers"][0]["env"]}
+    assert env["PIPECAT_WORKERS_BUS_URL"]["valueFrom"] == {
+        "secretKeyRef": {"name": "shop-bus", "key": "main"}}
+
+
+def test_systemd_one_shot_units_complete_before_their_dependents(
+        tmp_path: Path, clis: Callable[[Path], Cli]) -> None:
+    project(tmp_path, ONE_SHOTS)
+    cli = clis(tmp_path)
+    result = cli.run("export", "systemd", "workers.yaml", "-o", "units", "--env-dir",
+                     str(tmp_path / "etc"))
+    assert result.returncode == 0, result.stderr
+    units = tmp_path / "units"
+    assert "hunter2" not in "".join(p.read_text() for p in units.iterdir())
+    for name in ("shop-migrate.service", "shop-seed.service"):
+        service = read_unit(units / name)["Service"]
+        assert (service["Type"], service["RemainAfterExit"]) == ("oneshot", "yes"), name
+    assert read_unit(units / "shop-seed.service")["Service"]["Restart"] == "on-failure"
+    assert read_unit(units / "shop-echo@.service")["Service"]["Type"] == "simple"
+    front = read_unit(units / "shop-front.service")["Unit"]
+    assert front["Requires"].split() == ["shop-migrate.service", "shop-seed.service"]
+    assert front["After"].split() == ["network-online.target", "shop-migrate.service",
+                                      "shop-seed.service", "shop-echo@1.service",
+                                      "shop-echo@2.service"]
+    assert front["Wants"].split() == ["network-online.target", "shop-echo@1.service",
+                                      "shop-echo@2.service"]
+    if shutil.which("systemd-analyze") is None:
+        return
+    verified = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", "shop-migrate.service", "shop-seed.service",
+         "shop-echo@1.service", "shop-front.service", "shop.target"], cwd=units,
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "SYSTEMD_UNIT_PATH": f"{units}:"})
+    assert verified.returncode == 0 and not verified.stderr.strip(), verified.stderr
+
+
 # -- the exported process runs -------------------------------------------------------------
 
 
@@ -258,6 +419,18 @@ def test_standalone_names_a_replica_and_takes_the_url_from_the_environment() -> 
     by_host = standalone(spec, {"PIPECAT_WORKERS_REPLICA": "@hostname"})
     assert by_host.name == f"echo.{socket.gethostname()}" and by_host.url is None
     assert standalone(spec, {}).name == "echo"
+
+
+def test_the_exported_service_without_its_bus_url_names_the_variable(cli: Cli) -> None:
+    service = yaml.safe_load(exported(cli, "compose"))["services"]["front"]
+    env = {k: v.replace("$$", "$") for k, v in service["environment"].items()
+           if k == HOST_ENV}
+    ran = subprocess.run([sys.executable, *service["command"][1:]], cwd=cli.cwd,
+                         env={**cli.env, **env}, stdin=subprocess.DEVNULL,
+                         capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 78, ran.stderr
+    assert ran.stderr.strip().splitlines() == [
+        "error: front: PIPECAT_WORKERS_BUS_URL is not set: the redis bus needs its URL there"]
 
 
 @pytest.mark.redis

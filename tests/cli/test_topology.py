@@ -270,6 +270,27 @@ def test_malformed_reference(tmp_path: Path, value: str) -> None:
           "${NAME:-default} or ${NAME-default}")
 
 
+def test_unset_variables_in_fields_kept_as_references(tmp_path: Path) -> None:
+    """For a caller that writes some fields' references rather than their values (an
+    export): an unset variable there stands as its reference, and the URL is not checked;
+    anywhere else it is still an error."""
+    from pipecat_workers_cli.topology.loader import load as load_with_document
+
+    def kept(field: str) -> bool:
+        return field in ("channels.main.url", "workers.a.env.X")
+
+    path = tmp_path / "t.yaml"
+    path.write_text("channels:\n  main:\n    backend: redis\n    url: ${URL}\n" + WORKER
+                    + "    env:\n      X: k-${KEY}\n")
+    loaded = load_with_document(path, {}, keep_unset=kept)
+    assert loaded.topology.channels["main"].url == "${URL}"
+    assert loaded.topology.workers["a"].env == {"X": "k-${KEY}"}
+    written = loaded.document.value["workers"].value["a"].value["env"].value["X"]
+    assert (written.raw, written.unset) == ("k-${KEY}", ("KEY",))
+    with pytest.raises(TopologyError, match=r"channels\.main\.url: variable URL is not set"):
+        load_with_document(path, {}, keep_unset=lambda field: field == "workers.a.env.X")
+
+
 def test_keys_are_not_interpolated(tmp_path: Path) -> None:
     check(tmp_path, "workers:\n  ${W}:\n    class: m:A\n", 2, "workers.${W}",
           "invalid name '${W}': expected letters, digits, '_' and '-', "

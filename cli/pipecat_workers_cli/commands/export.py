@@ -10,8 +10,8 @@ import click
 
 from pipecat_workers_cli.errors import CommandError
 from pipecat_workers_cli.export import KINDS, Exported, Kind, Options, export
-from pipecat_workers_cli.export.plan import plan
-from pipecat_workers_cli.topology import load_topology
+from pipecat_workers_cli.export.plan import kept_as_reference, plan
+from pipecat_workers_cli.topology.loader import load
 
 DEFAULT_WORKDIR = "/app"
 DEFAULT_ENV_DIR = "/etc/pipecat-workers"
@@ -35,23 +35,21 @@ def export_command(ctx: click.Context, kind: Kind, file: str | None, output: str
                    image: str | None, workdir: str | None, python: str | None,
                    env_dir: str) -> None:
     """Write FILE's workers for another engine: a docker compose file, Kubernetes
-    Deployments, or systemd units. Each process runs the worker host `workers up` runs;
-    the bus URL and secret env values come from the engine's secrets, never written out.
+    Deployments and Jobs, or systemd units. Each process runs the worker host `workers up` runs;
+    the bus URL and secret env values come from the engine's secrets, never written out
+    (so the variables they reference need not be set here).
     """
     path = file or ctx.obj.get("file")
     if path is None:
         raise CommandError("which topology? `workers export KIND FILE`")
-    topology = load_topology(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8-sig")
-    except OSError as exc:
-        raise CommandError(f"{path}: cannot read the file: {exc.strerror or exc}") from None
+    loaded = load(path, env_files=ctx.obj.get("env_files"), keep_unset=kept_as_reference)
+    topology = loaded.topology
     local = kind == "systemd"
     options = Options(
         image=image or f"{topology.name}:latest",
         workdir=workdir or (str(topology.root) if local else DEFAULT_WORKDIR),
         python=python or sys.executable, env_dir=env_dir)
-    exported = export(kind, plan(topology, text, path), options)
+    exported = export(kind, plan(loaded, path), options)
     if output is None:
         click.echo(exported.text if exported.text is not None else _concatenated(exported),
                    nl=False)

@@ -1,15 +1,17 @@
 """What every export needs of a topology: per worker key, how to start its processes.
 
-A pure function of the loaded topology and of the file's text (:func:`plan`): each exported
-process runs the host the supervisor runs (``python -P -m pipecat_workers_cli.host``) with its
-description in ``PIPECAT_WORKERS_HOST``, without the bus URL, which comes from the environment
-(``PIPECAT_WORKERS_BUS_URL``), where each engine keeps its secrets. An environment value that
-the file writes with a ``${VAR}`` reference (or that does not come from the file) is a secret
-too: the generators never write out what it resolved to.
+A pure function of the loaded topology and of its file as written (:func:`plan`): each
+exported process runs the host the supervisor runs (``python -P -m pipecat_workers_cli.host``)
+with its description in ``PIPECAT_WORKERS_HOST``, without the bus URL, which comes from the
+environment (``PIPECAT_WORKERS_BUS_URL``), where each engine keeps its secrets. An
+environment value that the file writes with a ``${VAR}`` reference (or that does not come
+from the file) is a secret too: the generators never write out what it resolved to, so the
+topology is loaded with :func:`kept_as_reference` and needs no value for them.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +20,9 @@ import yaml  # type: ignore[import-untyped,unused-ignore]
 
 from pipecat_workers_cli.host import BUS_URL_ENV, HOST_ENV, HostSpec
 from pipecat_workers_cli.topology.errors import TopologyError
-from pipecat_workers_cli.topology.model import RestartPolicy, Topology
+from pipecat_workers_cli.topology.loader import Loaded
+from pipecat_workers_cli.topology.model import Condition, RestartPolicy
+from pipecat_workers_cli.topology.nodes import Node
 
 HOST_COMMAND = ("python", "-P", "-m", "pipecat_workers_cli.host")
 """How a process starts its worker: what the supervisor runs, with the image's ``python``."""
@@ -36,9 +40,15 @@ class Service:
         secrets: Environment values that are secrets, by name: the file's raw text for each
             (``${OPENAI_KEY}``), or ``None`` when it does not come from the file.
         channel: The key of its channel.
-        url: The channel's URL as the file writes it (``${REDIS_URL}``, or the URL itself).
+        url: The channel's URL as the file writes it when that is a reference holding no
+            credentials (``${REDIS_URL}``); ``None`` when it is written out (a secret that the
+            engine must provide).
         depends_on: Keys of the workers that start before it.
+        conditions: What it waits for of each of ``depends_on``.
         restart: Its restart policy.
+        max_restarts: Restarts in a row before it stays down, if bounded.
+        one_shot: It runs to completion: ``restart: no``, or another worker waits for it to
+            complete.
         stop_timeout: Seconds it may take to end once asked to.
     """
 
@@ -48,9 +58,12 @@ class Service:
     env: Mapping[str, str]
     secrets: Mapping[str, str | None]
     channel: str
-    url: str
+    url: str | None
     depends_on: tuple[str, ...]
+    conditions: Mapping[str, Condition]
     restart: RestartPolicy
+    max_restarts: int | None
+    one_shot: bool
     stop_timeout: float
 
 
@@ -68,16 +81,26 @@ class Plan:
         return [BUS_URL_ENV, *sorted(names)]
 
 
-def plan(topology: Topology, text: str, file: str) -> Plan:
-    """The services of ``topology``, whose file (``file``, as the user named it) holds
-    ``text``.
+_KEPT = re.compile(r"channels\.[^.]+\.url|workers\.[^.]+\.env\.[^.]+")
+
+
+def kept_as_reference(field: str) -> bool:
+    """Whether an export writes ``field``'s ``${VAR}`` rather than its value: a channel's
+    URL and a worker's ``env`` values (so an export needs no value for them)."""
+    return _KEPT.fullmatch(field) is not None
+
+
+def plan(loaded: Loaded, file: str) -> Plan:
+    """The services of the topology ``loaded`` from ``file`` (as the user named it).
 
     Raises:
         TopologyError: a worker is on a local (embedded) channel, which lives inside
             ``workers up`` and so cannot be exported; or its ``args`` hold a ``${VAR}``
             reference, whose value an export would write out.
     """
-    raw = _raw_document(text)
+    topology, raw = loaded.topology, loaded.document
+    completed = {dep for spec in topology.workers.values() for dep in spec.depends_on
+                 if spec.condition(dep) is Condition.COMPLETED}
     services = []
     for spec in topology.workers.values():
         channel = topology.channels[spec.channel]
@@ -86,32 +109,41 @@ def plan(topology: Topology, text: str, file: str) -> Plan:
                 "a local channel lives inside `workers up` and cannot be exported; use a "
                 "redis or pgmq channel", file=file, line=channel.line or None,
                 field=f"channels.{channel.key}")
-        raw_worker = _mapping(_mapping(raw.get("workers")).get(spec.key))
-        if "${" in yaml.safe_dump(raw_worker.get("args")):
+        raw_worker = _entry(raw, "workers", spec.key)
+        if raw_worker is not None and _references(_entry(raw_worker, "args")):
             raise TopologyError(
                 "its args hold a ${VAR} reference, whose value an export would write out; "
                 "pass secrets through env", file=file, line=spec.line or None,
                 field=f"workers.{spec.key}")
-        raw_env = _mapping(raw_worker.get("env"))
-        env, secrets = {"PYTHONUNBUFFERED": "1"}, {}
+        env: dict[str, str] = {"PYTHONUNBUFFERED": "1"}
+        secrets: dict[str, str | None] = {}
         for name, value in spec.env.items():
-            written = raw_env.get(name)
-            if isinstance(written, str) and "${" not in written:
-                env[name] = value
-            elif written is not None and not isinstance(written, str):
-                env[name] = value  # a number or a boolean, written out as such
+            written = _entry(raw_worker, "env", name)
+            if written is None:
+                secrets[name] = None  # from an env file
+            elif _references(written):
+                secrets[name] = written.raw
             else:
-                secrets[name] = written if isinstance(written, str) else None
-        raw_url = _mapping(_mapping(raw.get("channels")).get(channel.key)).get("url")
+                env[name] = value  # a number or a boolean is written out as such
         host = HostSpec(name=spec.key, class_path=spec.class_path, args=dict(spec.args),
                         backend=channel.backend, channel=channel.channel,
                         runner=f"{topology.name}/{spec.key}", root=".")
         services.append(Service(
             key=spec.key, replicas=spec.replicas, host=host.to_json(), env=env,
             secrets=secrets, channel=channel.key,
-            url=raw_url if isinstance(raw_url, str) else channel.url,
-            depends_on=spec.depends_on, restart=spec.restart, stop_timeout=spec.stop_timeout))
+            url=_url_reference(_entry(raw, "channels", channel.key, "url")),
+            depends_on=spec.depends_on,
+            conditions={dep: spec.condition(dep) for dep in spec.depends_on},
+            restart=spec.restart, max_restarts=spec.max_restarts,
+            one_shot=spec.restart is RestartPolicy.NO or spec.key in completed,
+            stop_timeout=spec.stop_timeout))
     return Plan(project=topology.name, services=tuple(services))
+
+
+def bus_url_variable(channel: str) -> str:
+    """The variable an engine that interpolates (compose) reads channel ``channel``'s URL
+    from, when the file writes the URL out: ``PIPECAT_WORKERS_BUS_URL_MAIN``."""
+    return f"{BUS_URL_ENV}_{re.sub(r'[^A-Z0-9]+', '_', channel.upper())}"
 
 
 def host_env(service: Service) -> dict[str, str]:
@@ -119,18 +151,32 @@ def host_env(service: Service) -> dict[str, str]:
     return {HOST_ENV: service.host, **service.env}
 
 
-def _raw_document(text: str) -> Mapping[str, Any]:
-    """The file before interpolation: which values reference variables. It was loaded (and
-    checked) already, so it parses."""
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return {}
-    return _mapping(document)
+def _entry(node: Node | None, *keys: str) -> Node | None:
+    """The value at ``keys`` of a mapping as written, if there is one."""
+    for key in keys:
+        if node is None or not node.is_mapping:
+            return None
+        node = node.value.get(key)
+    return node
 
 
-def _mapping(value: object) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
+def _references(node: Node | None) -> bool:
+    """Whether a value as written holds a ``${VAR}`` reference anywhere in it."""
+    if node is None:
+        return False
+    if node.is_mapping:
+        return any(_references(v) for v in node.value.values())
+    if node.is_list:
+        return any(_references(v) for v in node.value)
+    return isinstance(node.value, str) and "${" in node.raw
+
+
+def _url_reference(node: Node | None) -> str | None:
+    """The URL as written, if an engine may write it too: a reference with no credentials in
+    its literal text (a default such as ``${URL:-redis://:pw@host}`` holds some)."""
+    if node is None or not _references(node) or "@" in node.raw:
+        return None
+    return node.raw
 
 
 class _Dumper(yaml.SafeDumper):  # type: ignore[misc,unused-ignore]

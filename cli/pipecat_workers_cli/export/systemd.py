@@ -5,6 +5,11 @@ Secrets, the bus URL among them, come from one environment file per channel
 (``<env-dir>/<project>-<channel>.env``, which the units require); ``.env.example`` files list
 what each must set. Restart= follows the worker's restart policy, and an exit with status 78
 (a configuration error) is not restarted, as under ``workers up``.
+
+A one-shot worker (``restart: no``, or one that others wait to complete) is a
+``Type=oneshot`` unit that stays active once it has exited 0 (``RemainAfterExit=yes``), so
+the units ordered ``After=`` it start once it has completed; one that waits with
+``condition: completed`` also ``Requires=`` it, and so does not start if it failed.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import shlex
 
 from pipecat_workers_cli.export.plan import Plan, Service, host_env
 from pipecat_workers_cli.host import BUS_URL_ENV, EXIT_CONFIG, REPLICA_ENV
-from pipecat_workers_cli.topology.model import RestartPolicy
+from pipecat_workers_cli.topology.model import Condition, RestartPolicy
 
 _RESTART = {RestartPolicy.NO: "no", RestartPolicy.ON_FAILURE: "on-failure",
             RestartPolicy.ALWAYS: "always"}
@@ -52,14 +57,23 @@ def env_file(plan: Plan, channel: str, env_dir: str) -> str:
 
 def _unit(plan: Plan, service: Service, python: str, workdir: str, env_dir: str) -> str:
     replica = " (replica %i)" if service.replicas > 1 else ""
-    deps = [u for key in service.depends_on for other in plan.services if other.key == key
-            for u in instances(plan, other)]
+    deps = _units_of(plan, service.depends_on)
+    required = _units_of(plan, [k for k in service.depends_on
+                                if service.conditions[k] is Condition.COMPLETED])
+    wanted = [d for d in deps if d not in required]
     env = host_env(service)
     lines = ["[Unit]", f"Description=pipecat-workers {plan.project}: worker {service.key}"
              f"{replica}", f"PartOf={plan.project}.target",
              "After=network-online.target" + "".join(f" {d}" for d in deps),
-             "Wants=network-online.target" + "".join(f" {d}" for d in deps),
-             "", "[Service]", "Type=simple", f"WorkingDirectory={_escape(workdir)}"]
+             "Wants=network-online.target" + "".join(f" {d}" for d in wanted)]
+    if required:
+        lines.append(f"Requires={' '.join(required)}")
+    lines += ["", "[Service]"]
+    if service.one_shot:  # started = completed; no start timeout for a long migration
+        lines += ["Type=oneshot", "RemainAfterExit=yes", "TimeoutStartSec=infinity"]
+    else:
+        lines.append("Type=simple")
+    lines.append(f"WorkingDirectory={_escape(workdir)}")
     lines += [f'Environment="{_quote(f"{k}={v}")}"' for k, v in env.items()]
     if service.replicas > 1:
         lines.append(f"Environment={REPLICA_ENV}=%i")
@@ -70,6 +84,11 @@ def _unit(plan: Plan, service: Service, python: str, workdir: str, env_dir: str)
               f"TimeoutStopSec={service.stop_timeout + 5:g}",
               "", "[Install]", f"WantedBy={plan.project}.target", ""]
     return "\n".join(lines)
+
+
+def _units_of(plan: Plan, keys: list[str] | tuple[str, ...]) -> list[str]:
+    return [u for key in keys for other in plan.services if other.key == key
+            for u in instances(plan, other)]
 
 
 def _target(plan: Plan) -> str:

@@ -12,7 +12,7 @@ deep; a default that is not used is only parsed, so a variable missing from it i
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from pipecat_workers_cli.topology.errors import TopologyError
 
@@ -22,12 +22,17 @@ MAX_NESTING = 10
 """How deep references may nest in defaults (each level is a recursion)."""
 
 
-def interpolate(text: str, env: Mapping[str, str]) -> str:
+def interpolate(text: str, env: Mapping[str, str],
+                missing: Callable[[str], str] | None = None) -> str:
     """The text with every reference replaced from ``env``.
 
+    ``missing``, when given, is the value of an unset variable without a default (it gets
+    the name), for a caller that keeps the reference rather than its value.
+
     Raises:
-        TopologyError: A referenced variable is unset and has no default, or a ``${`` is
-            malformed. It carries no location; the caller places it in the file.
+        TopologyError: A referenced variable is unset and has no default (and no
+            ``missing``), or a ``${`` is malformed. It carries no location; the caller
+            places it in the file.
 
     Example::
 
@@ -36,12 +41,16 @@ def interpolate(text: str, env: Mapping[str, str]) -> str:
     """
     if "$" not in text:
         return text
-    value, _ = _template(text, 0, env, depth=0, evaluate=True)
+    value, _ = _template(text, 0, env, depth=0, evaluate=True, missing=missing)
     return value
 
 
+_Missing = Callable[[str], str] | None
+
+
 def _template(
-    text: str, i: int, env: Mapping[str, str], *, depth: int, evaluate: bool
+    text: str, i: int, env: Mapping[str, str], *, depth: int, evaluate: bool,
+    missing: _Missing = None,
 ) -> tuple[str, int]:
     """Parse from ``i`` to the end, or (``depth`` > 0: in a default) to the ``}`` closing
     it."""
@@ -57,7 +66,8 @@ def _template(
             out.append("$")
             i += 2
         elif text.startswith("${", i):
-            value, i = _reference(text, i, env, depth=depth, evaluate=evaluate)
+            value, i = _reference(text, i, env, depth=depth, evaluate=evaluate,
+                                  missing=missing)
             out.append(value)
         else:
             out.append(char)
@@ -66,7 +76,8 @@ def _template(
 
 
 def _reference(
-    text: str, start: int, env: Mapping[str, str], *, depth: int, evaluate: bool
+    text: str, start: int, env: Mapping[str, str], *, depth: int, evaluate: bool,
+    missing: _Missing,
 ) -> tuple[str, int]:
     """Parse the ``${...}`` at ``start``; return its value and the index after it."""
     match = _NAME.match(text, start + 2)
@@ -75,6 +86,8 @@ def _reference(
     name, i = match.group(), match.end()
     if text.startswith("}", i):
         if evaluate and name not in env:
+            if missing is not None:
+                return missing(name), i + 1
             raise TopologyError(
                 f"variable {name} is not set (give a default with ${{{name}:-default}})"
             )
@@ -87,7 +100,8 @@ def _reference(
                 raise TopologyError(f"variable references nested more than {MAX_NESTING} "
                                     "deep in defaults")
             default, i = _template(
-                text, i + len(op), env, depth=depth + 1, evaluate=evaluate and use_default
+                text, i + len(op), env, depth=depth + 1, evaluate=evaluate and use_default,
+                missing=missing,
             )
             if i >= len(text):
                 raise _malformed(text, start)

@@ -51,6 +51,15 @@ MAX_FILE_BYTES = 1024 * 1024
 bounded too: :data:`pipecat_workers_cli.topology.nodes.MAX_VALUES`)."""
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Loaded:
+    """A topology and its file as written (each scalar's source text in ``raw``), from one
+    read: what a caller needs to tell a value the file wrote from one it referenced."""
+
+    topology: Topology
+    document: Node
+
+
 def load_topology(path: str | os.PathLike[str], env: Mapping[str, str] | None = None, *,
                   env_files: Sequence[str] | None = None) -> Topology:
     """Read, interpolate and validate a topology file.
@@ -79,20 +88,33 @@ def load_topology(path: str | os.PathLike[str], env: Mapping[str, str] | None = 
         topology = load_topology("configs/handoff.yaml")
         for process in expand(topology): ...
     """
+    return load(path, env, env_files=env_files).topology
+
+
+def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None, *,
+         env_files: Sequence[str] | None = None,
+         keep_unset: Callable[[str], bool] | None = None) -> Loaded:
+    """:func:`load_topology`, with the document as written.
+
+    Args:
+        keep_unset: Whether an unset variable is no error in a field (``channels.main.url``):
+            for a caller that writes that field's reference rather than its value. The
+            reference stands for the value, and a URL that holds one is not checked.
+    """
     file = os.fspath(path)
     source = Path(file)
     problems = Problems(file)
     text = _read(source, file)
     shell = os.environ if env is None else env
     variables = {**project_variables(source, env_files, shell), **shell}
-    document = read_document(text, variables, problems)
+    document = read_document(text, variables, problems, keep_unset)
     topology = _Loader(source, problems, shell).topology(document)
     problems.raise_all()
     _check_cycles(topology, document, problems)
     if env_files:
         given = tuple(str(Path(f).expanduser().resolve()) for f in env_files)
         topology = dataclasses.replace(topology, env_files=given)
-    return topology
+    return Loaded(topology, document)
 
 
 def _read(source: Path, file: str) -> str:
@@ -223,6 +245,8 @@ class _Loader:
                   field: str, line: int) -> None:
         """Never guess a server: redis and pgmq need a URL of their scheme, local none."""
         where = entries["url"].line if "url" in entries else line
+        if "url" in entries and entries["url"].unset:
+            return  # a reference kept for later: its value is not known here
         schemes = URL_SCHEMES.get(backend)
         if schemes is None:
             if url is not None:

@@ -16,7 +16,7 @@ alias that crosses the line, at once and in little memory), nested at most
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,13 +45,17 @@ class Node:
 
     ``value`` is a ``dict[str, Node]`` for a mapping (keys by their source text), a
     ``list[Node]`` for a sequence, else a Python scalar (str, int, float, bool or None).
-    ``raw`` is a scalar's source text, so messages can quote ``no`` rather than ``False``.
+    ``raw`` is a scalar's source text, so messages can quote ``no`` rather than ``False``,
+    and a caller can tell what the file wrote from what it resolved to. ``unset`` names the
+    variables that were not set in a string kept as a reference (``read_document``'s
+    ``keep_unset``); their ``${NAME}`` stands in ``value``.
     """
 
     value: Any
     line: int
     raw: str = ""
     key_lines: Mapping[str, int] = field(default_factory=dict)
+    unset: tuple[str, ...] = ()
 
     @property
     def is_mapping(self) -> bool:
@@ -139,8 +143,12 @@ def path_join(path: str, key: str | int) -> str:
     return f"{path}.{key}" if path else key
 
 
-def read_document(text: str, env: Mapping[str, str], problems: Problems) -> Node:
+def read_document(text: str, env: Mapping[str, str], problems: Problems,
+                  keep_unset: Callable[[str], bool] | None = None) -> Node:
     """Parse ``text`` into a located tree, interpolating string scalars from ``env``.
+
+    ``keep_unset(field)`` says whether an unset variable in that field is no error (its
+    caller writes the reference, not the value): the reference then stands for its value.
 
     Raises:
         TopologyError: The text is not YAML, is empty, or is not a mapping at the top level
@@ -169,7 +177,7 @@ def read_document(text: str, env: Mapping[str, str], problems: Problems) -> Node
     if not isinstance(root, yaml.MappingNode):
         raise TopologyError(f"expected a mapping at the top level, got {_kind(root)}",
                             file=problems.file, line=root.start_mark.line + 1)
-    return _Builder(env, problems).build(root, "")
+    return _Builder(env, problems, keep_unset).build(root, "")
 
 
 def _compose(text: str) -> yaml.Node | None:
@@ -258,8 +266,10 @@ def _kind(node: yaml.Node) -> str:
 class _Builder:
     """Walks PyYAML's node graph once; aliases are built once and shared."""
 
-    def __init__(self, env: Mapping[str, str], problems: Problems) -> None:
+    def __init__(self, env: Mapping[str, str], problems: Problems,
+                 keep_unset: Callable[[str], bool] | None) -> None:
         self._env = env
+        self._keep_unset = keep_unset
         self._problems = problems
         self._constructor = yaml.SafeLoader("")
         self._done: dict[int, Node] = {}
@@ -300,8 +310,16 @@ class _Builder:
             self._problems.add(line, path, str(exc))
             return Node(None, line, "")
         if node.tag == f"{_TAG}str":
+            unset: list[str] = []
+
+            def kept(name: str) -> str:
+                unset.append(name)
+                return f"${{{name}}}"
+
+            keep = self._keep_unset is not None and self._keep_unset(path)
             try:
-                return Node(interpolate(raw, self._env), line, raw)
+                value = interpolate(raw, self._env, kept if keep else None)
+                return Node(value, line, raw, unset=tuple(unset))
             except TopologyError as exc:
                 self._problems.add_error(exc, line, path)
                 return Node(raw, line, raw)
