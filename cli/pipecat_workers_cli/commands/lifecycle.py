@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 import click
 
@@ -112,23 +112,43 @@ def restart(ctx: click.Context, workers: tuple[str, ...], rolling: bool, timeout
             ) -> None:
     """Restart WORKERS (all if none) and wait until they are ready again."""
     project = project_of(ctx)
-    before = {w.name: w for w in status_of(project).workers}
-    ask(project, {"cmd": "restart", "workers": list(workers), "rolling": rolling})
+    if rolling:
+        _report(_roll(project, workers, timeout))
+        return
+    before = {w.name: w.restarts for w in status_of(project).workers}
+    ask(project, {"cmd": "restart", "workers": list(workers)})
     deadline = time.monotonic() + timeout
     # First see the restart happen, then wait for readiness.
-    while True:
-        chosen = select(status_of(project).workers, workers)
-        if rolling:  # stopped ones are left alone; one that fails ends the roll
-            chosen = [w for w in chosen if w.name in before
-                      and before[w.name].state not in ENDED]
-            if failed := [w for w in chosen if w.state in FAILING]:
-                raise CommandError("rolling restart stopped: "
-                                   + "; ".join(worker_line(w) for w in failed))
-        if all(w.restarts > before[w.name].restarts if w.name in before else True
-               for w in chosen):
-            break
+    while not all(w.restarts > before.get(w.name, -1)
+                  for w in select(status_of(project).workers, workers)):
         if time.monotonic() > deadline:
             raise CommandError(f"timed out after {timeout:g} s waiting for the restart")
         time.sleep(POLL)
-    _report(_wait(project, [w.name for w in chosen] if rolling else list(workers), STARTED,
-                  max(0.0, deadline - time.monotonic())))
+    _report(_wait(project, list(workers), STARTED, max(0.0, deadline - time.monotonic())))
+
+
+def _roll(project: Project, workers: Sequence[str], timeout: float) -> list[WorkerStatus]:
+    """Ask for a rolling restart and follow it in the supervisor's status until it ends;
+    returns the workers it restarted. Only the supervisor knows whose turn came, so the
+    states of the others (one backing off all along, say) do not count."""
+    answer = ask(project, {"cmd": "restart", "workers": list(workers), "rolling": True})
+    roll_id = answer.get("roll")
+    if not isinstance(roll_id, int):
+        raise CommandError("the running supervisor does not follow rolling restarts: "
+                           "restart the project to update it")
+    deadline = time.monotonic() + timeout
+    while True:
+        status = status_of(project)
+        roll = status.roll(roll_id)
+        if roll is None:
+            raise CommandError("the supervisor lost track of the rolling restart")
+        if roll.state == "stopped":
+            left = f"; not restarted: {', '.join(roll.pending)}" if roll.pending else ""
+            raise CommandError(f"rolling restart stopped: {roll.reason}{left}")
+        if roll.state == "done":
+            return [w for w in status.workers if w.name in roll.restarted]
+        if time.monotonic() > deadline:
+            at = roll.restarted[-1] if roll.restarted else "its start"
+            raise CommandError(f"timed out after {timeout:g} s; the rolling restart goes on "
+                               f"(at {at})")
+        time.sleep(POLL)

@@ -414,9 +414,12 @@ class Supervisor:
             elif cmd == "start":
                 self._perform(machine.start(names))
                 result = {}
+            elif cmd == "restart" and payload.get("rolling") is True:
+                roll, actions = machine.roll(names)
+                self._perform(actions)
+                result = {"roll": roll.id}
             elif cmd == "restart":
-                self._perform(machine.restart(names or list(machine.procs),
-                                              rolling=payload.get("rolling") is True))
+                self._perform(machine.restart(names or list(machine.procs)))
                 result = {}
             elif cmd == "scale":
                 self._scale(payload.get("replicas"))
