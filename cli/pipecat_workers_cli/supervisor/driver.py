@@ -56,7 +56,7 @@ from pipecat_workers_cli.supervisor.reload import (
 )
 from pipecat_workers_cli.supervisor.report import FeedHandler, job_news, project_status
 from pipecat_workers_cli.supervisor.statedir import StateDir
-from pipecat_workers_cli.supervisor.status import ProjectStatus
+from pipecat_workers_cli.supervisor.status import ProjectStatus, RollStatus
 from pipecat_workers_cli.supervisor.template import ForkUnavailable, Template
 from pipecat_workers_cli.topology.model import ProcessSpec, Topology, expand
 from pipecat_workers_cli.topology.schema import MAX_REPLICAS
@@ -348,6 +348,8 @@ class Supervisor:
         status = project_status(self._topology, self._machine, views, self._runners,
                                 now=self._clock(), running=running)
         status.template = self._template.describe()
+        status.rolls = [RollStatus(r.id, r.state, list(r.restarted), list(r.pending), r.reason)
+                        for r in (*self._machine.rolls, *self._machine.rolled)]
         return status
 
     def _publish_status(self) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from pipecat_workers_cli.supervisor.machine import Machine
 from pipecat_workers_cli.supervisor.model import ALIVE, State
 from pipecat_workers_cli.supervisor.monitors import ChannelView
-from pipecat_workers_cli.supervisor.status import ProjectStatus, RollStatus, WorkerStatus
+from pipecat_workers_cli.supervisor.status import ProjectStatus, WorkerStatus
 from pipecat_workers_cli.topology.model import Topology
 
 
@@ -39,12 +39,9 @@ def project_status(topology: Topology, machine: Machine, views: Mapping[str, Cha
             active=mine.get("active"),
             jobs=dict(stats.get("jobs") or {}) if alive else {},
             failing=failing_loops(stats) if alive else []))
-    rolls = [RollStatus(id=r.id, state=r.state, restarted=list(r.restarted),
-                        pending=list(r.pending), reason=r.reason)
-             for r in (*machine.rolls, *machine.rolled)]
     return ProjectStatus(project=topology.name, file=str(topology.path), running=running,
                          supervisor_pid=os.getpid(), workers=workers,
-                         channels=[v.status for v in views.values()], rolls=rolls)
+                         channels=[v.status for v in views.values()])
 
 
 def failing_loops(stats: Mapping[str, object]) -> list[str]:
