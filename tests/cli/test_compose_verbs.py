@@ -182,6 +182,35 @@ def test_a_rolling_restart_never_has_every_replica_down(
 
 
 @pytest.mark.timeout(120)
+def test_a_rolling_restart_succeeds_beside_a_worker_backing_off_all_along(
+        tmp_path: Path, clis: Callable[[Path], Cli]) -> None:
+    """The command follows the roll the supervisor reports: a worker that was crashing before
+    it (not running, so not rolled) neither fails it nor is restarted out of turn."""
+    write_project(tmp_path, "beside", {"echo": {"class": "Echo", "replicas": 2},
+                                       "crasher": {"class": "Crasher"}})
+    cli = clis(tmp_path)
+    assert cli.run("up", "-d", "workers.yaml", timeout=60).returncode == 1  # the crasher
+
+    def crasher_backing_off(status: dict[str, Any]) -> bool:
+        return workers_by_name(status)["crasher"]["state"] == "backing off"
+
+    cli.wait_ps(crasher_backing_off, timeout=30, what="the crasher to back off")
+    before = pids(cli.ps())
+
+    rolled = cli.run("restart", "--rolling", timeout=60)
+    assert rolled.returncode == 0, (rolled.stdout, rolled.stderr)
+    assert [line.split(":")[0] for line in rolled.stdout.splitlines()] == ["echo.1", "echo.2"]
+    after = workers_by_name(cli.ps())
+    assert all(after[n]["state"] == "ready" and after[n]["pid"] != before[n]
+               for n in ("echo.1", "echo.2")), after
+    assert len([line for line in supervisor_lines(tmp_path, "beside")
+                if line.startswith("crasher: rolling restart")]) == 0
+
+    one_line_error(cli.run("restart", "--rolling", "crasher"),
+                   "nothing to restart: none of crasher is running")
+
+
+@pytest.mark.timeout(120)
 def test_max_restarts_leaves_a_crashing_worker_crashed(
         tmp_path: Path, clis: Callable[[Path], Cli]) -> None:
     write_project(tmp_path, "limit", {"keep": {"class": "Echo"},

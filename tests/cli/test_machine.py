@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from fakes import T0, FakeClock
+from pipecat_workers_cli.errors import CommandError
 from pipecat_workers_cli.host import EXIT_CONFIG
 from pipecat_workers_cli.supervisor.machine import (
     Drain,
@@ -904,8 +905,8 @@ def back(m: Machine, name: str, pid: int) -> None:
 
 def test_a_rolling_restart_restarts_one_replica_at_a_time() -> None:
     m, _ = running({"w": {"replicas": 3}})
-    assert m.restart(["w"], rolling=True) == [Note("w.1", "rolling restart: restarting it"),
-                                              Drain("w.1")]
+    roll, actions = m.roll(["w"])
+    assert actions == [Note("w.1", "rolling restart: restarting it"), Drain("w.1")]
     assert [p.state for p in m.procs.values()] == [State.STOPPING, State.READY, State.READY]
     m.exited("w.1", 0)
     assert m.procs["w.2"].state is State.READY  # not before w.1 is ready again
@@ -915,29 +916,89 @@ def test_a_rolling_restart_restarts_one_replica_at_a_time() -> None:
     back(m, "w.2", 202)
     assert m.procs["w.3"].state is State.STOPPING
     back(m, "w.3", 203)
-    assert m.rolls == []
+    assert m.rolls == [] and list(m.rolled) == [roll]
+    assert (roll.state, roll.restarted) == ("done", ["w.1", "w.2", "w.3"])
     assert [p.restarts for p in m.procs.values()] == [1, 1, 1]
 
 
 def test_a_rolling_restart_stops_at_a_replica_that_does_not_come_back() -> None:
     m, _ = running({"w": {"replicas": 2}})
-    m.restart(["w"], rolling=True)
+    roll, _ = m.roll(["w"])
     m.exited("w.1", 0)
     m.spawned("w.1", 201)
     actions = m.exited("w.1", 1)  # crashed while starting
     assert Note("w.1", "rolling restart stopped: it is backing off after its restart; "
                        "the others keep running") in actions
     assert m.procs["w.2"].state is State.READY and m.rolls == []
+    assert (roll.state, roll.restarted, roll.pending) == ("stopped", ["w.1"], ["w.2"])
+    assert roll.reason == "w.1 is backing off after its restart (code 1)"
 
 
 def test_a_rolling_restart_skips_replicas_stopped_meanwhile() -> None:
     m, _ = running({"w": {"replicas": 3}})
-    m.restart(["w"], rolling=True)
+    m.roll(["w"])
     m.stop(["w.2"], hold=True)
     m.exited("w.2", 0)
     back(m, "w.1", 201)
     assert m.procs["w.2"].state is State.STOPPED
     assert m.procs["w.3"].state is State.STOPPING
+
+
+def test_a_rolling_restart_leaves_alone_what_does_not_run() -> None:
+    """A one-shot job that completed is not run again, nor is a replica backing off
+    restarted out of turn: it comes back by its own policy."""
+    m, _ = machine({"migrate": {"restart": RestartPolicy.NO},
+                    "w": {"replicas": 3, "depends_on": ("migrate",),
+                          "conditions": {"migrate": Condition.COMPLETED}}})
+    m.start()
+    up(m, "migrate", 100)
+    m.exited("migrate", 0)
+    for i, name in enumerate(("w.1", "w.2", "w.3")):
+        up(m, name, 101 + i)
+    m.exited("w.2", 1)
+    assert m.procs["w.2"].state is State.BACKOFF
+
+    roll, actions = m.roll(None)
+    assert actions == [Note("w.1", "rolling restart: restarting it"), Drain("w.1")]
+    assert roll.pending == ["w.3"]
+    back(m, "w.1", 201)
+    back(m, "w.3", 203)
+    assert (roll.state, roll.restarted) == ("done", ["w.1", "w.3"])
+    assert m.procs["migrate"].state is State.EXITED and m.procs["migrate"].restarts == 0
+    assert m.procs["w.2"].restarts == 0
+
+
+def test_a_rolling_restart_skips_a_process_that_ended_before_its_turn() -> None:
+    m, _ = running({"w": {"replicas": 2, "restart": RestartPolicy.NO}})
+    roll, _ = m.roll(["w"])
+    m.exited("w.2", 0)  # a one-shot replica finished meanwhile
+    back(m, "w.1", 201)
+    assert (roll.state, roll.restarted) == ("done", ["w.1"])
+    assert m.procs["w.2"].state is State.EXITED
+
+
+def test_a_rolling_restart_of_nothing_running_is_refused() -> None:
+    m, _ = running({"w": {"replicas": 2}, "job": {"restart": RestartPolicy.NO}})
+    m.exited("job", 0)
+    with pytest.raises(CommandError, match=r"^nothing to restart: none of job is running$"):
+        m.roll(["job"])
+    assert m.rolls == [] and m.procs["job"].state is State.EXITED
+
+
+def test_a_second_rolling_restart_over_the_same_processes_is_refused() -> None:
+    m, _ = running({"w": {"replicas": 3}, "x": {}})
+    first, _ = m.roll(["w"])
+    with pytest.raises(CommandError, match=r"^w\.1, w\.2, w\.3 are in a rolling restart already"):
+        m.roll(None)
+    with pytest.raises(CommandError, match=r"^w\.2 is in a rolling restart already"):
+        m.roll(["w.2"])
+    other, actions = m.roll(["x"])  # other processes may roll meanwhile
+    assert actions == [Note("x", "rolling restart: restarting it"), Drain("x")]
+    back(m, "w.1", 201)
+    with pytest.raises(CommandError, match=r"^w\.2, w\.3 are in"):  # w.1 is done
+        m.roll(["w"])
+    assert m.roll(["w.1"])[0].id not in (first.id, other.id)
+    assert [p.state for p in m.procs.values()].count(State.STOPPING) == 3
 
 
 # -- scale and apply ----------------------------------------------------------------------

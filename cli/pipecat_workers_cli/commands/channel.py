@@ -125,7 +125,7 @@ def _check_running(project: Project, worker: str) -> None:
     """Refuse at once a worker that its supervisor says is not running (when it answers)."""
     if not project.state.supervisor_alive():
         return  # on a shared bus, the worker may run elsewhere: the call will tell
-    from pipecat_workers_cli.commands.lifecycle import status_of
+    from pipecat_workers_cli.commands.control import status_of
 
     try:
         found = status_of(project).worker(worker)

@@ -81,7 +81,7 @@ def current_status(project: Project) -> tuple[ProjectStatus, bool]:
     recorded by a supervisor that still holds the lock but does not answer."""
     alive = project.state.supervisor_alive()
     if alive:
-        from pipecat_workers_cli.commands.lifecycle import status_of
+        from pipecat_workers_cli.commands.control import status_of
 
         try:
             return status_of(project, _ANSWER_WITHIN), False

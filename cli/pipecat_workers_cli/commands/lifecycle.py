@@ -2,42 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Collection
-from typing import Any
+from collections.abc import Collection, Sequence
 
 import click
 
+from pipecat_workers_cli.commands.control import (
+    POLL,
+    STARTED,
+    ask,
+    project_of,
+    status_of,
+    timeout_option,
+)
 from pipecat_workers_cli.errors import CommandError, SeveralProjects
-from pipecat_workers_cli.project import Project, find_project
+from pipecat_workers_cli.project import Project
 from pipecat_workers_cli.states import ENDED, FAILING, select, worker_line
-from pipecat_workers_cli.supervisor.control import request
-from pipecat_workers_cli.supervisor.status import ProjectStatus, WorkerStatus
+from pipecat_workers_cli.supervisor.status import WorkerStatus
 
-_POLL = 0.05
-_STARTED = frozenset({"ready", "exited"})  # what start and restart wait for
 _UNANSWERED_DOWN_WAIT = 2.0  # seconds for a supervisor that did not answer `down` to be gone
-
-
-def _project(ctx: click.Context) -> Project:
-    return find_project(ctx.obj.get("file"), ctx.obj.get("project"))
-
-
-def _ask(project: Project, payload: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
-    if not project.state.supervisor_alive():
-        raise CommandError(f"project '{project.name}' is not running")
-    return asyncio.run(request(project.state.socket_from_state("control"), payload, timeout))
-
-
-def status_of(project: Project, timeout: float = 10.0) -> ProjectStatus:
-    """The live status from the supervisor.
-
-    Raises:
-        CommandError: the project is not running, or its supervisor does not answer within
-            ``timeout`` seconds.
-    """
-    return ProjectStatus.from_json(_ask(project, {"cmd": "status"}, timeout)["status"])
 
 
 def _wait(project: Project, names: list[str], wanted: Collection[str], timeout: float
@@ -55,7 +38,7 @@ def _wait(project: Project, names: list[str], wanted: Collection[str], timeout: 
         if time.monotonic() > deadline:
             late = ", ".join(f"{w.name} ({w.state})" for w in chosen if w.state not in wanted)
             raise CommandError(f"timed out after {timeout:g} s waiting for {late}")
-        time.sleep(_POLL)
+        time.sleep(POLL)
 
 
 def _stops_within(project: Project, timeout: float) -> bool:
@@ -64,7 +47,7 @@ def _stops_within(project: Project, timeout: float) -> bool:
     while project.state.supervisor_alive():
         if time.monotonic() > deadline:
             return False
-        time.sleep(_POLL)
+        time.sleep(POLL)
     return True
 
 
@@ -73,17 +56,13 @@ def _report(workers: list[WorkerStatus]) -> None:
         click.echo(worker_line(worker))
 
 
-_timeout = click.option("--timeout", type=float, default=60.0, show_default=True,
-                        help="Seconds to wait for the workers to get there.")
-
-
 @click.command()
-@_timeout
+@timeout_option
 @click.pass_context
 def down(ctx: click.Context, timeout: float) -> None:
     """Stop every worker (dependents first) and the supervisor."""
     try:
-        project = _project(ctx)
+        project = project_of(ctx)
     except SeveralProjects as none_running:
         click.echo(f"no project is running here ({', '.join(none_running.names)})")
         return
@@ -91,7 +70,7 @@ def down(ctx: click.Context, timeout: float) -> None:
         click.echo(f"project '{project.name}' is not running")
         return
     try:
-        _ask(project, {"cmd": "down"})
+        ask(project, {"cmd": "down"})
     except CommandError:
         # With nothing left to stop, it may exit before its answer leaves: that is done too.
         if not _stops_within(project, _UNANSWERED_DOWN_WAIT):
@@ -103,53 +82,73 @@ def down(ctx: click.Context, timeout: float) -> None:
 
 @click.command()
 @click.argument("workers", nargs=-1)
-@_timeout
+@timeout_option
 @click.pass_context
 def stop(ctx: click.Context, workers: tuple[str, ...], timeout: float) -> None:
     """Stop WORKERS (all if none); the project keeps running."""
-    project = _project(ctx)
-    _ask(project, {"cmd": "stop", "workers": list(workers)})
+    project = project_of(ctx)
+    ask(project, {"cmd": "stop", "workers": list(workers)})
     _report(_wait(project, list(workers), ENDED, timeout))
 
 
 @click.command()
 @click.argument("workers", nargs=-1)
-@_timeout
+@timeout_option
 @click.pass_context
 def start(ctx: click.Context, workers: tuple[str, ...], timeout: float) -> None:
     """Start stopped WORKERS (all if none) and wait until they are ready."""
-    project = _project(ctx)
-    _ask(project, {"cmd": "start", "workers": list(workers)})
-    _report(_wait(project, list(workers), _STARTED, timeout))
+    project = project_of(ctx)
+    ask(project, {"cmd": "start", "workers": list(workers)})
+    _report(_wait(project, list(workers), STARTED, timeout))
 
 
 @click.command()
 @click.argument("workers", nargs=-1)
 @click.option("--rolling", is_flag=True, help="One process at a time, each ready again "
               "before the next: a replicated worker keeps serving. Running ones only.")
-@_timeout
+@timeout_option
 @click.pass_context
 def restart(ctx: click.Context, workers: tuple[str, ...], rolling: bool, timeout: float
             ) -> None:
     """Restart WORKERS (all if none) and wait until they are ready again."""
-    project = _project(ctx)
-    before = {w.name: w for w in status_of(project).workers}
-    _ask(project, {"cmd": "restart", "workers": list(workers), "rolling": rolling})
+    project = project_of(ctx)
+    if rolling:
+        _report(_roll(project, workers, timeout))
+        return
+    before = {w.name: w.restarts for w in status_of(project).workers}
+    ask(project, {"cmd": "restart", "workers": list(workers)})
     deadline = time.monotonic() + timeout
     # First see the restart happen, then wait for readiness.
-    while True:
-        chosen = select(status_of(project).workers, workers)
-        if rolling:  # stopped ones are left alone; one that fails ends the roll
-            chosen = [w for w in chosen if w.name in before
-                      and before[w.name].state not in ENDED]
-            if failed := [w for w in chosen if w.state in FAILING]:
-                raise CommandError("rolling restart stopped: "
-                                   + "; ".join(worker_line(w) for w in failed))
-        if all(w.restarts > before[w.name].restarts if w.name in before else True
-               for w in chosen):
-            break
+    while not all(w.restarts > before.get(w.name, -1)
+                  for w in select(status_of(project).workers, workers)):
         if time.monotonic() > deadline:
             raise CommandError(f"timed out after {timeout:g} s waiting for the restart")
-        time.sleep(_POLL)
-    _report(_wait(project, [w.name for w in chosen] if rolling else list(workers), _STARTED,
-                  max(0.0, deadline - time.monotonic())))
+        time.sleep(POLL)
+    _report(_wait(project, list(workers), STARTED, max(0.0, deadline - time.monotonic())))
+
+
+def _roll(project: Project, workers: Sequence[str], timeout: float) -> list[WorkerStatus]:
+    """Ask for a rolling restart and follow it in the supervisor's status until it ends;
+    returns the workers it restarted. Only the supervisor knows whose turn came, so the
+    states of the others (one backing off all along, say) do not count."""
+    answer = ask(project, {"cmd": "restart", "workers": list(workers), "rolling": True})
+    roll_id = answer.get("roll")
+    if not isinstance(roll_id, int):
+        raise CommandError("the running supervisor does not follow rolling restarts: "
+                           "restart the project to update it")
+    deadline = time.monotonic() + timeout
+    while True:
+        status = status_of(project)
+        roll = status.roll(roll_id)
+        if roll is None:
+            raise CommandError("the supervisor lost track of the rolling restart")
+        if roll.state == "stopped":
+            left = f"; not restarted: {', '.join(roll.pending)}" if roll.pending else ""
+            raise CommandError(f"rolling restart stopped: {roll.reason}{left}")
+        if roll.state == "done":
+            return [w for w in status.workers if w.name in roll.restarted]
+        if time.monotonic() > deadline:
+            at = roll.restarted[-1] if roll.restarted else "its start"
+            raise CommandError(f"timed out after {timeout:g} s; the rolling restart goes on "
+                               f"(at {at})")
+        time.sleep(POLL)

@@ -7,13 +7,13 @@ import time
 
 import click
 
-from pipecat_workers_cli.commands.lifecycle import (
-    _POLL,
-    _STARTED,
-    _ask,
-    _project,
-    _timeout,
+from pipecat_workers_cli.commands.control import (
+    POLL,
+    STARTED,
+    ask,
+    project_of,
     status_of,
+    timeout_option,
 )
 from pipecat_workers_cli.errors import CommandError
 from pipecat_workers_cli.states import ENDED, FAILING, worker_line
@@ -41,14 +41,14 @@ def parse_counts(items: tuple[str, ...]) -> dict[str, int]:
 
 @click.command()
 @click.argument("counts", nargs=-1, required=True, metavar="WORKER=N...")
-@_timeout
+@timeout_option
 @click.pass_context
 def scale(ctx: click.Context, counts: tuple[str, ...], timeout: float) -> None:
     """Run N replicas of WORKER (a worker key; 0 stops them all) and wait until they are
     ready. It lasts until the topology is applied again (`up`, or an edit under --reload)."""
     wanted = parse_counts(counts)
-    project = _project(ctx)
-    _ask(project, {"cmd": "scale", "replicas": wanted})
+    project = project_of(ctx)
+    ask(project, {"cmd": "scale", "replicas": wanted})
     deadline = time.monotonic() + timeout
     while True:
         workers = [w for w in status_of(project).workers if w.worker in wanted]
@@ -58,7 +58,7 @@ def scale(ctx: click.Context, counts: tuple[str, ...], timeout: float) -> None:
             raise CommandError("; ".join(worker_line(w) for w in failed))
         if time.monotonic() > deadline:
             raise CommandError(f"timed out after {timeout:g} s waiting for the replicas")
-        time.sleep(_POLL)
+        time.sleep(POLL)
     for worker in workers:
         click.echo(worker_line(worker))
 
@@ -70,6 +70,6 @@ def _scaled(workers: list[WorkerStatus], wanted: dict[str, int]) -> bool:
         if count == 0:
             if not all(w.state in ENDED for w in mine):
                 return False
-        elif len(mine) != count or not all(w.state in _STARTED for w in mine):
+        elif len(mine) != count or not all(w.state in STARTED for w in mine):
             return False
     return True

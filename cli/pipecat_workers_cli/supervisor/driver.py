@@ -64,7 +64,7 @@ from pipecat_workers_cli.supervisor.report import (
     project_status,
 )
 from pipecat_workers_cli.supervisor.statedir import StateDir
-from pipecat_workers_cli.supervisor.status import ProjectStatus
+from pipecat_workers_cli.supervisor.status import ProjectStatus, RollStatus
 from pipecat_workers_cli.supervisor.template import ForkUnavailable, Template
 from pipecat_workers_cli.supervisor.usage import UsageSampler
 from pipecat_workers_cli.topology.model import ProcessSpec, Topology, expand
@@ -380,6 +380,8 @@ class Supervisor:
                                 now=self._clock(), running=running,
                                 last_exits=self._last_exits, usage=self._usage.usage)
         status.template = self._template.describe()
+        status.rolls = [RollStatus(r.id, r.state, list(r.restarted), list(r.pending), r.reason)
+                        for r in (*self._machine.rolls, *self._machine.rolled)]
         return status
 
     def _publish_status(self) -> None:
@@ -449,9 +451,12 @@ class Supervisor:
             elif cmd == "start":
                 self._perform(machine.start(names))
                 result = {}
+            elif cmd == "restart" and payload.get("rolling") is True:
+                roll, actions = machine.roll(names)
+                self._perform(actions)
+                result = {"roll": roll.id}
             elif cmd == "restart":
-                self._perform(machine.restart(names or list(machine.procs),
-                                              rolling=payload.get("rolling") is True))
+                self._perform(machine.restart(names or list(machine.procs)))
                 result = {}
             elif cmd == "scale":
                 self._scale(payload.get("replicas"))

@@ -9,9 +9,12 @@ from an injected random source, so tests replay scripted histories exactly.
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable, Iterable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import count
 
+from pipecat_workers_cli.errors import CommandError
 from pipecat_workers_cli.host import EXIT_CONFIG
 from pipecat_workers_cli.supervisor.model import (
     ALIVE,
@@ -22,6 +25,8 @@ from pipecat_workers_cli.supervisor.model import (
     Kill,
     Note,
     Proc,
+    Roll,
+    RollState,
     Spawn,
     State,
     Timing,
@@ -30,17 +35,11 @@ from pipecat_workers_cli.supervisor.model import (
 )
 from pipecat_workers_cli.topology.model import ProcessSpec, RestartPolicy
 
-__all__ = ["ALIVE", "FINAL", "Action", "Drain", "Kill", "Machine", "Note", "Proc", "Spawn",
-           "State", "Timing", "describe_exit", "same_process"]
+__all__ = ["ALIVE", "FINAL", "Action", "Drain", "Kill", "Machine", "Note", "Proc", "Roll",
+           "Spawn", "State", "Timing", "describe_exit", "same_process"]
 
 
-@dataclass(slots=True)
-class _Roll:
-    """A rolling restart: one process at a time, each ready again before the next."""
-
-    pending: list[str]
-    current: str | None = None
-    mark: int = 0  # the current one's restart count before its restart
+_ROLLS_KEPT = 16  # ended rolls remembered for the commands that wait on them
 
 
 @dataclass(slots=True)
@@ -53,7 +52,9 @@ class Machine:
     timing: Timing = field(default_factory=Timing)
     reload: bool = False   # a crashed worker waits for a change instead of restarting
     procs: dict[str, Proc] = field(init=False)
-    rolls: list[_Roll] = field(init=False, default_factory=list)
+    rolls: list[Roll] = field(init=False, default_factory=list)  # under way
+    rolled: deque[Roll] = field(init=False, default_factory=lambda: deque(maxlen=_ROLLS_KEPT))
+    _roll_ids: Iterator[int] = field(init=False, default_factory=lambda: count(1))
 
     def __post_init__(self) -> None:
         self.procs = {spec.name: Proc(spec, wanted=False, state=State.STOPPED)
@@ -104,22 +105,42 @@ class Machine:
             return [Note(proc.name, "stopped")]
         return []
 
-    def restart(self, names: Iterable[str], *, quick: bool = False, rolling: bool = False
-                ) -> list[Action]:
+    def restart(self, names: Iterable[str], *, quick: bool = False) -> list[Action]:
         """Stop and start these processes again (their dependents keep running).
 
         ``quick`` skips the graceful drain: SIGTERM cancels the worker's jobs at once.
-        ``rolling`` restarts the running ones one at a time, each once the one before is
-        ready again, so a replicated worker always has replicas up; it stops at one that
-        does not come back.
         """
-        if rolling:
-            self.rolls.append(_Roll([p.name for p in self._select(names) if not p.removed]))
-            return self._advance()
         actions: list[Action] = []
         for proc in self._select(names):
             actions += self._restart(proc, quick=quick)
         return actions + self._advance()
+
+    def roll(self, names: Sequence[str] | None = None) -> tuple[Roll, list[Action]]:
+        """Restart the running ones of these processes (all by default) one at a time, each
+        once the one before is ready again, so a replicated worker always has replicas up.
+        It stops at one that does not come back; :attr:`Roll.state` says how it ended.
+
+        Raises:
+            CommandError: none of them runs, or some are in a rolling restart already (two
+                at once would take down the same replicas together).
+        """
+        chosen = self._select(names)
+        rolling = {n for r in self.rolls for n in r.names}
+        if busy := [p.name for p in chosen if p.name in rolling]:
+            raise CommandError(f"{', '.join(busy)} {'is' if len(busy) == 1 else 'are'} in a "
+                               "rolling restart already: wait for it to end")
+        running = [p.name for p in chosen if self._running(p)]
+        if not running:
+            what = ", ".join(names) if names else "the project's processes"
+            raise CommandError(f"nothing to restart: none of {what} is running")
+        roll = Roll(next(self._roll_ids), running)
+        self.rolls.append(roll)
+        return roll, self._advance()
+
+    @staticmethod
+    def _running(proc: Proc) -> bool:
+        """Whether it runs and is meant to: not ended, backing off or on its way down."""
+        return proc.state in ALIVE and proc.wanted and not proc.removed
 
     def _restart(self, proc: Proc, *, quick: bool) -> list[Action]:
         if proc.removed:
@@ -416,27 +437,37 @@ class Machine:
                 actions += self._begin_stop(proc)
         return actions
 
-    def _roll_on(self, roll: _Roll) -> list[Action]:
+    def _roll_on(self, roll: Roll) -> list[Action]:
         """Restart the roll's next process once its current one is back (ready, or ended
-        well); drop the roll if that one failed instead."""
+        well); end the roll if that one failed instead. One that stopped running meanwhile
+        (stopped, removed, or ended by itself) is left alone."""
         current = self.procs.get(roll.current) if roll.current is not None else None
         if current is not None and not current.removed and current.wanted:
             back = current.restarts > roll.mark
             if back and current.state in (State.BACKOFF, State.CRASHED, State.FAILED):
-                self.rolls.remove(roll)
+                detail = current.reason or (describe_exit(current.exit_code)
+                                            if current.exit_code is not None else "")
+                self._end_roll(roll, "stopped", f"{current.name} is {current.state} after "
+                               "its restart" + (f" ({detail})" if detail else ""))
                 return [Note(current.name, f"rolling restart stopped: it is {current.state} "
                                            "after its restart; the others keep running")]
             if not back or not (current.state is State.READY or self._ended_well(current)):
                 return []
         while roll.pending:
             proc = self.procs.get(roll.pending.pop(0))
-            if proc is None or proc.removed or not proc.wanted:
-                continue  # gone, or stopped on request meanwhile: not ours to start
+            if proc is None or not self._running(proc):
+                continue  # gone, stopped or ended meanwhile: not ours to start
             roll.current, roll.mark = proc.name, proc.restarts
+            roll.restarted.append(proc.name)
             return [Note(proc.name, "rolling restart: restarting it"),
                     *self._restart(proc, quick=False)]
-        self.rolls.remove(roll)
+        self._end_roll(roll, "done")
         return []
+
+    def _end_roll(self, roll: Roll, state: RollState, reason: str = "") -> None:
+        roll.state, roll.reason, roll.current = state, reason, None
+        self.rolls.remove(roll)
+        self.rolled.append(roll)
 
     def _maybe_spawn(self, proc: Proc) -> list[Action]:
         deps = [self.procs[n] for n in proc.spec.depends_on]

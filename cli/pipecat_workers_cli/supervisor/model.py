@@ -7,7 +7,7 @@ Plain data shared by :mod:`pipecat_workers_cli.supervisor.machine` (which decide
 from __future__ import annotations
 
 import signal
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Literal
 
@@ -105,6 +105,28 @@ class Proc:
     @property
     def name(self) -> str:
         return self.spec.name
+
+
+RollState = Literal["rolling", "done", "stopped"]
+
+
+@dataclass(slots=True)
+class Roll:
+    """A rolling restart: one process at a time, each ready again before the next. Kept a
+    while after it ends, so that the command waiting on it learns how it ended."""
+
+    id: int
+    pending: list[str]
+    current: str | None = None
+    mark: int = 0  # the current one's restart count before its restart
+    restarted: list[str] = field(default_factory=list)
+    state: RollState = "rolling"
+    reason: str = ""  # why it stopped
+
+    @property
+    def names(self) -> list[str]:
+        """The processes it has yet to restart, or to see back."""
+        return ([self.current] if self.current is not None else []) + self.pending
 
 
 @dataclass(frozen=True, slots=True)

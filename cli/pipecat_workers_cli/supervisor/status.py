@@ -62,6 +62,18 @@ class TemplateStatus:
 
 
 @dataclass(slots=True)
+class RollStatus:
+    """A rolling restart (``restart --rolling``), so the command that asked for it learns
+    how far it got and how it ended instead of guessing from the workers' states."""
+
+    id: int
+    state: str                    # rolling, done or stopped
+    restarted: list[str] = field(default_factory=list)  # so far, in order
+    pending: list[str] = field(default_factory=list)    # not yet restarted
+    reason: str = ""              # why it stopped
+
+
+@dataclass(slots=True)
 class ProjectStatus:
     project: str
     file: str
@@ -70,12 +82,14 @@ class ProjectStatus:
     workers: list[WorkerStatus]
     channels: list[ChannelStatus]
     template: TemplateStatus = field(default_factory=TemplateStatus)
+    rolls: list[RollStatus] = field(default_factory=list)  # under way or lately ended
 
     def to_json(self) -> dict[str, Any]:
         data = _flat(self)
         data["workers"] = [_flat(w) for w in self.workers]
         data["channels"] = [_flat(c) for c in self.channels]
         data["template"] = _flat(self.template)
+        data["rolls"] = [_flat(r) for r in self.rolls]
         return data
 
     @classmethod
@@ -87,10 +101,14 @@ class ProjectStatus:
             workers=[WorkerStatus(**w) for w in data.get("workers", [])],
             channels=[ChannelStatus(**c) for c in data.get("channels", [])],
             template=TemplateStatus(**template) if isinstance(template, dict)
-            else TemplateStatus())
+            else TemplateStatus(),
+            rolls=[RollStatus(**r) for r in data.get("rolls", [])])
 
     def worker(self, name: str) -> WorkerStatus | None:
         return next((w for w in self.workers if w.name == name), None)
+
+    def roll(self, roll_id: int) -> RollStatus | None:
+        return next((r for r in self.rolls if r.id == roll_id), None)
 
 
 def _flat(item: Any) -> dict[str, Any]:
