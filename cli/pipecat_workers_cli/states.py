@@ -1,8 +1,9 @@
 """A worker's state as commands read it: the groups they wait on, and one line per worker.
 
-The states are the strings of :attr:`WorkerStatus.state <cli.supervisor.status.WorkerStatus>` (what
-``ps --json`` shows), the values of :class:`pipecat_workers_cli.supervisor.model.State`. This module
-takes them from that plain-data module, and needs neither the supervisor itself nor rich.
+The states are the strings of ``WorkerStatus.state``
+(:class:`~pipecat_workers_cli.supervisor.status.WorkerStatus`, what ``ps --json`` shows), the
+values of :class:`~pipecat_workers_cli.supervisor.model.State`. This module takes them from that
+plain-data module, and needs neither the supervisor itself nor rich.
 """
 
 from __future__ import annotations
