@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+import signal
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ from pipecat_workers_cli.topology.schema import URL_SCHEMES
 _BACKEND_OF_SCHEME = {scheme: backend for backend, schemes in URL_SCHEMES.items()
                       for scheme in schemes}
 _CALLABLE = ("ready", "starting")  # a call to a worker in another state would wait in vain
+EXIT_TERMINATED = 128 + signal.SIGTERM  # what a shell reports for a program ended by SIGTERM
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,18 +57,55 @@ async def joined(where: Where, bus: WorkerBus) -> AsyncIterator[None]:
 
     Make the runner or monitor that uses ``bus`` first: it binds the bus to its name.
 
+    SIGTERM (``timeout``, a service manager) ends the work as Ctrl-C does: whatever runs
+    inside is cancelled, says goodbye on the bus and closes it, and the program then exits
+    with :data:`EXIT_TERMINATED` (a second SIGTERM ends it at once).
+
     Raises:
         CommandError: the bus cannot connect.
     """
+    with _cancelled_by_sigterm() as terminated:
+        try:
+            await bus.start()
+        except (WorkersError, OSError) as exc:
+            await bus.close()
+            raise where.cannot_join(exc) from None
+        try:
+            yield
+        finally:
+            await bus.close()
+            if terminated():
+                raise SystemExit(EXIT_TERMINATED)
+
+
+@contextlib.contextmanager
+def _cancelled_by_sigterm() -> Iterator[Callable[[], bool]]:
+    """Cancel the current task on SIGTERM; yields whether that happened.
+
+    Without it the default action kills the process outright, and the peers of a runner
+    that never said goodbye report it lost.
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    received = False
+
+    def on_sigterm() -> None:
+        nonlocal received
+        received = True
+        loop.remove_signal_handler(signal.SIGTERM)  # a second one ends it at once
+        if task is not None:
+            task.cancel()
+
     try:
-        await bus.start()
-    except (WorkersError, OSError) as exc:
-        await bus.close()
-        raise where.cannot_join(exc) from None
+        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+        yield lambda: False
+        return
     try:
-        yield
+        yield lambda: received
     finally:
-        await bus.close()
+        if not received:
+            loop.remove_signal_handler(signal.SIGTERM)
 
 
 def locate(obj: dict[str, Any], channel: str | None, url: str | None, *,
