@@ -8,15 +8,20 @@ most a few times a minute; a worker waits for its bus instead of crash-looping; 
 
 from __future__ import annotations
 
+import contextlib
+import re
 import signal
 import socket
 import sys
+import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
-from cliproj import Cli, wait_for, write_project
+from cliproj import Cli, brief, wait_for, write_project
 
 if sys.platform != "linux":  # pragma: no cover
     pytest.skip("the supervisor's process handling is tested on Linux", allow_module_level=True)
@@ -76,3 +81,95 @@ def test_tail_and_call_ended_by_sigterm_leave_the_bus(
     for worker in ("echo", "slow"):
         lost = [line for line in log_lines(cli, "leaving", worker) if "is lost" in line]
         assert not lost, lost
+
+
+class _Forwarder:
+    """A TCP port that forwards to a real server, opened when the test says: the server
+    "comes up" on a port where nothing listened."""
+
+    def __init__(self, port: int, target: tuple[str, int]) -> None:
+        self._port, self._target = port, target
+        self._listener: socket.socket | None = None
+
+    def start(self) -> None:
+        listener = socket.create_server(("127.0.0.1", self._port))
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = listener.accept()
+                server = socket.create_connection(self._target)
+                for a, b in ((client, server), (server, client)):
+                    threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(120)
+def test_workers_wait_for_an_unreachable_redis_in_a_few_lines_then_start(
+        tmp_path: Path, clis: Callable[[Path], Cli], redis_url: str) -> None:
+    port = free_port()
+    path = write_project(tmp_path, "patient", {"echo": {"class": "Echo"},
+                                               "peer": {"class": "Echo"}},
+                         channel={"backend": "redis",
+                                  "url": f"${{BUS_URL:-redis://127.0.0.1:{port}/0}}",
+                                  "channel": f"patient-{uuid.uuid4().hex[:12]}"})
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1)
+                if text.strip() == "main:")
+    cli = clis(tmp_path)
+    cli.env.pop("BUS_URL", None)
+    why = (f"cannot reach Redis at redis://127.0.0.1:{port}/0: connection refused: is it "
+           f"running? set BUS_URL (channels.main.url, workers.yaml:{line})")
+
+    # up -d says at once that each worker waits for its bus, and why.
+    started = time.monotonic()
+    up = cli.run("up", "-d", "workers.yaml", timeout=60)
+    assert time.monotonic() - started < 20  # not up's 60 s wait for readiness
+    assert up.returncode == 1, (up.stdout, up.stderr)
+    for worker in ("echo", "peer"):
+        assert re.search(rf"^{worker}: starting \(pid \d+; waiting for the bus: "
+                         rf"{re.escape(why)}\)$", up.stdout, re.M), up.stdout
+
+    # They stay starting, not crash-looping, and their logs grow by a few lines a minute.
+    time.sleep(5)
+    early = {w: len(log_lines(cli, "patient", w)) for w in ("echo", "peer")}
+    time.sleep(15)
+    status = cli.ps()
+    for worker in status["workers"]:
+        assert (worker["state"], worker["restarts"]) == ("starting", 0), brief(status)
+        assert worker["reason"] == f"waiting for the bus: {why}", worker
+    for worker, before in early.items():
+        lines = log_lines(cli, "patient", worker)
+        assert len(lines) <= 3, lines  # started, and the first report (maybe with its hint)
+        assert len(lines) - before <= 1, lines  # 3 lines a minute at most, so 1 in 15 s
+        assert not [text for text in lines if "Traceback" in text], lines
+        assert any(why.split(" set ")[0] in text for text in lines), lines
+    supervisor = (tmp_path / ".workers" / "patient" / "supervisor.log").read_text()
+    assert len(supervisor.splitlines()) <= 6, supervisor  # one warning, not one per retry
+
+    # The server comes up: each worker connects and gets ready, without a restart.
+    redis = urlsplit(redis_url)
+    forwarder = _Forwarder(port, (redis.hostname or "127.0.0.1", redis.port or 6379))
+    forwarder.start()
+    try:
+        ready = cli.wait_ps(lambda s: all(w["state"] == "ready" for w in s["workers"]),
+                            timeout=30, what="both workers ready")
+        assert all(w["restarts"] == 0 and not w["reason"] for w in ready["workers"]), \
+            brief(ready)
+        down = cli.run("down")
+        assert down.returncode == 0, down.stderr
+    finally:
+        forwarder.close()

@@ -18,6 +18,7 @@ from pipecat_workers.monitor import BusMonitor
 from pipecat_workers_cli.errors import CommandError
 from pipecat_workers_cli.host import build_bus
 from pipecat_workers_cli.project import Project, find_project
+from pipecat_workers_cli.topology.hints import channel_hint, with_hint
 from pipecat_workers_cli.topology.model import Topology
 from pipecat_workers_cli.topology.schema import URL_SCHEMES
 
@@ -34,6 +35,7 @@ class Where:
     backend: str
     url: str | None
     channel: str
+    hint: str = ""  # what to change when the server cannot be reached
 
     def bus(self, *, everything: bool = False) -> WorkerBus:
         """A new bus on this channel; ``everything``: also see messages between others
@@ -47,7 +49,8 @@ class Where:
         return build_bus(self.backend, self.url, self.channel)
 
     def cannot_join(self, reason: object) -> CommandError:
-        return CommandError(f"cannot join channel '{self.channel}': {reason}")
+        return CommandError(f"cannot join channel '{self.channel}': "
+                            f"{with_hint(str(reason), self.hint)}")
 
 
 @contextlib.asynccontextmanager
@@ -126,7 +129,7 @@ def locate(obj: dict[str, Any], channel: str | None, url: str | None, *,
                                f"got '{url}'")
         if not channel:
             raise CommandError("--url needs --channel NAME (the channel's name on the wire)")
-        return Where(backend, url, channel)
+        return Where(backend, url, channel, hint="check --url")
     project = find_project(obj.get("file"), obj.get("project"))
     topology = project.topology_or_recorded()
     if worker is not None:
@@ -142,7 +145,8 @@ def locate(obj: dict[str, Any], channel: str | None, url: str | None, *,
         raise CommandError(f"no channel '{channel}' in {topology.path.name} (it has "
                            f"{', '.join(topology.channels)})")
     if spec.backend != "local":
-        return Where(spec.backend, spec.url, spec.channel)
+        return Where(spec.backend, spec.url, spec.channel,
+                     hint=channel_hint(topology.path, spec))
     if not project.state.supervisor_alive():
         raise CommandError(f"project '{project.name}' is not running: its local channel "
                            f"'{channel}' exists only while `workers up` runs")

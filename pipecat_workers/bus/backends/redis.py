@@ -31,6 +31,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pipecat_workers.bus.backends.redis_presence import RedisPresence
+from pipecat_workers.bus.backends.unreachable import unreachable
 from pipecat_workers.bus.network import NetworkBus
 from pipecat_workers.bus.presence import Presence
 from pipecat_workers.bus.serializer import MessageSerializer
@@ -95,6 +96,15 @@ class RedisBus(NetworkBus):
                                           socket_timeout=None)
         return self._client
 
+    def _address(self) -> str:
+        """The server's URL, for messages (a given client's, rebuilt from its settings)."""
+        if self._url is not None:
+            return self._url
+        kwargs = self._redis().connection_pool.connection_kwargs
+        if "path" in kwargs:
+            return f"unix://{kwargs['path']}"
+        return f"redis://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+
     @property
     def presence(self) -> Presence | None:
         """Who is on the channel, from the channel's presence set (once started)."""
@@ -104,8 +114,7 @@ class RedisBus(NetworkBus):
         try:
             await self._subscribe()
         except _DOWN as exc:
-            raise BusConnectionError(f"cannot reach Redis for channel '{self._channel}': "
-                                     f"{exc}") from exc
+            raise unreachable("Redis", self._address(), exc) from exc
         self._reader = asyncio.get_running_loop().create_task(self._read_forever())
         if self._runner:
             self._presence = RedisPresence(self._redis(), channel=self._channel,
