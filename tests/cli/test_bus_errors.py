@@ -173,3 +173,41 @@ def test_workers_wait_for_an_unreachable_redis_in_a_few_lines_then_start(
         assert down.returncode == 0, down.stderr
     finally:
         forwarder.close()
+
+
+@pytest.mark.timeout(60)
+def test_up_refuses_a_missing_driver_or_class_before_starting_anything(
+        tmp_path: Path, clis: Callable[[Path], Cli]) -> None:
+    path = write_project(tmp_path, "preflight",
+                         {"echo": {"class": "Echo"}, "typo": {"class": "Ecko"}},
+                         channel={"backend": "redis", "url": "redis://127.0.0.1:1/0"})
+    lines = path.read_text().splitlines()
+    channel_line = lines.index("  main:") + 1
+    typo_line = lines.index("  typo:") + 1
+    # This interpreter has no redis driver: the module is known to be missing.
+    blocker = tmp_path / "no-redis"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text("import sys\nsys.modules['redis'] = None\n")
+    cli = clis(tmp_path)
+    cli.env["PYTHONPATH"] = str(blocker)
+
+    up = cli.run("up", "-d", "workers.yaml")
+    assert up.returncode == 1, (up.stdout, up.stderr)
+    assert up.stderr.splitlines() == [
+        f"error: workers.yaml:{channel_line}: channels.main.backend: RedisBus needs the "
+        "'redis' package: pip install 'pipecat-workers[redis]'",
+        f"error: workers.yaml:{typo_line}: workers.typo.class: module 'app_workers' has no "
+        "attribute 'Ecko' (did you mean 'Echo'?)",
+        "error: 2 errors in workers.yaml; nothing started",
+    ], up.stderr
+    assert not cli.state_files() and up.stdout == ""
+
+    # One mistake is one line, in the foreground too.
+    path.write_text(path.read_text().replace("backend: redis", "backend: local")
+                    .replace("url: redis://127.0.0.1:1/0", ""))
+    foreground = cli.run("up", "workers.yaml")
+    assert foreground.returncode == 1, (foreground.stdout, foreground.stderr)
+    assert foreground.stderr.splitlines() == [
+        f"error: workers.yaml:{typo_line}: workers.typo.class: module 'app_workers' has no "
+        "attribute 'Ecko' (did you mean 'Echo'?); nothing started"], foreground.stderr
+    assert not cli.state_files()

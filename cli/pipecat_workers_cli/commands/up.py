@@ -26,6 +26,7 @@ from pipecat_workers_cli.supervisor.machine import WAITING_FOR_BUS
 from pipecat_workers_cli.supervisor.statedir import StateDir, state_errors
 from pipecat_workers_cli.supervisor.status import ProjectStatus
 from pipecat_workers_cli.topology import Topology, expand, load_topology
+from pipecat_workers_cli.topology.preflight import preflight_or_exit
 
 if TYPE_CHECKING:
     from pipecat_workers_cli.logs.reader import LogRecord
@@ -69,6 +70,8 @@ def up(ctx: click.Context, args: tuple[str, ...], detach: bool, no_ui: bool, rel
                            f"`{how} ps` shows it, `{how} down` stops it")
     if wrong := topology.unknown_workers(names):
         raise CommandError(wrong)
+    if not daemon:
+        preflight_or_exit(topology)  # check's findings first: nothing starts
     off = _no_fork(no_fork)
     if detach:
         sys.exit(_detach(topology, state, names, timeout, reload=reload, no_fork=off))
