@@ -21,6 +21,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+import yaml
 from cliproj import Cli, brief, wait_for, write_project
 
 if sys.platform != "linux":  # pragma: no cover
@@ -211,3 +212,51 @@ def test_up_refuses_a_missing_driver_or_class_before_starting_anything(
         f"error: workers.yaml:{typo_line}: workers.typo.class: module 'app_workers' has no "
         "attribute 'Ecko' (did you mean 'Echo'?); nothing started"], foreground.stderr
     assert not cli.state_files()
+
+
+@pytest.mark.redis
+@pytest.mark.postgres
+@pytest.mark.timeout(60)
+def test_check_connect_tries_every_channels_server(
+        tmp_path: Path, clis: Callable[[Path], Cli], redis_url: str,
+        postgres_dsn: str) -> None:
+    port = free_port()
+    path = write_project(tmp_path, "reach", {"echo": {"class": "Echo"}})
+    document = yaml.safe_load(path.read_text())
+    document["channels"] = {
+        "main": {"backend": "local"},
+        "cache": {"backend": "redis", "url": redis_url},
+        "queue": {"backend": "pgmq", "url": postgres_dsn},
+        "gone": {"backend": "redis", "url": f"${{GONE_URL:-redis://127.0.0.1:{port}/0}}"},
+    }
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    gone_line = path.read_text().splitlines().index("  gone:") + 1
+    cli = clis(tmp_path)
+    cli.env.pop("GONE_URL", None)
+
+    check = cli.run("check", "workers.yaml", "--connect")
+    assert check.returncode == 1, (check.stdout, check.stderr)
+    out = check.stdout.splitlines()
+    assert "ok  channel main     local: not running (the embedded bus exists while " \
+           "`workers up` runs)" in out, out
+    assert any(line.startswith("ok  channel cache    redis redis://") and
+               line.endswith(": reachable") for line in out), out
+    assert any(line.startswith("ok  channel queue    pgmq postgresql://") for line in out), out
+    assert check.stderr.splitlines() == [
+        f"error: workers.yaml:{gone_line}: channels.gone.url: cannot reach Redis at "
+        f"redis://127.0.0.1:{port}/0: connection refused: is it running? set GONE_URL",
+        "error: 1 error in workers.yaml",
+    ], check.stderr
+
+    # A local channel answers while the project runs; without --connect nothing is tried.
+    del document["channels"]["gone"]
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    up = cli.run("up", "-d", "workers.yaml", timeout=60)
+    assert up.returncode == 0, (up.stdout, up.stderr)
+    connected, plain = cli.run_many(("check", "workers.yaml", "--connect"),
+                                    ("check", "workers.yaml"))
+    assert connected.returncode == 0, connected.stderr
+    assert "ok  channel main     local: the project's bus answers" in \
+        connected.stdout.splitlines(), connected.stdout
+    assert plain.returncode == 0, plain.stderr
+    assert not [line for line in plain.stdout.splitlines() if line.startswith("ok  channel")]

@@ -17,13 +17,19 @@ _URL_KEY = re.compile(r"(?:^|[{,\s])url\s*:(.*)$")
 _LOOKAHEAD = 12  # lines after the channel's key where its url may be
 
 
-def channel_hint(path: Path, spec: ChannelSpec) -> str:
-    """What to change when ``spec``'s server cannot be reached ("" for a local channel)."""
+def channel_hint(path: Path, spec: ChannelSpec, *, located: bool = False) -> str:
+    """What to change when ``spec``'s server cannot be reached ("" for a local channel).
+
+    ``located``: the message names the channel's field and line already; only the variable
+    is worth adding then.
+    """
     if spec.backend == "local":
         return ""
+    variable = _url_variable(path, spec.line)
+    if located:
+        return f"set {variable}" if variable else ""
     where = f"channels.{spec.key}.url, {path.name}:{spec.line}" if spec.line else (
         f"channels.{spec.key}.url in {path.name}")
-    variable = _url_variable(path, spec.line)
     return f"set {variable} ({where})" if variable else f"check {where}"
 
 
