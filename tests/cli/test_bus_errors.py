@@ -260,3 +260,42 @@ def test_check_connect_tries_every_channels_server(
         connected.stdout.splitlines(), connected.stdout
     assert plain.returncode == 0, plain.stderr
     assert not [line for line in plain.stdout.splitlines() if line.startswith("ok  channel")]
+
+
+# -- the supervisor's side, without processes ----------------------------------------------
+
+
+def test_a_worker_waiting_for_its_bus_stays_starting_past_its_ready_timeout() -> None:
+    from fakes import FakeClock
+    from pipecat_workers_cli.supervisor.machine import Kill, Machine, State
+    from pipecat_workers_cli.topology.model import ChannelSpec, Topology, WorkerSpec, expand
+
+    root = Path("/project")
+    topology = Topology(name="proj", path=root / "workers.yaml", root=root,
+                        channels={"main": ChannelSpec(key="main", backend="redis",
+                                                      url="redis://x", channel="proj.main")},
+                        workers={"w": WorkerSpec(key="w", class_path="app:W",
+                                                 ready_timeout=30.0)})
+    clock = FakeClock()
+    m = Machine(expand(topology), clock, lambda: 0.5)
+    m.start()
+    m.spawned("w", 1000)
+    why = "cannot reach Redis at redis://x: connection refused: is it running?"
+    for _ in range(10):  # a minute and a half of waiting, said every few seconds
+        clock.advance(9)
+        assert m.tick() == []
+        assert m.waiting_for_bus("w", why) == []  # the host's own line says it
+    proc = m.procs["w"]
+    assert (proc.state, proc.reason, proc.restarts) == (
+        State.STARTING, f"waiting for the bus: {why}", 0)
+    m.ready("w")
+    assert (proc.state, proc.reason) == (State.READY, "")
+    assert m.waiting_for_bus("w", why) == [] and proc.reason == ""  # too late: ignored
+
+    # A host that stops saying so is not ready_timeout late forever.
+    m2 = Machine(expand(topology), clock, lambda: 0.5)
+    m2.start()
+    m2.spawned("w", 1001)
+    m2.waiting_for_bus("w", why)
+    clock.advance(31)
+    assert any(isinstance(action, Kill) for action in m2.tick())

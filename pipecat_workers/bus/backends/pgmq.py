@@ -47,7 +47,8 @@ from pgmq.async_queue import PGMQueue
 
 from pipecat_workers.bus.backends.pgmq_install import ensure_pgmq
 from pipecat_workers.bus.backends.pgmq_presence import FREE_LOCKS, PgmqPresence
-from pipecat_workers.bus.backends.unreachable import unreachable
+from pipecat_workers.bus.backends.unreachable import REPORT_EVERY, unreachable
+from pipecat_workers.bus.loops import RateLimitedLog
 from pipecat_workers.bus.network import NetworkBus
 from pipecat_workers.bus.presence import Presence
 from pipecat_workers.bus.serializer import MessageSerializer
@@ -368,6 +369,8 @@ class PgmqBus(NetworkBus):
 
     async def _read_forever(self) -> None:
         backoff = _BACKOFF_FIRST
+        # A bug repeats at every attempt: its traceback twice a minute, not once per retry.
+        broken = RateLimitedLog(logger, every=REPORT_EVERY)
         while True:
             try:
                 if self._conn is None:
@@ -377,9 +380,10 @@ class PgmqBus(NetworkBus):
             except Exception as exc:  # connection lost, or our queue dropped: set up again
                 if not isinstance(exc, _FAILED):
                     self.loops.failed("reader", exc)
-                if self._conn is not None:
-                    logger.warning("PGMQ reader of '%s' failed: %s", self._channel, exc,
-                                   exc_info=not isinstance(exc, _FAILED))
+                    broken.warning("PGMQ reader of '%s' failed: %s", self._channel, exc,
+                                   exc_info=exc)
+                elif self._conn is not None:
+                    logger.warning("PGMQ reader of '%s' failed: %s", self._channel, exc)
                 await self._drop_conn()
                 self._set_connected(False)
                 await asyncio.sleep(backoff)

@@ -31,7 +31,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pipecat_workers.bus.backends.redis_presence import RedisPresence
-from pipecat_workers.bus.backends.unreachable import unreachable
+from pipecat_workers.bus.backends.unreachable import REPORT_EVERY, unreachable
+from pipecat_workers.bus.loops import RateLimitedLog
 from pipecat_workers.bus.network import NetworkBus
 from pipecat_workers.bus.presence import Presence
 from pipecat_workers.bus.serializer import MessageSerializer
@@ -161,6 +162,9 @@ class RedisBus(NetworkBus):
 
     async def _read_forever(self) -> None:
         backoff = _BACKOFF_FIRST
+        # Refusals repeat at every attempt (a NOPERM, a server that is not Redis): said with
+        # their traceback twice a minute, not once per retry.
+        refused = RateLimitedLog(logger, every=REPORT_EVERY)
         while True:
             try:
                 if self._pubsub is None:
@@ -170,9 +174,10 @@ class RedisBus(NetworkBus):
             except Exception as exc:  # down, or refused (a NOPERM on resubscribe): again
                 if not isinstance(exc, _DOWN):
                     self.loops.failed("reader", exc)
-                if self._pubsub is not None or not isinstance(exc, _DOWN):
-                    logger.warning("Redis reader of '%s' failed: %s", self._channel, exc,
-                                   exc_info=not isinstance(exc, _DOWN))
+                    refused.warning("Redis reader of '%s' failed: %s", self._channel, exc,
+                                    exc_info=exc)
+                elif self._pubsub is not None:  # it was connected: say it lost the server
+                    logger.warning("Redis reader of '%s' failed: %s", self._channel, exc)
                 await self._drop_pubsub()
                 self._set_connected(False)
                 await asyncio.sleep(backoff)
