@@ -199,13 +199,15 @@ async def host(spec: HostSpec, status: _Status) -> int:
     runner.add_event_handler("on_error", on_error)
     stopping = asyncio.Event()
     stdin = asyncio.ensure_future(_watch_stdin(runner, stopping))
+    connected: bool | WorkersError
     try:
-        if not await _connected(bus, spec, status, stopping):
-            return 0  # stopped while it waited for its bus
+        connected = await _connected(bus, spec, status, stopping)
     except WorkersError as exc:
+        connected = exc
+    if connected is not True:  # stopped while it waited for its bus, or it cannot start
         stdin.cancel()
         await asyncio.gather(stdin, return_exceptions=True)
-        return _cannot_start(spec, status, str(exc))
+        return 0 if connected is False else _cannot_start(spec, status, str(connected))
     run = asyncio.ensure_future(runner.run(auto_end=True))
     registered = asyncio.ensure_future(worker.wait_registered())
     try:
