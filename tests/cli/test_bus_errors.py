@@ -299,3 +299,34 @@ def test_a_worker_waiting_for_its_bus_stays_starting_past_its_ready_timeout() ->
     m2.waiting_for_bus("w", why)
     clock.advance(31)
     assert any(isinstance(action, Kill) for action in m2.tick())
+
+
+def test_preflight_finds_missing_modules_and_names_without_importing(tmp_path: Path) -> None:
+    from pipecat_workers_cli.topology.model import Topology, WorkerSpec
+    from pipecat_workers_cli.topology.preflight import preflight
+
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("raise SystemExit('never imported')\n")
+    (tmp_path / "pkg" / "agents.py").write_text(
+        "import sys\nif sys.platform:\n    class Agent:\n        pass\n"
+        "try:\n    from fast import Thing\nexcept ImportError:\n    Thing = None\n")
+    (tmp_path / "starry.py").write_text("from pkg.agents import *\n")
+    (tmp_path / "broken.py").write_text("class Oops(:\n")
+    classes = {"agent": "pkg.agents:Agent", "thing": "pkg.agents:Thing",
+               "star": "starry:Anything", "stdlib": "json:JSONDecoder",
+               "typo": "pkg.agents:Agnet", "nomodule": "pkg.nothere:Agent",
+               "nopackage": "nowhere.agents:Agent", "syntax": "broken:Oops",
+               "stdlib_typo": "json:nope"}
+    topology = Topology(name="p", path=tmp_path / "workers.yaml", root=tmp_path, channels={},
+                        workers={k: WorkerSpec(key=k, class_path=v, line=i)
+                                 for i, (k, v) in enumerate(classes.items(), 1)})
+    found = {p.field.split(".")[1]: p.message for p in preflight(topology)}
+    assert found.pop("syntax").startswith(
+        "importing 'broken' failed: syntax error in broken.py:1: "), found
+    assert found == {
+        "typo": "module 'pkg.agents' has no attribute 'Agnet' (did you mean 'Agent'?)",
+        "nomodule": "module 'pkg.nothere' not found",
+        "nopackage": "module 'nowhere.agents' not found (no module named 'nowhere')",
+        "stdlib_typo": "module 'json' has no attribute 'nope'",
+    }, found
+    assert "pkg" not in sys.modules
