@@ -69,11 +69,10 @@ async def joined(where: Where, bus: WorkerBus) -> AsyncIterator[None]:
     """
     with _cancelled_by_sigterm() as terminated:
         try:
-            await bus.start()
-        except (WorkersError, OSError) as exc:
-            await bus.close()
-            raise where.cannot_join(exc) from None
-        try:
+            try:
+                await bus.start()
+            except (WorkersError, OSError) as exc:
+                raise where.cannot_join(exc) from None
             yield
         finally:
             await bus.close()
