@@ -8,6 +8,9 @@ hear about both arrivals and departures, and a worker that comes back fires its 
 Watches are keyed by (name, handler), so watching the same name twice with the same handler
 costs nothing, and waiting for a worker (:meth:`wait_for`) leaves nothing behind.
 
+An entry (:class:`~pipecat_workers.types.WorkerReadyData`) also lists the job names the
+worker's ``@job`` handlers take, as its runner announced them, so that a tool can offer them.
+
 A name belongs to one runner at a time. A worker announced under a name that another runner
 holds becomes a *claim*: kept (a few per name, a bounded number in all) until the holder's
 worker leaves, and then granted, so the claimant's worker is registered and its watchers fire.
@@ -89,12 +92,17 @@ class WorkerRegistry:
         return [self._workers[n] for n in self._by_runner.get(runner, ())]
 
     def digest(self, runner: str | None = None) -> str:
-        """A short fingerprint of one runner's workers (this runner's by default)."""
+        """A short fingerprint of one runner's workers and their job names (this runner's by
+        default)."""
         runner = runner or self._runner_name
         if runner == self._runner_name and self._digest is not None:
             return self._digest
-        names = sorted(self._by_runner.get(runner, ()))
-        digest = hashlib.blake2b("\n".join(names).encode(), digest_size=8).hexdigest()
+        lines = []
+        for name in sorted(self._by_runner.get(runner, ())):
+            data = self._workers[name]
+            jobs = "\0".join(data.jobs) if data.jobs is not None else "?"
+            lines.append(f"{name}\0{jobs}\0{'*' if data.any_job else ''}")
+        digest = hashlib.blake2b("\n".join(lines).encode(), digest_size=8).hexdigest()
         if runner == self._runner_name:
             self._digest = digest
         return digest
@@ -114,6 +122,10 @@ class WorkerRegistry:
         known = self._workers.get(data.worker_name)
         if known is not None:
             if known.runner == data.runner and known.incarnation >= data.incarnation:
+                if known.incarnation == data.incarnation and _jobs(known) != _jobs(data):
+                    self._workers[data.worker_name] = data  # its handlers are news, not it
+                    if data.runner == self._runner_name:
+                        self._digest = None
                 return False
             if known.runner != data.runner:
                 self._claim(data, known.runner)
@@ -334,3 +346,7 @@ class WorkerRegistry:
                 await on_lost(lost)
             except Exception:
                 logger.exception("lost handler for '%s' failed", lost.worker_name)
+
+
+def _jobs(data: WorkerReadyData) -> tuple[tuple[str, ...] | None, bool]:
+    return data.jobs, data.any_job

@@ -3,22 +3,36 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Annotated, Any
 
 from pipecat_workers.catalogue import register_message
-from pipecat_workers.validate import Name
+from pipecat_workers.validate import MaxLen, Name
+
+MAX_JOB_NAMES = 256
+"""The most job names one worker's registry entry carries; a peer refuses a longer list."""
+
+JobNames = Annotated[list[Name], MaxLen(MAX_JOB_NAMES)]
+"""A worker's job names as a registry entry carries them: bounded in number and in length,
+as anyone on the channel may send an entry."""
 
 
 @register_message(name="registry.entry")
 @dataclass(slots=True)
 class WorkerRegistryEntry:
-    """One worker in a runner's registry snapshot."""
+    """One worker in a runner's registry snapshot.
+
+    ``jobs`` lists the names of its ``@job`` handlers, sorted; ``None`` from a peer that does
+    not announce them. ``any_job`` says that it takes other names too (it overrides
+    ``on_job_request``).
+    """
 
     name: Name
     parent: Name | None = None
     active: bool = False
     bridged: bool = False
     started_at: float | None = None
+    jobs: JobNames | None = None
+    any_job: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,12 +44,19 @@ class WorkerReadyData:
         runner: The name of the runner that hosts it.
         incarnation: The start time of that runner, which tells a restarted runner apart.
         parent: The worker's parent, if it is a child.
+        jobs: The job names its ``@job`` handlers take, sorted, so that a caller can offer
+            them (``workers call``, ``workers ps --jobs``); ``None`` when its runner does not
+            say (a peer running an older version).
+        any_job: It takes requests of other names too, and without a name: it overrides
+            ``on_job_request``.
     """
 
     worker_name: str
     runner: str
     incarnation: float = 0.0
     parent: str | None = None
+    jobs: tuple[str, ...] | None = None
+    any_job: bool = False
 
 
 @dataclass(frozen=True, slots=True)

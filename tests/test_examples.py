@@ -84,8 +84,10 @@ def test_readme_topology_example_loads(tmp_path):
     (tmp_path / "configs").mkdir()
     path = tmp_path / "configs" / "research.yaml"
     path.write_text(block.group(1))
+    (tmp_path / "configs" / "coordinator.env").write_text("TOPICS=wind,solar\n")  # it names one
     topology = load_topology(path)
     assert topology.root == tmp_path
+    assert topology.workers["coordinator"].env["TOPICS"] == "wind,solar"
     assert [w.stop_timeout for w in topology.workers.values()] == [10.0, 10.0]
     assert topology.workers["researcher"].instance_names() == [
         "researcher.1", "researcher.2", "researcher.3"]

@@ -492,3 +492,58 @@ async def test_two_live_workers_with_one_name_stop_the_newcomer_and_tell_both() 
             await wait_until(lambda: errors["runner-a"] and errors["runner-b"], timeout=2)
             assert old.state.value == "ready"
             assert "newcomer on 'runner-b'" in errors["runner-a"][0]
+
+
+# -- the presence's news waits for what arrived before it ---------------------------------
+
+
+class _Blocked:
+    """A runner's mailbox whose handler holds the first message until released."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.release = asyncio.Event()
+        self.handled: list[BusMessage] = []
+
+    async def on_bus_message(self, message: BusMessage) -> None:
+        await self.release.wait()
+        self.handled.append(message)
+
+
+async def test_certain_news_of_a_gone_peer_waits_until_what_it_sent_before_is_taken(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # A busy runner (one slow message ahead in its mailbox) hears from the presence that a
+    # peer is gone while that peer's goodbye still waits behind the slow message. The news
+    # must wait for the goodbye, however long the mailbox takes (within lost_after).
+    from pipecat_workers.registry import WorkerRegistry
+    from pipecat_workers.workers.liveness import Liveness
+    from pipecat_workers.workers.peers import Peer
+
+    shared = AsyncQueueBus()
+    settings = Settings(heartbeat_interval=0.05, lost_after=40)
+    mailbox = _Blocked("me")
+    shared.subscribe(mailbox, role="runner")
+    await shared.start()
+    try:
+        liveness = Liveness(runner="me", bus=shared, registry=WorkerRegistry("me"),
+                            settings=settings, outage_grace=0.0)
+        now = asyncio.get_running_loop().time()
+        liveness._book.peers["quick"] = Peer(incarnation=1.0, last_seen=now, interval=0.05)
+        await shared.send(BusHeartbeatMessage(source="other", runner="other",
+                                              incarnation=1.0))
+        await shared.send(BusRunnerLeaveMessage(source="quick", runner="quick",
+                                                incarnation=1.0))
+        await settle()
+        mark = shared.mailbox_mark("me")
+        assert mark == 2 and not shared.taken_up_to("me", mark)
+        liveness.absent("quick", certain=True)
+        for _ in range(10):  # four intervals and more: the old rule gave up after one
+            await liveness._apply_news()
+            await asyncio.sleep(0.05)
+        assert "quick" in liveness.peers, "declared gone before its goodbye was taken"
+        mailbox.release.set()
+        await wait_until(lambda: shared.taken_up_to("me", mark))
+        await liveness._apply_news()
+        assert "quick" not in liveness.peers
+    finally:
+        await shared.close()

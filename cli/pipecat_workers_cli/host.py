@@ -15,7 +15,15 @@ description as JSON in ``PIPECAT_WORKERS_HOST``. The host builds the worker's bu
 It imports nothing of the command line (no click, rich or yaml), so it starts fast. With
 ``PIPECAT_WORKERS_TEMPLATE`` set instead, the same command is the project's process template
 (:mod:`pipecat_workers_cli.forkserver`): it preloads modules and forks hosts, each of which then
-goes on here exactly as a spawned one. Exit codes: 0 when the worker ended, 1 when it failed,
+goes on here exactly as a spawned one.
+
+Run with no supervisor (``supervisor_pid`` 0: a container or a service unit that ``workers
+export`` wrote), the host has no pipes to watch and ends on SIGTERM, gracefully. Two variables
+complete its description there: ``PIPECAT_WORKERS_BUS_URL``, the bus's address when the
+description has none (a secret kept out of it), and ``PIPECAT_WORKERS_REPLICA``, which names a
+replica ``<name>.<replica>`` (``@hostname``: the container's or pod's host name).
+
+Exit codes: 0 when the worker ended, 1 when it failed,
 :data:`EXIT_CONFIG` when it could not be built: a bad class or arguments, or anything raised while
 importing or constructing it (a missing API key, say), where restarting would not help. Then the
 host prints one line to stderr, ``error: <name>: RuntimeError: no API key (workers.py:11)`` (the
@@ -31,9 +39,10 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +54,9 @@ if TYPE_CHECKING:
     from pipecat_workers.bus import WorkerBus
 
 HOST_ENV = "PIPECAT_WORKERS_HOST"
+BUS_URL_ENV = "PIPECAT_WORKERS_BUS_URL"
+REPLICA_ENV = "PIPECAT_WORKERS_REPLICA"
+HOSTNAME_REPLICA = "@hostname"
 EXIT_CONFIG = 78  # EX_CONFIG of sysexits.h: the supervisor does not restart it
 WAITING_EVERY = 5.0  # seconds between two "waiting" events with the same message
 
@@ -71,6 +83,18 @@ class HostSpec:
     @classmethod
     def from_json(cls, text: str) -> HostSpec:
         return cls(**json.loads(text))
+
+
+def standalone(spec: HostSpec, environ: Mapping[str, str]) -> HostSpec:
+    """The description of a host that runs without a supervisor, completed from its
+    environment: the bus URL (:data:`BUS_URL_ENV`) and the replica's name (:data:`REPLICA_ENV`,
+    :data:`HOSTNAME_REPLICA` for the host name: replicas of one container are alike)."""
+    replica = environ.get(REPLICA_ENV, "")
+    if replica == HOSTNAME_REPLICA:
+        replica = socket.gethostname()
+    name = f"{spec.name}.{replica}" if replica else spec.name
+    runner = f"{spec.runner}.{replica}" if replica and spec.runner else spec.runner
+    return replace(spec, name=name, runner=runner, url=spec.url or environ.get(BUS_URL_ENV))
 
 
 class _Status:
@@ -171,8 +195,9 @@ async def _watch_stdin(runner: Any, stopping: asyncio.Event) -> None:
             await runner.end(reason="stopped by the supervisor")
 
 
-async def host(spec: HostSpec, status: _Status) -> int:
-    """Build and run the worker; the process's exit code."""
+async def host(spec: HostSpec, status: _Status, *, supervised: bool = True) -> int:
+    """Build and run the worker; the process's exit code. ``supervised``: stdin is the
+    supervisor's (a drain request, or its end)."""
     from pipecat_workers import WorkerRunner
     from pipecat_workers.errors import WorkersError, WorkerStateError
     from pipecat_workers_cli.topology.classes import check_args, raised_at, resolve_class
@@ -198,7 +223,8 @@ async def host(spec: HostSpec, status: _Status) -> int:
 
     runner.add_event_handler("on_error", on_error)
     stopping = asyncio.Event()
-    stdin = asyncio.ensure_future(_watch_stdin(runner, stopping))
+    stdin = asyncio.ensure_future(_watch_stdin(runner, stopping) if supervised
+                                  else asyncio.sleep(0))
     connected: bool | WorkersError
     try:
         connected = await _connected(bus, spec, status, stopping)
@@ -295,15 +321,19 @@ def main() -> None:
     if not raw:
         sys.exit(f"{HOST_ENV} is not set: this program is started by `workers up`")
     spec = HostSpec.from_json(raw)
+    supervised = spec.supervisor_pid != 0
+    if not supervised:
+        spec = standalone(spec, os.environ)
     set_title(f"workers: {spec.runner or spec.name}", name=spec.name)
-    die_with_parent(spec.supervisor_pid)
+    if supervised:
+        die_with_parent(spec.supervisor_pid)
     if spec.root not in sys.path:
         sys.path.insert(0, spec.root)
     level = os.environ.get("LOG_LEVEL", "INFO").upper()
     logging.basicConfig(stream=sys.stderr, level=level,
                         format="%(levelname)s %(name)s: %(message)s")
     status = _Status(spec.status_fd)
-    sys.exit(asyncio.run(host(spec, status)))
+    sys.exit(asyncio.run(host(spec, status, supervised=supervised)))
 
 
 if __name__ == "__main__":

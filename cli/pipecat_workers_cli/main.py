@@ -1,10 +1,11 @@
 """Entry point of the ``workers`` command: the group, its shared options, and error handling.
 
-Each command lives in :mod:`pipecat_workers_cli.commands` and is imported when it runs; commands
-parse options, call the library or the supervisor, and render. A user error is one red line and exit
-status 1, never a traceback. Log records (of the library, say) are one line each on stderr, at
-WARNING and above, with an exception's type and message but not its traceback; ``WORKERS_DEBUG=1``
-shows tracebacks.
+Each command lives in :mod:`pipecat_workers_cli.commands` and is imported when it runs;
+commands parse options, call the library or the supervisor, and render. A user error is one
+red line (a topology with several mistakes: a line each) and exit status 1, never a
+traceback. Log records (of the library, say) are one line each on stderr, at WARNING and
+above, with an exception's type and message but not its traceback; ``WORKERS_DEBUG=1`` shows
+tracebacks.
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ class WorkersGroup(click.Group):
             from rich.console import Console
             from rich.markup import escape
 
-            Console(stderr=True, highlight=False, soft_wrap=True, emoji=False).print(
-                f"[red]error:[/red] {escape(str(exc))}", markup=True)
+            console = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+            for line in str(exc).splitlines() or [""]:  # several topology errors: a line each
+                console.print(f"[red]error:[/red] {escape(line)}", markup=True)
             sys.exit(exc.exit_code if isinstance(exc, CommandError) else 1)
 
 
@@ -79,9 +81,13 @@ def configure_logging() -> None:
               help="The topology file (default: the project found in this directory).")
 @click.option("-p", "--project", "project", metavar="NAME",
               help="The project, when several were started from this directory.")
+@click.option("--env-file", "env_files", metavar="PATH", multiple=True,
+              help="Variables for ${VAR} in the topology, in place of the .env beside it "
+              "(repeatable: a later file wins; the shell's environment wins over all).")
 @click.version_option(package_name="pipecat-workers", prog_name="workers")
 @click.pass_context
-def main(ctx: click.Context, file: str | None, project: str | None) -> None:
+def main(ctx: click.Context, file: str | None, project: str | None,
+         env_files: tuple[str, ...]) -> None:
     """Run and inspect multi-worker systems built with pipecat-workers."""
     configure_logging()
-    ctx.obj = {"file": file, "project": project}
+    ctx.obj = {"file": file, "project": project, "env_files": list(env_files) or None}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 from dataclasses import dataclass
@@ -25,15 +26,36 @@ class Project:
         return self.state.project
 
     def topology_or_recorded(self) -> Topology:
-        """The topology: the one given, or the file the running project was started from."""
+        """The topology to go by: the one the running supervisor resolved, else the one
+        given (``-f``), else the file the project was started from, loaded here (with the
+        ``--env-file`` files it was started with)."""
+        if self.state.supervisor_alive() and (running := self.running_topology()):
+            return running
         if self.topology is not None:
             return self.topology
-        recorded = (self.state.read_state() or {}).get("file")
+        state = self.state.read_state() or {}
+        recorded = state.get("file")
         if not recorded:
             raise CommandError(f"project '{self.name}' records no topology file; pass -f FILE")
         from pipecat_workers_cli.topology import load_topology
 
-        return load_topology(recorded)
+        env_files = state.get("env_files")  # the last run's --env-file files
+        if not (isinstance(env_files, list) and all(isinstance(f, str) for f in env_files)):
+            env_files = None
+        return load_topology(recorded, env_files=env_files or None)
+
+    def running_topology(self) -> Topology | None:
+        """The topology the supervisor recorded when it started or last applied an edit
+        (environment variables resolved as in its own environment); None without one."""
+        from pipecat_workers_cli.topology.record import RecordError, topology_from_record
+
+        data = self.state.read_topology()
+        if data is None:
+            return None
+        try:
+            return topology_from_record(data)
+        except RecordError:
+            return None  # another version's: the file will do
 
     def command(self, cwd: Path | None = None) -> str:
         """How to name this project in a hint: see :func:`command_for`."""
@@ -70,9 +92,16 @@ def find_project(file: str | None, name: str | None, cwd: Path | None = None) ->
         CommandError: none or several match.
     """
     if file is not None:
-        from pipecat_workers_cli.topology import load_topology
+        from pipecat_workers_cli.topology import TopologyError, load_topology
 
-        topology = load_topology(file)
+        try:
+            topology = load_topology(file)
+        except TopologyError:
+            # Resolved here, the file may lack a variable that its running supervisor had.
+            running = _running_from(Path(file))
+            if running is None:
+                raise
+            topology = running
         return Project(StateDir.of(topology.root, topology.name), topology)
     found = find_state_dirs(cwd or Path.cwd())
     if name is not None:
@@ -94,3 +123,15 @@ def find_project(file: str | None, name: str | None, cwd: Path | None = None) ->
         else:
             raise SeveralProjects([s.project for s in found])
     return Project(found[0])
+
+
+def _running_from(file: Path) -> Topology | None:
+    """The topology a running supervisor recorded for ``file``, found from its directory
+    upwards (where a project's ``root:`` is); None if none runs it."""
+    with contextlib.suppress(OSError, ValueError):
+        path = file.resolve()
+        for state in find_state_dirs(path.parent):
+            running = Project(state).running_topology() if state.supervisor_alive() else None
+            if running is not None and running.path == path:
+                return running
+    return None

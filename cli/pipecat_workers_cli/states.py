@@ -12,6 +12,13 @@ from collections.abc import Iterable, Sequence
 from pipecat_workers_cli.supervisor.model import FINAL, State
 from pipecat_workers_cli.supervisor.status import WorkerStatus
 
+GONE = "gone"
+"""Not a state of the supervisor's: ``ps`` says it of a worker that was running when its
+supervisor was last heard of, and the supervisor is no longer there (killed)."""
+
+STATES: tuple[str, ...] = (*(s.value for s in State), GONE)
+"""Every word ``ps``, ``ps --json`` and the live view use for a worker's state."""
+
 FAILING = frozenset(s.value for s in (State.BACKOFF, State.CRASHED, State.FAILED))
 """Did not get going: ``up -d`` and ``start`` stop waiting and say why."""
 

@@ -46,13 +46,15 @@ class BusSubscriber(Protocol):
 class Mailbox:
     """One subscriber's queues and the tasks that drain them."""
 
-    __slots__ = ("subscriber", "role", "dropped", "_bus", "_system", "_data", "_sys_task",
-                 "_data_task")
+    __slots__ = ("subscriber", "role", "dropped", "arrived", "taken", "_bus", "_system",
+                 "_data", "_sys_task", "_data_task")
 
     def __init__(self, bus: WorkerBus, subscriber: BusSubscriber, role: Role) -> None:
         self.subscriber = subscriber
         self.role = role
         self.dropped = 0
+        self.arrived = 0  # messages queued, ever
+        self.taken = 0    # of those, taken off a lane to be handled
         self._bus = bus
         self._system: deque[BusMessage] | None = None
         self._data: deque[BusMessage] | None = None
@@ -66,6 +68,7 @@ class Mailbox:
             if self._system is None:
                 self._system = deque()
             self._system.append(message)
+            self.arrived += 1
             if self._sys_task is None and bus._loop is not None:
                 self._sys_task = bus._loop.create_task(self._drain_system())
             return True
@@ -75,6 +78,7 @@ class Mailbox:
         elif len(data) >= bus._data_queue_size and not message.ESSENTIAL:
             return False
         data.append(message)
+        self.arrived += 1
         if self._data_task is None and bus._loop is not None:
             self._data_task = bus._loop.create_task(self._drain_data())
         return True
@@ -108,6 +112,7 @@ class Mailbox:
         """Drop everything queued and cancel the drain tasks (except the caller's own)."""
         for lane in (self._system, self._data):
             if lane is not None:
+                self.taken += len(lane)
                 lane.clear()  # also ends a drain loop that is handling a message right now
         current = asyncio.current_task()
         for task in self.tasks():
@@ -131,6 +136,7 @@ class Mailbox:
         handle = self.subscriber.on_bus_message
         while queue:
             message = queue.popleft()
+            self.taken += 1
             try:
                 await handle(message)
             except asyncio.CancelledError:
@@ -281,6 +287,19 @@ class WorkerBus(ABC):
         """Messages waiting in the mailbox of the subscriber ``name`` (0 if there is none)."""
         mailbox = self._mailboxes.get(name)
         return 0 if mailbox is None else mailbox.pending
+
+    def mailbox_mark(self, name: str) -> int:
+        """A mark of what has arrived so far for the subscriber ``name``: see
+        :meth:`taken_up_to`."""
+        mailbox = self._mailboxes.get(name)
+        return 0 if mailbox is None else mailbox.arrived
+
+    def taken_up_to(self, name: str, mark: int) -> bool:
+        """Whether every message that had arrived for ``name`` by ``mark`` (from
+        :meth:`mailbox_mark`) has been taken to be handled: news from outside the mailbox
+        (the presence's, say) can then be applied after what was sent before it."""
+        mailbox = self._mailboxes.get(name)
+        return mailbox is None or mailbox.taken >= mark
 
     # -- sending ------------------------------------------------------------------------
 

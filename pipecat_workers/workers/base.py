@@ -52,6 +52,7 @@ from pipecat_workers.registry import WorkerRegistry
 from pipecat_workers.settings import DEFAULT_SETTINGS, Settings
 from pipecat_workers.tasks import cancel_and_wait
 from pipecat_workers.types import (
+    MAX_JOB_NAMES,
     WorkerActivationArgs,
     WorkerErrorData,
     WorkerLostData,
@@ -218,6 +219,18 @@ class BaseWorker(EventEmitter, JobRequesterMixin, JobExecutorMixin):
         return self._started_at
 
     @property
+    def job_names(self) -> tuple[str, ...]:
+        """The job names its ``@job`` handlers take, sorted: what its registry entry tells
+        the other runners, so that tools can offer them."""
+        return tuple(sorted(self._job_handlers))
+
+    @property
+    def handles_any_job(self) -> bool:
+        """Whether it takes requests of any name, and without one: it overrides
+        ``on_job_request``."""
+        return self._handles_unnamed_jobs
+
+    @property
     def bridged(self) -> bool:
         """Whether pipeline frames from the bus enter this worker; False for BaseWorker."""
         return False
@@ -277,7 +290,8 @@ class BaseWorker(EventEmitter, JobRequesterMixin, JobExecutorMixin):
                 started_at=self._started_at))
             await self.registry.register(WorkerReadyData(
                 worker_name=self._name, runner=runner.name, incarnation=runner.incarnation,
-                parent=self._parent))
+                parent=self._parent, jobs=self.job_names[:MAX_JOB_NAMES],
+                any_job=self.handles_any_job))
         finally:
             self._mark_registered()  # whoever waits for it must not wait for a failed start
         await self._maybe_activate()

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, get_args
 
 from pipecat_workers.errors import ConfigurationError
+from pipecat_workers.validate import check_name
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
@@ -54,7 +55,7 @@ def job(name: str, *, sequential: bool = False,
         answer: ``"on_return"`` or ``"later"``, as above.
 
     Raises:
-        ConfigurationError: if ``name`` is empty or ``answer`` is not one of the modes.
+        ConfigurationError: if ``name`` is empty or too long, or ``answer`` is not one of the modes.
 
     Example::
 
@@ -64,6 +65,7 @@ def job(name: str, *, sequential: bool = False,
     """
     if not isinstance(name, str) or not name:
         raise ConfigurationError(f"@job needs a non-empty name, got {name!r}")
+    check_name("job", name)  # a name no peer would take is refused here, not on the wire
     if answer not in get_args(AnswerMode):
         raise ConfigurationError(
             f"@job('{name}'): answer must be one of {', '.join(get_args(AnswerMode))}, "

@@ -41,7 +41,8 @@ class Liveness:
         self._settle_until = 0.0  # until then, no absence counts as certain (we reconnected)
         self._wake: asyncio.Event | None = None
         self._news: dict[str, _News] = {}  # presence reports not applied yet
-        self._held: dict[str, float] = {}  # certain news held back for the mailbox, since
+        # Certain news held back for the mailbox: since when, and the mailbox's mark then.
+        self._held: dict[str, tuple[float, int]] = {}
         self._owed: dict[str, None] = {}  # confirmed peers owed a greeting or a request
         self._dropped: dict[str, int] = {}  # membership messages dropped, by reason
         self._quiet = RateLimitedLog(logger)
@@ -89,10 +90,12 @@ class Liveness:
             elif peer is None:
                 self._book.heard.pop(runner, None)
             elif certain and peer.confirmed and self._settled(now):
-                first = self._held.setdefault(runner, now)
-                if self._bus.queued(self._runner) and now - first < self._interval:
-                    # What it said before it went (its leave, say) is still in our mailbox:
-                    # that goes first, and this news waits for the next turn.
+                first, mark = self._held.setdefault(
+                    runner, (now, self._bus.mailbox_mark(self._runner)))
+                if not self._bus.taken_up_to(self._runner, mark) and now - first < self._window:
+                    # What it said before it went (its leave, say) may still be in our
+                    # mailbox, behind other messages on a busy runner: that goes first, and
+                    # this news waits until what arrived before it has been taken.
                     self._news.setdefault(runner, (present, certain, since))
                     continue
                 del self._held[runner]

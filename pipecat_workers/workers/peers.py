@@ -15,9 +15,9 @@ import json
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from pipecat_workers.types import WorkerRegistryEntry
+from pipecat_workers.types import MAX_JOB_NAMES, WorkerRegistryEntry
 
 MAX_PEERS = 4096  # runners a runner keeps track of on one channel
 MAX_NAME = 1024  # characters of a runner or worker name
@@ -93,7 +93,8 @@ def interval_of(value: object, default: float) -> float:
 
 def entries_of(value: object) -> list[WorkerRegistryEntry] | None:
     """The worker entries of a snapshot, each rebuilt from checked fields; ``None`` if the
-    list is not one, is too long, or holds anything but entries with a usable name."""
+    list is not one, is too long, or holds anything but entries with a usable name (and job
+    names, if they list any)."""
     if not isinstance(value, list) or len(value) > MAX_ENTRIES:
         return None
     entries = []
@@ -104,10 +105,27 @@ def entries_of(value: object) -> list[WorkerRegistryEntry] | None:
         if name is None:
             return None
         parent = name_of(item.parent)
+        jobs = job_names_of(item.jobs)
+        if jobs is False:
+            return None
         entries.append(WorkerRegistryEntry(
             name=name, parent=parent, active=item.active is True, bridged=item.bridged is True,
-            started_at=number_of(item.started_at)))
+            started_at=number_of(item.started_at), jobs=jobs, any_job=item.any_job is True))
     return entries
+
+
+def job_names_of(value: object) -> list[str] | Literal[False] | None:
+    """An entry's job names: sorted and distinct; ``None`` if it has none (a peer that does
+    not announce them); ``False`` if they are not a list of at most ``MAX_JOB_NAMES`` usable
+    names."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) > MAX_JOB_NAMES:
+        return False
+    names = [name_of(item) for item in value]
+    if None in names:
+        return False
+    return sorted({name for name in names if name is not None})
 
 
 _STATS_KEYS = ("jobs", "workers", "loops")  # what `workers ps` reads of a peer's counters

@@ -34,7 +34,7 @@ from pipecat_workers.events import EventEmitter
 from pipecat_workers.jobs.types import JobStatus
 from pipecat_workers.registry import WorkerRegistry
 from pipecat_workers.settings import DEFAULT_SETTINGS, Settings
-from pipecat_workers.types import WorkerErrorData, WorkerRegistryEntry
+from pipecat_workers.types import MAX_JOB_NAMES, WorkerErrorData, WorkerRegistryEntry
 from pipecat_workers.validate import check_name
 from pipecat_workers.workers.base import BaseWorker, WorkerState
 from pipecat_workers.workers.membership import Membership
@@ -434,7 +434,9 @@ class WorkerRunner(EventEmitter):
             if worker is not None:
                 entries.append(WorkerRegistryEntry(
                     name=name, parent=worker.parent, active=worker.active,
-                    bridged=worker.bridged, started_at=worker.started_at))
+                    bridged=worker.bridged, started_at=worker.started_at,
+                    jobs=list(worker.job_names[:MAX_JOB_NAMES]),
+                    any_job=worker.handles_any_job))
         return entries
 
     # -- observability ----------------------------------------------------------------

@@ -359,6 +359,46 @@ async def test_a_client_that_stops_reading_loses_frames_not_the_hub(socket_dir: 
         assert hub.stats()["dropped"]["backlog"] > 0
 
 
+async def test_a_client_that_closes_while_the_hub_writes_to_it_loses_nothing_it_sent(
+        socket_dir: str) -> None:
+    # A runner that leaves says goodbye and closes while others keep talking, so the hub is
+    # writing to it. Closed at once, with the hub's data unread, its socket makes the hub's
+    # next write fail, and the hub's stream reports that before the goodbye it had not read
+    # yet. A slow hub (one busy process among many) is played here by a server that reads
+    # only after a while, and writes all along.
+    got: list[bytes] = []
+    done = asyncio.Event()
+
+    async def slow_hub(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            op, _ = await read_frame(reader)
+            assert op == OP_HELLO
+            writer.write(frame(OP_WELCOME, bytes([1, 0])))
+            for _ in range(40):  # others' traffic, while the client says goodbye and closes
+                writer.write(frame(OP_PAYLOAD, b"{}" * 2000))
+                await asyncio.sleep(0.005)
+            while True:
+                op, body = await read_frame(reader)
+                got.append(body)
+        except (OSError, EOFError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+            done.set()
+
+    server = await asyncio.start_unix_server(slow_hub, f"{socket_dir}/slow.sock")
+    try:
+        bus = HubBus(f"{socket_dir}/slow.sock", channel="ch")
+        await bus.start()
+        await bus.send(Note(source="leaving", text="goodbye"))
+        await bus.close()
+        await asyncio.wait_for(done.wait(), 5)
+        assert any(b"goodbye" in body for body in got), got
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 # -- hostile input -------------------------------------------------------------------------
 
 

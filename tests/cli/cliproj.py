@@ -212,7 +212,8 @@ def _ours(pid: int) -> bool:
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return b"-m\0cli" in cmd or cmd.startswith(b"workers: ")  # or the title it gave itself
+    # ``python -m pipecat_workers_cli ...``, or the title it gave itself
+    return b"-m\0pipecat_workers_cli" in cmd or cmd.startswith(b"workers: ")
 
 
 def _orphans() -> list[int]:

@@ -108,7 +108,7 @@ def test_up_call_logs_restart_down(backend: str, request: pytest.FixtureRequest,
         ("call", "peer", "--job", "echo", "--payload", '{"n": 2}', "--json"),
         ("call", "echo", "--job", "no-such-job", "--timeout", "10"),
         ("call", "nobody", "--job", "echo"),
-        ("up", "-d", "workers.yaml"),
+        ("up", "workers.yaml"),
         ("logs", "nobody"),
     )
     assert plain.returncode == 0, (plain.stdout, plain.stderr)
@@ -123,7 +123,7 @@ def test_up_call_logs_restart_down(backend: str, request: pytest.FixtureRequest,
     assert "no-such-job" in bad_job.stdout + bad_job.stderr
     assert "Traceback" not in bad_job.stdout + bad_job.stderr
     one_line_error(bad_worker, "nobody")
-    one_line_error(up_again, "already running")
+    one_line_error(up_again, "already running")  # in the foreground; -d applies the file
     one_line_error(no_logs, "nobody")
 
     # 3. logs: merged and prefixed; --tail 1 of one worker; -f follows new lines.

@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import stat
+import subprocess
 import sys
 import uuid
 from collections.abc import Callable
@@ -61,6 +62,24 @@ def test_a_new_state_directory_is_private(tmp_path: Path) -> None:
     for file in (state.path / "lock", state.state_file, state.supervisor_log,
                  state.logs_dir / "w.log"):
         assert mode(file) == 0o600, file
+
+
+def test_the_state_directory_ignores_itself_for_git_and_keeps_a_users_gitignore(
+        tmp_path: Path) -> None:
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    state = StateDir.of(tmp_path, "p")
+    state.make()
+    state.write_state({"x": 1})
+    ignore = tmp_path / ".workers" / ".gitignore"
+    assert mode(ignore) == 0o600
+    assert [s.project for s in find_state_dirs(tmp_path)] == ["p"]
+    untracked = subprocess.run(["git", "-C", str(tmp_path), "status", "--porcelain",
+                                "--untracked-files=all"], capture_output=True, text=True,
+                               check=True).stdout
+    assert untracked == ""
+    ignore.write_text("logs/\n")
+    StateDir.of(tmp_path, "q").make()
+    assert ignore.read_text() == "logs/\n"
 
 
 def test_an_existing_state_directory_is_tightened(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from pipecat_workers_cli.supervisor.machine import (
 )
 from pipecat_workers_cli.topology.model import (
     ChannelSpec,
+    Condition,
     ProcessSpec,
     RestartPolicy,
     Topology,
@@ -774,3 +775,227 @@ def test_under_reload_a_dependent_waits_for_a_parked_dependency() -> None:
     up(m, "dep")
     assert m.procs["app"].state is State.STARTING
 
+
+
+# -- max_restarts -----------------------------------------------------------------------
+
+
+def test_max_restarts_leaves_the_worker_crashed_saying_why() -> None:
+    m, clock = machine({"w": {"max_restarts": 2}})
+    m.start()
+    crash(m, clock, "w", 3)
+    crash(m, clock, "w", 3)
+    m.spawned("w", 1000)
+    m.procs["w"].reason = "code 3: boom"  # what the driver sets from the last stderr line
+    actions = m.exited("w", 3)
+    proc = m.procs["w"]
+    assert proc.state is State.CRASHED
+    assert proc.reason == ("gave up after 2 restarts in a row (max_restarts: 2); "
+                           "last: code 3: boom")
+    assert actions == [Note("w", "exited with code 3"),
+                       Note("w", f"not restarted: {proc.reason}")]
+    assert m.next_deadline() is None and m.done and m.exit_code() == 3
+
+
+def test_max_restarts_zero_never_restarts_and_unset_is_unlimited() -> None:
+    m, clock = machine({"once": {"max_restarts": 0}, "ever": {}})
+    m.start()
+    m.spawned("once", 1)
+    m.exited("once", 1)
+    assert m.procs["once"].state is State.CRASHED
+    assert "max_restarts: 0" in m.procs["once"].reason
+    for _ in range(20):
+        crash(m, clock, "ever")
+    assert m.procs["ever"].state is State.STARTING
+
+
+def test_max_restarts_counts_restarts_in_a_row_a_stable_run_resets_it() -> None:
+    m, clock = machine({"w": {"max_restarts": 1}})
+    m.start()
+    crash(m, clock, "w")           # restart 1 of 1
+    up(m, "w")
+    clock.advance(10)              # ready for stable_after: forgiven
+    assert m.tick() == []
+    assert m.procs["w"].auto_restarts == 0
+    m.exited("w", 1)
+    assert m.procs["w"].state is State.BACKOFF  # one more restart allowed
+
+
+def test_a_restart_on_request_resets_the_count() -> None:
+    m, clock = machine({"w": {"max_restarts": 1}})
+    m.start()
+    crash(m, clock, "w")
+    m.spawned("w", 1)
+    m.exited("w", 1)
+    assert m.procs["w"].state is State.CRASHED
+    assert m.restart(["w"]) == [Spawn("w")]
+    crash(m, clock, "w")  # allowed again
+    assert m.procs["w"].state is State.STARTING
+
+
+# -- depends_on conditions ----------------------------------------------------------------
+
+
+JOB_FIRST = {"migrate": {"restart": RestartPolicy.NO},
+             "api": {"depends_on": ("migrate",),
+                     "conditions": {"migrate": Condition.COMPLETED}}}
+
+
+def test_a_completed_condition_waits_for_the_job_to_exit_not_to_be_ready() -> None:
+    m, _ = machine(JOB_FIRST)
+    assert m.start() == [Spawn("migrate")]
+    up(m, "migrate", 1)
+    assert m.procs["api"].state is State.WAITING  # ready is not enough
+    assert m.exited("migrate", 0) == [Note("migrate", "exited with code 0"), Spawn("api")]
+
+
+def test_a_failed_job_fails_its_dependent_with_a_reason() -> None:
+    m, _ = machine(JOB_FIRST)
+    m.start()
+    m.spawned("migrate", 1)
+    actions = m.exited("migrate", 2)
+    api = m.procs["api"]
+    assert api.state is State.FAILED
+    assert api.reason == "dependency 'migrate' did not complete: it is crashed"
+    assert Note("api", f"not started: {api.reason}") in actions
+
+
+def test_a_job_retried_by_its_policy_is_waited_for() -> None:
+    m, clock = machine({"migrate": {"max_restarts": 1},
+                        "api": {"depends_on": ("migrate",),
+                                "conditions": {"migrate": Condition.COMPLETED}}})
+    m.start()
+    crash(m, clock, "migrate")
+    assert m.procs["api"].state is State.WAITING
+    m.spawned("migrate", 2)
+    m.exited("migrate", 1)  # out of restarts: now the dependent fails
+    assert m.procs["api"].state is State.FAILED
+
+
+def test_starting_a_dependent_does_not_run_a_completed_job_again() -> None:
+    m, _ = machine(JOB_FIRST)
+    m.start()
+    m.spawned("migrate", 1)
+    m.exited("migrate", 0)
+    up(m, "api")
+    m.stop(["api"], hold=True)
+    m.exited("api", 0)
+    assert m.start(["api"]) == [Spawn("api")]
+    assert m.procs["migrate"].state is State.EXITED
+
+
+# -- rolling restart ----------------------------------------------------------------------
+
+
+def running(workers: Mapping[str, Mapping[str, Any]]) -> tuple[Machine, FakeClock]:
+    m, clock = machine(workers)
+    m.start()
+    for i, name in enumerate(list(m.procs)):
+        up(m, name, 100 + i)
+    return m, clock
+
+
+def back(m: Machine, name: str, pid: int) -> None:
+    """Its old process exits after the drain, and the new one gets ready."""
+    m.exited(name, 0)
+    assert m.procs[name].state is State.STARTING
+    up(m, name, pid)
+
+
+def test_a_rolling_restart_restarts_one_replica_at_a_time() -> None:
+    m, _ = running({"w": {"replicas": 3}})
+    assert m.restart(["w"], rolling=True) == [Note("w.1", "rolling restart: restarting it"),
+                                              Drain("w.1")]
+    assert [p.state for p in m.procs.values()] == [State.STOPPING, State.READY, State.READY]
+    m.exited("w.1", 0)
+    assert m.procs["w.2"].state is State.READY  # not before w.1 is ready again
+    m.spawned("w.1", 201)
+    assert m.ready("w.1") == [Note("w.1", "ready"),
+                              Note("w.2", "rolling restart: restarting it"), Drain("w.2")]
+    back(m, "w.2", 202)
+    assert m.procs["w.3"].state is State.STOPPING
+    back(m, "w.3", 203)
+    assert m.rolls == []
+    assert [p.restarts for p in m.procs.values()] == [1, 1, 1]
+
+
+def test_a_rolling_restart_stops_at_a_replica_that_does_not_come_back() -> None:
+    m, _ = running({"w": {"replicas": 2}})
+    m.restart(["w"], rolling=True)
+    m.exited("w.1", 0)
+    m.spawned("w.1", 201)
+    actions = m.exited("w.1", 1)  # crashed while starting
+    assert Note("w.1", "rolling restart stopped: it is backing off after its restart; "
+                       "the others keep running") in actions
+    assert m.procs["w.2"].state is State.READY and m.rolls == []
+
+
+def test_a_rolling_restart_skips_replicas_stopped_meanwhile() -> None:
+    m, _ = running({"w": {"replicas": 3}})
+    m.restart(["w"], rolling=True)
+    m.stop(["w.2"], hold=True)
+    m.exited("w.2", 0)
+    back(m, "w.1", 201)
+    assert m.procs["w.2"].state is State.STOPPED
+    assert m.procs["w.3"].state is State.STOPPING
+
+
+# -- scale and apply ----------------------------------------------------------------------
+
+
+def test_scale_up_starts_new_replicas_and_keeps_the_others_and_dependents() -> None:
+    m, _ = running({"w": {"replicas": 2}, "api": {"depends_on": ("w",)}})
+    actions = m.scale("w", processes({"w": {"replicas": 3}, "api": {"depends_on": ("w",)}}))
+    assert Spawn("w.3") in actions
+    assert [n for n, p in m.procs.items() if p.state is State.READY] == ["w.1", "w.2", "api"]
+    assert m.procs["api"].spec.depends_on == ("w.1", "w.2", "w.3")
+
+
+def test_scale_down_drains_the_replicas_that_go() -> None:
+    m, _ = running({"w": {"replicas": 3}})
+    actions = m.scale("w", processes({"w": {"replicas": 2}}))
+    assert Drain("w.3") in actions
+    m.exited("w.3", 0)
+    assert list(m.procs) == ["w.1", "w.2"]
+
+
+def test_scale_starts_replicas_stopped_on_request() -> None:
+    m, _ = running({"w": {"replicas": 2}})
+    m.stop(["w"], hold=True)
+    m.exited("w.1", 0)
+    m.exited("w.2", 0)
+    assert m.scale("w", processes({"w": {"replicas": 2}})) == [Spawn("w.1"), Spawn("w.2")]
+
+
+def test_apply_reports_what_it_started_restarted_stopped_and_left_alone() -> None:
+    m, _ = running({"a": {}, "b": {}, "c": {}, "d": {}})
+    m.stop(["d"], hold=True)
+    m.exited("d", 0)
+    edited = processes({"a": {}, "b": {"args": {"x": 1}}, "d": {}, "e": {}})
+    applied, actions = m.apply(edited)
+    assert applied.to_json() == {"started": ["d", "e"], "restarted": ["b"],
+                                 "stopped": ["c"], "unchanged": ["a"]}
+    assert {Spawn("d"), Spawn("e"), Kill("c", SIGTERM), Kill("b", SIGTERM)} <= set(actions)
+    assert m.procs["a"].state is State.READY and m.procs["a"].restarts == 0
+    assert m.procs["b"].state is State.STOPPING and m.procs["b"].restart_when_stopped
+
+
+def test_apply_of_the_same_file_changes_nothing_and_leaves_a_finished_job_alone() -> None:
+    m, _ = machine(JOB_FIRST)
+    m.start()
+    m.spawned("migrate", 1)
+    m.exited("migrate", 0)
+    up(m, "api")
+    applied, actions = m.apply(processes(JOB_FIRST))
+    assert applied.to_json() == {"started": [], "restarted": [], "stopped": [],
+                                 "unchanged": ["migrate", "api"]}
+    assert actions == []
+
+
+def test_apply_starts_a_crashed_worker_again() -> None:
+    m, _ = machine({"w": {"restart": RestartPolicy.NO}})
+    m.start()
+    m.spawned("w", 1)
+    m.exited("w", 1)
+    applied, actions = m.apply(processes({"w": {"restart": RestartPolicy.NO}}))
+    assert applied.started == ("w",) and actions == [Spawn("w")]

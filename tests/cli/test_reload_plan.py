@@ -460,10 +460,12 @@ def test_same_process_compares_everything_but_where_it_sits_in_the_file() -> Non
     assert same_process(old, replace(old, worker=replace(old.worker, line=9)))
     for change in ({"args": {"x": 1}}, {"env": {"V": "1"}}, {"class_path": "app:Other"},
                    {"stop_timeout": 1.0}, {"ready_timeout": 1.0},
-                   {"restart": RestartPolicy.NO}):
+                   {"restart": RestartPolicy.NO}, {"depends_on": ("b",)},
+                   {"max_restarts": 3}):
         assert not same_process(old, replace(old, worker=replace(old.worker, **change))), change
     assert not same_process(old, replace(old, channel=replace(old.channel, channel="x")))
-    assert not same_process(old, replace(old, depends_on=("b",)))
+    # The process names of its dependencies change when they are scaled: not a change.
+    assert same_process(old, replace(old, depends_on=("b.1", "b.2")))
 
 
 def test_update_starts_added_stops_removed_restarts_changed_and_keeps_the_rest() -> None:

@@ -7,6 +7,8 @@ import itertools
 import json
 import os
 import pickle
+import subprocess
+import sys
 import threading
 import time
 import tracemalloc
@@ -27,7 +29,9 @@ from pipecat_workers_cli.topology import (
     load_topology,
     topology_schema,
 )
+from pipecat_workers_cli.topology.errors import TopologyErrors
 from pipecat_workers_cli.topology.fields import WORKER_FIELDS
+from pipecat_workers_cli.topology.model import Condition
 from pipecat_workers_cli.topology.schema import CHANNEL_KEYS, TOP_KEYS, WORKER_KEYS, render_schema
 
 from pipecat_workers.errors import ConfigurationError, WorkersError
@@ -52,13 +56,15 @@ def error(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> Topol
 
 def check(tmp_path: Path, text: str, line: int | None, field: str | None, message: str,
           env: dict[str, str] | None = None) -> None:
-    """The error is exactly ``file:line: field: message``, on one line."""
+    """The first error is exactly ``file:line: field: message``, on one line (others,
+    if any, follow on lines of their own)."""
     err = error(tmp_path, text, env)
     where = f"{tmp_path / 't.yaml'}:{line}" if line is not None else str(tmp_path / "t.yaml")
     expected = ": ".join(p for p in (where, field, message) if p)
     assert (err.line, err.field, err.message) == (line, field, message)
-    assert str(err) == expected
-    assert "\n" not in str(err)
+    assert str(err).splitlines()[0] == expected
+    errors = err.errors if isinstance(err, TopologyErrors) else [err]
+    assert all("\n" not in str(e) for e in errors)
 
 
 # -- what a valid file turns into ---------------------------------------------------------
@@ -191,6 +197,30 @@ def test_integer_keys_are_names(tmp_path: Path) -> None:
     topology = load(tmp_path, "workers:\n  1:\n    class: m:A\n  2:\n    class: m:A\n"
                               "    depends_on: [1]\n")
     assert topology.workers["2"].depends_on == ("1",)
+
+
+def test_depends_on_conditions_and_max_restarts(tmp_path: Path) -> None:
+    topology = load(tmp_path, """\
+workers:
+  db: {class: m:Db, replicas: 2, max_restarts: 5}
+  migrate: {class: m:Migrate, restart: "no", max_restarts: "${N}"}
+  cache: {class: m:Cache}
+  api:
+    class: m:Api
+    depends_on:
+      db: {condition: ready}
+      migrate: {condition: completed}
+      cache:
+""", env={"N": "0"})
+    api = topology.workers["api"]
+    assert api.depends_on == ("db", "migrate", "cache")
+    assert [api.condition(k) for k in api.depends_on] == [
+        Condition.READY, Condition.COMPLETED, Condition.READY]
+    assert (topology.workers["db"].max_restarts, topology.workers["migrate"].max_restarts,
+            api.max_restarts) == (5, 0, None)
+    process = next(p for p in expand(topology) if p.name == "api")
+    assert process.depends_on == ("db.1", "db.2", "migrate", "cache")
+    assert process.completed == {"migrate"}
 
 
 # -- interpolation --------------------------------------------------------------------------
@@ -407,10 +437,21 @@ def test_unusable_documents(tmp_path: Path, text: str, line: int, message: str) 
      "'a' cannot depend on itself"),
     (WORKER + "    depends_on: [b, b]\n  b:\n    class: m:B\n", 4, "workers.a.depends_on",
      "'b' is listed twice"),
-    (WORKER + "    depends_on: {b: 1}\n", 4, "workers.a.depends_on",
-     "expected a worker key or a list of worker keys, got a mapping"),
+    (WORKER + "    depends_on: {b: 1}\n", 4, "workers.a.depends_on.b",
+     "expected a mapping such as {condition: ready}, got 1"),
     (WORKER + "    depends_on:\n", 4, "workers.a.depends_on",
-     "expected a worker key or a list of worker keys, got nothing"),
+     "expected a worker key, a list of worker keys or a mapping of them, got nothing"),
+    (WORKER + "    depends_on:\n      b: {condition: healthy}\n  b:\n    class: m:B\n", 5,
+     "workers.a.depends_on.b.condition", "expected one of ready, completed, got 'healthy'"),
+    (WORKER + "    depends_on:\n      b: {conditon: ready}\n  b:\n    class: m:B\n", 5,
+     "workers.a.depends_on.b.conditon", "unknown key 'conditon' (did you mean 'condition'?)"),
+    (WORKER + "    depends_on:\n      b: {condition: completed}\n  b:\n    class: m:B\n"
+     "    restart: always\n", 5, "workers.a.depends_on.b",
+     "'b' has restart: always, so it never completes; give it restart: on-failure or no"),
+    (WORKER + "    max_restarts: -1\n", 4, "workers.a.max_restarts",
+     "expected an integer >= 0, got -1"),
+    (WORKER + "    max_restarts: many\n", 4, "workers.a.max_restarts",
+     "expected an integer >= 0, got 'many'"),
     (WORKER + "    depends_on:\n      - [b]\n", 5, "workers.a.depends_on",
      "expected a string, got a list"),
 ])
@@ -444,12 +485,53 @@ def test_two_worker_cycle(tmp_path: Path) -> None:
 
 
 def test_first_error_in_file_order(tmp_path: Path) -> None:
-    # Interpolation runs first, but the type error above it is reported.
+    # Interpolation runs first, but the type error above it is reported first.
     text = WORKER + "    replicas: 0\n  b:\n    class: m:B\n    env: {X: '${NOPE}'}\n"
     check(tmp_path, text, 4, "workers.a.replicas", "expected an integer >= 1, got 0")
     # A cross-reference problem above a type error.
     text = WORKER + "    depends_on: c\n  b:\n    class: m:B\n    restart: maybe\n"
     check(tmp_path, text, 4, "workers.a.depends_on", "unknown worker 'c'")
+
+
+def test_every_error_at_once_in_file_order(tmp_path: Path) -> None:
+    text = ("workers:\n  a:\n    class: m:A\n    restart: maybe\n    replicas: 0\n"
+            "  b:\n    class: m:B\n    colour: red\n")
+    err = error(tmp_path, text)
+    file = tmp_path / "t.yaml"
+    assert isinstance(err, TopologyErrors)
+    assert str(err).splitlines() == [
+        f"{file}:4: workers.a.restart: expected one of no, on-failure, always, got 'maybe'",
+        f"{file}:5: workers.a.replicas: expected an integer >= 1, got 0",
+        f"{file}:8: workers.b.colour: unknown key 'colour'",
+    ]
+    assert (err.line, err.field) == (4, "workers.a.restart")  # the first one's
+    copy = pickle.loads(pickle.dumps(err))
+    assert (type(copy), str(copy)) == (TopologyErrors, str(err))
+
+
+@pytest.mark.parametrize("command", [["check"], ["up", "-d"]])
+def test_check_and_up_print_every_error_one_line_each(tmp_path: Path,
+                                                      command: list[str]) -> None:
+    (tmp_path / "t.yaml").write_text(
+        "workers:\n  a:\n    class: m:A\n    restart: maybe\n    replicas: 0\n"
+        "  b:\n    class: m:B\n    colour: red\n")
+    result = subprocess.run([sys.executable, "-m", "pipecat_workers_cli", *command, "t.yaml"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr.splitlines() == [
+        "error: t.yaml:4: workers.a.restart: expected one of no, on-failure, always, got 'maybe'",
+        "error: t.yaml:5: workers.a.replicas: expected an integer >= 1, got 0",
+        "error: t.yaml:8: workers.b.colour: unknown key 'colour'",
+    ]
+
+
+def test_errors_are_bounded(tmp_path: Path) -> None:
+    text = "workers:\n" + "".join(f"  w{i}:\n    class: m:A\n    replicas: 0\n"
+                                   for i in range(25))
+    lines = str(error(tmp_path, text)).splitlines()
+    assert len(lines) == TopologyErrors.MAX_SHOWN + 1
+    assert lines[0].endswith(":4: workers.w0.replicas: expected an integer >= 1, got 0")
+    assert lines[-1] == "... and 5 more"
 
 
 def test_misspelt_required_key_is_reported_once(tmp_path: Path) -> None:
@@ -702,7 +784,10 @@ def _only_one_line_errors(path: Path, data: bytes) -> None:
     try:
         load_topology(path, env={"A": "1", "E": ""})
     except TopologyError as exc:
-        assert "\n" not in str(exc) and len(str(exc)) < 1000, str(exc)
+        errors = exc.errors if isinstance(exc, TopologyErrors) else [exc]
+        assert all(len(str(e).splitlines()) == 1 and len(str(e)) < 1000 for e in errors), (
+            str(exc))
+        assert len(str(exc).splitlines()) == min(len(errors), TopologyErrors.MAX_SHOWN + 1)
 
 
 @settings(max_examples=300, deadline=None, derandomize=True,

@@ -49,7 +49,7 @@ def check(ctx: click.Context, file: str | None, connect: bool) -> None:
     path = file or ctx.obj.get("file")
     if path is None:
         raise CommandError("which topology? `workers check FILE`")
-    topology = load_topology(path)
+    topology = load_topology(path, env_files=ctx.obj.get("env_files"))
     sys.path.insert(0, str(topology.root))
     failures = 0
     for channel in topology.channels.values():
@@ -138,8 +138,9 @@ def call(ctx: click.Context, worker: str, job_name: str | None, payload: str,
          timeout: float, as_json: bool, channel: str | None, url: str | None) -> None:
     """Send a job to WORKER and show its updates, stream and answer.
 
-    Exits 0 when the job completed, 1 when it failed, errored or was cancelled, 124 when no
-    answer came in time.
+    Without --job, it lists the worker's job names (and exits 1), unless the worker takes
+    jobs without a name. Exits 0 when the job completed, 1 when it failed, errored or was
+    cancelled, 124 when no answer came in time.
     """
     try:
         body = json.loads(payload)
@@ -168,6 +169,8 @@ async def _call(where: Where, target: str, job_name: str | None, payload: dict[s
 
         async def call() -> int:
             await _registered(where, caller, run)
+            if job_name is None:
+                await _needs_no_job_name(caller, target)
             return await _request(caller, target, job_name, payload, timeout, as_json)
 
         try:
@@ -218,6 +221,21 @@ async def _registered(where: Where, caller: _Caller, run: asyncio.Future[None]) 
         await asyncio.gather(registered, return_exceptions=True)
     if run.done():
         raise where.cannot_join(run.exception() or "the bus stopped")
+
+
+async def _needs_no_job_name(caller: _Caller, target: str) -> None:
+    """Refuse a call without a job name to a worker that only takes named jobs, listing its
+    names (as its registry entry has them; an older runner does not say, and is asked).
+
+    Raises:
+        CommandError: the worker takes named jobs only.
+    """
+    data = await caller.registry.wait_for(target)
+    if data.jobs is None or data.any_job:
+        return
+    if not data.jobs:
+        raise CommandError(f"{target} has no jobs: it has no @job handler")
+    raise CommandError(f"{target} has jobs: {', '.join(data.jobs)}; pass --job NAME")
 
 
 async def _request(caller: _Caller, target: str, job_name: str | None,

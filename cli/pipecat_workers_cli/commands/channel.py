@@ -182,7 +182,7 @@ def _check_running(project: Project, worker: str) -> None:
 
 
 def show_channel(obj: dict[str, Any], channel: str | None, url: str | None, *,
-                 as_json: bool, wait: float | None) -> None:
+                 as_json: bool, wait: float | None, list_jobs: bool = False) -> None:
     where = locate(obj, channel, url)
     data = asyncio.run(_survey(where, wait))
     if as_json:
@@ -192,6 +192,10 @@ def show_channel(obj: dict[str, Any], channel: str | None, url: str | None, *,
     from pipecat_workers_cli.render.tables import runners_table
 
     table_console().print(runners_table(data))
+    if list_jobs:
+        from pipecat_workers_cli.render.tables import channel_jobs_table
+
+        table_console().print(channel_jobs_table(data))
 
 
 async def _survey(where: Where, wait: float | None) -> dict[str, Any]:
@@ -203,7 +207,8 @@ async def _survey(where: Where, wait: float | None) -> dict[str, Any]:
                 await monitor.wait_for_heartbeats(wait)
                 runners = monitor.runners()
                 registry = monitor.registry
-                workers = [{"name": name, "runner": data.runner}
+                workers = [{"name": name, "runner": data.runner, "jobs": data.jobs,
+                            "any_job": data.any_job}
                            for name in sorted(registry.remote_workers)
                            if (data := registry.get(name)) is not None]
         except (WorkersError, OSError) as exc:

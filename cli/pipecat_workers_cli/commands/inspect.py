@@ -11,17 +11,18 @@ from typing import TYPE_CHECKING
 import click
 
 from pipecat_workers_cli.errors import CommandError, SeveralProjects
+from pipecat_workers_cli.logs.news import NEWS, as_shown, file_stem
 from pipecat_workers_cli.logs.reader import follow, merge, read_records
 from pipecat_workers_cli.logs.timespec import parse_since
 from pipecat_workers_cli.project import Project, find_project
-from pipecat_workers_cli.states import ENDED
+from pipecat_workers_cli.states import ENDED, GONE
 from pipecat_workers_cli.supervisor.statedir import state_errors
 from pipecat_workers_cli.supervisor.status import ProjectStatus
 
 if TYPE_CHECKING:
     from pipecat_workers_cli.render.plain import PlainRenderer
 
-_STALE = "supervisor not answering; showing its last recorded state"
+STALE = "supervisor not answering; showing its last recorded state"
 _ANSWER_WITHIN = 3.0  # seconds: a supervisor that takes longer is stuck, its data stale
 
 
@@ -34,14 +35,17 @@ _ANSWER_WITHIN = 3.0  # seconds: a supervisor that takes longer is stuck, its da
               "postgresql://...).")
 @click.option("--wait", type=float, default=None, help="With --channel: seconds to listen "
               "(default: one and a half heartbeat intervals).")
+@click.option("--jobs", "list_jobs", is_flag=True, help="Also list the job names each worker "
+              "takes (its @job handlers), as `workers call --job` wants them.")
 @click.pass_context
 def ps(ctx: click.Context, as_json: bool, channel: str | None, url: str | None,
-       wait: float | None) -> None:
-    """Show the project's workers: state, pid, uptime, restarts, jobs, and the bus view."""
+       wait: float | None, list_jobs: bool) -> None:
+    """Show the project's workers: state, pid, uptime, restarts, CPU, memory, jobs, the bus
+    view, and the reason each is where it is."""
     if channel is not None or url is not None:
         from pipecat_workers_cli.commands.channel import show_channel
 
-        show_channel(ctx.obj, channel, url, as_json=as_json, wait=wait)
+        show_channel(ctx.obj, channel, url, as_json=as_json, wait=wait, list_jobs=list_jobs)
         return
     try:
         project = find_project(ctx.obj.get("file"), ctx.obj.get("project"))
@@ -51,24 +55,28 @@ def ps(ctx: click.Context, as_json: bool, channel: str | None, url: str | None,
         click.echo(f"no project is running here ({', '.join(none_running.names)}); "
                    "`workers -p NAME ps` shows one's last state")
         return
-    status, stale = _status(project)
+    status, stale = current_status(project)
     if as_json:
         click.echo(json.dumps({**status.to_json(), "stale": stale}, indent=2))
         return
     from pipecat_workers_cli.render import table_console
-    from pipecat_workers_cli.render.tables import channel_table, project_table
+    from pipecat_workers_cli.render.tables import NARROW, channel_table, project_table
 
     console = table_console()
-    console.print(project_table(status))
+    console.print(project_table(status, narrow=console.width < NARROW))
+    if list_jobs:
+        from pipecat_workers_cli.render.tables import jobs_table
+
+        console.print(jobs_table(status))
     for view in status.channels:
         console.print(channel_table(view))
     if status.running:
         console.print(status.template.describe(), style="dim", highlight=False)
     if stale:
-        console.print(f"{_STALE} (supervisor pid {status.supervisor_pid})", style="yellow")
+        console.print(f"{STALE} (supervisor pid {status.supervisor_pid})", style="yellow")
 
 
-def _status(project: Project) -> tuple[ProjectStatus, bool]:
+def current_status(project: Project) -> tuple[ProjectStatus, bool]:
     """Live from the supervisor, or the last state it recorded; and whether that is stale:
     recorded by a supervisor that still holds the lock but does not answer."""
     alive = project.state.supervisor_alive()
@@ -90,8 +98,9 @@ def _status(project: Project) -> tuple[ProjectStatus, bool]:
     for worker in status.workers:
         worker.jobs, worker.registered = {}, False
         if worker.state not in ENDED:
-            worker.state, worker.reason = "gone", "supervisor not running"
-            worker.pid = worker.uptime = None
+            worker.state, worker.reason = GONE, "supervisor not running"
+            worker.pid = worker.uptime = worker.retry_in = None
+            worker.cpu_percent = worker.rss_bytes = None
     return status, False
 
 
@@ -107,16 +116,11 @@ def _status(project: Project) -> tuple[ProjectStatus, bool]:
 @click.pass_context
 def logs(ctx: click.Context, workers: tuple[str, ...], follow_: bool, tail: int | None,
          since: str | None, timestamps: bool) -> None:
-    """Show the output of WORKERS (all if none), merged in time order."""
+    """Show the output of WORKERS (all if none), merged in time order, with the supervisor's
+    own news as the `workers` stream (`workers logs workers` shows it alone)."""
     project = find_project(ctx.obj.get("file"), ctx.obj.get("project"))
     logs_dir = project.state.logs_dir
-    known = _known_workers(project)
-    names = list(workers) or known
-    replicas = {w: [k for k in known if k == w or k.startswith(f"{w}.")] for w in names}
-    if unknown := [w for w, found in replicas.items() if not found]:
-        raise CommandError(f"no worker named {', '.join(map(repr, unknown))} in project "
-                           f"'{project.name}' (it has {', '.join(known) or 'none'})")
-    chosen = [n for found in replicas.values() for n in found]
+    chosen = _chosen(project, workers)
     try:
         start = parse_since(since, datetime.now(UTC)) if since else None
     except ValueError as exc:
@@ -126,9 +130,9 @@ def logs(ctx: click.Context, workers: tuple[str, ...], follow_: bool, tail: int 
     renderer = PlainRenderer(chosen, timestamps=timestamps)
     with state_errors():
         if not follow_:
-            for record in merge([read_records(logs_dir, n, since=start, tail=tail)
+            for record in merge([read_records(logs_dir, file_stem(n), since=start, tail=tail)
                                  for n in chosen]):
-                renderer.record(record)
+                renderer.record(as_shown(record))
             return
         try:
             asyncio.run(_follow(project, chosen, start, tail, renderer))
@@ -149,12 +153,28 @@ async def _follow(project: Project, names: list[str], since: datetime | None,
 
     watcher = asyncio.get_running_loop().create_task(watch_supervisor())
     try:
-        async for record in follow(project.state.logs_dir, names, since=since, tail=tail,
-                                   stop=stop):
-            renderer.record(record)
+        async for record in follow(project.state.logs_dir, [file_stem(n) for n in names],
+                                   since=since, tail=tail, stop=stop):
+            renderer.record(as_shown(record))
     finally:
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
+
+
+def _chosen(project: Project, workers: tuple[str, ...]) -> list[str]:
+    """The logs to show: every worker's and the news, or those named (a worker's key names
+    all its replicas; ``workers`` names the news, unless a worker has that name)."""
+    known = _known_workers(project)
+    if not workers:
+        return [*known, NEWS]
+    replicas = {w: [k for k in known if k == w or k.startswith(f"{w}.")] for w in workers}
+    if NEWS in replicas and not replicas[NEWS]:
+        replicas[NEWS] = [NEWS]
+    if unknown := [w for w, found in replicas.items() if not found]:
+        raise CommandError(f"no worker named {', '.join(map(repr, unknown))} in project "
+                           f"'{project.name}' (it has {', '.join(known) or 'none'}; "
+                           f"`{NEWS}` is the supervisor's news)")
+    return [n for found in replicas.values() for n in found]
 
 
 def _known_workers(project: Project) -> list[str]:
@@ -165,4 +185,5 @@ def _known_workers(project: Project) -> list[str]:
         from pipecat_workers_cli.topology import expand
 
         return [p.name for p in expand(project.topology)]
-    return sorted(p.name.removesuffix(".log") for p in project.state.logs_dir.glob("*.log"))
+    return sorted(p.name.removesuffix(".log") for p in project.state.logs_dir.glob("*.log")
+                  if not p.name.startswith("_"))  # "_workers.log" holds the news

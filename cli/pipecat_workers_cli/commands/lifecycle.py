@@ -125,20 +125,31 @@ def start(ctx: click.Context, workers: tuple[str, ...], timeout: float) -> None:
 
 @click.command()
 @click.argument("workers", nargs=-1)
+@click.option("--rolling", is_flag=True, help="One process at a time, each ready again "
+              "before the next: a replicated worker keeps serving. Running ones only.")
 @_timeout
 @click.pass_context
-def restart(ctx: click.Context, workers: tuple[str, ...], timeout: float) -> None:
+def restart(ctx: click.Context, workers: tuple[str, ...], rolling: bool, timeout: float
+            ) -> None:
     """Restart WORKERS (all if none) and wait until they are ready again."""
     project = _project(ctx)
-    before = {w.name: w.restarts for w in status_of(project).workers}
-    _ask(project, {"cmd": "restart", "workers": list(workers)})
+    before = {w.name: w for w in status_of(project).workers}
+    _ask(project, {"cmd": "restart", "workers": list(workers), "rolling": rolling})
     deadline = time.monotonic() + timeout
     # First see the restart happen, then wait for readiness.
     while True:
         chosen = select(status_of(project).workers, workers)
-        if all(w.restarts > before.get(w.name, 0) for w in chosen):
+        if rolling:  # stopped ones are left alone; one that fails ends the roll
+            chosen = [w for w in chosen if w.name in before
+                      and before[w.name].state not in ENDED]
+            if failed := [w for w in chosen if w.state in FAILING]:
+                raise CommandError("rolling restart stopped: "
+                                   + "; ".join(worker_line(w) for w in failed))
+        if all(w.restarts > before[w.name].restarts if w.name in before else True
+               for w in chosen):
             break
         if time.monotonic() > deadline:
             raise CommandError(f"timed out after {timeout:g} s waiting for the restart")
         time.sleep(_POLL)
-    _report(_wait(project, list(workers), _STARTED, max(0.0, deadline - time.monotonic())))
+    _report(_wait(project, [w.name for w in chosen] if rolling else list(workers), _STARTED,
+                  max(0.0, deadline - time.monotonic())))

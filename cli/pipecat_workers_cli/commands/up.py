@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 _DAEMON_FLAG = "--supervise-detached"
 NO_FORK_ENV = "WORKERS_NO_FORK"
 _POLL = 0.005  # seconds between looks at the state file while waiting
+_APPLY_POLL = 0.05  # seconds between status requests to a running supervisor
 
 
 @click.command()
@@ -56,22 +57,33 @@ def up(ctx: click.Context, args: tuple[str, ...], detach: bool, no_ui: bool, rel
        timeout: float, no_fork: bool, daemon: bool) -> None:
     """Start the workers of FILE (or only WORKER... and what they depend on).
 
+    With -d on a project that runs already, apply FILE to it: start new workers, restart
+    changed ones, stop removed ones, and leave the rest running.
+
     In a terminal it shows a live view; otherwise each worker's output, prefixed with its
     name. Ctrl-C stops every worker (drain, then SIGTERM, then SIGKILL); a second Ctrl-C
     kills them at once. Exits with 0 when every worker ended well, else with the code of
     the first that failed.
     """
     file, names = _split(ctx.obj.get("file"), args)
-    topology = load_topology(file)
+    topology = load_topology(file, env_files=ctx.obj.get("env_files"))
     state = StateDir.of(topology.root, topology.name)
-    if state.supervisor_alive():
-        how = command_for(topology)
-        raise CommandError(f"project '{topology.name}' is already running; "
-                           f"`{how} ps` shows it, `{how} down` stops it")
     if wrong := topology.unknown_workers(names):
         raise CommandError(wrong)
     if not daemon:
-        preflight_or_exit(topology)  # check's findings first: nothing starts
+        preflight_or_exit(topology)  # check's findings first: nothing starts (or changes)
+    if state.supervisor_alive() and not daemon:
+        how = command_for(topology)
+        if not detach:
+            raise CommandError(f"project '{topology.name}' is already running; `{how} up -d "
+                               f"{file}` applies the file to it, `{how} logs -f` follows it, "
+                               f"`{how} down` stops it")
+        if reload or no_fork:
+            click.echo("note: --reload and --no-fork take effect on the next `up` after "
+                       f"`{how} down`", err=True)
+        sys.exit(_apply_to_running(topology, state, names, timeout))
+    if state.supervisor_alive():
+        raise CommandError(f"project '{topology.name}' is already running")
     off = _no_fork(no_fork)
     if detach:
         sys.exit(_detach(topology, state, names, timeout, reload=reload, no_fork=off))
@@ -88,6 +100,52 @@ def up(ctx: click.Context, args: tuple[str, ...], detach: bool, no_ui: bool, rel
 
         renderer = PlainRenderer([p.name for p in expand(topology)])
     sys.exit(_supervise(topology, renderer, names, reload=reload, no_fork=off))
+
+
+def _apply_to_running(topology: Topology, state: StateDir, names: list[str], timeout: float
+                      ) -> int:
+    """``up -d`` on a running project: its supervisor loads FILE (interpolated with this
+    command's environment) and runs the difference; wait as a first ``up -d`` does, then say
+    what changed."""
+    import asyncio
+
+    from pipecat_workers_cli.supervisor.control import request
+
+    socket = state.socket_from_state("control")
+    applied = asyncio.run(request(socket, {
+        "cmd": "apply", "file": str(topology.path), "env": dict(os.environ),
+        "env_files": list(topology.env_files) if topology.env_files else None,
+        "workers": names}))
+    changes: dict[str, list[str]] = applied["applied"]
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            answer = asyncio.run(request(socket, {"cmd": "status"}))
+            status = ProjectStatus.from_json(answer["status"])
+            ok = _verdict(status, partial=bool(names))
+            if ok is not None or time.monotonic() > deadline:
+                break
+            time.sleep(_APPLY_POLL)
+    except KeyboardInterrupt:
+        click.echo(f"\nstopped waiting; the changes go on in the background: "
+                   f"`{command_for(topology)} ps` shows them", err=True)
+        return 130
+    shown = {w.name: w for w in status.workers}
+    for verb in ("started", "restarted"):
+        for name in changes[verb]:
+            click.echo(f"{verb} {worker_line(shown[name]) if name in shown else name}")
+    for name in changes["stopped"]:
+        click.echo(f"stopped {name}")
+    if unchanged := len(changes["unchanged"]):
+        click.echo(f"unchanged: {unchanged} worker{'' if unchanged == 1 else 's'}")
+    if ok is None:
+        raise CommandError(f"not every worker was ready within {timeout:g} s; "
+                           f"`{command_for(topology)} ps` shows where they are")
+    moved = {n for verb in ("started", "restarted") for n in changes[verb]}
+    for worker in status.workers:
+        if not ok and worker.state in FAILING and worker.name not in moved:
+            click.echo(worker_line(worker))
+    return 0 if ok else 1
 
 
 class _Shown(Protocol):
@@ -255,7 +313,8 @@ def _spawn_supervisor(topology: Topology, state: StateDir, names: list[str], *,
             state.state_file.unlink()  # so that waiting never reads the previous run's
         start = log.tell()  # before the child writes: it shares this file offset
         child = subprocess.Popen(
-            [sys.executable, "-P", "-m", "pipecat_workers_cli", "-f", str(topology.path), "up",
+            [sys.executable, "-P", "-m", "pipecat_workers_cli", "-f", str(topology.path),
+             *(a for f in topology.env_files or () for a in ("--env-file", f)), "up",
              _DAEMON_FLAG,
              *(["--reload"] if reload else []),
              *(["--no-fork"] if no_fork == "--no-fork" else []), *names],

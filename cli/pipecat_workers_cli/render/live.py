@@ -1,8 +1,13 @@
 """The live view of ``workers up`` in a terminal: a table of workers over a feed of events.
 
-The table shows each worker's state, pid, uptime, restarts and jobs; the feed shows the
-latest lines (supervisor notes and worker output), newest last. Rich redraws a few times a
-second; the renderer only keeps the data. Times show in local time.
+The table shows each worker's state, pid, uptime, restarts, CPU, memory, jobs and why it is
+where it is; the feed shows the latest lines (supervisor notes and worker output), newest
+last. Rich redraws a few times a second; the renderer only keeps the data. Times show in
+local time.
+
+Everything fits the terminal: one line per worker and per feed line (long cells end in
+"..."), and no more rows than the terminal has (the table ends with "... N more" when some
+workers do not fit; the feed keeps a few lines whatever happens).
 """
 
 from __future__ import annotations
@@ -18,11 +23,36 @@ from rich.text import Text
 from pipecat_workers_cli.logs.reader import LogRecord
 from pipecat_workers_cli.project import command_for
 from pipecat_workers_cli.render.plain import Colours
-from pipecat_workers_cli.render.tables import channel_table, project_table
-from pipecat_workers_cli.supervisor.status import ProjectStatus
+from pipecat_workers_cli.render.tables import NARROW, channel_table, project_table
+from pipecat_workers_cli.supervisor.status import ProjectStatus, WorkerStatus
 from pipecat_workers_cli.topology import Topology, expand
 
 _FEED = 12
+_FEED_KEPT = 3  # feed lines shown even when workers do not all fit
+# A worker's own notes on an exit, which the `workers` stream sums up in one line
+# ("crasher: exit code 3; restarting in 1.2 s (attempt 3)"); its log keeps them.
+_SAID_BY_THE_NEWS = ("exited with ", "restarting in ")
+
+
+def fit_workers(workers: list[WorkerStatus], rows: int) -> tuple[list[WorkerStatus], int]:
+    """The workers that fit in ``rows`` table rows, and how many are left out (then the
+    last row says "... N more")."""
+    if len(workers) <= rows:
+        return workers, 0
+    shown = max(rows - 1, 0)
+    return workers[:shown], len(workers) - shown
+
+
+def status_view(status: ProjectStatus, width: int, height: int,
+                below: int = 0) -> tuple[list[object], int]:
+    """The project table and channel lines for a screen of ``width`` x ``height``, leaving
+    at least ``below`` lines for what comes after; and the lines they take."""
+    fixed = 2 + len(status.channels)  # the table's title and header, a line per channel
+    shown, more = fit_workers(status.workers, height - fixed - below)
+    parts: list[object] = [project_table(status, workers=shown, more=more, ellipsize=True,
+                                         narrow=width < NARROW)]
+    parts.extend(channel_table(c, ellipsize=True) for c in status.channels)
+    return parts, fixed + len(shown) + (1 if more else 0)
 
 
 class LiveRenderer:
@@ -51,29 +81,40 @@ class LiveRenderer:
                                  style="dim"))
 
     def record(self, record: LogRecord) -> None:
+        if record.stream == "sup" and record.text.startswith(_SAID_BY_THE_NEWS):
+            return  # the feed is short: the `workers` stream's one line says it
         self._feed.append(record)
 
     def status(self, status: ProjectStatus) -> None:
         self._status = status
 
     def _render(self) -> Group:
+        width, height = self._console.size
+        height -= 1  # the line the cursor waits on
+        hint = 0 if self._over else 1
+        feed_records = list(self._feed)  # one copy: rich draws from its own thread
         parts: list[object] = []
         if self._status is None:
             parts.append(Text(f"starting {self._topology.name}...", style="dim"))
+            used = 1
         else:
             status = self._status
             if self._over and status.running:
                 status = dataclasses.replace(status, running=False)
-            parts.append(project_table(status))
-            parts.extend(channel_table(c) for c in self._status.channels)
-        feed = Text()
-        for record in list(self._feed):  # one copy: rich draws from its own thread
+            kept = min(len(feed_records), _FEED_KEPT) + 2  # the feed's lines and borders
+            table, used = status_view(status, width, height, below=kept + hint)
+            parts.extend(table)
+        room = max(height - used - hint - 2, min(len(feed_records), _FEED_KEPT))
+        feed = Text(no_wrap=True, overflow="ellipsis")
+        for record in feed_records[-room:] if room > 0 else []:
             feed.append(f"{record.time.astimezone():%H:%M:%S} ", style="dim")
             feed.append(f"{record.worker:<{self._width}} ", style=self._colours(record.worker))
             style = "dim italic" if record.stream in ("sup", "news") else (
                 "red" if record.stream == "err" else "")
-            feed.append(record.text[:200] + "\n", style=style)
+            feed.append(record.text[:500].replace("\n", " ") + "\n", style=style)
+        feed.rstrip()
         parts.append(Panel(feed, title="events", title_align="left", border_style="dim"))
-        if not self._over:
-            parts.append(Text("Ctrl-C stops every worker; twice kills them", style="dim"))
+        if hint:
+            parts.append(Text("Ctrl-C stops every worker; twice kills them", style="dim",
+                              no_wrap=True, overflow="ellipsis"))
         return Group(*parts)  # type: ignore[arg-type]

@@ -1,7 +1,10 @@
 """The supervisor's control socket: one JSON request per line, one JSON answer per line.
 
-Requests are ``{"cmd": "status" | "start" | "stop" | "restart" | "down", "workers": [...]}``;
-answers are ``{"ok": true, ...}`` or ``{"ok": false, "error": "one line"}``. The socket is
+Requests are ``{"cmd": "status" | "start" | "stop" | "restart" | "down", "workers": [...]}``,
+with ``"rolling": true`` for a restart one process at a time; ``{"cmd": "scale", "replicas":
+{"key": N}}``; and ``{"cmd": "apply", "file": "...", "env": {...}}``, an ``up`` on the running
+project, answered with what it started, restarted and stopped (``"applied"``). Answers are
+``{"ok": true, ...}`` or ``{"ok": false, "error": "one line"}``. The socket is
 created with mode 0600: only its owner may drive the project.
 """
 

@@ -16,7 +16,7 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,6 +25,7 @@ from pipecat_workers.bus import BusHub
 from pipecat_workers.errors import WorkersError
 from pipecat_workers_cli.errors import CommandError
 from pipecat_workers_cli.host import HostSpec
+from pipecat_workers_cli.logs.news import NEWS, as_shown, news_writer
 from pipecat_workers_cli.logs.reader import LogRecord
 from pipecat_workers_cli.logs.writer import LogWriter
 from pipecat_workers_cli.supervisor.control import ControlServer
@@ -35,8 +36,8 @@ from pipecat_workers_cli.supervisor.machine import (
     Machine,
     Note,
     Spawn,
+    State,
     Timing,
-    describe_exit,
 )
 from pipecat_workers_cli.supervisor.monitors import Monitors
 from pipecat_workers_cli.supervisor.process import (
@@ -54,12 +55,21 @@ from pipecat_workers_cli.supervisor.reload import (
     reload_topology,
     shown,
 )
-from pipecat_workers_cli.supervisor.report import FeedHandler, job_news, project_status
+from pipecat_workers_cli.supervisor.report import (
+    FeedHandler,
+    exit_news,
+    exit_reason,
+    is_news,
+    job_news,
+    project_status,
+)
 from pipecat_workers_cli.supervisor.statedir import StateDir
 from pipecat_workers_cli.supervisor.status import ProjectStatus
 from pipecat_workers_cli.supervisor.template import ForkUnavailable, Template
+from pipecat_workers_cli.supervisor.usage import UsageSampler
 from pipecat_workers_cli.topology.hints import channel_hint
-from pipecat_workers_cli.topology.model import Topology, expand
+from pipecat_workers_cli.topology.model import ProcessSpec, Topology, expand
+from pipecat_workers_cli.topology.schema import MAX_REPLICAS
 
 logger = logging.getLogger("pipecat_workers_cli.supervisor")
 
@@ -119,6 +129,9 @@ class Supervisor:
         self._renderer = renderer
         self._only = list(only) if only else None
         self._env = dict(os.environ if env is None else env)
+        # What the topology file was last interpolated with: the environment of the
+        # `up -d` that applied it, kept for later edits under --reload (None: ours).
+        self._file_env: dict[str, str] | None = None
         self._clock = clock
         self._machine = Machine(expand(topology), clock, rng,
                                 timing or Timing(), reload=reload)
@@ -133,6 +146,9 @@ class Supervisor:
         self._jobs_seen: dict[str, dict[str, int]] = {}
         self._processes: dict[str, WorkerProcess] = {}
         self._writers: dict[str, LogWriter] = {}
+        self._news: LogWriter | None = None  # the `workers` stream: the supervisor's news
+        self._last_exits: dict[str, str] = {}
+        self._usage = UsageSampler(clock)
         self._hub: BusHub | None = None
         self._control: ControlServer | None = None
         self._monitors: Monitors | None = None
@@ -153,6 +169,7 @@ class Supervisor:
         if self._only and (wrong := self._topology.unknown_workers(self._only)):
             raise CommandError(wrong)
         lock = self._state.lock()
+        self._record_topology()
         loop = asyncio.get_running_loop()
         installed = self._install_signals(loop)
         root, handlers = logging.getLogger(), logging.getLogger().handlers[:]
@@ -208,8 +225,12 @@ class Supervisor:
         if self._hub is not None:
             await self._hub.stop()
         self._write_state(running=False)
+        with contextlib.suppress(OSError):
+            self._state.forget_topology()
         for writer in self._writers.values():
             writer.close()
+        if self._news is not None:
+            self._news.close()
 
     def _hub_path(self) -> str | None:
         return str(self._hub.path) if self._hub is not None else None
@@ -278,9 +299,17 @@ class Supervisor:
                 self._background(process.close())
                 last = self._last_err.pop(event.name, "")
                 proc = machine.procs[event.name]
-                if event.code != 0 and not proc.reason:
-                    proc.reason = describe_exit(event.code) + (f": {last}" if last else "")
-                self._perform(machine.exited(event.name, event.code))
+                reason = exit_reason(event.code, proc.reason or last)
+                self._last_exits[event.name] = reason
+                if event.code != 0 and not proc.reason:  # what the host said is clearer
+                    proc.reason = reason
+                # News: an exit nobody asked for that failed, or that is restarted.
+                asked = not proc.wanted or proc.restart_when_stopped
+                actions = machine.exited(event.name, event.code)
+                if not asked and (event.code != 0 or proc.state is State.BACKOFF):
+                    self._news_line(exit_news(proc, reason, [
+                        a.text for a in actions if isinstance(a, Note) and a.name == proc.name]))
+                self._perform(actions, news=False)
         elif isinstance(event, _Request):
             self._answer(event)
         elif isinstance(event, _Signal):
@@ -288,7 +317,9 @@ class Supervisor:
         elif isinstance(event, _Changed):
             self._on_changes(event.paths)
 
-    def _perform(self, actions: list[Action]) -> None:
+    def _perform(self, actions: list[Action], *, news: bool = True) -> None:
+        """Carry out the machine's actions; its notes that matter go to the ``workers``
+        stream too, unless the caller says them there itself (``news=False``)."""
         for action in actions:
             if isinstance(action, Spawn):
                 self._background(self._spawn(action.name))
@@ -300,6 +331,8 @@ class Supervisor:
                     process.signal(action.sig)
             elif isinstance(action, Note):
                 self._log(action.name, "sup", action.text)
+                if news and is_news(action.text):
+                    self._news_line(f"{action.name}: {action.text}")
         if actions:
             self._dirty = True
 
@@ -350,13 +383,16 @@ class Supervisor:
         """The project as of now, joined with what the bus monitors see."""
         views = self._monitors.views() if self._monitors is not None else {}
         status = project_status(self._topology, self._machine, views, self._runners,
-                                now=self._clock(), running=running)
+                                now=self._clock(), running=running,
+                                last_exits=self._last_exits, usage=self._usage.usage)
         status.template = self._template.describe()
         return status
 
     def _publish_status(self) -> None:
         """Tell the renderer; rewrite the state file when a process changed state (so
         ``up -d`` and ``ps`` see a worker ready as soon as it is)."""
+        self._usage.sample({p.name: p.pid for p in self._machine.procs.values()
+                            if p.pid is not None})
         status = self.status()
         for name, text in job_news(self._jobs_seen, status):  # the feed's, not the log's
             self._renderer.record(LogRecord(time=datetime.now(UTC), worker=name,
@@ -374,8 +410,17 @@ class Supervisor:
         data = status.to_json()
         data["sockets"] = {"control": str(self._state.socket_path("control")),
                            "hub": self._hub_path()}
+        data["env_files"] = list(self._topology.env_files or ())  # for commands after `down`
         with contextlib.suppress(OSError):
             self._state.write_state(data)
+
+    def _record_topology(self) -> None:
+        """What ``call``, ``tail`` and ``ps --channel`` go by: this topology as resolved
+        here, not as their own environment would resolve the file."""
+        from pipecat_workers_cli.topology.record import topology_record
+
+        with contextlib.suppress(OSError):
+            self._state.write_topology(topology_record(self._topology))
 
     # -- control and signals ----------------------------------------------------------
 
@@ -396,10 +441,12 @@ class Supervisor:
                                        "worker names"})
             return
         try:
-            if names and (unknown := machine.unknown(names)):
+            if cmd == "apply":  # names are those of the file it applies
+                result: dict[str, Any] = {"applied": self._apply_file(payload, names)}
+            elif names and (unknown := machine.unknown(names)):
                 raise CommandError(f"no worker named {', '.join(map(repr, unknown))}")
-            if cmd == "status":
-                result: dict[str, Any] = {"status": self.status().to_json()}
+            elif cmd == "status":
+                result = {"status": self.status().to_json()}
             elif cmd in ("stop", "down"):
                 self._stopping = self._stopping or cmd == "down"
                 self._perform(machine.stop(names if cmd == "stop" else None,
@@ -409,7 +456,11 @@ class Supervisor:
                 self._perform(machine.start(names))
                 result = {}
             elif cmd == "restart":
-                self._perform(machine.restart(names or list(machine.procs)))
+                self._perform(machine.restart(names or list(machine.procs),
+                                              rolling=payload.get("rolling") is True))
+                result = {}
+            elif cmd == "scale":
+                self._scale(payload.get("replicas"))
                 result = {}
             else:
                 raise CommandError(f"unknown command {cmd!r}")
@@ -417,6 +468,57 @@ class Supervisor:
             request.answer.set_result({"ok": False, "error": str(exc)})
             return
         request.answer.set_result({"ok": True, **result})
+
+    def _apply_file(self, payload: dict[str, Any], names: list[str] | None
+                    ) -> dict[str, list[str]]:
+        """``up`` on the running project: load the file it names with its environment and
+        run the difference. A file with an error changes nothing."""
+        file, env, env_files = payload.get("file"), payload.get("env"), payload.get("env_files")
+        if not isinstance(file, str) or not (env is None or (isinstance(env, dict) and all(
+                isinstance(k, str) and isinstance(v, str) for k, v in env.items()))) or not (
+                env_files is None or (isinstance(env_files, list)
+                                      and all(isinstance(f, str) for f in env_files))):
+            raise CommandError("apply: expected a file name, an environment and env files")
+        if self._stopping:
+            raise CommandError("the project is stopping")
+        try:
+            # `()`, not None, without --env-file: the caller's default (.env), not ours.
+            topology = reload_topology(self._topology, Path(file), env,
+                                       env_files=env_files or ())
+        except WorkersError as exc:
+            raise CommandError(str(exc)) from None
+        if names and (wrong := topology.unknown_workers(names)):
+            raise CommandError(wrong)
+        self._file_env = env
+        self._project_note(f"applying {topology.path.name}")
+        applied, actions = self._machine.apply(self._use(topology), names)
+        self._perform(actions)
+        return applied.to_json()
+
+    def _scale(self, counts: object) -> None:
+        """Run this many replicas of these worker keys until the topology is next applied;
+        0 stops them all."""
+        if not (isinstance(counts, dict) and counts and all(
+                isinstance(k, str) and isinstance(n, int) for k, n in counts.items())):
+            raise CommandError("scale: expected worker keys and replica counts")
+        if self._stopping:
+            raise CommandError("the project is stopping")
+        for key, count in counts.items():
+            if key not in self._topology.workers:
+                raise CommandError(f"no worker key {key!r} in {self._topology.path.name} (it "
+                                   f"has {', '.join(self._topology.workers)})")
+            if not 0 <= count <= MAX_REPLICAS:
+                raise CommandError(f"{key}: expected 0 to {MAX_REPLICAS} replicas, got {count}")
+        for key, count in counts.items():
+            self._project_note(f"scaling {key} to {count} until the topology is next applied")
+            if count == 0:
+                self._perform(self._machine.stop([key], hold=True))
+                continue
+            workers = {**self._topology.workers,
+                       key: replace(self._topology.workers[key], replicas=count)}
+            self._topology = replace(self._topology, workers=workers)
+            self._record_topology()
+            self._perform(self._machine.scale(key, expand(self._topology)))
 
     def _on_signal(self, sig: int) -> None:
         self._stopping = True
@@ -454,17 +556,22 @@ class Supervisor:
     def _apply_topology(self) -> None:
         """Run the edited topology's difference; a broken edit changes nothing."""
         try:
-            topology = reload_topology(self._topology)
+            topology = reload_topology(self._topology, env=self._file_env)
         except WorkersError as exc:
-            self._project_note(f"topology not applied: {exc}")
+            # Several errors are a line each: one note keeps them together.
+            self._project_note(f"topology not applied: {'; '.join(str(exc).splitlines())}")
             return
-        specs = expand(topology)
+        self._project_note(f"applying the edited {topology.path.name}")
+        self._perform(self._machine.update(self._use(topology)))
+
+    def _use(self, topology: Topology) -> list[ProcessSpec]:
+        """Make ``topology`` the project's from now on; its processes."""
         if topology.channels != self._topology.channels:
             self._background(self._rewatch(topology))
         self._template.update(topology)
         self._topology = topology
-        self._project_note(f"applying the edited {topology.path.name}")
-        self._perform(self._machine.update(specs))
+        self._record_topology()
+        return expand(topology)
 
     async def _rewatch(self, topology: Topology) -> None:
         """Channels changed: host the hub if one is new, and watch the new channels."""
@@ -481,9 +588,19 @@ class Supervisor:
             await old.stop()
 
     def _project_note(self, text: str) -> None:
-        """A line about the whole project, for the renderer."""
-        self._renderer.record(LogRecord(time=datetime.now(UTC), worker="workers",
-                                        stream="sup", text=text))
+        """A line about the whole project, for the ``workers`` stream."""
+        self._news_line(text)
+
+    def _news_line(self, text: str) -> None:
+        """A line of the supervisor's own news: its log (``workers logs workers``) and the
+        renderer."""
+        if self._news is None:
+            self._news = news_writer(self._state.logs_dir)
+        try:
+            record = as_shown(self._news.write("sup", text))
+        except ValueError:  # closed: a last word while the supervisor ends
+            record = LogRecord(time=datetime.now(UTC), worker=NEWS, stream="sup", text=text)
+        self._renderer.record(record)
 
     def _install_signals(self, loop: asyncio.AbstractEventLoop) -> list[int]:
         installed: list[int] = []

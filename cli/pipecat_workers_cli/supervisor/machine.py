@@ -17,6 +17,7 @@ from pipecat_workers_cli.supervisor.model import (
     ALIVE,
     FINAL,
     Action,
+    Applied,
     Drain,
     Kill,
     Note,
@@ -36,6 +37,15 @@ __all__ = ["ALIVE", "FINAL", "Action", "Drain", "Kill", "Machine", "Note", "Proc
 
 
 @dataclass(slots=True)
+class _Roll:
+    """A rolling restart: one process at a time, each ready again before the next."""
+
+    pending: list[str]
+    current: str | None = None
+    mark: int = 0  # the current one's restart count before its restart
+
+
+@dataclass(slots=True)
 class Machine:
     """The state of every process of a project, and the policy that moves it."""
 
@@ -45,6 +55,7 @@ class Machine:
     timing: Timing = field(default_factory=Timing)
     reload: bool = False   # a crashed worker waits for a change instead of restarting
     procs: dict[str, Proc] = field(init=False)
+    rolls: list[_Roll] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
         self.procs = {spec.name: Proc(spec, wanted=False, state=State.STOPPED)
@@ -53,14 +64,27 @@ class Machine:
     # -- requests ---------------------------------------------------------------------
 
     def start(self, names: Iterable[str] | None = None) -> list[Action]:
-        """Run these processes (all by default), their dependencies first."""
+        """Run these processes (all by default), their dependencies first.
+
+        A dependency that already ended well (a one-shot job) is not run again for it.
+        """
+        named = None if names is None else {p.name for p in self._select(names)}
         for proc in self._select(names, with_dependencies=True):
-            proc.wanted, proc.held = True, False
-            if proc.state is State.STOPPING:
-                proc.restart_when_stopped = True  # it is on its way down: bring it back
-            elif proc.state in FINAL:
-                proc.state, proc.failures, proc.reason = State.WAITING, 0, ""
+            if named is None or proc.name in named or not self._ended_well(proc):
+                self._want(proc)
         return self._advance()
+
+    def _want(self, proc: Proc) -> None:
+        proc.wanted, proc.held = True, False
+        if proc.state is State.STOPPING:
+            proc.restart_when_stopped = True  # it is on its way down: bring it back
+        elif proc.state in FINAL:
+            proc.state, proc.failures, proc.reason = State.WAITING, 0, ""
+            proc.auto_restarts = 0
+
+    @staticmethod
+    def _ended_well(proc: Proc) -> bool:
+        return proc.state is State.EXITED and proc.exit_code == 0
 
     def stop(self, names: Iterable[str] | None = None, *, hold: bool = False
              ) -> list[Action]:
@@ -82,11 +106,18 @@ class Machine:
             return [Note(proc.name, "stopped")]
         return []
 
-    def restart(self, names: Iterable[str], *, quick: bool = False) -> list[Action]:
+    def restart(self, names: Iterable[str], *, quick: bool = False, rolling: bool = False
+                ) -> list[Action]:
         """Stop and start these processes again (their dependents keep running).
 
         ``quick`` skips the graceful drain: SIGTERM cancels the worker's jobs at once.
+        ``rolling`` restarts the running ones one at a time, each once the one before is
+        ready again, so a replicated worker always has replicas up; it stops at one that
+        does not come back.
         """
+        if rolling:
+            self.rolls.append(_Roll([p.name for p in self._select(names) if not p.removed]))
+            return self._advance()
         actions: list[Action] = []
         for proc in self._select(names):
             actions += self._restart(proc, quick=quick)
@@ -104,11 +135,46 @@ class Machine:
             return self._begin_stop(proc)
         proc.restarts += 1
         proc.state, proc.failures, proc.reason, proc.deadline = State.WAITING, 0, "", None
+        proc.auto_restarts = 0
         return []
 
-    def update(self, specs: Sequence[ProcessSpec]) -> list[Action]:
-        """Apply an edited topology: start what is new, stop what is gone, restart what
-        changed (quickly), and leave the rest running."""
+    def apply(self, specs: Sequence[ProcessSpec], names: Sequence[str] | None = None
+              ) -> tuple[Applied, list[Action]]:
+        """``up`` on a running project: :meth:`update`, then start what is stopped, crashed
+        or failed (only ``names`` and their dependencies, if given); a process that ended
+        well (a one-shot job) and did not change is not run again."""
+        before = {n: p.spec for n, p in self.procs.items() if not p.removed}
+        wanted = {s.name: s for s in specs}
+        changed = [n for n, s in wanted.items() if n in before and not same_process(before[n], s)]
+        actions = self.update(specs)
+        if names:
+            idle = [p.name for p in self._select(names, with_dependencies=True)
+                    if p.state in FINAL and not self._ended_well(p)]
+            actions += self.start(names)
+        else:
+            idle = [p.name for p in self.procs.values() if not p.removed and (
+                p.held or (p.state in FINAL and not self._ended_well(p)))]
+            actions += self.start(idle)
+        started = [n for n in wanted if n not in before or (n in idle and n not in changed)]
+        applied = Applied(
+            started=tuple(started), restarted=tuple(changed),
+            stopped=tuple(n for n in before if n not in wanted),
+            unchanged=tuple(n for n in wanted if n not in started and n not in changed))
+        return applied, actions
+
+    def scale(self, key: str, specs: Sequence[ProcessSpec]) -> list[Action]:
+        """Run worker ``key`` with the replicas of ``specs`` (the topology with its count
+        changed): replicas that go are drained, its replicas start, nothing else moves."""
+        actions = self.update(specs, drain_removed=True)
+        for proc in self.procs.values():
+            if proc.spec.worker.key == key and not proc.removed:
+                self._want(proc)
+        return actions + self._advance()
+
+    def update(self, specs: Sequence[ProcessSpec], *, drain_removed: bool = False
+               ) -> list[Action]:
+        """Apply an edited topology: start what is new, stop what is gone (quickly, unless
+        ``drain_removed``), restart what changed (quickly), and leave the rest running."""
         old = self.procs
         actions: list[Action] = []
         new: dict[str, Proc] = {}
@@ -128,9 +194,11 @@ class Machine:
                 actions.append(Note(spec.name, "changed in the topology"))
                 if not proc.held:  # stopped on request: it starts with its new spec later
                     actions += self._restart(proc, quick=True)
+            else:
+                proc.spec = spec  # the same process; its dependencies' names may differ
         for name, proc in old.items():
             if name not in new:
-                proc.removed, proc.quick_stop = True, True
+                proc.removed, proc.quick_stop = True, not drain_removed
                 new[name] = proc  # kept until it has stopped
                 actions.append(Note(name, "removed from the topology"))
                 actions += self._stop(proc, hold=False)
@@ -211,7 +279,7 @@ class Machine:
             proc.state = State.STOPPED
         else:
             if stable:
-                proc.failures = 0
+                proc.failures = proc.auto_restarts = 0
             actions += self._after_exit(proc, code)
         self._forget_removed()
         return actions + self._advance()
@@ -292,6 +360,14 @@ class Machine:
                 or (policy is RestartPolicy.ON_FAILURE and code != 0)):
             self._settle(proc, State.EXITED if code == 0 else State.CRASHED)
             return []
+        limit = proc.spec.worker.max_restarts
+        if limit is not None and proc.auto_restarts >= limit:
+            self._settle(proc, State.EXITED if code == 0 else State.CRASHED)
+            proc.reason = (f"gave up after {limit} restart{'' if limit == 1 else 's'} in a "
+                           f"row (max_restarts: {limit}); last: "
+                           f"{proc.reason or describe_exit(code)}")
+            return [Note(proc.name, f"not restarted: {proc.reason}")]
+        proc.auto_restarts += 1
         if code != 0:
             proc.failures += 1
         delay = self._backoff(max(proc.failures, 1))
@@ -307,7 +383,7 @@ class Machine:
         return float(base * (0.5 + self.random() / 2))
 
     def _forgive_at(self, proc: Proc) -> float | None:
-        if proc.failures and proc.ready_at is not None:
+        if (proc.failures or proc.auto_restarts) and proc.ready_at is not None:
             return proc.ready_at + self.timing.stable_after
         return None
 
@@ -318,7 +394,7 @@ class Machine:
             proc.restarts += 1
             return []
         if proc.state is State.READY:
-            proc.failures = 0  # stable for long enough
+            proc.failures = proc.auto_restarts = 0  # stable for long enough
             return []
         if proc.state is State.STARTING:
             limit = proc.spec.worker.ready_timeout
@@ -342,6 +418,8 @@ class Machine:
     def _advance(self) -> list[Action]:
         """Start what may start and stop what must stop, in dependency order."""
         actions: list[Action] = []
+        for roll in list(self.rolls):
+            actions += self._roll_on(roll)
         for proc in self.procs.values():
             if proc.state is State.WAITING and proc.wanted:
                 actions += self._maybe_spawn(proc)
@@ -350,6 +428,28 @@ class Machine:
                 actions += self._begin_stop(proc)
         return actions
 
+    def _roll_on(self, roll: _Roll) -> list[Action]:
+        """Restart the roll's next process once its current one is back (ready, or ended
+        well); drop the roll if that one failed instead."""
+        current = self.procs.get(roll.current) if roll.current is not None else None
+        if current is not None and not current.removed and current.wanted:
+            back = current.restarts > roll.mark
+            if back and current.state in (State.BACKOFF, State.CRASHED, State.FAILED):
+                self.rolls.remove(roll)
+                return [Note(current.name, f"rolling restart stopped: it is {current.state} "
+                                           "after its restart; the others keep running")]
+            if not back or not (current.state is State.READY or self._ended_well(current)):
+                return []
+        while roll.pending:
+            proc = self.procs.get(roll.pending.pop(0))
+            if proc is None or proc.removed or not proc.wanted:
+                continue  # gone, or stopped on request meanwhile: not ours to start
+            roll.current, roll.mark = proc.name, proc.restarts
+            return [Note(proc.name, "rolling restart: restarting it"),
+                    *self._restart(proc, quick=False)]
+        self.rolls.remove(roll)
+        return []
+
     def _maybe_spawn(self, proc: Proc) -> list[Action]:
         deps = [self.procs[n] for n in proc.spec.depends_on]
         for dep in deps:
@@ -357,10 +457,12 @@ class Machine:
                 return []  # under --reload it comes back with the next change: wait for it
             if dep.state in (State.CRASHED, State.FAILED):
                 self._settle(proc, State.FAILED)
-                proc.reason = f"dependency '{dep.name}' is {dep.state}"
+                proc.reason = (f"dependency '{dep.name}' did not complete: it is {dep.state}"
+                               if dep.name in proc.spec.completed
+                               else f"dependency '{dep.name}' is {dep.state}")
                 return [Note(proc.name, f"not started: {proc.reason}")]
-        if all(d.state is State.READY or (d.state is State.EXITED and d.exit_code == 0)
-               for d in deps):
+        if all(self._ended_well(d) or (d.state is State.READY and d.name not in
+                                       proc.spec.completed) for d in deps):
             proc.state = State.STARTING
             # Counted from the request, so a spawn that never reports cannot hang the project.
             proc.deadline = self.clock() + proc.spec.worker.ready_timeout

@@ -100,16 +100,32 @@ class Proc:
     removed: bool = False           # gone from the topology: forgotten once it has stopped
     held: bool = False              # stopped by a `stop` request: may be started again
     failed_at: float | None = None  # when it last became crashed or failed
+    auto_restarts: int = 0          # by its restart policy, in a row (for max_restarts)
 
     @property
     def name(self) -> str:
         return self.spec.name
 
 
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What applying a topology did, process by process, for the ``up`` that asked."""
+
+    started: tuple[str, ...] = ()    # new, or stopped and started again
+    restarted: tuple[str, ...] = ()  # changed in the file
+    stopped: tuple[str, ...] = ()    # gone from the file
+    unchanged: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, list[str]]:
+        return {"started": list(self.started), "restarted": list(self.restarted),
+                "stopped": list(self.stopped), "unchanged": list(self.unchanged)}
+
+
 def same_process(a: ProcessSpec, b: ProcessSpec) -> bool:
     """Whether two specs run the same process: where they sit in the file, and how many
-    replicas their worker has, do not count."""
-    return (a.name, a.depends_on) == (b.name, b.depends_on) and replace(
+    replicas their worker or its dependencies have, do not count (so scaling a worker
+    restarts none of its dependents)."""
+    return a.name == b.name and replace(
         a.worker, line=0, replicas=1) == replace(b.worker, line=0, replicas=1) and replace(
         a.channel, line=0) == replace(b.channel, line=0)
 

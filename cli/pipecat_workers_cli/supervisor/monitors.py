@@ -89,6 +89,7 @@ class Monitors:
             bus = monitor.runner.bus
             status.connected = bool(getattr(bus, "connected", True))
             status.workers = sorted(monitor.registry.remote_workers)
+            _add_job_names(status, monitor)
             runners = monitor.runners()
             status.runners = len(runners)
             for runner in runners:
@@ -96,3 +97,15 @@ class Monitors:
                 view.runner_stats[runner.name] = stats
                 status.jobs_running += int((stats.get("jobs") or {}).get("running", 0))
         return views
+
+
+def _add_job_names(status: ChannelStatus, monitor: BusMonitor) -> None:
+    """What ``ps --jobs`` lists: each worker's job names, as its runner announced them."""
+    for name in status.workers:
+        data = monitor.registry.get(name)
+        if data is None:
+            continue
+        if data.jobs is not None:
+            status.job_names[name] = list(data.jobs)
+        if data.any_job:
+            status.any_job.append(name)

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import importlib.util
 import os
-from collections.abc import AsyncIterator, Collection, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,8 +99,12 @@ def plan(changed: Collection[Path], *, topology: Path, imports: Mapping[str, Col
     return ReloadPlan(topology_changed=topology in changed, restart=restart)
 
 
-def reload_topology(current: Topology) -> Topology:
-    """The topology file as edited, if it can replace ``current`` in a running supervisor.
+def reload_topology(current: Topology, path: Path | None = None,
+                    env: Mapping[str, str] | None = None, *,
+                    env_files: Sequence[str] | None = None) -> Topology:
+    """The topology file as edited (``path``, by default ``current``'s), if it can replace
+    ``current`` in a running supervisor; ``env`` interpolates it (default: ours), with
+    ``env_files`` (default: the ones ``current`` was read with).
 
     Raises:
         TopologyError: the file has an error (it says where).
@@ -108,7 +112,8 @@ def reload_topology(current: Topology) -> Topology:
     """
     from pipecat_workers_cli.topology import load_topology
 
-    edited = load_topology(current.path)
+    edited = load_topology(path or current.path, env,
+                           env_files=current.env_files if env_files is None else env_files)
     if (edited.name, edited.root) != (current.name, current.root):
         raise CommandError("its name or root changed; stop and run `workers up` again")
     return edited

@@ -1,10 +1,12 @@
 """Where a running project keeps its lock, sockets, state file and logs.
 
 ``<project root>/.workers/<project name>/`` holds ``lock`` (held by the live supervisor),
-``state.json`` (what ``ps`` shows when no supervisor answers), ``supervisor.log`` and
-``logs/<worker>.log``. Sockets go there too, unless the path is too long for a Unix socket
-(about 100 bytes); then they go to a private directory under the system's temporary
-directory, and ``state.json`` records where.
+``state.json`` (what ``ps`` shows when no supervisor answers), ``topology.json`` (the topology
+the supervisor resolved, environment values and all: what commands that join its buses go
+by), ``supervisor.log``, ``logs/<worker>.log`` and ``logs/_workers.log`` (the supervisor's
+news). Sockets go there too, unless the path is too long for a Unix socket (about 100
+bytes); then they go to a private directory under the system's temporary directory, and
+``state.json`` records where.
 
 Everything here is private to the user who runs the project: the directories are 0700 and
 the files 0600, and existing ones are tightened to that. Nothing is followed that another
@@ -28,6 +30,7 @@ import hashlib
 import json
 import os
 import pwd
+import shutil
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -38,6 +41,7 @@ from typing import Any, BinaryIO
 from pipecat_workers_cli.errors import CommandError, StateDirError
 
 STATE_DIRNAME = ".workers"
+GITIGNORE = ".gitignore"  # inside STATE_DIRNAME: ignores all of it
 _SOCKET_PATH_MAX = 100  # AF_UNIX allows 108 bytes on Linux, fewer elsewhere
 PRIVATE_DIR = 0o700
 PRIVATE_FILE = 0o600
@@ -58,6 +62,10 @@ class StateDir:
     @property
     def state_file(self) -> Path:
         return self.path / "state.json"
+
+    @property
+    def topology_file(self) -> Path:
+        return self.path / "topology.json"
 
     @property
     def logs_dir(self) -> Path:
@@ -97,6 +105,7 @@ class StateDir:
         """
         base = self.path.parent
         private_dir(base, create=True, wanted=self.path)
+        _ignore_for_git(base)
         private_dir(self.path, create=True)
         if logs:
             private_dir(self.logs_dir, create=True)
@@ -165,6 +174,35 @@ class StateDir:
             os.close(fd)
         return False
 
+    def remove(self) -> bool:
+        """Delete the state directory (logs included) unless a supervisor runs the project;
+        True if it was deleted. The lock is held meanwhile, so that no supervisor starts in a
+        directory being deleted. A link to the directory is removed, not what it links to.
+
+        Raises:
+            StateDirError: it is not this user's, or cannot be deleted.
+        """
+        if not self.check():
+            return False
+        fd = open_private(self.path / "lock", os.O_RDWR | os.O_CREAT)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False  # running
+            for kind in ("control", "hub"):  # sockets kept elsewhere when the path is long
+                with contextlib.suppress(OSError, StateDirError):
+                    if (socket := self.socket_path(kind)).parent != self.path:
+                        socket.unlink(missing_ok=True)
+            with state_errors():
+                if self.path.is_symlink():
+                    self.path.unlink()
+                else:
+                    shutil.rmtree(self.path)
+        finally:
+            os.close(fd)
+        return True
+
     def read_state(self) -> dict[str, Any] | None:
         """What the supervisor last recorded; None when there is no (readable JSON) file.
 
@@ -172,10 +210,22 @@ class StateDir:
             StateDirError: the file exists but cannot be read, or the state directory is
                 not this user's.
         """
+        return self._read_json(self.state_file)
+
+    def read_topology(self) -> dict[str, Any] | None:
+        """The topology the supervisor recorded (see :meth:`write_topology`); None when
+        there is no (readable JSON) file.
+
+        Raises:
+            StateDirError: as :meth:`read_state`.
+        """
+        return self._read_json(self.topology_file)
+
+    def _read_json(self, path: Path) -> dict[str, Any] | None:
         if not self.check():
             return None
         try:
-            fd = open_private(self.state_file, os.O_RDONLY)
+            fd = open_private(path, os.O_RDONLY)
         except StateDirError as exc:
             if isinstance(exc.__cause__, FileNotFoundError | NotADirectoryError):
                 return None
@@ -195,15 +245,34 @@ class StateDir:
         Raises:
             StateDirError: the directory cannot be created or written.
         """
+        self._write_json(self.state_file, data)
+
+    def write_topology(self, data: dict[str, Any]) -> None:
+        """Record the topology the supervisor runs (as
+        :func:`~pipecat_workers_cli.topology.record.topology_record` makes it), atomically.
+        It holds the values of environment variables, secrets too: private like the rest.
+
+        Raises:
+            StateDirError: the directory cannot be created or written.
+        """
+        self._write_json(self.topology_file, data)
+
+    def forget_topology(self) -> None:
+        """Remove the recorded topology (the supervisor exits): its secrets stay no longer
+        than the project runs."""
+        with contextlib.suppress(FileNotFoundError), state_errors():
+            os.unlink(self.topology_file)
+
+    def _write_json(self, path: Path, data: dict[str, Any]) -> None:
         self.make(logs=False)
         with state_errors():
             # mkstemp makes the file 0600.
-            fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".state-", suffix=".json")
+            fd, tmp = tempfile.mkstemp(dir=self.path, prefix=f".{path.stem}-", suffix=".json")
             try:
                 with os.fdopen(fd, "w") as file:
                     # dumps, compact: the C encoder (dump, or an indent, is pure Python).
                     file.write(json.dumps(data, separators=(",", ":"), default=str))
-                os.replace(tmp, self.state_file)
+                os.replace(tmp, path)
             except BaseException:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
@@ -267,6 +336,22 @@ def private_dir(path: Path, *, create: bool, wanted: Path | None = None) -> bool
             if os.lstat(path).st_ino != link.st_ino:  # swapped since it was checked
                 raise refuse(f"{path} was replaced while it was checked")
     return True
+
+
+def _ignore_for_git(base: Path) -> None:
+    """Write ``.workers/.gitignore`` (``*``) once: logs, sockets and state never belong in a
+    repository, and the user need not remember to say so. A convenience only: if it cannot
+    be written, what the project needs next (its lock, say) fails with its own message."""
+    path = base / GITIGNORE
+    if os.path.lexists(path):  # the user's own, or ours from before: left as it is
+        return
+    try:
+        fd = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    except StateDirError:
+        return  # written meanwhile, or the directory cannot be written
+    with os.fdopen(fd, "w") as file:
+        file.write("# Written by `workers`: the state of running projects, never committed.\n"
+                   "*\n")
 
 
 def open_private(path: Path, flags: int) -> int:

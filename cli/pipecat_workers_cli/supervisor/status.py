@@ -26,6 +26,8 @@ class WorkerStatus:
     active: bool | None = None
     jobs: dict[str, int] = field(default_factory=dict)
     failing: list[str] = field(default_factory=list)  # its runner's loops that keep failing
+    cpu_percent: float | None = None  # of one core, with its children, over the last second
+    rss_bytes: int | None = None      # resident memory of its process and its children
 
 
 @dataclass(slots=True)
@@ -39,6 +41,9 @@ class ChannelStatus:
     runners: int = 0
     workers: list[str] = field(default_factory=list)
     jobs_running: int = 0
+    # Per worker, the job names its runner announced (an older runner announces none) ...
+    job_names: dict[str, list[str]] = field(default_factory=dict)
+    any_job: list[str] = field(default_factory=list)  # ... and those that take any name
 
 
 @dataclass(slots=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from pipecat_workers_cli.topology.errors import TopologyError, WorkerClassError
+from pipecat_workers_cli.topology.errors import TopologyError, TopologyErrors, WorkerClassError
 from pipecat_workers_cli.topology.model import (
     BACKENDS,
     ChannelSpec,
@@ -32,6 +32,7 @@ __all__ = [
     "RestartPolicy",
     "Topology",
     "TopologyError",
+    "TopologyErrors",
     "WorkerClassError",
     "WorkerSpec",
     "check_args",

@@ -10,6 +10,7 @@ Kept free of yaml, click and rich: the worker host process imports it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from pipecat_workers.errors import ConfigurationError
@@ -65,6 +66,38 @@ class TopologyError(ConfigurationError):
         # Keyword-only arguments do not survive the default exception pickling, and the
         # worker host may send this error to its supervisor.
         return (_rebuild, (type(self), self.message, self.file, self.line, self.field))
+
+
+class TopologyErrors(TopologyError):
+    """Raised when a topology file has several problems: all of them, one line each.
+
+    Its ``message``, ``file``, ``line`` and ``field`` are the first problem's; ``errors``
+    holds every one. At most :data:`MAX_SHOWN` lines are shown, then how many more there are.
+    """
+
+    MAX_SHOWN = 20
+
+    def __init__(self, errors: Sequence[TopologyError]) -> None:
+        if not errors:
+            raise ValueError("TopologyErrors needs at least one error")
+        self.errors = list(errors)
+        first = self.errors[0]
+        super().__init__(first.message, file=first.file, line=first.line, field=first.field)
+
+    def _format(self) -> str:
+        shown = [str(e) for e in self.errors[: self.MAX_SHOWN]]
+        if len(self.errors) > self.MAX_SHOWN:
+            shown.append(f"... and {len(self.errors) - self.MAX_SHOWN} more")
+        return "\n".join(shown)
+
+    def located(
+        self, *, file: str | None = None, line: int | None = None, field: str | None = None
+    ) -> TopologyError:
+        return TopologyErrors([e.located(file=file, line=line, field=field)
+                               for e in self.errors])
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (TopologyErrors, (self.errors,))
 
 
 class WorkerClassError(TopologyError):

@@ -17,7 +17,7 @@ from typing import Any
 from pipecat_workers_cli.topology.classes import parse_class_path
 from pipecat_workers_cli.topology.classes import suggest as suggest  # the loader's, shared
 from pipecat_workers_cli.topology.errors import TopologyError
-from pipecat_workers_cli.topology.model import BACKENDS, RestartPolicy
+from pipecat_workers_cli.topology.model import BACKENDS, Condition, RestartPolicy
 from pipecat_workers_cli.topology.nodes import Node, got, shown
 from pipecat_workers_cli.topology.schema import (
     ARG_NAME_PATTERN,
@@ -162,13 +162,22 @@ def _replicas(node: Node) -> int:
     return value
 
 
-def _depends_on(node: Node) -> tuple[tuple[str, int], ...]:
-    """One worker key or a list of them, each with its line for the loader's checks."""
-    if node.is_mapping or node.value is None:
-        raise Invalid(f"expected a worker key or a list of worker keys, got {got(node)}")
+Dependency = tuple[str, int, Condition]
+"""A worker key, the line that names it, and what its dependent waits for."""
+_CONDITIONS = ", ".join(c.value for c in Condition)
+
+
+def _depends_on(node: Node) -> tuple[Dependency, ...]:
+    """One worker key, a list of them, or compose's mapping form (``{db: {condition:
+    ready}, migrate: {condition: completed}}``); each with its line for the loader's checks."""
+    if node.is_mapping:
+        return tuple(_conditional(node))
+    if node.value is None:
+        raise Invalid(f"expected a worker key, a list of worker keys or a mapping of them, "
+                      f"got {got(node)}")
     items = node.value if node.is_list else [node]
     seen: set[str] = set()
-    depends: list[tuple[str, int]] = []
+    depends: list[Dependency] = []
     for item in items:
         try:
             name = name_ref(item)
@@ -177,8 +186,45 @@ def _depends_on(node: Node) -> tuple[tuple[str, int], ...]:
         if name in seen:
             raise Invalid(f"{shown(name)} is listed twice", item.line)
         seen.add(name)
-        depends.append((name, item.line))
+        depends.append((name, item.line, Condition.READY))
     return tuple(depends)
+
+
+def _conditional(node: Node) -> list[Dependency]:
+    """``{key: {condition: ready|completed}}``; ``{key: {}}`` or ``{key:}`` means ready."""
+    depends: list[Dependency] = []
+    for key, value in node.value.items():
+        line = node.key_lines[key]
+        if not KEY.fullmatch(key):
+            raise Invalid(bad_key(key), line, key)
+        if value.value is None:
+            depends.append((key, line, Condition.READY))
+            continue
+        if not value.is_mapping:
+            raise Invalid(f"expected a mapping such as {{condition: ready}}, got {got(value)}",
+                          value.line, key)
+        for option in value.value:
+            if option != "condition":
+                raise Invalid(f"unknown key {shown(option)}{suggest(option, ['condition'])}",
+                              value.key_lines[option], f"{key}.{option}")
+        condition = value.value.get("condition")
+        if condition is None:
+            depends.append((key, line, Condition.READY))
+            continue
+        if condition.value not in {c.value for c in Condition}:
+            raise Invalid(f"expected one of {_CONDITIONS}, got {got(condition)}",
+                          condition.line, f"{key}.condition")
+        depends.append((key, line, Condition(condition.value)))
+    return depends
+
+
+def _max_restarts(node: Node) -> int:
+    value = node.value
+    if isinstance(value, str) and _INTEGER.fullmatch(value):
+        value = int(value) if len(value) < 20 else -1  # from ${VAR}
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise Invalid(f"expected an integer >= 0, got {got(node)}")
+    return value
 
 
 def _restart(node: Node) -> RestartPolicy:
@@ -205,16 +251,31 @@ def _duration(node: Node) -> float:
     return seconds
 
 
+def env_file_names(node: Node) -> tuple[tuple[str, int], ...]:
+    """``env_file:``: one path or a list of them, each with its line (to place a missing
+    file)."""
+    items = node.value if node.is_list else [node]
+    names: list[tuple[str, int]] = []
+    for item in items:
+        if not isinstance(item.value, str) or not item.value or "\0" in item.value:
+            raise Invalid(f"expected a file name or a list of file names, got {got(item)}",
+                          item.line)
+        names.append((item.value, item.line))
+    return tuple(names)
+
+
 WORKER_FIELDS: Mapping[str, Callable[[Node], Any]] = {
     "class": _class_path,
     "args": _args,
     "channel": name_ref,
+    "env_file": env_file_names,
     "env": _env,
     "replicas": _replicas,
     "depends_on": _depends_on,
     "restart": _restart,
     "stop_timeout": _duration,
     "ready_timeout": _duration,
+    "max_restarts": _max_restarts,
 }
 """How each key of :data:`~pipecat_workers_cli.topology.schema.WORKER_KEYS` is checked and
 converted."""

@@ -7,12 +7,14 @@ also publishes them as a JSON Schema.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pipecat_workers_cli.topology.envfiles import EnvFileMissing, project_variables, read_env_file
 from pipecat_workers_cli.topology.errors import TopologyError
 from pipecat_workers_cli.topology.fields import (
     KEY,
@@ -20,6 +22,7 @@ from pipecat_workers_cli.topology.fields import (
     Invalid,
     backend_name,
     bad_key,
+    env_file_names,
     module_names,
     non_empty,
     project_name,
@@ -27,7 +30,13 @@ from pipecat_workers_cli.topology.fields import (
     string,
     suggest,
 )
-from pipecat_workers_cli.topology.model import ChannelSpec, Topology, WorkerSpec
+from pipecat_workers_cli.topology.model import (
+    ChannelSpec,
+    Condition,
+    RestartPolicy,
+    Topology,
+    WorkerSpec,
+)
 from pipecat_workers_cli.topology.nodes import Node, Problems, got, path_join, read_document, shown
 from pipecat_workers_cli.topology.schema import (
     CHANNEL_KEYS,
@@ -42,19 +51,28 @@ MAX_FILE_BYTES = 1024 * 1024
 bounded too: :data:`pipecat_workers_cli.topology.nodes.MAX_VALUES`)."""
 
 
-def load_topology(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Topology:
+def load_topology(path: str | os.PathLike[str], env: Mapping[str, str] | None = None, *,
+                  env_files: Sequence[str] | None = None) -> Topology:
     """Read, interpolate and validate a topology file.
+
+    ``${VAR}`` takes VAR from ``env`` first, then from the project's env files: the
+    ``env_files`` given, else the ``.env`` beside the file if there is one. A worker's
+    ``env`` is what its ``env_file:`` files (the topology's, then its own, a later one
+    winning) and its ``env:`` (winning over them) say.
 
     Args:
         path: The YAML file; messages name it as given.
-        env: Variables for ``${VAR}`` interpolation; default: ``os.environ``.
+        env: The shell's environment; default: ``os.environ``.
+        env_files: The project's env files (``--env-file``), in place of ``.env``.
 
     Returns:
         The validated topology, with absolute ``path`` and ``root``.
 
     Raises:
-        TopologyError: The first problem in file order, as one line
-            (``configs/x.yaml:12: workers.greeter.restart: expected one of ...``).
+        TopologyError: Every problem in file order, one line each
+            (``configs/x.yaml:12: workers.greeter.restart: expected one of ...``); a
+            :class:`~pipecat_workers_cli.topology.errors.TopologyErrors` when there are
+            several.
 
     Example::
 
@@ -64,10 +82,16 @@ def load_topology(path: str | os.PathLike[str], env: Mapping[str, str] | None = 
     file = os.fspath(path)
     source = Path(file)
     problems = Problems(file)
-    document = read_document(_read(source, file), os.environ if env is None else env, problems)
-    topology = _Loader(source, problems).topology(document)
-    problems.raise_first()
+    text = _read(source, file)
+    shell = os.environ if env is None else env
+    variables = {**project_variables(source, env_files, shell), **shell}
+    document = read_document(text, variables, problems)
+    topology = _Loader(source, problems, shell).topology(document)
+    problems.raise_all()
     _check_cycles(topology, document, problems)
+    if env_files:
+        given = tuple(str(Path(f).expanduser().resolve()) for f in env_files)
+        topology = dataclasses.replace(topology, env_files=given)
     return topology
 
 
@@ -100,12 +124,16 @@ def _read(source: Path, file: str) -> str:
 
 
 class _Loader:
-    """One pass over the document; problems are collected, not raised, to report the first."""
+    """One pass over the document; problems are collected, not raised, to report them all."""
 
-    def __init__(self, source: Path, problems: Problems) -> None:
+    def __init__(self, source: Path, problems: Problems, env: Mapping[str, str]) -> None:
         self.source = source
         self.problems = problems
+        self.env = env
         self.channel_keys: list[str] = ["main"]  # declared, even if invalid: no echo errors
+        self.shared_env: dict[str, str] = {}  # the top-level env_file's variables
+        # env files read, by name: their variables, missing, or None (malformed)
+        self.read: dict[str, dict[str, str] | EnvFileMissing | None] = {}
 
     def topology(self, doc: Node) -> Topology:
         entries = self.entries(doc, "", TOP_KEYS, line=1) or {}
@@ -113,6 +141,8 @@ class _Loader:
         name = self.field(entries, "name", "", project_name, _default_name(self.source))
         root = self.field(entries, "root", "", lambda n: root_dir(n, path.parent), path.parent)
         channels = self.channels(entries.get("channels"), name)
+        self.shared_env = self.env_files(self.field(entries, "env_file", "", env_file_names,
+                                                    ()), "env_file")
         workers = self.workers(entries.get("workers"))
         preload = self.field(entries, "preload", "", module_names, ())
         return Topology(name=name, path=path, root=root, channels=channels, workers=workers,
@@ -176,7 +206,7 @@ class _Loader:
         declared = self.named_entries(node, "channels", "channels")
         self.channel_keys = list(declared)
         for key, value in declared.items():
-            field = f"channels.{key}"
+            field = path_join("channels", key)
             line = node.key_lines[key]
             entries = self.entries(value, field, CHANNEL_KEYS, line=line, allow_null=True)
             if entries is None:
@@ -212,7 +242,7 @@ class _Loader:
         key_lines = node.key_lines if node is not None else {}
         workers: dict[str, WorkerSpec] = {}
         for key, value in declared.items():
-            field = f"workers.{key}"
+            field = path_join("workers", key)
             line = key_lines[key]
             entries = self.entries(value, field, WORKER_KEYS, line=line, allow_null=True)
             if entries is None:
@@ -223,21 +253,65 @@ class _Loader:
                 continue
             channel = self.worker_channel(values.get("channel"), entries, field, line)
             depends = values.get("depends_on") or ()
-            for dep, dep_line in depends:
+            for dep, dep_line, _ in depends:
                 if dep == key:
                     self.problems.add(dep_line, f"{field}.depends_on",
                                       f"{shown(key)} cannot depend on itself")
                 elif dep not in declared:
                     self.problems.add(dep_line, f"{field}.depends_on",
                                       f"unknown worker {shown(dep)}{suggest(dep, declared)}")
-            options = {k: v for k, v in values.items()
-                       if v is not None and k not in ("class", "channel", "depends_on")}
+            options = {k: v for k, v in values.items() if v is not None
+                       and k not in ("class", "channel", "depends_on", "env_file")}
+            own = self.env_files(values.get("env_file") or (), f"{field}.env_file")
+            if self.shared_env or own:
+                options["env"] = {**self.shared_env, **own, **(values.get("env") or {})}
             workers[key] = WorkerSpec(key=key, class_path=values["class"], channel=channel,
-                                      depends_on=tuple(d for d, _ in depends), line=line,
+                                      depends_on=tuple(d for d, _, _ in depends), line=line,
+                                      conditions={d: c for d, _, c in depends
+                                                  if c is not Condition.READY},
                                       **options)
+        self.check_completed(workers, node)
         # Keys have no dots and replica names always do ("key.N"), so a worker key can
         # never collide with another worker's replica name.
         return workers
+
+    def check_completed(self, workers: Mapping[str, WorkerSpec], node: Node | None) -> None:
+        """A worker others wait to complete must be able to end: not ``restart: always``."""
+        for spec in workers.values():
+            for dep in spec.depends_on:
+                target = workers.get(dep)
+                if (spec.condition(dep) is Condition.COMPLETED and target is not None
+                        and target.restart is RestartPolicy.ALWAYS):
+                    assert node is not None  # workers were declared under it
+                    entry = node.value[spec.key].value["depends_on"]
+                    self.problems.add(entry.key_lines.get(dep, entry.line),
+                                      f"workers.{spec.key}.depends_on.{dep}",
+                                      f"{shown(dep)} has restart: always, so it never "
+                                      "completes; give it restart: on-failure or no")
+
+    def env_files(self, names: Iterable[tuple[str, int]], field: str) -> dict[str, str]:
+        """The variables of ``env_file:`` files (relative to the topology's directory), a
+        later file winning; a missing or malformed file is a problem."""
+        merged: dict[str, str] = {}
+        for name, line in names:
+            path = self.source.parent / Path(name).expanduser()
+            shown_as = os.path.normpath(os.path.join(os.path.dirname(self.problems.file), name))
+            if shown_as not in self.read:
+                try:
+                    self.read[shown_as] = read_env_file(path, shown_as, self.env)
+                except EnvFileMissing as exc:
+                    self.read[shown_as] = exc
+                except TopologyError as exc:  # reported once, in the env file
+                    self.read[shown_as] = None
+                    self.problems.add_elsewhere(exc)
+            variables = self.read[shown_as]
+            if isinstance(variables, EnvFileMissing):  # reported where each names it
+                text = shown_as if shown_as.isprintable() and len(shown_as) <= 200 else (
+                    shown(shown_as, 200))
+                self.problems.add(line, field, f"env file not found: {text}")
+            elif variables is not None:
+                merged.update(variables)
+        return merged
 
     def worker_channel(self, given: str | None, entries: Mapping[str, Node], field: str,
                        line: int) -> str:
@@ -288,7 +362,7 @@ def _check_cycles(topology: Topology, doc: Node, problems: Problems) -> None:
             line = doc.value["workers"].value[first.key].value["depends_on"].line
             problems.add(line, f"workers.{first.key}.depends_on",
                          "dependency cycle: " + " -> ".join([*cycle, cycle[0]]))
-            problems.raise_first()
+            problems.raise_all()
 
 
 def _mb(size: int) -> str:

@@ -25,6 +25,12 @@ class RestartPolicy(StrEnum):
     ALWAYS = "always"
 
 
+class Condition(StrEnum):
+    """What a dependent waits for of a dependency (``depends_on: {db: {condition: ...}}``)."""
+
+    READY = "ready"          # registered on its bus (or exited with code 0)
+    COMPLETED = "completed"  # exited with code 0: a one-shot job, such as a migration
+
 
 @dataclass(frozen=True, slots=True)
 class ChannelSpec:
@@ -48,10 +54,16 @@ class WorkerSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     replicas: int = 1
     depends_on: tuple[str, ...] = ()         # worker keys started (and ready) before this one
+    conditions: Mapping[str, Condition] = field(default_factory=dict)  # of depends_on keys
     restart: RestartPolicy = RestartPolicy.ON_FAILURE
     stop_timeout: float = 10.0               # seconds to drain before SIGTERM
     ready_timeout: float = 30.0              # seconds from spawn to registered on the bus
+    max_restarts: int | None = None          # restarts in a row before it stays crashed
     line: int = 0
+
+    def condition(self, key: str) -> Condition:
+        """What it waits for of its dependency ``key``: ready unless the file says otherwise."""
+        return self.conditions.get(key, Condition.READY)
 
     def instance_names(self) -> list[str]:
         """Bus names of its processes: ``key`` alone, or ``key.1``..``key.N`` for replicas."""
@@ -70,6 +82,9 @@ class Topology:
     channels: Mapping[str, ChannelSpec]
     workers: Mapping[str, WorkerSpec]
     preload: tuple[str, ...] = ()  # modules the process template imports (``preload:``)
+    # The project's env files given on the command line (``--env-file``), absolute; None:
+    # the ``.env`` beside the file, if any. Kept so that a reload reads the same ones.
+    env_files: tuple[str, ...] | None = None
 
     def unknown_workers(self, names: Iterable[str]) -> str | None:
         """What is wrong with ``names`` given to a command (a worker key names all its
@@ -91,6 +106,7 @@ class ProcessSpec:
     worker: WorkerSpec
     channel: ChannelSpec
     depends_on: tuple[str, ...]      # process names that must be ready first
+    completed: frozenset[str] = frozenset()  # of those, the ones that must exit with code 0
 
 
 def expand(topology: Topology) -> list[ProcessSpec]:
@@ -117,7 +133,10 @@ def expand(topology: Topology) -> list[ProcessSpec]:
     for key in ordered:
         spec = topology.workers[key]
         deps = tuple(n for dep in spec.depends_on for n in names[dep])
+        completed = frozenset(n for dep in spec.depends_on for n in names[dep]
+                              if spec.condition(dep) is Condition.COMPLETED)
         channel = topology.channels[spec.channel]
-        processes.extend(ProcessSpec(name=n, worker=spec, channel=channel, depends_on=deps)
+        processes.extend(ProcessSpec(name=n, worker=spec, channel=channel, depends_on=deps,
+                                     completed=completed)
                          for n in names[key])
     return processes

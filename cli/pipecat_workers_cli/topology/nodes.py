@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml  # type: ignore[import-untyped,unused-ignore]
 
-from pipecat_workers_cli.topology.errors import TopologyError
+from pipecat_workers_cli.topology.errors import TopologyError, TopologyErrors
 from pipecat_workers_cli.topology.interpolate import interpolate
 
 _TAG = "tag:yaml.org,2002:"
@@ -97,7 +97,7 @@ def got(node: Node) -> str:
 
 
 class Problems:
-    """The errors found in one file, reported first-in-file-order."""
+    """The errors found in one file (and the env files it names), reported all at once."""
 
     def __init__(self, file: str) -> None:
         self.file = file
@@ -109,10 +109,24 @@ class Problems:
     def add_error(self, error: TopologyError, line: int, field: str) -> None:
         self._errors.append(error.located(file=self.file, line=line, field=field))
 
-    def raise_first(self) -> None:
-        """Raise the earliest problem by line (the order found breaks ties), if any."""
-        if self._errors:
-            raise min(self._errors, key=lambda e: e.line or 0)
+    def add_elsewhere(self, error: TopologyError) -> None:
+        """An error in another file (a malformed env file), kept where it is."""
+        self._errors.append(error)
+
+    def raise_all(self) -> None:
+        """Raise every problem, in file order, if any: the error itself when there is one,
+        else :class:`TopologyErrors`. Errors in the topology come before those of the files
+        it names. One error per line, the first found: a second one on the same line is
+        nearly always an echo of the first (a bad key leaves an empty mapping)."""
+        if not self._errors:
+            return
+        first: dict[tuple[str | None, int | None], TopologyError] = {}
+        for error in self._errors:
+            first.setdefault((error.file, error.line), error)
+        ordered = sorted(first.values(), key=lambda e: (e.file != self.file, e.line or 0))
+        if len(ordered) == 1:
+            raise ordered[0]
+        raise TopologyErrors(ordered)
 
 
 def path_join(path: str, key: str | int) -> str:

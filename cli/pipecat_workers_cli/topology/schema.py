@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipecat_workers_cli.topology.classes import CLASS_PATH_PATTERN
-from pipecat_workers_cli.topology.model import BACKENDS, RestartPolicy
+from pipecat_workers_cli.topology.model import BACKENDS, Condition, RestartPolicy
 
 PROJECT_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
 KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"  # no dots: replicas are named "key.N"
@@ -62,6 +62,9 @@ _DURATION = _or_var(
     {"type": "string", "pattern": DURATION_PATTERN},
 )
 
+_ENV_FILE = {"anyOf": [{"type": "string", "minLength": 1},
+                       {"type": "array", "items": {"type": "string", "minLength": 1}}]}
+
 TOP_KEYS: tuple[Key, ...] = (
     Key("name", "Project name; default: the file name. Lower-case letters, digits, '_.-'.",
         _string(PROJECT_NAME_PATTERN)),
@@ -77,6 +80,8 @@ TOP_KEYS: tuple[Key, ...] = (
         "besides the library, the bus drivers and what the workers' modules import.",
         {"type": "array", "uniqueItems": True,
          "items": {"type": "string", "pattern": MODULE_PATTERN}}),
+    Key("env_file", "Env files (NAME=value lines) every worker gets, relative to this "
+        "file; a worker's own env_file and env override them.", _ENV_FILE),
 )
 
 CHANNEL_KEYS: tuple[Key, ...] = (
@@ -97,16 +102,24 @@ WORKER_KEYS: tuple[Key, ...] = (
                                              "not": {"const": "name"}}}),
     Key("channel", "The channel key it joins; default: the only channel, else 'main'.",
         _string(KEY_PATTERN)),
+    Key("env_file", "Env files (NAME=value lines) of its processes, relative to this file; "
+        "a later file overrides an earlier one, env overrides them all.", _ENV_FILE),
     Key("env", "Extra environment variables of its processes.",
         {"type": "object", "propertyNames": {"pattern": ENV_NAME_PATTERN},
          "additionalProperties": {"type": ["string", "number", "boolean"]}}),
     Key("replicas", "How many processes; replicas are named '<key>.1' .. '<key>.N'.",
         _or_var({"type": "integer", "minimum": 1, "maximum": MAX_REPLICAS},
                 {"type": "string", "pattern": r"^\s*[0-9]+\s*$"})),
-    Key("depends_on", "Workers that must be ready (registered on their bus) before it starts.",
+    Key("depends_on", "Workers that must be ready (registered on their bus) before it starts; "
+        "or a mapping such as {migrate: {condition: completed}} (exited with code 0).",
         {"anyOf": [{"type": "string", "pattern": KEY_PATTERN},
                    {"type": "array", "uniqueItems": True,
-                    "items": {"type": "string", "pattern": KEY_PATTERN}}]}),
+                    "items": {"type": "string", "pattern": KEY_PATTERN}},
+                   {"type": "object", "propertyNames": {"pattern": KEY_PATTERN},
+                    "additionalProperties": {
+                        "type": ["object", "null"], "additionalProperties": False,
+                        "properties": {"condition": {
+                            "enum": [c.value for c in Condition]}}}}]}),
     Key("restart", "When to start it again after it exits; default: on-failure.",
         _or_var({"enum": [p.value for p in RestartPolicy]},
                 {"const": False, "description": "YAML 1.1 reads a bare no as false"})),
@@ -114,6 +127,10 @@ WORKER_KEYS: tuple[Key, ...] = (
         _DURATION),
     Key("ready_timeout", "Seconds from spawn to registered on its bus: a number, or '30s'.",
         _DURATION),
+    Key("max_restarts", "Restarts in a row (a run ready for 10 s resets the count) after "
+        "which it stays crashed; default: no limit.",
+        _or_var({"type": "integer", "minimum": 0},
+                {"type": "string", "pattern": r"^\s*[0-9]+\s*$"})),
 )
 
 

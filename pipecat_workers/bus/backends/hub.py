@@ -54,6 +54,7 @@ from pipecat_workers.bus.hub_wire import (
     OP_REFUSED,
     OP_SEND,
     OP_WELCOME,
+    READ_SIZE,
     STREAM_LIMIT,
     ProtocolError,
     check_socket_path,
@@ -171,8 +172,11 @@ class HubBus(NetworkBus):
         self._flush()  # what was sent before the close still leaves
         await cancel_and_wait((self._task,), DEFAULT_SETTINGS.cancel_timeout)
         self._task = None
-        writer = self._writer
+        writer, reader = self._writer, self._reader
         if writer is not None:
+            with contextlib.suppress(OSError, TimeoutError):
+                async with asyncio.timeout(DEFAULT_SETTINGS.cancel_timeout):
+                    await self._hang_up(writer, reader)
             writer.close()
             with contextlib.suppress(OSError, TimeoutError):
                 async with asyncio.timeout(DEFAULT_SETTINGS.cancel_timeout):
@@ -209,6 +213,22 @@ class HubBus(NetworkBus):
         self._reader, self._writer = reader, writer
         self._high_water = writer.transport.get_write_buffer_limits()[1]
         self._set_connected(True)
+
+    @staticmethod
+    async def _hang_up(writer: asyncio.StreamWriter, reader: asyncio.StreamReader | None
+                       ) -> None:
+        """Say we are done sending, and wait for the hub to close its side.
+
+        Closing at once could lose our last messages (a goodbye, say): with data of the
+        hub's still unread here, the hub's next write to us fails, and the hub's stream then
+        reports that error before the bytes it had not read yet. After our end of stream the
+        hub reads everything we sent, routes it, and only then closes."""
+        if reader is None or not writer.can_write_eof():
+            return
+        await writer.drain()
+        writer.write_eof()
+        while await reader.read(READ_SIZE):
+            pass  # what the hub still sends us is of no use now
 
     def _drop_connection(self) -> None:
         writer, self._writer, self._reader = self._writer, None, None
