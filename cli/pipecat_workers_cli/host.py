@@ -5,8 +5,10 @@ description as JSON in ``PIPECAT_WORKERS_HOST``. The host builds the worker's bu
 :class:`WorkerRunner` and talks to the supervisor over two pipes:
 
 - status (fd ``status_fd``, JSON lines out): ``{"event": "ready", "runner": ..., "imports":
-  [...]}`` once the worker is registered on its bus (that is what *ready* means), or
-  ``{"event": "error", "message": ...}`` when it cannot start.
+  [...]}`` once the worker is registered on its bus (that is what *ready* means),
+  ``{"event": "waiting", "message": ...}`` while its bus's server cannot be reached (the host
+  keeps trying; said again every :data:`WAITING_EVERY` seconds), or ``{"event": "error",
+  "message": ...}`` when it cannot start.
 - stdin (lines in): ``drain`` asks for a graceful end; end of file means the supervisor is
   gone, and the host cancels its worker and exits.
 
@@ -56,6 +58,7 @@ BUS_URL_ENV = "PIPECAT_WORKERS_BUS_URL"
 REPLICA_ENV = "PIPECAT_WORKERS_REPLICA"
 HOSTNAME_REPLICA = "@hostname"
 EXIT_CONFIG = 78  # EX_CONFIG of sysexits.h: the supervisor does not restart it
+WAITING_EVERY = 5.0  # seconds between two "waiting" events with the same message
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +75,7 @@ class HostSpec:
     root: str = "."
     status_fd: int = -1
     supervisor_pid: int = 0
+    hint: str = ""                # what to change when the bus's server cannot be reached
 
     def to_json(self) -> str:
         return json.dumps({f: getattr(self, f) for f in self.__dataclass_fields__})
@@ -173,8 +177,9 @@ def bus_class(backend: str) -> Callable[..., WorkerBus]:
     return cls
 
 
-async def _watch_stdin(runner: Any) -> None:
-    """Drain on ``drain``; cancel at end of file (the supervisor is gone)."""
+async def _watch_stdin(runner: Any, stopping: asyncio.Event) -> None:
+    """Drain on ``drain`` (and set ``stopping``); cancel at end of file (the supervisor is
+    gone)."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     try:
@@ -186,6 +191,7 @@ async def _watch_stdin(runner: Any) -> None:
         if not line:  # the supervisor is gone: so is everything it started
             kill_own_group()
         if line.strip() == b"drain":
+            stopping.set()
             await runner.end(reason="stopped by the supervisor")
 
 
@@ -219,8 +225,19 @@ async def host(spec: HostSpec, status: _Status, *, supervised: bool = True) -> i
         start_errors.append(data.error)
 
     runner.add_event_handler("on_error", on_error)
+    stopping = asyncio.Event()
+    stdin = asyncio.ensure_future(_watch_stdin(runner, stopping) if supervised
+                                  else asyncio.sleep(0))
+    connected: bool | WorkersError
+    try:
+        connected = await _connected(bus, spec, status, stopping)
+    except WorkersError as exc:
+        connected = exc
+    if connected is not True:  # stopped while it waited for its bus, or it cannot start
+        stdin.cancel()
+        await asyncio.gather(stdin, return_exceptions=True)
+        return 0 if connected is False else _cannot_start(spec, status, str(connected))
     run = asyncio.ensure_future(runner.run(auto_end=True))
-    stdin = asyncio.ensure_future(_watch_stdin(runner) if supervised else asyncio.sleep(0))
     registered = asyncio.ensure_future(worker.wait_registered())
     try:
         await asyncio.wait({registered, run}, return_when=asyncio.FIRST_COMPLETED)
@@ -244,7 +261,52 @@ async def host(spec: HostSpec, status: _Status, *, supervised: bool = True) -> i
         for task in (registered, stdin):
             task.cancel()
         await asyncio.gather(run, registered, stdin, return_exceptions=True)
+        await bus.close()  # started here, so closed here: the runner leaves it alone
     return 0
+
+
+async def _connected(bus: WorkerBus, spec: HostSpec, status: _Status,
+                     stopping: asyncio.Event) -> bool:
+    """Start the worker's bus, waiting as long as its server cannot be reached; False if
+    the supervisor (``drain``) or SIGTERM stopped it first.
+
+    Meanwhile the supervisor hears ``waiting`` events, so that ``ps`` shows why the worker
+    is still starting, and the log gets a line now and then (not a crash per attempt).
+
+    Raises:
+        WorkersError: the bus cannot start for another reason than an unreachable server.
+    """
+    from pipecat_workers.bus.backends.unreachable import start_when_reachable
+    from pipecat_workers_cli.topology.hints import with_hint
+
+    loop = asyncio.get_running_loop()
+    said: tuple[str, float] = ("", float("-inf"))
+
+    def waiting(error: Exception) -> None:
+        nonlocal said
+        message = with_hint(str(error), spec.hint)
+        if message != said[0] or loop.time() - said[1] >= WAITING_EVERY:
+            status.send("waiting", message=message)
+            said = (message, loop.time())
+
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGTERM, stopping.set)
+    starting = asyncio.ensure_future(start_when_reachable(
+        bus, hint=spec.hint, on_waiting=waiting))
+    stopped = asyncio.ensure_future(stopping.wait())
+    try:
+        await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGTERM)  # the runner installs its own
+        for task in (starting, stopped):
+            task.cancel()
+        await asyncio.gather(starting, stopped, return_exceptions=True)
+    if starting.cancelled():
+        await bus.close()
+        return False
+    starting.result()  # raises what stopped it
+    return True
 
 
 def _cannot_start(spec: HostSpec, status: _Status, message: str) -> int:

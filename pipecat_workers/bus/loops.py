@@ -2,9 +2,10 @@
 
 A runner lives on a few loops of its own: its bus's reader, the membership loop, presence
 sweeps, job checks. None of them may die quietly. :func:`supervise` runs one: a crash is
-logged with its traceback, counted in a :class:`LoopHealth` (which ``runner.stats()`` shows
-under ``"loops"``), and the loop starts again after a back-off that grows while it keeps
-failing (``_FIRST`` doubling up to ``_CAP``) and resets once it has run well for a while.
+logged with its traceback (then at most twice a minute while it keeps failing), counted in
+a :class:`LoopHealth` (which ``runner.stats()`` shows under ``"loops"``), and the loop starts
+again after a back-off that grows while it keeps failing (``_FIRST`` doubling up to ``_CAP``)
+and resets once it has run well for a while.
 Cancellation is never caught: stopping a loop is its owner's business.
 """
 
@@ -25,6 +26,7 @@ _FIRST, _CAP = 0.05, 5.0
 _HEALTHY_AFTER = 10.0  # a run this long (seconds) resets the back-off
 _FAILING_FOR = 60.0  # a loop that failed this recently counts as failing
 _ERROR_TEXT = 300  # characters of the last error kept
+_REPORT_EVERY = 30.0  # seconds between two log lines of a loop that keeps failing
 # Where in each period this process's periodic work falls: the same for all its runners, so
 # ten idle runners in one process wake it once per period rather than ten times; different
 # from other processes', so a machine's processes do not all wake at once.
@@ -88,6 +90,9 @@ async def supervise(name: str, body: Callable[[], Awaitable[None]], health: Loop
     """
     loop = asyncio.get_running_loop()
     backoff = _FIRST
+    # A loop that keeps failing the same way is said with its traceback twice a minute,
+    # not once per restart.
+    failing = RateLimitedLog(logger, every=_REPORT_EVERY)
     while True:
         started = loop.time()
         try:
@@ -97,8 +102,8 @@ async def supervise(name: str, body: Callable[[], Awaitable[None]], health: Loop
             count = health.failed(name, exc)
             if loop.time() - started >= _HEALTHY_AFTER:
                 backoff = _FIRST
-            logger.error("background loop '%s' failed (failure %d); restarting it in %.2f s",
-                         name, count, backoff, exc_info=exc)
+            failing.error("background loop '%s' failed (failure %d); restarting it in %.2f s",
+                          name, count, backoff, exc_info=exc)
         await asyncio.sleep(backoff)
         backoff = min(backoff * 2, _CAP)
 
@@ -112,20 +117,35 @@ def start_supervised(name: str, body: Callable[[], Awaitable[None]],
 
 class RateLimitedLog:
     """Logs the first occurrence of a problem, then one line per ``every`` seconds at most,
-    with the number of occurrences left unlogged."""
+    with the number of occurrences left unlogged.
 
-    def __init__(self, log: logging.Logger, every: float = 60.0) -> None:
+    Args:
+        log: Where the lines go.
+        every: Seconds between two lines.
+        clock: Monotonic seconds (tests pass their own).
+    """
+
+    def __init__(self, log: logging.Logger, every: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._log = log
         self._every = every
-        self._next = 0.0
+        self._clock = clock
+        self._next: float | None = None
         self._skipped = 0
 
     def warning(self, message: str, *args: object, exc_info: BaseException | None = None) -> None:
-        now = time.monotonic()
-        if now < self._next:
+        self.log(logging.WARNING, message, *args, exc_info=exc_info)
+
+    def error(self, message: str, *args: object, exc_info: BaseException | None = None) -> None:
+        self.log(logging.ERROR, message, *args, exc_info=exc_info)
+
+    def log(self, level: int, message: str, *args: object,
+            exc_info: BaseException | None = None) -> None:
+        now = self._clock()
+        if self._next is not None and now < self._next:
             self._skipped += 1
             return
         skipped, self._skipped = self._skipped, 0
         self._next = now + self._every
         suffix = f" ({skipped} more since the last report)" if skipped else ""
-        self._log.warning(message + suffix, *args, exc_info=exc_info)
+        self._log.log(level, message + suffix, *args, exc_info=exc_info)

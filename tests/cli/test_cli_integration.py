@@ -246,12 +246,17 @@ def test_crash_loop_backs_off_and_a_missing_class_fails(
     assert up.returncode == 1, (up.stdout, up.stderr)
     assert re.search(r"^crasher: backing off\b", up.stdout, re.M), up.stdout
 
-    # Meanwhile: a worker whose class does not exist fails at once and stays failed.
+    # Meanwhile: a class that does not exist is refused before anything starts, and one
+    # that is no worker class (up's pre-flight cannot tell) fails at once and stays failed.
     bad = clis(tmp_path / "bad")
     write_project(bad.cwd, "bad", {"echo": {"class": "Echo"}, "broken": {"class": "Missing"}})
     up = bad.run("up", "-d", "workers.yaml", timeout=60)
+    assert up.returncode == 1 and "nothing started" in up.stderr, (up.stdout, up.stderr)
+    assert not bad.state_files()
+    write_project(bad.cwd, "bad", {"echo": {"class": "Echo"}, "broken": {"class": "time"}})
+    up = bad.run("up", "-d", "workers.yaml", timeout=60)
     assert up.returncode == 1, (up.stdout, up.stderr)
-    assert re.search(r"^broken: failed \(.*Missing.*\)$", up.stdout, re.M), up.stdout
+    assert re.search(r"^broken: failed \(.*not a class.*\)$", up.stdout, re.M), up.stdout
     assert "Traceback" not in up.stdout + up.stderr
 
     # The crash loop: restarts grow, it backs off, and ps says crash_loop.
@@ -281,7 +286,7 @@ def test_crash_loop_backs_off_and_a_missing_class_fails(
     # Seconds later, the missing class is still failed, never restarted.
     broken = workers_by_name(bad.ps())["broken"]
     assert (broken["state"], broken["restarts"], broken["pid"]) == ("failed", 0, None), broken
-    assert "Missing" in broken["reason"]
+    assert "'app_workers:time' is not a class" in broken["reason"]
     assert workers_by_name(bad.ps())["echo"]["state"] == "ready"
 
 

@@ -28,9 +28,10 @@ from pipecat_workers.errors import WorkersError
 from pipecat_workers.monitor import BusMonitor
 from pipecat_workers_cli.commands.channel import Where, joined, locate
 from pipecat_workers_cli.errors import CommandError
-from pipecat_workers_cli.host import bus_class
+from pipecat_workers_cli.host import build_bus, bus_class
 from pipecat_workers_cli.render import plural
-from pipecat_workers_cli.topology import load_topology
+from pipecat_workers_cli.supervisor.statedir import StateDir
+from pipecat_workers_cli.topology import ChannelSpec, Topology, load_topology
 from pipecat_workers_cli.topology.classes import check_args, resolve_class
 
 T = TypeVar("T")
@@ -40,8 +41,10 @@ SIGNED_CHANNEL = f"messages on this channel are signed; set {SECRET_ENV}"
 
 @click.command()
 @click.argument("file", required=False)
+@click.option("--connect", is_flag=True, help="Also try each channel's server (a local "
+              "channel: only while the project runs).")
 @click.pass_context
-def check(ctx: click.Context, file: str | None) -> None:
+def check(ctx: click.Context, file: str | None, connect: bool) -> None:
     """Validate FILE and import every worker class, without starting anything."""
     path = file or ctx.obj.get("file")
     if path is None:
@@ -67,10 +70,57 @@ def check(ctx: click.Context, file: str | None) -> None:
             click.secho(f"error: {path}:{spec.line}: {field}: {exc}", fg="red", err=True)
         else:
             click.echo(f"ok  {spec.key:<16} {spec.class_path}")
+    if connect:
+        failures += asyncio.run(_connect_all(topology, path))
     if failures:
         raise CommandError(f"{plural(failures, 'error')} in {path}")
     click.echo(f"{topology.name}: {plural(len(topology.workers), 'worker')}, "
                f"{plural(len(topology.channels), 'channel')}: ok")
+
+
+async def _connect_all(topology: Topology, path: str) -> int:
+    """Try every channel's server at once; print ok or the error of each; the failures."""
+    from pipecat_workers_cli.topology.hints import channel_hint, with_hint
+
+    channels = list(topology.channels.values())
+    answers = await asyncio.gather(*(_reach(topology, spec) for spec in channels),
+                                   return_exceptions=True)
+    failures = 0
+    for spec, answer in zip(channels, answers, strict=True):
+        if isinstance(answer, WorkersError | OSError):
+            failures += 1
+            why = with_hint(str(answer), channel_hint(topology.path, spec, located=True))
+            click.secho(f"error: {path}:{spec.line}: channels.{spec.key}.url: {why}", fg="red",
+                        err=True)
+        elif isinstance(answer, BaseException):
+            raise answer
+        else:
+            click.echo(f"ok  {'channel ' + spec.key:<16} {answer}")
+    return failures
+
+
+async def _reach(topology: Topology, spec: ChannelSpec) -> str:
+    """What ``check --connect`` says of one reachable channel.
+
+    Raises:
+        WorkersError: it cannot be reached (or its driver is missing).
+    """
+    from pipecat_workers.bus.backends.probe import probe
+    from pipecat_workers.bus.backends.unreachable import safe_url
+
+    if spec.backend != "local":
+        url = spec.url or ""
+        note = await probe(url)
+        return f"{spec.backend} {safe_url(url)}: reachable" + (f"; {note}" if note else "")
+    state = StateDir.of(topology.root, topology.name)
+    if not state.supervisor_alive():
+        return "local: not running (the embedded bus exists while `workers up` runs)"
+    bus = build_bus("local", str(state.socket_from_state("hub")), spec.channel)
+    try:
+        await bus.start()
+    finally:
+        await bus.close()
+    return "local: the project's bus answers"
 
 
 @click.command()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+import signal
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,12 +18,14 @@ from pipecat_workers.monitor import BusMonitor
 from pipecat_workers_cli.errors import CommandError
 from pipecat_workers_cli.host import build_bus
 from pipecat_workers_cli.project import Project, find_project
+from pipecat_workers_cli.topology.hints import channel_hint, with_hint
 from pipecat_workers_cli.topology.model import Topology
 from pipecat_workers_cli.topology.schema import URL_SCHEMES
 
 _BACKEND_OF_SCHEME = {scheme: backend for backend, schemes in URL_SCHEMES.items()
                       for scheme in schemes}
 _CALLABLE = ("ready", "starting")  # a call to a worker in another state would wait in vain
+EXIT_TERMINATED = 128 + signal.SIGTERM  # what a shell reports for a program ended by SIGTERM
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +35,7 @@ class Where:
     backend: str
     url: str | None
     channel: str
+    hint: str = ""  # what to change when the server cannot be reached
 
     def bus(self, *, everything: bool = False) -> WorkerBus:
         """A new bus on this channel; ``everything``: also see messages between others
@@ -45,7 +49,8 @@ class Where:
         return build_bus(self.backend, self.url, self.channel)
 
     def cannot_join(self, reason: object) -> CommandError:
-        return CommandError(f"cannot join channel '{self.channel}': {reason}")
+        return CommandError(f"cannot join channel '{self.channel}': "
+                            f"{with_hint(str(reason), self.hint)}")
 
 
 @contextlib.asynccontextmanager
@@ -55,18 +60,54 @@ async def joined(where: Where, bus: WorkerBus) -> AsyncIterator[None]:
 
     Make the runner or monitor that uses ``bus`` first: it binds the bus to its name.
 
+    SIGTERM (``timeout``, a service manager) ends the work as Ctrl-C does: whatever runs
+    inside is cancelled, says goodbye on the bus and closes it, and the program then exits
+    with :data:`EXIT_TERMINATED` (a second SIGTERM ends it at once).
+
     Raises:
         CommandError: the bus cannot connect.
     """
+    with _cancelled_by_sigterm() as terminated:
+        try:
+            try:
+                await bus.start()
+            except (WorkersError, OSError) as exc:
+                raise where.cannot_join(exc) from None
+            yield
+        finally:
+            await bus.close()
+            if terminated():
+                raise SystemExit(EXIT_TERMINATED)
+
+
+@contextlib.contextmanager
+def _cancelled_by_sigterm() -> Iterator[Callable[[], bool]]:
+    """Cancel the current task on SIGTERM; yields whether that happened.
+
+    Without it the default action kills the process outright, and the peers of a runner
+    that never said goodbye report it lost.
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    received = False
+
+    def on_sigterm() -> None:
+        nonlocal received
+        received = True
+        loop.remove_signal_handler(signal.SIGTERM)  # a second one ends it at once
+        if task is not None:
+            task.cancel()
+
     try:
-        await bus.start()
-    except (WorkersError, OSError) as exc:
-        await bus.close()
-        raise where.cannot_join(exc) from None
+        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+        yield lambda: False
+        return
     try:
-        yield
+        yield lambda: received
     finally:
-        await bus.close()
+        if not received:
+            loop.remove_signal_handler(signal.SIGTERM)
 
 
 def locate(obj: dict[str, Any], channel: str | None, url: str | None, *,
@@ -87,7 +128,7 @@ def locate(obj: dict[str, Any], channel: str | None, url: str | None, *,
                                f"got '{url}'")
         if not channel:
             raise CommandError("--url needs --channel NAME (the channel's name on the wire)")
-        return Where(backend, url, channel)
+        return Where(backend, url, channel, hint="check --url")
     project = find_project(obj.get("file"), obj.get("project"))
     topology = project.topology_or_recorded()
     if worker is not None:
@@ -103,7 +144,8 @@ def locate(obj: dict[str, Any], channel: str | None, url: str | None, *,
         raise CommandError(f"no channel '{channel}' in {topology.path.name} (it has "
                            f"{', '.join(topology.channels)})")
     if spec.backend != "local":
-        return Where(spec.backend, spec.url, spec.channel)
+        return Where(spec.backend, spec.url, spec.channel,
+                     hint=channel_hint(topology.path, spec))
     if not project.state.supervisor_alive():
         raise CommandError(f"project '{project.name}' is not running: its local channel "
                            f"'{channel}' exists only while `workers up` runs")

@@ -22,9 +22,11 @@ from pipecat_workers_cli.errors import CommandError
 from pipecat_workers_cli.forkserver import close_other_fds, drop_command_dir
 from pipecat_workers_cli.project import command_for
 from pipecat_workers_cli.states import ENDED, FAILING, worker_line
+from pipecat_workers_cli.supervisor.machine import WAITING_FOR_BUS
 from pipecat_workers_cli.supervisor.statedir import StateDir, state_errors
 from pipecat_workers_cli.supervisor.status import ProjectStatus
 from pipecat_workers_cli.topology import Topology, expand, load_topology
+from pipecat_workers_cli.topology.preflight import preflight_or_exit
 
 if TYPE_CHECKING:
     from pipecat_workers_cli.logs.reader import LogRecord
@@ -68,6 +70,8 @@ def up(ctx: click.Context, args: tuple[str, ...], detach: bool, no_ui: bool, rel
     state = StateDir.of(topology.root, topology.name)
     if wrong := topology.unknown_workers(names):
         raise CommandError(wrong)
+    if not daemon:
+        preflight_or_exit(topology)  # check's findings first: nothing starts (or changes)
     if state.supervisor_alive() and not daemon:
         how = command_for(topology)
         if not detach:
@@ -366,8 +370,10 @@ def _verdict(status: ProjectStatus, partial: bool) -> bool | None:
     settled = {"ready", "exited", "stopped"} if partial else {"ready", "exited"}
     if any(w.state in FAILING for w in status.workers):
         return False
-    if all(w.state in settled for w in status.workers):
-        return True
+    # A worker waiting for its bus's server will not be ready until someone starts it.
+    waiting = [w for w in status.workers if w.reason.startswith(WAITING_FOR_BUS)]
+    if all(w.state in settled for w in status.workers if w not in waiting):
+        return not waiting
     return None
 
 

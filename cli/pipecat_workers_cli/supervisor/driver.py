@@ -67,6 +67,7 @@ from pipecat_workers_cli.supervisor.statedir import StateDir
 from pipecat_workers_cli.supervisor.status import ProjectStatus, RollStatus
 from pipecat_workers_cli.supervisor.template import ForkUnavailable, Template
 from pipecat_workers_cli.supervisor.usage import UsageSampler
+from pipecat_workers_cli.topology.hints import channel_hint
 from pipecat_workers_cli.topology.model import ProcessSpec, Topology, expand
 from pipecat_workers_cli.topology.schema import MAX_REPLICAS
 
@@ -286,6 +287,10 @@ class Supervisor:
             elif kind == "error":
                 self._perform(machine.reported_error(event.name,
                                                      str(event.event.get("message", ""))))
+            elif kind == "waiting":
+                self._perform(machine.waiting_for_bus(event.name,
+                                                      str(event.event.get("message", ""))))
+                self._dirty = True  # its reason changed: ps and up -d read it
         elif isinstance(event, Exited):
             process = self._processes.get(event.name)
             if process is not None and process.pid == event.pid:
@@ -343,7 +348,8 @@ class Supervisor:
             name=name, class_path=spec.worker.class_path, args=dict(spec.worker.args),
             backend=channel.backend, channel=channel.channel,
             url=self._hub_path() if channel.backend == "local" else channel.url,
-            runner=f"{self._topology.name}/{name}", root=str(self._topology.root))
+            runner=f"{self._topology.name}/{name}", root=str(self._topology.root),
+            hint=channel_hint(self._topology.path, channel))
         env = {**self._env, **spec.worker.env}
         try:
             process = await self._start_process(host, env)

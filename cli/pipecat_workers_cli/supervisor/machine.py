@@ -35,6 +35,8 @@ from pipecat_workers_cli.supervisor.model import (
 )
 from pipecat_workers_cli.topology.model import ProcessSpec, RestartPolicy
 
+WAITING_FOR_BUS = "waiting for the bus"  # the reason of a worker whose bus cannot connect yet
+
 __all__ = ["ALIVE", "FINAL", "Action", "Drain", "Kill", "Machine", "Note", "Proc", "Roll",
            "Spawn", "State", "Timing", "describe_exit", "same_process"]
 
@@ -262,6 +264,16 @@ class Machine:
     def reported_error(self, name: str, message: str) -> list[Action]:
         """The host said why it cannot start (it exits next)."""
         self.procs[name].reason = message
+        return []
+
+    def waiting_for_bus(self, name: str, message: str) -> list[Action]:
+        """The host is alive, and waits for its bus's server (it says so every few seconds):
+        it stays starting, with the reason, and its ready deadline runs from now. Nothing is
+        logged: the host's own line says it already."""
+        proc = self.procs[name]
+        if proc.state is State.STARTING:
+            proc.reason = f"{WAITING_FOR_BUS}: {message}"
+            proc.deadline = self.clock() + proc.spec.worker.ready_timeout
         return []
 
     def ready(self, name: str) -> list[Action]:

@@ -14,10 +14,13 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipecat_workers.bus.backends.unreachable import REPORT_EVERY
+from pipecat_workers.bus.loops import RateLimitedLog
 from pipecat_workers.errors import WorkersError
 from pipecat_workers.monitor import BusMonitor
 from pipecat_workers_cli.host import build_bus
 from pipecat_workers_cli.supervisor.status import ChannelStatus
+from pipecat_workers_cli.topology.hints import channel_hint, with_hint
 from pipecat_workers_cli.topology.model import ChannelSpec, Topology
 
 logger = logging.getLogger("pipecat_workers_cli.supervisor")
@@ -56,6 +59,9 @@ class Monitors:
 
     async def _connect(self, spec: ChannelSpec) -> None:
         url = self._hub_path if spec.backend == "local" else spec.url
+        hint = channel_hint(self._topology.path, spec)
+        # A server that stays down is said once, then twice a minute: not every retry.
+        failing = RateLimitedLog(logger, every=REPORT_EVERY)
         while True:
             bus = build_bus(spec.backend, url, spec.channel)
             # Unique per supervisor: one project may be supervised on several machines.
@@ -64,7 +70,8 @@ class Monitors:
             try:
                 await monitor.start()
             except (WorkersError, OSError) as exc:
-                logger.warning("cannot watch channel '%s' yet: %s", spec.key, exc)
+                failing.warning("cannot watch channel '%s' yet: %s", spec.key,
+                                with_hint(str(exc), hint))
                 await asyncio.sleep(_RETRY)
                 continue
             self._monitors[spec.key] = monitor

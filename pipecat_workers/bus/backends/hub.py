@@ -38,6 +38,7 @@ import os
 from collections import deque
 
 from pipecat_workers.bus.backends.hub_presence import HubPresence
+from pipecat_workers.bus.backends.unreachable import REPORT_EVERY
 from pipecat_workers.bus.hub_wire import (
     FEATURE_PRESENCE,
     FLAG_OBSERVE,
@@ -63,6 +64,7 @@ from pipecat_workers.bus.hub_wire import (
     read_frame,
     scan,
 )
+from pipecat_workers.bus.loops import RateLimitedLog
 from pipecat_workers.bus.network import DISCONNECTED, NetworkBus
 from pipecat_workers.bus.presence import Presence
 from pipecat_workers.bus.serializer import MessageSerializer
@@ -240,6 +242,8 @@ class HubBus(NetworkBus):
 
     async def _read_forever(self) -> None:
         backoff = _BACKOFF_FIRST
+        # A bug repeats at every attempt: its traceback twice a minute, not once per retry.
+        broken = RateLimitedLog(logger, every=REPORT_EVERY)
         while True:
             try:
                 if self._reader is None:
@@ -252,8 +256,8 @@ class HubBus(NetworkBus):
                 why = str(exc) or type(exc).__name__
             except Exception as exc:  # a bug: log it, and start over on a fresh connection
                 self.loops.failed("reader", exc)
-                logger.exception("bus on channel '%s' failed reading from the hub",
-                                 self._channel)
+                broken.error("bus on channel '%s' failed reading from the hub",
+                             self._channel, exc_info=exc)
                 why = repr(exc)
             if self._writer is not None:
                 logger.warning("bus hub at %s lost on channel '%s': %s", self._path,

@@ -47,6 +47,8 @@ from pgmq.async_queue import PGMQueue
 
 from pipecat_workers.bus.backends.pgmq_install import ensure_pgmq
 from pipecat_workers.bus.backends.pgmq_presence import FREE_LOCKS, PgmqPresence
+from pipecat_workers.bus.backends.unreachable import REPORT_EVERY, unreachable
+from pipecat_workers.bus.loops import RateLimitedLog
 from pipecat_workers.bus.network import NetworkBus
 from pipecat_workers.bus.presence import Presence
 from pipecat_workers.bus.serializer import MessageSerializer
@@ -64,6 +66,9 @@ _DOWN = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
          asyncpg.exceptions.OperatorInterventionError,
          asyncpg.exceptions.InsufficientResourcesError)
 _FAILED = (*_DOWN, asyncpg.PostgresError)
+# Refused at login: the server is there, the URL is wrong (no such database, role, password).
+_REFUSED = (asyncpg.InvalidCatalogNameError, asyncpg.InvalidAuthorizationSpecificationError,
+            asyncpg.InvalidPasswordError)
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.05, 1.0
 _IO_TIMEOUT = 10.0  # bound on every statement, connect and pool acquire
 # While our own reader is reconnecting, and this long after, a peer's missing lock may only
@@ -246,6 +251,8 @@ class PgmqBus(NetworkBus):
             await self._connect(fresh=True)
         except BaseException as exc:
             await self._close_pool()
+            if isinstance(exc, (*_DOWN, *_REFUSED)):
+                raise unreachable("PostgreSQL", self._address(), exc) from exc
             if isinstance(exc, _FAILED):
                 raise BusConnectionError(f"cannot set up PGMQ queue '{self._queue}' for "
                                          f"channel '{self._channel}': {exc}") from exc
@@ -255,6 +262,14 @@ class PgmqBus(NetworkBus):
             self._presence = PgmqPresence(self._free_locks,
                                           lambda runner: _lock_key(self.queue_name(runner)),
                                           runner=self.runner_name, health=self.loops)
+
+    def _address(self) -> str:
+        """The server's DSN, for messages (a given client's, rebuilt from its settings)."""
+        if self._dsn is not None:
+            return self._dsn
+        client = self._client
+        return (f"postgresql://{getattr(client, 'host', '?')}:{getattr(client, 'port', '?')}/"
+                f"{getattr(client, 'database', '?')}")
 
     async def _close(self) -> None:
         presence, self._presence = self._presence, None
@@ -354,6 +369,8 @@ class PgmqBus(NetworkBus):
 
     async def _read_forever(self) -> None:
         backoff = _BACKOFF_FIRST
+        # A bug repeats at every attempt: its traceback twice a minute, not once per retry.
+        broken = RateLimitedLog(logger, every=REPORT_EVERY)
         while True:
             try:
                 if self._conn is None:
@@ -363,9 +380,10 @@ class PgmqBus(NetworkBus):
             except Exception as exc:  # connection lost, or our queue dropped: set up again
                 if not isinstance(exc, _FAILED):
                     self.loops.failed("reader", exc)
-                if self._conn is not None:
-                    logger.warning("PGMQ reader of '%s' failed: %s", self._channel, exc,
-                                   exc_info=not isinstance(exc, _FAILED))
+                    broken.warning("PGMQ reader of '%s' failed: %s", self._channel, exc,
+                                   exc_info=exc)
+                elif self._conn is not None:
+                    logger.warning("PGMQ reader of '%s' failed: %s", self._channel, exc)
                 await self._drop_conn()
                 self._set_connected(False)
                 await asyncio.sleep(backoff)

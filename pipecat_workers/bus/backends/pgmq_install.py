@@ -20,22 +20,22 @@ logger = logging.getLogger("pipecat_workers.bus.pgmq")
 
 _INSTALL_LOCK = 0x7069706563617400  # advisory lock key that serialises PGMQ installs
 
-_HAS_PGMQ = ("SELECT to_regprocedure('pgmq.send_topic(text,jsonb)') IS NOT NULL AND "
-             "to_regprocedure('pgmq.enable_notify_insert(text,integer)') IS NOT NULL")
+HAS_PGMQ = ("SELECT to_regprocedure('pgmq.send_topic(text,jsonb)') IS NOT NULL AND "
+            "to_regprocedure('pgmq.enable_notify_insert(text,integer)') IS NOT NULL")
 
 
 async def ensure_pgmq(conn: Any, down: tuple[type[BaseException], ...],
                       failed: tuple[type[BaseException], ...], timeout: float) -> None:
     """Install PGMQ if the database has none: ``CREATE EXTENSION`` if the server offers it,
     else the SQL the ``pgmq`` package ships. An advisory lock keeps processes from racing."""
-    if await conn.fetchval(_HAS_PGMQ, timeout=timeout):
+    if await conn.fetchval(HAS_PGMQ, timeout=timeout):
         return
     sql_file = files("pgmq").joinpath("sql", "pgmq.sql")
     # A session lock, so that the check below runs in a transaction of its own and sees what
     # another process installed while we waited.
     await conn.execute("SELECT pg_advisory_lock($1)", _INSTALL_LOCK, timeout=timeout)
     try:
-        if await conn.fetchval(_HAS_PGMQ):
+        if await conn.fetchval(HAS_PGMQ):
             return
         if await conn.fetchval("SELECT to_regnamespace('pgmq') IS NOT NULL"):
             raise BusConnectionError(

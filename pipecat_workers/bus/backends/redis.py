@@ -31,6 +31,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pipecat_workers.bus.backends.redis_presence import RedisPresence
+from pipecat_workers.bus.backends.unreachable import REPORT_EVERY, unreachable
+from pipecat_workers.bus.loops import RateLimitedLog
 from pipecat_workers.bus.network import NetworkBus
 from pipecat_workers.bus.presence import Presence
 from pipecat_workers.bus.serializer import MessageSerializer
@@ -95,6 +97,15 @@ class RedisBus(NetworkBus):
                                           socket_timeout=None)
         return self._client
 
+    def _address(self) -> str:
+        """The server's URL, for messages (a given client's, rebuilt from its settings)."""
+        if self._url is not None:
+            return self._url
+        kwargs = self._redis().connection_pool.connection_kwargs
+        if "path" in kwargs:
+            return f"unix://{kwargs['path']}"
+        return f"redis://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+
     @property
     def presence(self) -> Presence | None:
         """Who is on the channel, from the channel's presence set (once started)."""
@@ -104,8 +115,7 @@ class RedisBus(NetworkBus):
         try:
             await self._subscribe()
         except _DOWN as exc:
-            raise BusConnectionError(f"cannot reach Redis for channel '{self._channel}': "
-                                     f"{exc}") from exc
+            raise unreachable("Redis", self._address(), exc) from exc
         self._reader = asyncio.get_running_loop().create_task(self._read_forever())
         if self._runner:
             self._presence = RedisPresence(self._redis(), channel=self._channel,
@@ -152,6 +162,9 @@ class RedisBus(NetworkBus):
 
     async def _read_forever(self) -> None:
         backoff = _BACKOFF_FIRST
+        # Refusals repeat at every attempt (a NOPERM, a server that is not Redis): said with
+        # their traceback twice a minute, not once per retry.
+        refused = RateLimitedLog(logger, every=REPORT_EVERY)
         while True:
             try:
                 if self._pubsub is None:
@@ -161,9 +174,10 @@ class RedisBus(NetworkBus):
             except Exception as exc:  # down, or refused (a NOPERM on resubscribe): again
                 if not isinstance(exc, _DOWN):
                     self.loops.failed("reader", exc)
-                if self._pubsub is not None or not isinstance(exc, _DOWN):
-                    logger.warning("Redis reader of '%s' failed: %s", self._channel, exc,
-                                   exc_info=not isinstance(exc, _DOWN))
+                    refused.warning("Redis reader of '%s' failed: %s", self._channel, exc,
+                                    exc_info=exc)
+                elif self._pubsub is not None:  # it was connected: say it lost the server
+                    logger.warning("Redis reader of '%s' failed: %s", self._channel, exc)
                 await self._drop_pubsub()
                 self._set_connected(False)
                 await asyncio.sleep(backoff)

@@ -1,0 +1,177 @@
+"""``up``'s pre-flight: the mistakes ``check`` finds, found before anything starts.
+
+``check`` imports every worker class. ``up`` must not: it would import the project's modules
+(and pipecat) into the supervisor, which the process template forks, so every worker would
+see those modules as they were at ``up``, not as they are when it starts. So this looks
+without running anything: a channel's driver is found on ``sys.path``, and a worker's module
+is found and parsed, and must define its class's name at module level. What it cannot tell
+(a module with ``from x import *`` or a module ``__getattr__``, an extension module) passes:
+the worker's host says it then, as it always did.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipecat_workers_cli.topology.classes import parse_class_path, suggest
+from pipecat_workers_cli.topology.errors import WorkerClassError
+from pipecat_workers_cli.topology.model import Topology
+
+# backend -> (its bus class, the packages its driver needs, the extra that installs them)
+_DRIVERS: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "redis": ("RedisBus", ("redis",), "redis"),
+    "pgmq": ("PgmqBus", ("pgmq", "asyncpg"), "pgmq"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One mistake: where it is in the topology and what it is."""
+
+    line: int
+    field: str
+    message: str
+
+
+def preflight(topology: Topology) -> list[Problem]:
+    """Every missing driver and missing worker module or class of ``topology``."""
+    problems: list[Problem] = []
+    for channel in topology.channels.values():
+        bus, packages, extra = _DRIVERS.get(channel.backend, ("", (), ""))
+        for package in packages:
+            if importlib.util.find_spec(package) is None:
+                problems.append(Problem(
+                    channel.line, f"channels.{channel.key}.backend",
+                    f"{bus} needs the '{package}' package: "
+                    f"pip install 'pipecat-workers[{extra}]'"))
+                break
+    for spec in topology.workers.values():
+        try:
+            _check_class(spec.class_path, topology.root)
+        except WorkerClassError as exc:
+            problems.append(Problem(spec.line, f"workers.{spec.key}.class", str(exc)))
+    return problems
+
+
+def preflight_or_exit(topology: Topology) -> None:
+    """Say every problem :func:`preflight` finds, one line each, and refuse to go on.
+
+    Raises:
+        CommandError: there was at least one (the last line says how many).
+    """
+    problems = preflight(topology)
+    if not problems:
+        return
+    from pipecat_workers_cli.errors import CommandError
+
+    lines = [f"{topology.path.name}:{p.line}: {p.field}: {p.message}" for p in problems]
+    if len(lines) == 1:
+        raise CommandError(f"{lines[0]}; nothing started")
+    import click
+
+    for line in lines:
+        click.secho(f"error: {line}", fg="red", err=True)
+    raise CommandError(f"{len(lines)} errors in {topology.path.name}; nothing started")
+
+
+def _check_class(class_path: str, root: Path) -> None:
+    """Raise what ``resolve_class`` would for a missing module or name, without importing.
+
+    Raises:
+        WorkerClassError: the module is not found, does not parse, or lacks the name.
+    """
+    module, attr = parse_class_path(class_path)
+    source = _module_source(module, root)
+    if source is None:
+        return  # found, but not as a Python file we can read: the host will tell
+    try:
+        tree = ast.parse(source.read_bytes(), filename=str(source))
+    except SyntaxError as exc:
+        raise WorkerClassError(f"importing '{module}' failed: syntax error in "
+                               f"{_shown(source, root)}:{exc.lineno}: {exc.msg}") from None
+    except (OSError, ValueError):
+        return
+    names = set(_top_level_names(tree.body))
+    if "*" in names or "__getattr__" in names:
+        return  # names made at run time
+    first = attr.split(".")[0]
+    if first not in names:
+        public = sorted(n for n in names if not n.startswith("_"))
+        raise WorkerClassError(
+            f"module '{module}' has no attribute {first!r}{suggest(first, public)}")
+
+
+def _module_source(module: str, root: Path) -> Path | None:
+    """The file of ``module``, looked up as the host will (the project root first).
+
+    Raises:
+        WorkerClassError: no such module.
+    """
+    parts = module.split(".")
+    bases = [root, *(Path(p) for p in sys.path if p)]
+    for base in bases:
+        if (base / parts[0]).is_dir() or (base / f"{parts[0]}.py").is_file():
+            return _walk(base, parts, module)
+    try:  # an installed package's own finder (an editable install, say)
+        found = importlib.util.find_spec(parts[0])  # a top-level name imports nothing
+    except (ImportError, ValueError):
+        found = None
+    if found is None:
+        raise WorkerClassError(f"module '{module}' not found"
+                               + ("" if len(parts) == 1 else f" (no module named '{parts[0]}')"))
+    if len(parts) == 1:
+        origin = found.origin or ""
+        return Path(origin) if origin.endswith(".py") else None
+    for location in found.submodule_search_locations or ():
+        return _walk(Path(location).parent, parts, module)
+    return None
+
+
+def _walk(base: Path, parts: list[str], module: str) -> Path | None:
+    """``base/a/b/c.py`` (or its package's ``__init__.py``) for ``a.b.c``."""
+    directory = base.joinpath(*parts[:-1])
+    for candidate in (directory / f"{parts[-1]}.py", directory / parts[-1] / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    if (directory / parts[-1]).is_dir():
+        return None  # a namespace package: nothing to parse
+    if any(directory.glob(f"{parts[-1]}.*")):
+        return None  # an extension module, or compiled only
+    missing = ".".join(parts[:next((i for i in range(1, len(parts))
+                                    if not base.joinpath(*parts[:i]).is_dir()), len(parts))])
+    detail = "" if missing == module else f" (no module named '{missing}')"
+    raise WorkerClassError(f"module '{module}' not found{detail}")
+
+
+def _top_level_names(body: list[ast.stmt]) -> Iterator[str]:
+    """Names a module binds when it runs, looking into ``if``/``try``/``with`` blocks."""
+    for node in body:
+        if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            yield node.name
+        elif isinstance(node, ast.Assign | ast.AnnAssign | ast.AugAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                yield from (n.id for n in ast.walk(target) if isinstance(n, ast.Name))
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            for alias in node.names:
+                yield alias.asname or alias.name.split(".")[0]
+        elif isinstance(node, ast.If | ast.Try | ast.With | ast.AsyncWith | ast.For
+                        | ast.While):
+            for block in ("body", "orelse", "finalbody", "handlers"):
+                for child in getattr(node, block, []):
+                    inner = child.body if isinstance(child, ast.ExceptHandler) else [child]
+                    yield from _top_level_names(inner)
+        elif isinstance(node, ast.Match):
+            yield "*"  # rare at module level: do not guess
+
+
+def _shown(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
