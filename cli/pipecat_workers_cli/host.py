@@ -242,10 +242,13 @@ async def host(spec: HostSpec, status: _Status, *, supervised: bool = True) -> i
     try:
         await asyncio.wait({registered, run}, return_when=asyncio.FIRST_COMPLETED)
         if registered.done() and not run.done():
-            if runner.registry.get(spec.name) is None:  # start() gave up: not ready
+            # Gone from the registry already: start() gave up, or the worker was ready and
+            # ended at once (a one-shot job whose on_activated did its work and ended).
+            if runner.registry.get(spec.name) is None:
                 await asyncio.sleep(0)  # let the runner's on_error handlers run
-                why = start_errors[-1] if start_errors else "it did not register on its bus"
-                raise WorkerStateError(f"failed to start: {why}")
+                if start_errors or not _ended_by_itself(worker):
+                    why = start_errors[-1] if start_errors else "it did not register on its bus"
+                    raise WorkerStateError(f"failed to start: {why}")
             status.send("ready", runner=runner.name, pid=os.getpid(),
                         imports=project_imports(Path(spec.root).resolve()))
         await run
@@ -263,6 +266,13 @@ async def host(spec: HostSpec, status: _Status, *, supervised: bool = True) -> i
         await asyncio.gather(run, registered, stdin, return_exceptions=True)
         await bus.close()  # started here, so closed here: the runner leaves it alone
     return 0
+
+
+def _ended_by_itself(worker: Any) -> bool:
+    """Whether the worker is ending or ended, and not because its start failed."""
+    from pipecat_workers.workers.base import WorkerState
+
+    return worker.state in (WorkerState.STOPPING, WorkerState.STOPPED)
 
 
 async def _connected(bus: WorkerBus, spec: HostSpec, status: _Status,

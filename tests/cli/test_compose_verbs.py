@@ -41,6 +41,14 @@ class Job(BaseWorker):
         await asyncio.sleep(self._after)
         print(f"{self.name} finishing with {self._code}", flush=True)
         os._exit(self._code)
+
+
+class Instant(BaseWorker):
+    """Does its work in on_activated and ends there: gone from the bus at once."""
+
+    async def on_activated(self, args):
+        print(f"{self.name} did its work", flush=True)
+        await self.end(reason="done")
 '''
 
 
@@ -254,3 +262,19 @@ def test_depends_on_completed_waits_for_the_job_and_fails_with_it(
     lines = supervisor_lines(tmp_path, "jobs")
     assert index_of(lines, r"^migrate: ready$") < index_of(lines, r"^migrate: exited")
     assert index_of(lines, r"^migrate: exited with code 0") < index_of(lines, r"^api: started")
+
+
+@pytest.mark.timeout(60)
+def test_a_job_that_ends_in_on_activated_completes_and_its_dependents_start(
+        tmp_path: Path, clis: Callable[[Path], Cli]) -> None:
+    write_project(tmp_path, "instant", {
+        "migrate": {"class": "jobs:Instant", "restart": "no"},
+        "api": {"class": "Echo", "depends_on": {"migrate": {"condition": "completed"}}},
+    })
+    (tmp_path / "jobs.py").write_text(JOBS_PY)
+    cli = clis(tmp_path)
+    up = cli.run("up", "-d", "workers.yaml", timeout=60)
+    assert up.returncode == 0, (up.stdout, up.stderr)
+    workers = workers_by_name(cli.ps())
+    assert (workers["migrate"]["state"], workers["migrate"]["exit_code"]) == ("exited", 0)
+    assert workers["api"]["state"] == "ready"
