@@ -3,7 +3,8 @@
 Requests are ``{"cmd": "status" | "start" | "stop" | "restart" | "down", "workers": [...]}``,
 with ``"rolling": true`` for a restart one process at a time; ``{"cmd": "scale", "replicas":
 {"key": N}}``; and ``{"cmd": "apply", "file": "...", "env": {...}}``, an ``up`` on the running
-project, answered with what it started, restarted and stopped (``"applied"``). Answers are
+project, answered with what it started, restarted and stopped (``"applied"``); each is
+checked by :mod:`pipecat_workers_cli.supervisor.requests` before it is acted on. Answers are
 ``{"ok": true, ...}`` or ``{"ok": false, "error": "one line"}``. The socket is
 created with mode 0600: only its owner may drive the project.
 """

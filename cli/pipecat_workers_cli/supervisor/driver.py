@@ -63,13 +63,22 @@ from pipecat_workers_cli.supervisor.report import (
     job_news,
     project_status,
 )
+from pipecat_workers_cli.supervisor.requests import (
+    ApplyRequest,
+    Request,
+    RestartRequest,
+    ScaleRequest,
+    StartRequest,
+    StatusRequest,
+    StopRequest,
+    parse_request,
+)
 from pipecat_workers_cli.supervisor.statedir import StateDir
 from pipecat_workers_cli.supervisor.status import ProjectStatus, RollStatus
 from pipecat_workers_cli.supervisor.template import ForkUnavailable, Template
 from pipecat_workers_cli.supervisor.usage import UsageSampler
 from pipecat_workers_cli.topology.hints import channel_hint
 from pipecat_workers_cli.topology.model import ProcessSpec, Topology, expand
-from pipecat_workers_cli.topology.schema import MAX_REPLICAS
 
 logger = logging.getLogger("pipecat_workers_cli.supervisor")
 
@@ -434,86 +443,66 @@ class Supervisor:
         return await answer
 
     def _answer(self, request: _Request) -> None:
-        payload, machine = request.payload, self._machine
-        cmd = payload.get("cmd")
-        names = payload.get("workers") or None
-        if names is not None and not (isinstance(names, list)
-                                      and all(isinstance(n, str) for n in names)):
-            request.answer.set_result({"ok": False, "error": "workers: expected a list of "
-                                       "worker names"})
-            return
         try:
-            if cmd == "apply":  # names are those of the file it applies
-                result: dict[str, Any] = {"applied": self._apply_file(payload, names)}
-            elif names and (unknown := machine.unknown(names)):
-                raise CommandError(f"no worker named {', '.join(map(repr, unknown))}")
-            elif cmd == "status":
-                result = {"status": self.status().to_json()}
-            elif cmd in ("stop", "down"):
-                self._stopping = self._stopping or cmd == "down"
-                self._perform(machine.stop(names if cmd == "stop" else None,
-                                           hold=cmd == "stop"))
-                result = {}
-            elif cmd == "start":
-                self._perform(machine.start(names))
-                result = {}
-            elif cmd == "restart" and payload.get("rolling") is True:
-                roll, actions = machine.roll(names)
-                self._perform(actions)
-                result = {"roll": roll.id}
-            elif cmd == "restart":
-                self._perform(machine.restart(names or list(machine.procs)))
-                result = {}
-            elif cmd == "scale":
-                self._scale(payload.get("replicas"))
-                result = {}
-            else:
-                raise CommandError(f"unknown command {cmd!r}")
+            result = self._carry_out(parse_request(request.payload))
         except CommandError as exc:
             request.answer.set_result({"ok": False, "error": str(exc)})
             return
         request.answer.set_result({"ok": True, **result})
 
-    def _apply_file(self, payload: dict[str, Any], names: list[str] | None
-                    ) -> dict[str, list[str]]:
+    def _carry_out(self, request: Request) -> dict[str, Any]:
+        """Act on a control request; what the answer carries besides ``ok``."""
+        machine = self._machine
+        if isinstance(request, ApplyRequest):  # its names are those of the file it applies
+            return {"applied": self._apply_file(request)}
+        names = getattr(request, "names", None)
+        if names and (unknown := machine.unknown(names)):
+            raise CommandError(f"no worker named {', '.join(map(repr, unknown))}")
+        if isinstance(request, StatusRequest):
+            return {"status": self.status().to_json()}
+        if isinstance(request, StopRequest):
+            self._stopping = self._stopping or request.down
+            self._perform(machine.stop(None if request.down else names, hold=not request.down))
+        elif isinstance(request, StartRequest):
+            self._perform(machine.start(names))
+        elif isinstance(request, RestartRequest) and request.rolling:
+            roll, actions = machine.roll(names)
+            self._perform(actions)
+            return {"roll": roll.id}
+        elif isinstance(request, RestartRequest):
+            self._perform(machine.restart(names or list(machine.procs)))
+        elif isinstance(request, ScaleRequest):
+            self._scale(request.counts)
+        return {}
+
+    def _apply_file(self, request: ApplyRequest) -> dict[str, list[str]]:
         """``up`` on the running project: load the file it names with its environment and
         run the difference. A file with an error changes nothing."""
-        file, env, env_files = payload.get("file"), payload.get("env"), payload.get("env_files")
-        if not isinstance(file, str) or not (env is None or (isinstance(env, dict) and all(
-                isinstance(k, str) and isinstance(v, str) for k, v in env.items()))) or not (
-                env_files is None or (isinstance(env_files, list)
-                                      and all(isinstance(f, str) for f in env_files))):
-            raise CommandError("apply: expected a file name, an environment and env files")
         if self._stopping:
             raise CommandError("the project is stopping")
         try:
-            # `()`, not None, without --env-file: the caller's default (.env), not ours.
-            topology = reload_topology(self._topology, Path(file), env,
-                                       env_files=env_files or ())
+            # `[]`, not None, without --env-file: the caller's default (.env), not ours.
+            topology = reload_topology(self._topology, Path(request.file), request.env,
+                                       env_files=request.env_files)
         except WorkersError as exc:
             raise CommandError(str(exc)) from None
-        if names and (wrong := topology.unknown_workers(names)):
+        if request.names and (wrong := topology.unknown_workers(request.names)):
             raise CommandError(wrong)
-        self._file_env = env
+        self._file_env = request.env
         self._project_note(f"applying {topology.path.name}")
-        applied, actions = self._machine.apply(self._use(topology), names)
+        applied, actions = self._machine.apply(self._use(topology), request.names)
         self._perform(actions)
         return applied.to_json()
 
-    def _scale(self, counts: object) -> None:
+    def _scale(self, counts: dict[str, int]) -> None:
         """Run this many replicas of these worker keys until the topology is next applied;
         0 stops them all."""
-        if not (isinstance(counts, dict) and counts and all(
-                isinstance(k, str) and isinstance(n, int) for k, n in counts.items())):
-            raise CommandError("scale: expected worker keys and replica counts")
         if self._stopping:
             raise CommandError("the project is stopping")
-        for key, count in counts.items():
+        for key in counts:
             if key not in self._topology.workers:
                 raise CommandError(f"no worker key {key!r} in {self._topology.path.name} (it "
                                    f"has {', '.join(self._topology.workers)})")
-            if not 0 <= count <= MAX_REPLICAS:
-                raise CommandError(f"{key}: expected 0 to {MAX_REPLICAS} replicas, got {count}")
         for key, count in counts.items():
             self._project_note(f"scaling {key} to {count} until the topology is next applied")
             if count == 0:
