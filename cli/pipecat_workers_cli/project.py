@@ -70,13 +70,7 @@ class Project:
         return f"workers -f {shlex.quote(os.path.relpath(file, here))}"
 
     def last_status(self) -> ProjectStatus | None:
-        data = self.state.read_state()
-        if data is None:
-            return None
-        try:
-            return ProjectStatus.from_json(data)
-        except (KeyError, TypeError):
-            return None
+        return ProjectStatus.recorded(self.state.read_state())
 
 
 def command_for(topology: Topology, cwd: Path | None = None) -> str:

@@ -333,7 +333,7 @@ def _await_ready(topology: Topology, state: StateDir, child: _Child,
     """
     deadline = time.monotonic() + timeout
     while True:
-        status = _recorded_status(state)
+        status = ProjectStatus.recorded(state.read_state())
         ok = _verdict(status, partial) if status is not None and status.running else None
         if status is not None and ok is not None:
             _print_lines(status, only_started=ok)
@@ -352,16 +352,6 @@ def _await_ready(topology: Topology, state: StateDir, child: _Child,
                                f"project keeps starting: `{how} ps` shows where it is, "
                                f"`{how} down` stops it")
         time.sleep(_POLL)
-
-
-def _recorded_status(state: StateDir) -> ProjectStatus | None:
-    data = state.read_state()
-    if data is None:
-        return None
-    try:
-        return ProjectStatus.from_json(data)
-    except (KeyError, TypeError):
-        return None
 
 
 def _verdict(status: ProjectStatus, partial: bool) -> bool | None:
@@ -385,7 +375,7 @@ def _print_lines(status: ProjectStatus, *, only_started: bool) -> None:
 
 def _exited_early(state: StateDir, code: int, log_start: int) -> CommandError:
     """What the supervisor that exited before its workers were ready left to say."""
-    status = _recorded_status(state)
+    status = ProjectStatus.recorded(state.read_state())
     if status is not None and status.workers:
         _print_lines(status, only_started=False)
         why = (" as no worker was left running"

@@ -93,6 +93,16 @@ class ProjectStatus:
         return data
 
     @classmethod
+    def recorded(cls, data: dict[str, Any] | None) -> ProjectStatus | None:
+        """The status in a state file's data; None without one, or one of another shape."""
+        if data is None:
+            return None
+        try:
+            return cls.from_json(data)
+        except (KeyError, TypeError):
+            return None
+
+    @classmethod
     def from_json(cls, data: dict[str, Any]) -> ProjectStatus:
         template = data.get("template")
         return cls(

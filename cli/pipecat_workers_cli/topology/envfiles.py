@@ -25,6 +25,7 @@ from dotenv.parser import parse_stream  # the parser behind dotenv_values, with 
 
 from pipecat_workers_cli.topology.errors import TopologyError
 from pipecat_workers_cli.topology.interpolate import interpolate
+from pipecat_workers_cli.topology.textfile import read_text
 
 DEFAULT_ENV_FILE = ".env"
 MAX_ENV_FILE_BYTES = 1024 * 1024
@@ -50,24 +51,8 @@ def read_env_file(path: Path, shown_as: str, env: Mapping[str, str]) -> dict[str
         TopologyError: It cannot be read, a line is not ``NAME=value``, or a value names an
             unset variable (with its line).
     """
-    try:
-        with path.open("rb") as stream:
-            data = stream.read(MAX_ENV_FILE_BYTES + 1)
-    except FileNotFoundError:
-        raise EnvFileMissing("env file not found", file=shown_as) from None
-    except IsADirectoryError:
-        raise TopologyError("is a directory, not an env file", file=shown_as) from None
-    except (OSError, ValueError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-        raise TopologyError(f"cannot read the env file: {reason}", file=shown_as) from None
-    if len(data) > MAX_ENV_FILE_BYTES:
-        raise TopologyError("too large for an env file: more than 1 MB", file=shown_as)
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise TopologyError(f"not UTF-8 text (byte 0x{data[exc.start]:02x})",
-                            file=shown_as, line=line) from None
+    text = read_text(path, shown_as, what="env file", limit=MAX_ENV_FILE_BYTES,
+                     missing=EnvFileMissing)
     values: dict[str, str] = {}
     lookup = ChainMap(values, dict(env))  # the lines above first, as they are added
     for binding in parse_stream(io.StringIO(text)):

@@ -45,6 +45,7 @@ from pipecat_workers_cli.topology.schema import (
     WORKER_KEYS,
     Key,
 )
+from pipecat_workers_cli.topology.textfile import read_text
 
 MAX_FILE_BYTES = 1024 * 1024
 """The largest topology file read; a real one is a few kilobytes (and the values in it are
@@ -104,7 +105,7 @@ def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None, *,
     file = os.fspath(path)
     source = Path(file)
     problems = Problems(file)
-    text = _read(source, file)
+    text = read_text(source, file, what="topology file", limit=MAX_FILE_BYTES)
     shell = os.environ if env is None else env
     variables = {**project_variables(source, env_files, shell), **shell}
     document = read_document(text, variables, problems, keep_unset)
@@ -115,34 +116,6 @@ def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None, *,
         given = tuple(str(Path(f).expanduser().resolve()) for f in env_files)
         topology = dataclasses.replace(topology, env_files=given)
     return Loaded(topology, document)
-
-
-def _read(source: Path, file: str) -> str:
-    try:
-        if source.is_file() and source.stat().st_size <= MAX_FILE_BYTES:
-            data = source.read_bytes()
-        else:
-            with source.open("rb") as stream:
-                # One byte more than allowed tells a file that is too large without reading
-                # all of it (or forever, from a device); a pipe is read this way too.
-                data = stream.read(MAX_FILE_BYTES + 1)
-    except FileNotFoundError:
-        raise TopologyError("file not found", file=file) from None
-    except IsADirectoryError:
-        raise TopologyError("is a directory, not a topology file", file=file) from None
-    except OSError as exc:
-        raise TopologyError(f"cannot read the file: {exc.strerror or exc}", file=file) from None
-    except ValueError as exc:  # a NUL in the path
-        raise TopologyError(f"cannot read the file: {exc}", file=file) from None
-    if len(data) > MAX_FILE_BYTES:
-        raise TopologyError(f"too large for a topology file: more than {_mb(MAX_FILE_BYTES)}",
-                            file=file)
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise TopologyError(f"not UTF-8 text (byte 0x{data[exc.start]:02x})",
-                            file=file, line=line) from None
 
 
 class _Loader:
@@ -387,10 +360,6 @@ def _check_cycles(topology: Topology, doc: Node, problems: Problems) -> None:
             problems.add(line, f"workers.{first.key}.depends_on",
                          "dependency cycle: " + " -> ".join([*cycle, cycle[0]]))
             problems.raise_all()
-
-
-def _mb(size: int) -> str:
-    return f"{size / (1024 * 1024):g} MB"
 
 
 def _default_name(source: Path) -> str:
