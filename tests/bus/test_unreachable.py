@@ -104,7 +104,7 @@ async def test_waiting_for_an_unreachable_server_logs_once_per_period(
     assert not bus.running
     said = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert [r.getMessage() for r in said] == [
-        f"cannot reach Redis at {url}: connection refused: is it running? (set REDIS_URL); "
+        f"cannot reach Redis at {url}: connection refused: is it running? set REDIS_URL; "
         "trying again"]
     assert not any(r.exc_info for r in caplog.records)
 

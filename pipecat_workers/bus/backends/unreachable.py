@@ -98,7 +98,8 @@ async def start_when_reachable(
 
     Args:
         bus: A bus not started yet (bind it to its runner first: construct the runner).
-        hint: Appended to the logged line: what to check (the setting that holds the URL).
+        hint: Appended to the logged line: what to check (``set REDIS_URL (channels.main.url,
+            workers.yaml:5)``, say).
         on_waiting: Called with the error after each failed attempt.
         report_every: Seconds between two log lines about the same failure.
         retry_max: The longest pause between attempts (they start at a tenth of a second).
@@ -115,6 +116,6 @@ async def start_when_reachable(
         except BusConnectionError as exc:
             if on_waiting is not None:
                 on_waiting(exc)
-            log.warning("%s%s; trying again", exc, f" ({hint})" if hint else "")
+            log.warning("%s%s; trying again", exc, f" {hint}" if hint else "")
         await asyncio.sleep(delay)
         delay = min(delay * 2, retry_max)
