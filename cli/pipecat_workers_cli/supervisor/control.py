@@ -80,10 +80,15 @@ class ControlServer:
                     self._answered.set()
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            if self._server is not None:
+                raise
+            # Cancelled by stop(): end quietly, since asyncio reports a connection task
+            # that ends cancelled as an error ("Exception in callback ...").
         finally:
             self._clients.discard(task)
             writer.close()
-            with contextlib.suppress(ConnectionError):
+            with contextlib.suppress(ConnectionError, asyncio.CancelledError):
                 await writer.wait_closed()
 
 
