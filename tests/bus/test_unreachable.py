@@ -40,6 +40,14 @@ def test_a_url_is_shown_without_its_password() -> None:
     assert safe_url("redis://:s3cret@host:6379/0") == "redis://:***@host:6379/0"
     assert safe_url("postgresql://me:pw@db/app") == "postgresql://me:***@db/app"
     assert safe_url("redis://host:6379") == "redis://host:6379"
+    # In the query too, and a password with an '@' of its own (the drivers split at the last).
+    assert safe_url("redis://:s3cret@h:6379/0?password=q&db=1") == (
+        "redis://:***@h:6379/0?password=***&db=1")
+    assert safe_url("postgresql://u@h/db?sslmode=require&PassWord=x") == (
+        "postgresql://u@h/db?sslmode=require&PassWord=***")
+    assert safe_url("redis://:p@ss@host:1/0") == "redis://:***@host:1/0"
+    assert safe_url("unix:///run/redis.sock?password=x&db=2") == (
+        "unix:///run/redis.sock?password=***&db=2")
 
 
 def test_the_reason_is_found_in_what_the_driver_wraps() -> None:

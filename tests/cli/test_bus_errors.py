@@ -330,3 +330,32 @@ def test_preflight_finds_missing_modules_and_names_without_importing(tmp_path: P
         "stdlib_typo": "module 'json' has no attribute 'nope'",
     }, found
     assert "pkg" not in sys.modules
+
+
+def test_preflight_finds_modules_as_python_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # An empty folder at the root is only a namespace portion: a real package further on
+    # the path wins, as it does for the host. A worker's own PYTHONPATH counts too.
+    from pipecat_workers_cli.topology.model import Topology, WorkerSpec
+    from pipecat_workers_cli.topology.preflight import preflight
+
+    (tmp_path / "myapp").mkdir()  # no __init__.py
+    src = tmp_path / "src" / "myapp"
+    src.mkdir(parents=True)
+    (src / "__init__.py").write_text("")
+    (src / "w.py").write_text("class W:\n    pass\n")
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "own.py").write_text("class Own:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "src"))
+    workers = {
+        "shadowed": WorkerSpec(key="shadowed", class_path="myapp.w:W", line=1),
+        "own_path": WorkerSpec(key="own_path", class_path="own:Own", line=2,
+                               env={"PYTHONPATH": "lib"}),
+        "no_path": WorkerSpec(key="no_path", class_path="own:Own", line=3),
+        "typo": WorkerSpec(key="typo", class_path="myapp.w:V", line=4),
+    }
+    topology = Topology(name="p", path=tmp_path / "workers.yaml", root=tmp_path, channels={},
+                        workers=workers)
+    found = {p.field.split(".")[1]: p.message for p in preflight(topology)}
+    assert found == {"no_path": "module 'own' not found",
+                     "typo": "module 'myapp.w' has no attribute 'V'"}, found

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from importlib.machinery import PathFinder
 from pathlib import Path
 
 from pipecat_workers_cli.topology.classes import parse_class_path, suggest
@@ -52,10 +54,17 @@ def preflight(topology: Topology) -> list[Problem]:
                 break
     for spec in topology.workers.values():
         try:
-            _check_class(spec.class_path, topology.root)
+            _check_class(spec.class_path, topology.root, _python_path(spec.env, topology.root))
         except WorkerClassError as exc:
             problems.append(Problem(spec.line, f"workers.{spec.key}.class", str(exc)))
     return problems
+
+
+def _python_path(env: Mapping[str, str], root: Path) -> list[str]:
+    """The directories a worker's own ``PYTHONPATH`` adds (relative to the project root,
+    where the worker runs)."""
+    return [str(root / entry) for entry in env.get("PYTHONPATH", "").split(os.pathsep)
+            if entry]
 
 
 def preflight_or_exit(topology: Topology) -> None:
@@ -79,14 +88,14 @@ def preflight_or_exit(topology: Topology) -> None:
     raise CommandError(f"{len(lines)} errors in {topology.path.name}; nothing started")
 
 
-def _check_class(class_path: str, root: Path) -> None:
+def _check_class(class_path: str, root: Path, extra: list[str]) -> None:
     """Raise what ``resolve_class`` would for a missing module or name, without importing.
 
     Raises:
         WorkerClassError: the module is not found, does not parse, or lacks the name.
     """
     module, attr = parse_class_path(class_path)
-    source = _module_source(module, root)
+    source = _module_source(module, root, extra)
     if source is None:
         return  # found, but not as a Python file we can read: the host will tell
     try:
@@ -106,46 +115,48 @@ def _check_class(class_path: str, root: Path) -> None:
             f"module '{module}' has no attribute {first!r}{suggest(first, public)}")
 
 
-def _module_source(module: str, root: Path) -> Path | None:
-    """The file of ``module``, looked up as the host will (the project root first).
+def _module_source(module: str, root: Path, extra: list[str]) -> Path | None:
+    """The file of ``module``, found by Python's own rules as the host will look (the
+    project root first, then ``extra``, the worker's ``PYTHONPATH``, then ``sys.path``):
+    a regular package or module anywhere on the path wins over namespace folders. Finding
+    a module imports nothing; only its parent packages' locations are followed.
 
     Raises:
         WorkerClassError: no such module.
     """
     parts = module.split(".")
-    bases = [root, *(Path(p) for p in sys.path if p)]
-    for base in bases:
-        if (base / parts[0]).is_dir() or (base / f"{parts[0]}.py").is_file():
-            return _walk(base, parts, module)
-    try:  # an installed package's own finder (an editable install, say)
-        found = importlib.util.find_spec(parts[0])  # a top-level name imports nothing
-    except (ImportError, ValueError):
-        found = None
-    if found is None:
-        raise WorkerClassError(f"module '{module}' not found"
-                               + ("" if len(parts) == 1 else f" (no module named '{parts[0]}')"))
-    if len(parts) == 1:
-        origin = found.origin or ""
-        return Path(origin) if origin.endswith(".py") else None
-    for location in found.submodule_search_locations or ():
-        return _walk(Path(location).parent, parts, module)
-    return None
+    path = [str(root), *extra, *(p for p in sys.path if p)]
+    spec = PathFinder.find_spec(parts[0], path)
+    if spec is None:
+        try:  # an installed package's own finder (an editable install, say)
+            spec = importlib.util.find_spec(parts[0])  # a top-level name imports nothing
+        except (ImportError, ValueError):
+            spec = None
+    for depth in range(1, len(parts)):
+        if spec is None:
+            break
+        locations = spec.submodule_search_locations
+        if locations is None:  # a module, not a package: it has no submodules
+            spec = None
+            break
+        spec = PathFinder.find_spec(".".join(parts[:depth + 1]), list(locations))
+    if spec is None:
+        missing = _first_missing(parts, path)
+        detail = "" if missing == module else f" (no module named '{missing}')"
+        raise WorkerClassError(f"module '{module}' not found{detail}")
+    origin = spec.origin or ""
+    return Path(origin) if spec.has_location and origin.endswith(".py") else None
 
 
-def _walk(base: Path, parts: list[str], module: str) -> Path | None:
-    """``base/a/b/c.py`` (or its package's ``__init__.py``) for ``a.b.c``."""
-    directory = base.joinpath(*parts[:-1])
-    for candidate in (directory / f"{parts[-1]}.py", directory / parts[-1] / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    if (directory / parts[-1]).is_dir():
-        return None  # a namespace package: nothing to parse
-    if any(directory.glob(f"{parts[-1]}.*")):
-        return None  # an extension module, or compiled only
-    missing = ".".join(parts[:next((i for i in range(1, len(parts))
-                                    if not base.joinpath(*parts[:i]).is_dir()), len(parts))])
-    detail = "" if missing == module else f" (no module named '{missing}')"
-    raise WorkerClassError(f"module '{module}' not found{detail}")
+def _first_missing(parts: list[str], path: list[str]) -> str:
+    """The shortest prefix of a dotted name that cannot be found, for the message."""
+    spec = PathFinder.find_spec(parts[0], path)
+    for depth in range(1, len(parts)):
+        if spec is None or spec.submodule_search_locations is None:
+            return ".".join(parts[:depth])
+        spec = PathFinder.find_spec(".".join(parts[:depth + 1]),
+                                    list(spec.submodule_search_locations))
+    return ".".join(parts)
 
 
 def _top_level_names(body: list[ast.stmt]) -> Iterator[str]:

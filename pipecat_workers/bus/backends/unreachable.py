@@ -18,6 +18,7 @@ import logging
 import re
 import socket
 from collections.abc import Callable, Iterator
+from urllib.parse import urlsplit
 
 from pipecat_workers.bus.core import WorkerBus
 from pipecat_workers.bus.loops import RateLimitedLog
@@ -29,7 +30,8 @@ REPORT_EVERY = 30.0  # seconds between two log lines about a server that stays u
 RETRY_MAX = 5.0  # seconds between two attempts to reach it, at most
 _RETRY_FIRST = 0.1
 
-_PASSWORD = re.compile(r"(//[^:/@]*):[^@/]*@")
+_PASSWORD = re.compile(r"(//[^:/@]*):[^@/]*@")  # for a URL urlsplit cannot take
+_SECRET_PARAMETERS = frozenset({"password", "passwd", "sslpassword", "pass"})
 # The driver's own name of an error, for failures that are not OS errors (asyncpg, redis).
 _BY_NAME = {
     "AuthenticationError": "authentication failed: check the user and password in the URL",
@@ -42,8 +44,25 @@ _BY_NAME = {
 
 
 def safe_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``, fit to print or log."""
-    return _PASSWORD.sub(r"\1:***@", url)
+    """``url`` with any password replaced by ``***``, fit to print or log: the one in its
+    address (up to the last ``@``, as the drivers read it) and any in its query
+    (``?password=...``, which redis-py and PostgreSQL accept too)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return _PASSWORD.sub(r"\1:***@", url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, host = netloc.rpartition("@")
+        user, colon, _ = userinfo.partition(":")
+        netloc = f"{user}{':***' if colon else ''}@{host}"
+    query = "&".join(
+        f"{name}=***" if equals and name.lower() in _SECRET_PARAMETERS else
+        f"{name}{equals}{value}"
+        for name, equals, value in (item.partition("=") for item in parts.query.split("&")))
+    # Replaced in place (urlunsplit would drop an empty '//' host, as in unix:///path).
+    shown = url.replace(parts.netloc, netloc, 1) if netloc != parts.netloc else url
+    return shown.replace(f"?{parts.query}", f"?{query}", 1) if query != parts.query else shown
 
 
 def reason(error: BaseException) -> str:
