@@ -332,7 +332,8 @@ def test_preflight_finds_missing_modules_and_names_without_importing(tmp_path: P
     assert "pkg" not in sys.modules
 
 
-def test_preflight_finds_modules_as_python_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_preflight_finds_modules_as_python_does(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
     # An empty folder at the root is only a namespace portion: a real package further on
     # the path wins, as it does for the host. A worker's own PYTHONPATH counts too.
     from pipecat_workers_cli.topology.model import Topology, WorkerSpec
