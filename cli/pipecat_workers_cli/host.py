@@ -316,6 +316,9 @@ async def _connected(bus: WorkerBus, spec: HostSpec, status: _Status,
         await bus.close()
         return False
     starting.result()  # raises what stopped it
+    if stopping.is_set():  # SIGTERM or a drain in the very turn the bus connected
+        await bus.close()
+        return False
     return True
 
 

@@ -117,7 +117,9 @@ def start_supervised(name: str, body: Callable[[], Awaitable[None]],
 
 class RateLimitedLog:
     """Logs the first occurrence of a problem, then one line per ``every`` seconds at most,
-    with the number of occurrences left unlogged.
+    with the number of occurrences left unlogged. A different problem (another line, or
+    another type of exception) is logged at once: a new failure never hides behind the
+    last one's silence.
 
     Args:
         log: Where the lines go.
@@ -132,6 +134,7 @@ class RateLimitedLog:
         self._clock = clock
         self._next: float | None = None
         self._skipped = 0
+        self._problem: tuple[str, tuple[str, ...], type[BaseException] | None] | None = None
 
     def warning(self, message: str, *args: object, exc_info: BaseException | None = None) -> None:
         self.log(logging.WARNING, message, *args, exc_info=exc_info)
@@ -142,10 +145,24 @@ class RateLimitedLog:
     def log(self, level: int, message: str, *args: object,
             exc_info: BaseException | None = None) -> None:
         now = self._clock()
-        if self._next is not None and now < self._next:
+        problem = _problem(message, args, exc_info)
+        if problem == self._problem and self._next is not None and now < self._next:
             self._skipped += 1
             return
-        skipped, self._skipped = self._skipped, 0
-        self._next = now + self._every
+        skipped = self._skipped if problem == self._problem else 0
+        self._problem, self._skipped, self._next = problem, 0, now + self._every
         suffix = f" ({skipped} more since the last report)" if skipped else ""
         self._log.log(level, message + suffix, *args, exc_info=exc_info)
+
+    def reset(self) -> None:
+        """The problem is over (a success came): its next occurrence is news again."""
+        self._problem, self._next, self._skipped = None, None, 0
+
+
+def _problem(message: str, args: tuple[object, ...], exc_info: BaseException | None
+             ) -> tuple[str, tuple[str, ...], type[BaseException] | None]:
+    """What makes two log calls the same problem: the same line (its template, so counts
+    and delays in it do not count), the same errors in its arguments, the same type of
+    exception."""
+    errors = tuple(f"{type(a).__name__}: {a}" for a in args if isinstance(a, BaseException))
+    return message, errors, type(exc_info) if exc_info is not None else None

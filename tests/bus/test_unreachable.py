@@ -175,6 +175,26 @@ def test_rate_limited_log_counts_what_it_left_out(caplog: pytest.LogCaptureFixtu
     ]
 
 
+def test_a_different_problem_is_logged_at_once_and_a_reset_ends_the_silence(
+        caplog: pytest.LogCaptureFixture) -> None:
+    now = [100.0]
+    log = RateLimitedLog(logging.getLogger("test.ratelimit"), every=30, clock=lambda: now[0])
+    caplog.set_level(logging.WARNING, "test.ratelimit")
+    log.warning("down: %s", OSError("connection refused"))
+    log.warning("down: %s", OSError("connection refused"))
+    log.warning("down: %s", OSError("authentication failed"))  # another one: said at once
+    log.warning("loop failed (failure %d)", 3)  # a count in the line: the same problem
+    log.warning("loop failed (failure %d)", 4)
+    log.warning("failed", exc_info=ValueError("x"))
+    log.warning("failed", exc_info=ValueError("y"))  # the same type: the same problem
+    log.warning("failed", exc_info=KeyError("z"))
+    log.reset()
+    log.warning("failed", exc_info=KeyError("z"))  # after a success: news again
+    assert [r.getMessage() for r in caplog.records] == [
+        "down: connection refused", "down: authentication failed", "loop failed (failure 3)",
+        "failed", "failed", "failed"]
+
+
 async def test_a_loop_that_keeps_failing_logs_its_traceback_once_per_period(
         caplog: pytest.LogCaptureFixture) -> None:
     from pipecat_workers.bus.loops import LoopHealth, supervise
