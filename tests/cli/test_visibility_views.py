@@ -4,9 +4,13 @@ live view fitting an 80 x 24 terminal."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import signal
+import subprocess
+import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -155,6 +159,43 @@ def test_the_sampler_reads_a_process_and_its_children() -> None:
     now[0] = 3.0
     sampler.sample({})
     assert sampler.usage("me") is None
+
+
+async def test_a_worker_counts_the_cpu_and_memory_of_the_child_it_started() -> None:
+    # A "worker" (a sleeping parent) whose child spins and holds 50 MB: the child's share
+    # and memory are the worker's. Sampled in a thread, as the supervisor does.
+    child_code = ("import time\nblock = bytearray(50 * 1024 * 1024)\n"
+                  "for i in range(0, len(block), 4096): block[i] = 1\n"
+                  "end = time.monotonic() + 30\nwhile time.monotonic() < end: pass\n")
+    parent_code = ("import subprocess, sys, time\n"
+                   f"subprocess.Popen([sys.executable, '-c', {child_code!r}])\n"
+                   "time.sleep(30)\n")
+    parent = subprocess.Popen([sys.executable, "-c", parent_code], start_new_session=True)
+    try:
+        now = [0.0]
+        sampler = UsageSampler(lambda: now[0], every=1.0)
+
+        def counted() -> bool:
+            sampler.sample({"w": parent.pid})
+            usage = sampler.usage("w")
+            return usage is not None and usage.rss_bytes > 50 * 1024 * 1024
+
+        deadline = time.monotonic() + 10
+        while not counted():  # the child is started and has touched its 50 MB
+            assert time.monotonic() < deadline, sampler.usage("w")
+            now[0] += 1.0
+            await asyncio.sleep(0.05)
+        now[0] += 1.0
+        await asyncio.sleep(0.5)  # the child spins meanwhile
+        assert sampler.due()
+        await sampler.refresh({"w": parent.pid})
+        usage = sampler.usage("w")
+        assert usage is not None and usage.cpu_percent is not None
+        assert usage.cpu_percent > 5, usage  # the parent sleeps: that is the child's
+        assert usage.rss_bytes > 50 * 1024 * 1024
+    finally:
+        os.killpg(parent.pid, signal.SIGKILL)
+        parent.wait()
 
 
 @pytest.mark.parametrize(("n", "text"), [(None, "-"), (512, "512B"), (2048, "2K"),

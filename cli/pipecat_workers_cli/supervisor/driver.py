@@ -402,8 +402,9 @@ class Supervisor:
     def _publish_status(self) -> None:
         """Tell the renderer; rewrite the state file when a process changed state (so
         ``up -d`` and ``ps`` see a worker ready as soon as it is)."""
-        self._usage.sample({p.name: p.pid for p in self._machine.procs.values()
-                            if p.pid is not None})
+        if self._usage.due():  # the figures of the last sample are shown meanwhile
+            self._background(self._usage.refresh(
+                {p.name: p.pid for p in self._machine.procs.values() if p.pid is not None}))
         status = self.status()
         for name, text in job_news(self._jobs_seen, status):  # the feed's, not the log's
             self._renderer.record(LogRecord(time=datetime.now(UTC), worker=name,

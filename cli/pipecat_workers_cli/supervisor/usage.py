@@ -11,6 +11,7 @@ with it, which each worker's figure counts in full.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -43,7 +44,25 @@ class UsageSampler:
         self._last: float | None = None
         # Kept between samples: psutil measures CPU since the previous call on the same object.
         self._procs: dict[int, psutil.Process] = {}
-        self._usage: dict[str, Usage] = {}
+        self._usage: dict[str, Usage] = {}  # replaced whole: read while a thread samples
+        self._reading = False
+
+    def due(self) -> bool:
+        """Whether a sample is due: none read lately, and none being read."""
+        return not self._reading and (
+            self._last is None or self._clock() - self._last >= self._every)
+
+    async def refresh(self, pids: Mapping[str, int]) -> None:
+        """:meth:`sample` in a thread of its own, if one is due: a walk over the process
+        table takes tens of milliseconds with hundreds of workers, which the supervisor's
+        loop (the embedded bus, the control socket, the logs) must not wait for."""
+        if not self.due():
+            return
+        self._reading = True
+        try:
+            await asyncio.to_thread(self.sample, dict(pids))
+        finally:
+            self._reading = False
 
     def sample(self, pids: Mapping[str, int]) -> None:
         """Read the processes of ``pids`` (worker name -> pid), unless read lately."""
