@@ -346,7 +346,9 @@ def test_preflight_finds_modules_as_python_does(tmp_path: Path,
     (src / "w.py").write_text("class W:\n    pass\n")
     lib = tmp_path / "lib"
     lib.mkdir()
-    (lib / "own.py").write_text("class Own:\n    pass\n")
+    (lib / "own.py").write_text("class Own:\n    pass\n"
+                                "for Looped in [Own]:\n    pass\n"
+                                "with open(__file__) as Opened:\n    pass\n")
     monkeypatch.syspath_prepend(str(tmp_path / "src"))
     workers = {
         "shadowed": WorkerSpec(key="shadowed", class_path="myapp.w:W", line=1),
@@ -354,6 +356,10 @@ def test_preflight_finds_modules_as_python_does(tmp_path: Path,
                                env={"PYTHONPATH": "lib"}),
         "no_path": WorkerSpec(key="no_path", class_path="own:Own", line=3),
         "typo": WorkerSpec(key="typo", class_path="myapp.w:V", line=4),
+        "looped": WorkerSpec(key="looped", class_path="own:Looped", line=5,
+                             env={"PYTHONPATH": "lib"}),
+        "opened": WorkerSpec(key="opened", class_path="own:Opened", line=6,
+                             env={"PYTHONPATH": "lib"}),
     }
     topology = Topology(name="p", path=tmp_path / "workers.yaml", root=tmp_path, channels={},
                         workers=workers)

@@ -171,8 +171,12 @@ def _top_level_names(body: list[ast.stmt]) -> Iterator[str]:
         elif isinstance(node, ast.Import | ast.ImportFrom):
             for alias in node.names:
                 yield alias.asname or alias.name.split(".")[0]
-        elif isinstance(node, ast.If | ast.Try | ast.With | ast.AsyncWith | ast.For
-                        | ast.While):
+        elif isinstance(node, ast.If | ast.Try | ast.TryStar | ast.With | ast.AsyncWith
+                        | ast.For | ast.AsyncFor | ast.While):
+            bound = [node.target] if isinstance(node, ast.For | ast.AsyncFor) else [
+                item.optional_vars for item in getattr(node, "items", ()) if item.optional_vars]
+            for target in bound:  # `for X in ...`, `with ... as X`
+                yield from (n.id for n in ast.walk(target) if isinstance(n, ast.Name))
             for block in ("body", "orelse", "finalbody", "handlers"):
                 for child in getattr(node, block, []):
                     inner = child.body if isinstance(child, ast.ExceptHandler) else [child]
