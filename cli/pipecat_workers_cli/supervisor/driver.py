@@ -19,16 +19,12 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from pipecat_workers.bus import BusHub
 from pipecat_workers.errors import WorkersError
 from pipecat_workers_cli.errors import CommandError
 from pipecat_workers_cli.host import HostSpec
-from pipecat_workers_cli.logs.news import NEWS, as_shown, news_writer
 from pipecat_workers_cli.logs.reader import LogRecord
-from pipecat_workers_cli.logs.writer import LogWriter
-from pipecat_workers_cli.supervisor.control import ControlServer
 from pipecat_workers_cli.supervisor.machine import (
     Action,
     Drain,
@@ -39,7 +35,6 @@ from pipecat_workers_cli.supervisor.machine import (
     State,
     Timing,
 )
-from pipecat_workers_cli.supervisor.monitors import Monitors
 from pipecat_workers_cli.supervisor.process import (
     Exited,
     Output,
@@ -48,6 +43,7 @@ from pipecat_workers_cli.supervisor.process import (
     WorkerProcess,
 )
 from pipecat_workers_cli.supervisor.reaper import Reaper
+from pipecat_workers_cli.supervisor.records import ProjectRecords, Renderer
 from pipecat_workers_cli.supervisor.reload import (
     ChangeWatcher,
     drop_bytecode,
@@ -73,6 +69,7 @@ from pipecat_workers_cli.supervisor.requests import (
     StopRequest,
     parse_request,
 )
+from pipecat_workers_cli.supervisor.services import ProjectServices
 from pipecat_workers_cli.supervisor.statedir import StateDir
 from pipecat_workers_cli.supervisor.status import ProjectStatus, RollStatus
 from pipecat_workers_cli.supervisor.template import ForkUnavailable, Template
@@ -83,14 +80,6 @@ from pipecat_workers_cli.topology.model import ProcessSpec, Topology, expand
 logger = logging.getLogger("pipecat_workers_cli.supervisor")
 
 _STATE_EVERY = 0.2  # seconds between state file writes while things change
-
-
-class Renderer(Protocol):
-    """Shows a running project: the live view, or plain prefixed lines."""
-
-    def record(self, record: LogRecord) -> None: ...
-
-    def status(self, status: ProjectStatus) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,13 +143,10 @@ class Supervisor:
         self._last_err: dict[str, str] = {}
         self._jobs_seen: dict[str, dict[str, int]] = {}
         self._processes: dict[str, WorkerProcess] = {}
-        self._writers: dict[str, LogWriter] = {}
-        self._news: LogWriter | None = None  # the `workers` stream: the supervisor's news
+        self._records = ProjectRecords(self._state, renderer)
         self._last_exits: dict[str, str] = {}
         self._usage = UsageSampler(clock)
-        self._hub: BusHub | None = None
-        self._control: ControlServer | None = None
-        self._monitors: Monitors | None = None
+        self._services = ProjectServices(self._state, self._on_control, self._records.news)
         self._signalled: int | None = None
         self._runners: dict[str, str] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -178,13 +164,13 @@ class Supervisor:
         if self._only and (wrong := self._topology.unknown_workers(self._only)):
             raise CommandError(wrong)
         lock = self._state.lock()
-        self._record_topology()
+        self._records.topology(self._topology)
         loop = asyncio.get_running_loop()
         installed = self._install_signals(loop)
         root, handlers = logging.getLogger(), logging.getLogger().handlers[:]
         # Our own warnings (and the library's) join the feed: printed around a live view,
         # they would tear it.
-        root.handlers = [FeedHandler(self._project_note)]
+        root.handlers = [FeedHandler(self._records.news)]
         try:
             await self._open()
             self._perform(self._machine.start(self._only))
@@ -203,14 +189,8 @@ class Supervisor:
 
     async def _open(self) -> None:
         self._state.logs_dir.mkdir(parents=True, exist_ok=True)
-        self._template.start(self._project_note, self._reaper)
-        if any(c.backend == "local" for c in self._topology.channels.values()):
-            self._hub = BusHub(self._state.socket_path("hub"))
-            await self._hub.start()
-        self._control = ControlServer(self._state.socket_path("control"), self._on_control)
-        await self._control.start()
-        self._monitors = Monitors(self._topology, self._hub_path())
-        self._monitors.start()
+        self._template.start(self._records.news, self._reaper)
+        await self._services.start(self._topology)
         if self._reload:
             self._watcher = ChangeWatcher(self._topology.root,
                                           extra=[self._topology.path.parent])
@@ -220,8 +200,7 @@ class Supervisor:
         for event in self._events:  # requests that came too late for the loop
             if isinstance(event, _Request) and not event.answer.done():
                 event.answer.set_result({"ok": False, "error": "the supervisor is stopping"})
-        if self._control is not None:
-            await self._control.stop()  # first: nobody waits on a loop that has ended
+        await self._services.stop_control()  # first: nobody waits on a loop that has ended
         if self._watcher is not None:
             self._watcher.stop()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -229,20 +208,9 @@ class Supervisor:
             process.signal(signal.SIGKILL)  # only left if the loop itself failed
             await process.close()
         await self._template.close()
-        if self._monitors is not None:
-            await self._monitors.stop()
-        if self._hub is not None:
-            await self._hub.stop()
+        await self._services.stop()
         self._write_state(running=False)
-        with contextlib.suppress(OSError):
-            self._state.forget_topology()
-        for writer in self._writers.values():
-            writer.close()
-        if self._news is not None:
-            self._news.close()
-
-    def _hub_path(self) -> str | None:
-        return str(self._hub.path) if self._hub is not None else None
+        self._records.close()
 
     # -- the loop ---------------------------------------------------------------------
 
@@ -277,7 +245,7 @@ class Supervisor:
             text = event.raw.decode("utf-8", "replace")
             if event.stream == "err" and text.strip():
                 self._last_err[event.name] = text.strip()
-            self._log(event.name, event.stream, text)
+            self._records.log(event.name, event.stream, text)
             return
         self._events.append(event)
         self._wakeup.set()
@@ -316,7 +284,7 @@ class Supervisor:
                 asked = not proc.wanted or proc.restart_when_stopped
                 actions = machine.exited(event.name, event.code)
                 if not asked and (event.code != 0 or proc.state is State.BACKOFF):
-                    self._news_line(exit_news(proc, reason, [
+                    self._records.news(exit_news(proc, reason, [
                         a.text for a in actions if isinstance(a, Note) and a.name == proc.name]))
                 self._perform(actions, news=False)
         elif isinstance(event, _Request):
@@ -339,9 +307,9 @@ class Supervisor:
                 if (process := self._processes.get(action.name)) is not None:
                     process.signal(action.sig)
             elif isinstance(action, Note):
-                self._log(action.name, "sup", action.text)
+                self._records.log(action.name, "sup", action.text)
                 if news and is_news(action.text):
-                    self._news_line(f"{action.name}: {action.text}")
+                    self._records.news(f"{action.name}: {action.text}")
         if actions:
             self._dirty = True
 
@@ -356,7 +324,7 @@ class Supervisor:
         host = HostSpec(
             name=name, class_path=spec.worker.class_path, args=dict(spec.worker.args),
             backend=channel.backend, channel=channel.channel,
-            url=self._hub_path() if channel.backend == "local" else channel.url,
+            url=self._services.hub_path if channel.backend == "local" else channel.url,
             runner=f"{self._topology.name}/{name}", root=str(self._topology.root),
             hint=channel_hint(self._topology.path, channel))
         env = {**self._env, **spec.worker.env}
@@ -376,21 +344,15 @@ class Supervisor:
                                                 cwd=self._topology.root, emit=self._emit)
             except ForkUnavailable as refused:
                 if refused.note:
-                    self._log(host.name, "sup", refused.note)
+                    self._records.log(host.name, "sup", refused.note)
         return await WorkerProcess.spawn(host, env=env, cwd=self._topology.root,
                                          emit=self._emit)
 
     # -- logs and status --------------------------------------------------------------
 
-    def _log(self, name: str, stream: str, text: str) -> None:
-        writer = self._writers.get(name)
-        if writer is None:
-            writer = self._writers[name] = LogWriter(self._state.logs_dir / f"{name}.log")
-        self._renderer.record(writer.write(stream, text))
-
     def status(self, *, running: bool = True) -> ProjectStatus:
         """The project as of now, joined with what the bus monitors see."""
-        views = self._monitors.views() if self._monitors is not None else {}
+        views = self._services.views()
         status = project_status(self._topology, self._machine, views, self._runners,
                                 now=self._clock(), running=running,
                                 last_exits=self._last_exits, usage=self._usage.usage)
@@ -419,20 +381,8 @@ class Supervisor:
                      ) -> None:
         status = status or self.status(running=running)
         status.running = running
-        data = status.to_json()
-        data["sockets"] = {"control": str(self._state.socket_path("control")),
-                           "hub": self._hub_path()}
-        data["env_files"] = list(self._topology.env_files or ())  # for commands after `down`
-        with contextlib.suppress(OSError):
-            self._state.write_state(data)
-
-    def _record_topology(self) -> None:
-        """What ``call``, ``tail`` and ``ps --channel`` go by: this topology as resolved
-        here, not as their own environment would resolve the file."""
-        from pipecat_workers_cli.topology.record import topology_record
-
-        with contextlib.suppress(OSError):
-            self._state.write_topology(topology_record(self._topology))
+        self._records.state(status, sockets=self._services.sockets(),
+                            env_files=self._topology.env_files)
 
     # -- control and signals ----------------------------------------------------------
 
@@ -490,7 +440,7 @@ class Supervisor:
         if request.names and (wrong := topology.unknown_workers(request.names)):
             raise CommandError(wrong)
         self._file_env = request.env
-        self._project_note(f"applying {topology.path.name}")
+        self._records.news(f"applying {topology.path.name}")
         applied, actions = self._machine.apply(self._use(topology), request.names)
         self._perform(actions)
         return applied.to_json()
@@ -505,14 +455,14 @@ class Supervisor:
                 raise CommandError(f"no worker key {key!r} in {self._topology.path.name} (it "
                                    f"has {', '.join(self._topology.workers)})")
         for key, count in counts.items():
-            self._project_note(f"scaling {key} to {count} until the topology is next applied")
+            self._records.news(f"scaling {key} to {count} until the topology is next applied")
             if count == 0:
                 self._perform(self._machine.stop([key], hold=True))
                 continue
             workers = {**self._topology.workers,
                        key: replace(self._topology.workers[key], replicas=count)}
             self._topology = replace(self._topology, workers=workers)
-            self._record_topology()
+            self._records.topology(self._topology)
             self._perform(self._machine.scale(key, expand(self._topology)))
 
     def _on_signal(self, sig: int) -> None:
@@ -545,7 +495,8 @@ class Supervisor:
             self._apply_topology()
         for name, path in result.restart.items():
             if name in self._machine.procs:
-                self._log(name, "sup", f"reloading: {shown(path, self._topology.root)} changed")
+                self._records.log(name, "sup",
+                                  f"reloading: {shown(path, self._topology.root)} changed")
                 self._perform(self._machine.restart([name], quick=True))
 
     def _apply_topology(self) -> None:
@@ -554,48 +505,19 @@ class Supervisor:
             topology = reload_topology(self._topology, env=self._file_env)
         except WorkersError as exc:
             # Several errors are a line each: one note keeps them together.
-            self._project_note(f"topology not applied: {'; '.join(str(exc).splitlines())}")
+            self._records.news(f"topology not applied: {'; '.join(str(exc).splitlines())}")
             return
-        self._project_note(f"applying the edited {topology.path.name}")
+        self._records.news(f"applying the edited {topology.path.name}")
         self._perform(self._machine.update(self._use(topology)))
 
     def _use(self, topology: Topology) -> list[ProcessSpec]:
         """Make ``topology`` the project's from now on; its processes."""
         if topology.channels != self._topology.channels:
-            self._background(self._rewatch(topology))
+            self._background(self._services.channels_changed(topology))
         self._template.update(topology)
         self._topology = topology
-        self._record_topology()
+        self._records.topology(topology)
         return expand(topology)
-
-    async def _rewatch(self, topology: Topology) -> None:
-        """Channels changed: host the hub if one is new, and watch the new channels."""
-        if self._hub is None and any(c.backend == "local" for c in topology.channels.values()):
-            hub = self._hub = BusHub(self._state.socket_path("hub"))
-            try:
-                await hub.start()
-            except Exception as exc:
-                self._project_note(f"cannot host the embedded bus: {exc}")
-        # Swapped before the old ones are awaited, so a quick second edit cannot leak one.
-        old, self._monitors = self._monitors, Monitors(topology, self._hub_path())
-        self._monitors.start()
-        if old is not None:
-            await old.stop()
-
-    def _project_note(self, text: str) -> None:
-        """A line about the whole project, for the ``workers`` stream."""
-        self._news_line(text)
-
-    def _news_line(self, text: str) -> None:
-        """A line of the supervisor's own news: its log (``workers logs workers``) and the
-        renderer."""
-        if self._news is None:
-            self._news = news_writer(self._state.logs_dir)
-        try:
-            record = as_shown(self._news.write("sup", text))
-        except ValueError:  # closed: a last word while the supervisor ends
-            record = LogRecord(time=datetime.now(UTC), worker=NEWS, stream="sup", text=text)
-        self._renderer.record(record)
 
     def _install_signals(self, loop: asyncio.AbstractEventLoop) -> list[int]:
         installed: list[int] = []

@@ -1,0 +1,90 @@
+"""What the supervisor serves while it runs, beside its workers.
+
+The embedded bus hub (when a channel is ``local``), the control socket (``ps``, ``down``,
+``up -d`` on a running project...) and a monitor per channel (what ``ps`` shows of the bus).
+Each is started and stopped here, in the order the supervisor needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from pipecat_workers.bus import BusHub
+from pipecat_workers_cli.supervisor.control import ControlServer, Handler
+from pipecat_workers_cli.supervisor.monitors import ChannelView, Monitors
+from pipecat_workers_cli.supervisor.statedir import StateDir
+from pipecat_workers_cli.topology.model import Topology
+
+
+def _has_local(topology: Topology) -> bool:
+    return any(c.backend == "local" for c in topology.channels.values())
+
+
+class ProjectServices:
+    """The hub, the control socket and the channel monitors of one project.
+
+    Args:
+        state: The project's state directory (where the sockets are).
+        on_control: Answers a control request.
+        note: Says something to the user (a hub that cannot start after an edit, say).
+    """
+
+    def __init__(self, state: StateDir, on_control: Handler,
+                 note: Callable[[str], None]) -> None:
+        self._state = state
+        self._on_control = on_control
+        self._note = note
+        self._hub: BusHub | None = None
+        self._control: ControlServer | None = None
+        self._monitors: Monitors | None = None
+
+    @property
+    def hub_path(self) -> str | None:
+        """The embedded hub's socket, if the project hosts one."""
+        return str(self._hub.path) if self._hub is not None else None
+
+    def sockets(self) -> dict[str, str | None]:
+        """Where the control socket and the hub are, for the state file."""
+        return {"control": str(self._state.socket_path("control")), "hub": self.hub_path}
+
+    async def start(self, topology: Topology) -> None:
+        """Host the hub (if a channel needs it), open the control socket, watch the
+        channels."""
+        if _has_local(topology):
+            self._hub = BusHub(self._state.socket_path("hub"))
+            await self._hub.start()
+        self._control = ControlServer(self._state.socket_path("control"), self._on_control)
+        await self._control.start()
+        self._monitors = Monitors(topology, self.hub_path)
+        self._monitors.start()
+
+    async def channels_changed(self, topology: Topology) -> None:
+        """An edit changed the channels: host the hub if a local one is new, and watch
+        the new channels."""
+        if self._hub is None and _has_local(topology):
+            hub = self._hub = BusHub(self._state.socket_path("hub"))
+            try:
+                await hub.start()
+            except Exception as exc:
+                self._note(f"cannot host the embedded bus: {exc}")
+        # Swapped before the old ones are awaited, so a quick second edit cannot leak one.
+        old, self._monitors = self._monitors, Monitors(topology, self.hub_path)
+        self._monitors.start()
+        if old is not None:
+            await old.stop()
+
+    def views(self) -> dict[str, ChannelView]:
+        """What each channel's monitor sees now."""
+        return self._monitors.views() if self._monitors is not None else {}
+
+    async def stop_control(self) -> None:
+        """Close the control socket: first, so nobody waits on a loop that has ended."""
+        if self._control is not None:
+            await self._control.stop()
+
+    async def stop(self) -> None:
+        """Stop the monitors, then the hub (after the workers, which use it)."""
+        if self._monitors is not None:
+            await self._monitors.stop()
+        if self._hub is not None:
+            await self._hub.stop()
