@@ -1,7 +1,7 @@
 """The files a project keeps next to its topology: private to the user, never reached through
 a link that someone else planted, and worker output that survives a deleted logs directory.
 
-The rules are in :mod:`pipecat_workers_cli.supervisor.statedir`: ``.workers``, the project's
+The rules are in :mod:`pipecat_workers_cli.supervisor.private`: ``.workers``, the project's
 directory and ``logs`` are each a directory of this user (made 0700, tightened to 0700) or a link
 made by this user to one; files are 0600 and never opened through a link. A test that needs a file
 of *another* user makes it with ``lchown``, so it runs as root only (it is skipped otherwise).

@@ -16,7 +16,7 @@ from pipecat_workers_cli.logs.reader import follow, merge, read_records
 from pipecat_workers_cli.logs.timespec import parse_since
 from pipecat_workers_cli.project import Project, find_project
 from pipecat_workers_cli.states import ENDED, GONE
-from pipecat_workers_cli.supervisor.statedir import state_errors
+from pipecat_workers_cli.supervisor.private import state_errors
 from pipecat_workers_cli.supervisor.status import ProjectStatus
 
 if TYPE_CHECKING:

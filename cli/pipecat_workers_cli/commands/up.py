@@ -23,7 +23,8 @@ from pipecat_workers_cli.forkserver import close_other_fds, drop_command_dir
 from pipecat_workers_cli.project import command_for
 from pipecat_workers_cli.states import ENDED, FAILING, worker_line
 from pipecat_workers_cli.supervisor.machine import WAITING_FOR_BUS
-from pipecat_workers_cli.supervisor.statedir import StateDir, state_errors
+from pipecat_workers_cli.supervisor.private import state_errors
+from pipecat_workers_cli.supervisor.statedir import StateDir
 from pipecat_workers_cli.supervisor.status import ProjectStatus
 from pipecat_workers_cli.topology import Topology, expand, load_topology
 from pipecat_workers_cli.topology.preflight import preflight_or_exit
