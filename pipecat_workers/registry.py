@@ -48,6 +48,7 @@ class WorkerRegistry:
         self._watches: dict[str, dict[ReadyHandler, LostHandler | None]] = {}
         self._waiters: dict[str, list[asyncio.Future[WorkerReadyData]]] = {}
         self._departure_listeners: dict[LostHandler, None] = {}
+        self._arrival_listeners: dict[ReadyHandler, None] = {}
         self._digest: str | None = None
         self._claims: dict[str, dict[str, WorkerReadyData]] = {}  # name -> runner -> claim
         self._refused = 0  # remote workers not kept: the registry was full
@@ -148,6 +149,8 @@ class WorkerRegistry:
                 future.set_result(data)
         for handler in list(self._watches.get(data.worker_name, ())):
             await self._call_ready(handler, data)
+        for listener in list(self._arrival_listeners):
+            await self._call_ready(listener, data)
         return True
 
     @staticmethod
@@ -211,6 +214,15 @@ class WorkerRegistry:
     def watch_count(self) -> int:
         """How many (name, handler) watches and waiters exist; for leak checks."""
         return sum(map(len, self._watches.values())) + sum(map(len, self._waiters.values()))
+
+    def add_arrival_listener(self, listener: ReadyHandler) -> None:
+        """Call ``listener`` for every worker that arrives, whatever its name (a proxy
+        uses it to tell its peer which workers it can reach)."""
+        self._arrival_listeners[listener] = None
+
+    def remove_arrival_listener(self, listener: ReadyHandler) -> None:
+        """Undo :meth:`add_arrival_listener`."""
+        self._arrival_listeners.pop(listener, None)
 
     # -- departures ---------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from pipecat_workers.bus.core import WorkerBus
+from pipecat_workers.bus.core import Role, WorkerBus
 from pipecat_workers.bus.messages import (
     BusActivateWorkerMessage,
     BusAddWorkerMessage,
@@ -109,6 +109,11 @@ class BaseWorker(EventEmitter, JobRequesterMixin, JobExecutorMixin):
     _job_handlers: ClassVar[dict[str, JobHandlerSpec]] = {}
     _ready_handlers: ClassVar[dict[str, str]] = {}
     _handles_unnamed_jobs: ClassVar[bool] = False
+    # Why this worker leaves the registry, as its watchers are told (see WorkerLostData).
+    _departure: str = "stopped"
+    # True for a proxy's stand-in: a local name whose work happens in another process, so
+    # jobs sent to it are checked on as for a remote worker.
+    STANDS_IN: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -274,7 +279,12 @@ class BaseWorker(EventEmitter, JobRequesterMixin, JobExecutorMixin):
         self._runner = worker_runner
         self._settings = worker_runner.settings
         self._stats = worker_runner.stats_counters
-        bus.subscribe(self)
+        bus.subscribe(self, role=self._bus_role())
+
+    def _bus_role(self) -> Role:
+        """What the bus delivers to this worker: ``"worker"`` (messages for it, and
+        application broadcasts) for all but a proxy that forwards session-wide broadcasts."""
+        return "worker"
 
     async def start(self) -> None:
         """Announce and register the worker, then activate it if activation is pending."""
@@ -368,7 +378,7 @@ class BaseWorker(EventEmitter, JobRequesterMixin, JobExecutorMixin):
                 # stopped worker keeps getting hooks and each stopped worker leaks one.
                 for name in (*self._ready_handlers, *self._watched):
                     registry.unwatch(name, self._on_watched_ready)
-                await registry.unregister(self._name, reason="stopped")
+                await registry.unregister(self._name, reason=self._departure)
                 await self.send_bus_message(BusWorkerStoppedMessage(
                     source=self._name, runner=self.worker_runner.name,
                     incarnation=self.worker_runner.incarnation))

@@ -387,7 +387,10 @@ class WorkerRunner(EventEmitter):
         more than ``older_than`` seconds; one that no longer runs a job answers ``error``."""
         def remote(name: str) -> bool:
             data = self._registry.get(name)
-            return data is not None and data.runner != self._name
+            if data is None:
+                return False
+            local = self._workers.get(name)
+            return data.runner != self._name or (local is not None and local.STANDS_IN)
 
         for worker in list(self._workers.values()):
             await worker._check_jobs(older_than, remote)

@@ -1,0 +1,442 @@
+"""One peer of a proxy: the link to it, the stand-ins for its workers, and what may cross.
+
+A session outlives its connections. When a connection breaks, the stand-ins stay and what
+is sent to them waits in the outbox; a new connection resumes the session, the peer's list of
+workers is applied again (a worker that restarted meanwhile is replaced, which ends the jobs
+sent to the old one), and the outbox is sent on. A session whose link stays down longer than
+``link_timeout`` ends: its stand-ins leave, so every job sent through it ends too.
+
+What arrives is checked before anything reaches the bus: binary frames only, within the size
+and rate limits, in a valid (signed, if there is a secret) envelope, from a worker the peer
+exposes, to a worker this side exposes (or a broadcast of a type both sides forward).
+Workers' lifecycle (ending, cancelling) and the bus's own membership never cross.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from pipecat_workers.bus.loops import RateLimitedLog
+from pipecat_workers.bus.messages import (
+    BusCancelWorkerMessage,
+    BusEndWorkerMessage,
+    BusJobRequestMessage,
+    BusJobResponseMessage,
+    BusMessage,
+    BusSystemFrameMessage,
+)
+from pipecat_workers.errors import ConfigurationError, SerializationError, WorkerStateError
+from pipecat_workers.jobs.types import JobStatus
+from pipecat_workers.proxy.link import SNAPSHOT, Inbox, Outbox, Outgoing
+from pipecat_workers.proxy.messages import (
+    ProxyAckMessage,
+    ProxyLinkMessage,
+    ProxyWorkersMessage,
+)
+from pipecat_workers.proxy.sockets import GOING_AWAY, NORMAL, POLICY, LinkClosed, LinkSocket
+from pipecat_workers.proxy.standin import StandIn
+from pipecat_workers.tasks import cancel_and_wait
+from pipecat_workers.types import WorkerRegistryEntry
+
+if TYPE_CHECKING:
+    from pipecat_workers.proxy.worker import ProxyWorker
+
+logger = logging.getLogger("pipecat_workers.proxy")
+
+LINK_CHANNEL = "~proxy"  # what envelopes on a link name as their channel: no bus channel's name
+_HEADER = 8  # bytes of the sequence number in front of each envelope
+_ACK_DELAY = 0.1  # seconds an acknowledgement may wait for more messages to cover
+
+# Why an incoming message was dropped, as counted and (once each) logged.
+DROP_REASONS = {
+    "text": "a text frame (a link carries binary frames only)",
+    "short": "a frame too short to hold a message",
+    "oversize": "a frame larger than max_message_size",
+    "rate": "over the message rate limit",
+    "invalid": "not a valid envelope (malformed, unsigned, forged, stale or of an unknown type)",
+    "duplicate": "a message that had already arrived",
+    "source": "from a worker the peer does not expose",
+    "target": "for a worker this side does not expose",
+    "broadcast": "a broadcast of a type this side does not forward",
+    "lifecycle": "a worker's end or cancel (a worker's lifecycle stays with its own side)",
+}
+
+
+class RateLimit:
+    """A token bucket: ``rate`` messages a second, with bursts of up to a second's worth."""
+
+    def __init__(self, rate: float | None) -> None:
+        self._rate = rate
+        self._tokens = rate or 0.0
+        self._at = time.monotonic()
+
+    def allow(self) -> bool:
+        rate = self._rate
+        if rate is None:
+            return True
+        now = time.monotonic()
+        self._tokens = min(rate, self._tokens + (now - self._at) * rate)
+        self._at = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+
+class ProxySession:
+    """The state one end keeps about one peer (see the module's doc).
+
+    Args:
+        proxy: The proxy worker this session belongs to.
+        session_id: The session's id, as the client chose it.
+    """
+
+    def __init__(self, proxy: ProxyWorker, session_id: str) -> None:
+        self.proxy = proxy
+        self.session_id = session_id
+        self.peer = "?"  # the peer proxy's name, once it has said something
+        self.stand_ins: dict[str, StandIn] = {}
+        self.outbox = Outbox(proxy.limits.buffer_size)
+        self.inbox = Inbox()
+        self.drops: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
+        self.forwarded = 0
+        self.received = 0
+        self.lost_outgoing = 0  # messages that could not be sent (link down, full, too big)
+        self._socket: LinkSocket | None = None
+        self._rate = RateLimit(proxy.limits.max_rate)
+        self._snapshot_pending = False
+        self._ack_timer: asyncio.TimerHandle | None = None
+        self._expiry: asyncio.Task[None] | None = None
+        self._warned: set[tuple[str, str]] = set()
+        self._loss_log = RateLimitedLog(logger, every=30.0)
+        self.ended = False
+
+    # -- state ------------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """Whether a connection carries the session now."""
+        return self._socket is not None
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: forwarded and received messages, drops by reason, what waits."""
+        return {"session": self.session_id, "peer": self.peer, "connected": self.connected,
+                "stand_ins": sorted(self.stand_ins), "forwarded": self.forwarded,
+                "received": self.received, "waiting": self.outbox.waiting,
+                "unacked": self.outbox.unacked, "lost_outgoing": self.lost_outgoing,
+                "dropped": {k: v for k, v in self.drops.items() if v}}
+
+    # -- the peer's workers --------------------------------------------------------------
+
+    async def apply_workers(self, entries: list[WorkerRegistryEntry]) -> None:
+        """Make the stand-ins match the peer's list: new workers get one, gone ones lose
+        theirs, and one whose worker restarted (another ``started_at``) is replaced."""
+        wanted: dict[str, WorkerRegistryEntry] = {}
+        for entry in entries:
+            if entry.name not in wanted and self.proxy.accepts_peer_worker(entry.name):
+                wanted[entry.name] = entry
+        for name, stand_in in list(self.stand_ins.items()):
+            now = wanted.get(name)
+            if now is None:
+                if stand_in.entry.started_at is None:
+                    logger.warning("%s: %s does not expose '%s': what was sent to it ends here",
+                                   self.proxy.name, self.peer, name)
+                await self._remove(stand_in, "stopped")
+            elif stand_in.entry.started_at in (None, now.started_at):
+                await self._update(stand_in, now)
+                del wanted[name]
+            else:
+                await self._remove(stand_in, "replaced")
+        for entry in wanted.values():
+            await self.add_stand_in(entry)
+
+    async def add_stand_in(self, entry: WorkerRegistryEntry) -> None:
+        """Put a stand-in for ``entry`` on the bus (once, if its name is free)."""
+        try:
+            stand_in = StandIn(entry, self)
+            self.stand_ins[entry.name] = stand_in
+            await self.proxy.worker_runner.add_workers(stand_in)
+        except (ConfigurationError, WorkerStateError) as exc:
+            self.stand_ins.pop(entry.name, None)
+            self._warn_once("name", entry.name, "%s: cannot stand in for '%s' of %s: %s",
+                            self.proxy.name, entry.name, self.peer, exc)
+
+    async def _update(self, stand_in: StandIn, entry: WorkerRegistryEntry) -> None:
+        news = (entry.jobs, entry.any_job) != (stand_in.entry.jobs, stand_in.entry.any_job)
+        stand_in.entry = entry
+        if news and stand_in.started_at is not None:
+            await self.proxy.reregister(stand_in)
+
+    async def _remove(self, stand_in: StandIn, why: str) -> None:
+        if self.stand_ins.get(stand_in.name) is stand_in:
+            del self.stand_ins[stand_in.name]
+        stand_in._departure = why
+        await stand_in.stop(reason=f"{why} behind proxy '{self.proxy.name}'")
+
+    async def remove_all(self, why: str) -> None:
+        """Every stand-in leaves (the session ended, or the proxy stops)."""
+        for stand_in in list(self.stand_ins.values()):
+            await self._remove(stand_in, why)
+
+    # -- sending ------------------------------------------------------------------------------
+
+    async def forward(self, message: BusMessage, stand_in: StandIn) -> None:
+        """Send a message addressed to a stand-in across the link."""
+        source = message.source
+        if not self.proxy.exposes(source):
+            await self._refuse_unexposed(message, stand_in)
+            return
+        if self.outbox.put(message, stand_in, realtime=isinstance(message, BusSystemFrameMessage)):
+            return
+        self._lost(message, "the link is down" if not self.outbox.connected
+                   else f"more than {self.proxy.limits.buffer_size} messages are waiting")
+
+    def forward_broadcast(self, message: BusMessage) -> None:
+        """Send a broadcast across the link (the proxy checked that it may cross)."""
+        if not self.outbox.put(message, None, realtime=isinstance(message, BusSystemFrameMessage)):
+            self._lost(message, "the link is down or backed up")
+
+    def exposure_changed(self) -> None:
+        """This side's exposed workers changed: the peer gets the new list, in order with
+        the messages around it."""
+        if not self._snapshot_pending and self.outbox.put(SNAPSHOT):
+            self._snapshot_pending = True
+
+    def _lost(self, message: BusMessage, why: str) -> None:
+        self.lost_outgoing += 1
+        self._loss_log.warning("%s: %s to '%s' is lost: %s", self.proxy.name,
+                               type(message).__name__, message.target or "everyone", why)
+
+    async def _refuse_unexposed(self, message: BusMessage, stand_in: StandIn) -> None:
+        self._warn_once("unexposed", message.source,
+                        "%s: '%s' is not exposed through proxy '%s', so '%s' could not answer "
+                        "it: %s dropped (expose it with local_worker_name / worker_name)",
+                        self.proxy.name, message.source, self.proxy.name, stand_in.name,
+                        type(message).__name__)
+        if isinstance(message, BusJobRequestMessage):
+            await self.proxy.send_bus_message(BusJobResponseMessage(
+                source=stand_in.name, target=message.source, job_id=message.job_id,
+                status=JobStatus.ERROR, response={"error": (
+                    f"'{message.source}' is not exposed through proxy '{self.proxy.name}', "
+                    f"so '{stand_in.name}' cannot answer it")}))
+
+    def refuse_lifecycle(self, message: BusMessage) -> None:
+        """A worker here asked a stand-in to end or cancel: that stays on this side."""
+        self._warn_once("lifecycle", f"{message.source}>{message.target}",
+                        "%s: '%s' asked '%s' (behind proxy '%s') to %s: a worker behind a "
+                        "proxy is ended by its own side; not forwarded", self.proxy.name,
+                        message.source, message.target, self.proxy.name,
+                        "end" if isinstance(message, BusEndWorkerMessage) else "cancel")
+
+    def _encode(self, entry: Outgoing) -> bytes | None:
+        message = entry.message
+        if message is SNAPSHOT:
+            self._snapshot_pending = False
+            message = ProxyWorkersMessage(source=self.proxy.name,
+                                          workers=self.proxy.exposed_entries())
+        try:
+            data = self.proxy.serializer.serialize(
+                message, sender=self.proxy.name, incarnation=self.proxy.incarnation,
+                channel=LINK_CHANNEL)
+        except SerializationError as exc:
+            self.lost_outgoing += 1
+            self._warn_once("encode", type(message).__name__, "%s: %s cannot cross the link: %s",
+                            self.proxy.name, type(message).__name__, exc)
+            return None
+        return entry.seq.to_bytes(_HEADER, "big") + data
+
+    async def send_now(self, socket: LinkSocket, message: ProxyLinkMessage) -> None:
+        """Send a link message ahead of the session's traffic (the handshake)."""
+        data = self._encode(Outgoing(0, message))
+        if data is not None:
+            await socket.send(data)
+
+    async def _write(self, socket: LinkSocket) -> None:
+        outbox = self.outbox
+        while True:
+            entry = await outbox.take()
+            destination = entry.destination
+            if destination is not None and self.stand_ins.get(destination.name) is not destination:
+                self.lost_outgoing += 1  # its worker was replaced or is gone: not for the new one
+                continue
+            data = self._encode(entry)
+            if data is None:
+                continue
+            try:
+                await socket.send(data)
+            except LinkClosed:
+                outbox.put_back(entry)
+                return
+            outbox.sent(entry)
+            if entry.seq:
+                self.forwarded += 1
+
+    # -- receiving ----------------------------------------------------------------------------
+
+    async def run(self, socket: LinkSocket, peer_received: int | None) -> LinkClosed:
+        """Carry the session over ``socket`` until it closes; returns how it closed.
+
+        Args:
+            socket: A connection whose handshake is done.
+            peer_received: The last message of ours the peer has, or ``None`` if the peer
+                started the session afresh.
+        """
+        self._cancel_expiry()
+        self._socket = socket
+        self.outbox.resume(peer_received)
+        self.exposure_changed()  # whatever the handshake said may have changed since
+        writer = asyncio.get_running_loop().create_task(self._write(socket),
+                                                        name=f"{self.proxy.name} link writer")
+        closed = LinkClosed(None, "")
+        try:
+            reader = asyncio.ensure_future(self._read(socket))
+            done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+            if reader in done:
+                closed = reader.result()
+            else:
+                writer.result()  # a bug in the writer is raised, not hidden
+                await socket.close(GOING_AWAY, "link closed")
+                closed = await reader
+        finally:
+            self._socket = None
+            self.outbox.disconnected()
+            self._snapshot_pending = False
+            if self._ack_timer is not None:
+                self._ack_timer.cancel()
+                self._ack_timer = None
+            await cancel_and_wait([writer], self.proxy.settings.cancel_timeout)
+            await socket.close(GOING_AWAY, "link closed")
+        return closed
+
+    async def _read(self, socket: LinkSocket) -> LinkClosed:
+        while True:
+            try:
+                data = await socket.receive()
+            except LinkClosed as closed:
+                return closed
+            try:
+                await self.take(data)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug here must cost one message, never the link
+                logger.exception("%s: failed to handle a message from %s", self.proxy.name,
+                                 self.peer)
+
+    async def take(self, data: bytes | str) -> None:
+        """Check one frame from the peer and act on it."""
+        if not isinstance(data, bytes):
+            self._drop("text")
+            return
+        if len(data) <= _HEADER:
+            self._drop("short")
+            return
+        if len(data) > self.proxy.limits.max_message_size + _HEADER:
+            self._drop("oversize")
+            return
+        if not self._rate.allow():
+            self._drop("rate")
+            return
+        envelope = self.proxy.serializer.decode(data[_HEADER:], channel=LINK_CHANNEL)
+        if envelope is None:
+            self._drop("invalid")
+            return
+        seq = int.from_bytes(data[:_HEADER], "big")
+        if seq:
+            if not self.inbox.accept(seq):
+                self._drop("duplicate")
+                return
+            self._schedule_ack()
+        message = envelope.message
+        if isinstance(message, ProxyLinkMessage):
+            await self._on_link_message(message)
+            return
+        await self._inject(message)
+
+    async def _on_link_message(self, message: ProxyLinkMessage) -> None:
+        if isinstance(message, ProxyAckMessage):
+            self.outbox.acknowledged(message.received)
+        elif isinstance(message, ProxyWorkersMessage):
+            await self.apply_workers(message.workers)
+        # A hello or welcome past the handshake is ignored: the session is set up already.
+
+    async def _inject(self, message: BusMessage) -> None:
+        if message.source not in self.stand_ins:
+            self._drop("source", message)
+        elif message.target is None:
+            if not self.proxy.forwards(type(message)):
+                self._drop("broadcast", message)
+                return
+            self.received += 1
+            await self.proxy.bus.send(message)
+        elif isinstance(message, (BusEndWorkerMessage, BusCancelWorkerMessage)):
+            self._drop("lifecycle", message)
+        elif not self.proxy.exposes(message.target):
+            self._drop("target", message)
+        else:
+            self.received += 1
+            await self.proxy.bus.send(message)
+
+    def _schedule_ack(self) -> None:
+        inbox = self.inbox
+        if inbox.ack_due:
+            self._send_ack()
+        elif self._ack_timer is None:
+            self._ack_timer = asyncio.get_running_loop().call_later(_ACK_DELAY, self._send_ack)
+
+    def _send_ack(self) -> None:
+        self._ack_timer = None
+        inbox = self.inbox
+        if inbox.received > inbox.acked and self.outbox.put(
+                ProxyAckMessage(source=self.proxy.name, received=inbox.received), urgent=True):
+            inbox.acked = inbox.received
+
+    def _drop(self, reason: str, message: BusMessage | None = None) -> None:
+        self.drops[reason] += 1
+        what = f" ({type(message).__name__} from '{message.source}' to " \
+               f"'{message.target or 'everyone'}')" if message is not None else ""
+        self._warn_once("drop", reason, "%s: dropped a message from %s: %s%s (further ones are "
+                        "counted in stats())", self.proxy.name, self.peer, DROP_REASONS[reason],
+                        what)
+
+    def _warn_once(self, kind: str, key: str, text: str, *args: object) -> None:
+        if (kind, key) not in self._warned and len(self._warned) < 1024:
+            self._warned.add((kind, key))
+            logger.warning(text, *args)
+
+    # -- the end ------------------------------------------------------------------------------
+
+    def link_down(self, on_expired: Any) -> None:
+        """The connection broke: the session waits ``link_timeout`` for the next one, then
+        ``on_expired(self)`` is awaited."""
+        if self._expiry is None and not self.ended:
+            self._expiry = self.proxy.create_task(self._expire_later(on_expired),
+                                                  name=f"{self.proxy.name} link timeout")
+
+    async def _expire_later(self, on_expired: Any) -> None:
+        await asyncio.sleep(self.proxy.limits.link_timeout)
+        self._expiry = None
+        await on_expired(self)
+
+    def _cancel_expiry(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+
+    async def end(self, why: str) -> None:
+        """End the session: its stand-ins leave (ending what was sent to them), what waits
+        to be sent is dropped, and an open connection is closed."""
+        self.ended = True
+        self._cancel_expiry()
+        dropped = self.outbox.clear()
+        if dropped:
+            self.lost_outgoing += dropped
+            logger.warning("%s: session with %s ended (%s): %d messages were never sent",
+                           self.proxy.name, self.peer, why, dropped)
+        self.inbox.reset()
+        socket = self._socket
+        if socket is not None:
+            await socket.close(POLICY if why == "refused" else NORMAL, why[:120])
+        await self.remove_all("lost" if why == "link down" else "stopped")
