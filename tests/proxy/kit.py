@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from typing import Any, Literal
 
-from pipecat_workers import BaseWorker, WorkerRunner, job
+from pipecat_workers import BaseWorker, JobEvent, WorkerRunner, job
 from pipecat_workers.bus import BusJobRequestMessage
 from pipecat_workers.proxy import WebSocketProxyClient, WebSocketProxyServer
 from tests.helpers import running, wait_until
@@ -140,6 +140,26 @@ def redis_channel(url: str) -> MakeBus:
 
     channel = f"proxy-{uuid.uuid4().hex[:10]}"
     return lambda: RedisBus(url, channel=channel)
+
+
+async def ask(caller: BaseWorker, worker: str, payload: dict[str, Any] | None = None,
+              ) -> dict[str, Any]:
+    """The answer of ``worker`` to an ``echo`` job (the job must complete)."""
+    async with caller.job(worker, name="echo", payload=payload, timeout=TIMEOUT) as ctx:
+        pass
+    assert ctx.response is not None
+    return ctx.response
+
+
+async def stream(caller: BaseWorker, worker: str, count: int) -> tuple[list[int], Any]:
+    """The chunks of a ``stream`` job of ``worker``, in arrival order, and its response."""
+    chunks: list[int] = []
+    async with caller.job(worker, name="stream", payload={"count": count},
+                          timeout=TIMEOUT) as ctx:
+        async for event in ctx:
+            if event.type == JobEvent.STREAM_DATA:
+                chunks.append(event.data["i"])
+    return chunks, ctx.response
 
 
 async def within(awaitable: Any, timeout: float = TIMEOUT) -> Any:
