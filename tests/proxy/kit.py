@@ -11,6 +11,7 @@ Import as ``from tests.proxy.kit import ...``.
 from __future__ import annotations
 
 import asyncio
+import socket
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
@@ -134,6 +135,14 @@ async def shared_local_bus(stack: AsyncExitStack) -> MakeBus:
     return lambda: bus
 
 
+def free_port() -> int:
+    """A loopback port that was free a moment ago (for a server started later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
 def redis_channel(url: str) -> MakeBus:
     """Connections to a fresh channel of the Redis server at ``url``."""
     from pipecat_workers.bus import RedisBus
@@ -142,10 +151,10 @@ def redis_channel(url: str) -> MakeBus:
     return lambda: RedisBus(url, channel=channel)
 
 
-async def ask(caller: BaseWorker, worker: str, payload: dict[str, Any] | None = None,
-              ) -> dict[str, Any]:
+async def ask(caller: BaseWorker, worker: str, payload: dict[str, Any] | None = None, *,
+              timeout: float = TIMEOUT) -> dict[str, Any]:
     """The answer of ``worker`` to an ``echo`` job (the job must complete)."""
-    async with caller.job(worker, name="echo", payload=payload, timeout=TIMEOUT) as ctx:
+    async with caller.job(worker, name="echo", payload=payload, timeout=timeout) as ctx:
         pass
     assert ctx.response is not None
     return ctx.response
