@@ -61,6 +61,7 @@ class Linked:
         self.names: dict[Side, list[str]] = {"a": [], "b": []}
         self.server: WebSocketProxyServer | None = None
         self.client: WebSocketProxyClient | None = None
+        self.connections: list[str] = []  # a session id per connection the server took
 
     async def host(self, side: Side, *workers: BaseWorker) -> WorkerRunner:
         """Run ``workers`` on a new runner of ``side`` and wait until every runner of that
@@ -81,6 +82,11 @@ class Linked:
         ``port`` is given) on a new runner of B, with ``workers``."""
         server.setdefault("port", 0)
         self.server = WebSocketProxyServer("expose", worker_name=list(expose), **server)
+
+        @self.server.event_handler("on_client_connected")
+        async def on_client_connected(proxy: WebSocketProxyServer, session_id: str) -> None:
+            self.connections.append(session_id)
+
         await self.host("b", self.server, *workers)
         return self.server
 

@@ -14,12 +14,18 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 
 import pytest
-from pipecat.frames.frames import InterruptionFrame, TextFrame, UserStartedSpeakingFrame
+from pipecat.frames.frames import (
+    InputAudioRawFrame,
+    InterruptionFrame,
+    OutputAudioRawFrame,
+    TextFrame,
+    UserStartedSpeakingFrame,
+)
 from pipecat.processors.frame_processor import FrameDirection
 
 from pipecat_workers import BaseWorker
 from tests.helpers import settle, wait_until
-from tests.pipeline.kit import TIMEOUT, Agent, Conversation, Helper, Transport
+from tests.pipeline.kit import TIMEOUT, Agent, Conversation, Helper, Slow, Transport
 from tests.proxy.kit import Linked, redis_channel, shared_local_bus, within
 
 DOWN, UP = FrameDirection.DOWNSTREAM, FrameDirection.UPSTREAM
@@ -88,8 +94,7 @@ async def test_frames_cross_both_ways_in_order_and_once(linked: Linked) -> None:
     assert len(greeter.seen.texts()) == 40
     assert acme.below.texts(DOWN) == [w.upper() for w in words]
     assert acme.above.texts(UP) == [f"up-{w}" for w in words]
-    server = linked.server
-    assert server is not None and len(server.sessions()) == 1
+    assert len(linked.connections) == 1  # one connection, never a second
     assert client.proxy_stats()["sessions"][0]["dropped"] == {}
 
 
@@ -220,6 +225,81 @@ async def test_drains_complete_across_the_proxy(linked: Linked) -> None:
     assert await within(acme.flush_pipeline(timeout=TIMEOUT), TIMEOUT * 2)
     assert len(acme.below.texts(DOWN)) == 5  # everything queued before it went through
     assert await within(greeter.flush_pipeline(timeout=TIMEOUT), TIMEOUT * 2)
+
+
+async def test_audio_crosses_intact(linked: Linked) -> None:
+    # Input audio is a system frame (sent at once, never kept for a resend), output audio a
+    # data frame: both cross both legs with every byte.
+    greeter = Helper("greeter")
+    acme = await splice(linked, greeter, active="greeter")
+    chunk = bytes(range(256)) * 125  # 32 000 bytes: a second of 16 kHz mono
+    await acme.queue_frame(InputAudioRawFrame(audio=chunk, sample_rate=16000, num_channels=1))
+    await acme.queue_frame(OutputAudioRawFrame(audio=chunk[::-1], sample_rate=24000,
+                                               num_channels=1))
+    await acme.below.wait_for(lambda r: bool(r.of(InputAudioRawFrame))
+                              and bool(r.of(OutputAudioRawFrame)))
+    (heard,) = acme.below.of(InputAudioRawFrame)
+    (spoken,) = acme.below.of(OutputAudioRawFrame)
+    assert (heard.audio, heard.sample_rate) == (chunk, 16000)
+    assert (spoken.audio, spoken.sample_rate) == (chunk[::-1], 24000)
+    assert len(greeter.seen.of(InputAudioRawFrame)) == 1
+
+
+async def test_an_interruption_overtakes_frames_behind_the_proxy(linked: Linked) -> None:
+    greeter = Helper("greeter", extra=[Slow(0.05)])
+    acme = await splice(linked, greeter, active="greeter")
+    await send_texts(acme, [f"t{i}" for i in range(20)])
+    await acme.below.wait_for(lambda r: len(r.texts()) >= 1)
+    await acme.queue_frame(InterruptionFrame())
+    await acme.below.wait_for(lambda r: bool(r.of(InterruptionFrame)))
+    arrived = len(acme.below.texts())
+    await settle(0.3)
+    # It came back across while text was still queued in greeter, which dropped that text.
+    assert arrived < 20
+    assert len(acme.below.texts()) < 20
+
+
+async def test_the_transport_may_be_behind_the_server(linked: Linked) -> None:
+    # The other way round: the transport is on the server's bus and the bridged worker on the
+    # client's; the client exposes its bus's workers to the server.
+    acme, greeter = Transport(), Helper("greeter")
+    await linked.host("b", acme)
+    await linked.serve(expose=["acme"])
+    await linked.host("a", greeter)
+    await linked.connect()
+    await acme.activate_worker("greeter")
+    await wait_until(lambda: acme.bridge.peer == "greeter", timeout=TIMEOUT)
+    await send_texts(acme, ["reverse"])
+    await send_texts(acme, ["up"], UP)
+    await acme.below.wait_for(lambda r: r.texts(DOWN) == ["REVERSE"])
+    await acme.above.wait_for(lambda r: r.texts(UP) == ["up"])
+    assert greeter.seen.texts() == ["reverse", "up"]
+
+
+async def test_two_conversations_share_one_proxy_pair(linked: Linked) -> None:
+    # Two transports on A, each spliced to its own worker behind the same server (one of them
+    # on a named bridge): their frames never mix.
+    acme, beta = Transport(), Transport("beta", bridge="voice")
+    greeter, support = Helper("greeter"), Helper("support", bridged=("voice",))
+    await linked.host("b", greeter, support)
+    await linked.serve(expose=["greeter", "support"])
+    await linked.host("a", acme, beta)
+    await linked.connect()
+    await acme.activate_worker("greeter")
+    await beta.activate_worker("support")
+    await wait_until(lambda: (acme.bridge.peer, beta.bridge.peer) == ("greeter", "support"),
+                     timeout=TIMEOUT)
+    assert support.serving == ("beta", "voice")
+    for i in range(10):
+        await acme.queue_frame(TextFrame(f"a{i}"))
+        await beta.queue_frame(TextFrame(f"b{i}"))
+    await acme.below.wait_for(lambda r: len(r.texts(DOWN)) >= 10)
+    await beta.below.wait_for(lambda r: len(r.texts(DOWN)) >= 10)
+    await settle(0.3)
+    assert acme.below.texts(DOWN) == [f"A{i}" for i in range(10)]
+    assert beta.below.texts(DOWN) == [f"B{i}" for i in range(10)]
+    assert greeter.seen.texts() == [f"a{i}" for i in range(10)]
+    assert support.seen.texts() == [f"b{i}" for i in range(10)]
 
 
 def _welcome() -> object:
