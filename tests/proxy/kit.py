@@ -81,7 +81,8 @@ class Linked:
         """Run a server exposing ``expose`` (listening on a free loopback port unless
         ``port`` is given) on a new runner of B, with ``workers``."""
         server.setdefault("port", 0)
-        self.server = WebSocketProxyServer("expose", worker_name=list(expose), **server)
+        server.setdefault("name", "expose")
+        self.server = WebSocketProxyServer(worker_name=list(expose), **server)
 
         @self.server.event_handler("on_client_connected")
         async def on_client_connected(proxy: WebSocketProxyServer, session_id: str) -> None:
@@ -100,7 +101,8 @@ class Linked:
                       **client: Any) -> WebSocketProxyClient:
         """Run a client on a new runner of A, with ``workers``; wait until the link is up
         and each side's workers are known on every runner of the other side."""
-        self.client = WebSocketProxyClient("link", url=url or self.url, **client)
+        client.setdefault("name", "link")
+        self.client = WebSocketProxyClient(url=url or self.url, **client)
         await self.host("a", self.client, *workers)
         await self.client.wait_connected(PATIENCE)
         await self.linked()

@@ -117,3 +117,26 @@ async def test_a_job_sent_before_the_link_is_up_waits_for_it(linked: Linked) -> 
                                                        "payload": {"early": True}}
     finally:
         answer.cancel()
+
+
+@pytest.mark.xfail(strict=True, reason="a proxy exposes the stand-ins and proxies that other "
+                   "runners of its bus host (only its own runner's are left out)")
+async def test_a_client_exposes_no_stand_in_of_another_runner(redis_url: str) -> None:
+    # Bus A has two clients on two runners (two processes), each linked to its own server:
+    # "all but stand-ins" must leave out the other client's stand-in and the client itself,
+    # or bus B1 gets a stand-in for a worker of a third bus, and one for a proxy.
+    async with AsyncExitStack() as stack:
+        bus_a = redis_channel(redis_url)
+        one = Linked(stack, bus_a, redis_channel(redis_url))
+        two = Linked(stack, bus_a, redis_channel(redis_url))
+        await one.host("b", Echo("support"))
+        await one.serve(expose=["support"])
+        await two.host("b", Echo("billing"))
+        await two.serve(expose=["billing"], name="expose2")
+        await one.connect(Echo("front"))
+        await two.connect(name="link2")
+        await one.known("a", ["billing", "link2"])
+        await one.known("b", ["front"])
+        assert one.client is not None
+        assert one.client.proxy_stats()["exposed"] == ["front"]
+        assert not any(n in r.registry for r in one.runners["b"] for n in ("billing", "link2"))
