@@ -208,3 +208,19 @@ async def test_a_text_frame_does_not_kill_the_link(linked: Linked, serving: str)
                                              job_name="echo"))
         assert (await peer.answer_to("j-2")).response == {"by": "support", "payload": None}
         assert session.drops["text"] == 3
+
+
+@pytest.mark.xfail(strict=True, reason="behind an ASGI app a refused token reaches the client "
+                   "as HTTP 403, which it reports as 'the server refused this client', not as "
+                   "a missing or wrong token (the standalone server answers 401)")
+async def test_a_client_with_a_wrong_token_is_told_so(
+        linked: Linked, caplog: pytest.LogCaptureFixture) -> None:
+    url = await serve_in_app(linked, Echo("support"), token=TOKEN)
+    caplog.set_level(logging.WARNING, logger="pipecat_workers.proxy")
+    intruder = WebSocketProxyClient("intruder", url=url, token="wrong")
+    await linked.host("a", intruder)
+    said = lambda: [r.getMessage() for r in caplog.records  # noqa: E731
+                    if r.name == "pipecat_workers.proxy" and r.levelno == logging.ERROR
+                    and r.getMessage().startswith("intruder:")]
+    await wait_until(lambda: bool(said()), timeout=PATIENCE)
+    assert "token" in said()[0], said()[0]
