@@ -55,7 +55,7 @@ class Linked:
     """
 
     def __init__(self, stack: AsyncExitStack, bus_a: MakeBus, bus_b: MakeBus) -> None:
-        self._stack = stack
+        self.stack = stack
         self._make = {"a": bus_a, "b": bus_b}
         self.runners: dict[Side, list[WorkerRunner]] = {"a": [], "b": []}
         self.names: dict[Side, list[str]] = {"a": [], "b": []}
@@ -69,7 +69,7 @@ class Linked:
         runner = WorkerRunner(name=f"{side}{len(self.runners[side])}-{uuid.uuid4().hex[:6]}",
                               bus=self._make[side](), handle_sigint=False, settings=FAST)
         await runner.add_workers(*workers)
-        await self._stack.enter_async_context(running(runner))
+        await self.stack.enter_async_context(running(runner))
         self.runners[side].append(runner)
         self.names[side].extend(w.name for w in workers
                                 if not isinstance(w, (WebSocketProxyClient, WebSocketProxyServer)))
