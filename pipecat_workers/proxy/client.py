@@ -199,6 +199,7 @@ class WebSocketProxyClient(ProxyWorker):
             return code in _REFUSED_CODES
         self._attempts.reset()
         session.peer = f"'{welcome.source}' at {safe_url(self.url)}"
+        session.peer_name = welcome.source
         if not welcome.resumed:
             session.inbox.reset()
         await session.apply_workers(welcome.workers)

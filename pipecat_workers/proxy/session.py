@@ -30,7 +30,7 @@ from pipecat_workers.bus.messages import (
 )
 from pipecat_workers.errors import ConfigurationError, SerializationError, WorkerStateError
 from pipecat_workers.jobs.types import JobStatus
-from pipecat_workers.proxy.link import SNAPSHOT, Inbox, Outbox, Outgoing
+from pipecat_workers.proxy.link import Inbox, Outbox
 from pipecat_workers.proxy.messages import (
     ProxyAckMessage,
     ProxyLinkMessage,
@@ -97,9 +97,10 @@ class ProxySession:
     def __init__(self, proxy: ProxyWorker, session_id: str) -> None:
         self.proxy = proxy
         self.session_id = session_id
-        self.peer = "?"  # the peer proxy's name, once it has said something
+        self.peer = "?"  # who the peer is, for logs, once it has said something
+        self.peer_name = ""  # the peer proxy's own name
         self.stand_ins: dict[str, StandIn] = {}
-        self.outbox = Outbox(proxy.limits.buffer_size)
+        self.outbox = Outbox(proxy.limits.buffer_size, proxy.limits.buffer_bytes)
         self.inbox = Inbox()
         self.drops: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
         self.forwarded = 0
@@ -185,43 +186,57 @@ class ProxySession:
 
     async def forward(self, message: BusMessage, stand_in: StandIn) -> None:
         """Send a message addressed to a stand-in across the link."""
-        source = message.source
-        if not self.proxy.exposes(source):
-            await self._refuse_unexposed(message, stand_in)
+        if not self.proxy.may_send(message.source):
+            await self._undeliverable(message, stand_in, (
+                f"'{message.source}' is not exposed through proxy '{self.proxy.name}' "
+                "(see local_worker_name / worker_name), so the answer would have nowhere "
+                "to go"), once=message.source)
             return
-        if self.outbox.put(message, stand_in, realtime=isinstance(message, BusSystemFrameMessage)):
-            return
-        self._lost(message, "the link is down" if not self.outbox.connected
-                   else f"more than {self.proxy.limits.buffer_size} messages are waiting")
+        data = self._encode(message)
+        if data is None:
+            await self._undeliverable(message, stand_in, "it cannot be encoded",
+                                      once=type(message).__name__)
+        elif not self.outbox.put(data, stand_in,
+                                 realtime=isinstance(message, BusSystemFrameMessage)):
+            await self._undeliverable(message, stand_in, self._why_full())
 
-    def forward_broadcast(self, message: BusMessage) -> None:
+    async def forward_broadcast(self, message: BusMessage) -> None:
         """Send a broadcast across the link (the proxy checked that it may cross)."""
-        if not self.outbox.put(message, None, realtime=isinstance(message, BusSystemFrameMessage)):
-            self._lost(message, "the link is down or backed up")
+        data = self._encode(message)
+        if data is None or not self.outbox.put(
+                data, None, realtime=isinstance(message, BusSystemFrameMessage)):
+            await self._undeliverable(message, None, self._why_full())
 
     def exposure_changed(self) -> None:
         """This side's exposed workers changed: the peer gets the new list, in order with
         the messages around it."""
-        if not self._snapshot_pending and self.outbox.put(SNAPSHOT):
+        if not self._snapshot_pending and self.outbox.put(None):
             self._snapshot_pending = True
 
-    def _lost(self, message: BusMessage, why: str) -> None:
-        self.lost_outgoing += 1
-        self._loss_log.warning("%s: %s to '%s' is lost: %s", self.proxy.name,
-                               type(message).__name__, message.target or "everyone", why)
+    def _why_full(self) -> str:
+        if not self.outbox.connected:
+            return "the link is down"
+        limits = self.proxy.limits
+        return (f"the link is backed up ({limits.buffer_size} messages or "
+                f"{limits.buffer_bytes} bytes waiting)")
 
-    async def _refuse_unexposed(self, message: BusMessage, stand_in: StandIn) -> None:
-        self._warn_once("unexposed", message.source,
-                        "%s: '%s' is not exposed through proxy '%s', so '%s' could not answer "
-                        "it: %s dropped (expose it with local_worker_name / worker_name)",
-                        self.proxy.name, message.source, self.proxy.name, stand_in.name,
-                        type(message).__name__)
-        if isinstance(message, BusJobRequestMessage):
+    async def _undeliverable(self, message: BusMessage, stand_in: StandIn | None, why: str,
+                             *, once: str | None = None) -> None:
+        """A message that cannot cross: counted and said (once per ``once`` key, else
+        rate-limited); a job request is answered with an error at once, so that its job ends
+        now rather than at its timeout."""
+        self.lost_outgoing += 1
+        text = (f"{self.proxy.name}: {type(message).__name__} from '{message.source}' to "
+                f"'{message.target or 'everyone'}' cannot cross: {why}")
+        if once is not None:
+            self._warn_once("lost", once, "%s", text)
+        elif not isinstance(message, BusSystemFrameMessage):  # lost audio is no news
+            self._loss_log.warning("%s", text)
+        if isinstance(message, BusJobRequestMessage) and stand_in is not None:
             await self.proxy.send_bus_message(BusJobResponseMessage(
                 source=stand_in.name, target=message.source, job_id=message.job_id,
-                status=JobStatus.ERROR, response={"error": (
-                    f"'{message.source}' is not exposed through proxy '{self.proxy.name}', "
-                    f"so '{stand_in.name}' cannot answer it")}))
+                status=JobStatus.ERROR, response={"error": f"cannot reach '{stand_in.name}' "
+                                                           f"through proxy: {why}"}))
 
     def refuse_lifecycle(self, message: BusMessage) -> None:
         """A worker here asked a stand-in to end or cancel: that stays on this side."""
@@ -231,28 +246,21 @@ class ProxySession:
                         message.source, message.target, self.proxy.name,
                         "end" if isinstance(message, BusEndWorkerMessage) else "cancel")
 
-    def _encode(self, entry: Outgoing) -> bytes | None:
-        message = entry.message
-        if message is SNAPSHOT:
-            self._snapshot_pending = False
-            message = ProxyWorkersMessage(source=self.proxy.name,
-                                          workers=self.proxy.exposed_entries())
+    def _encode(self, message: BusMessage) -> bytes | None:
         try:
-            data = self.proxy.serializer.serialize(
+            return self.proxy.serializer.serialize(
                 message, sender=self.proxy.name, incarnation=self.proxy.incarnation,
                 channel=LINK_CHANNEL)
         except SerializationError as exc:
-            self.lost_outgoing += 1
             self._warn_once("encode", type(message).__name__, "%s: %s cannot cross the link: %s",
                             self.proxy.name, type(message).__name__, exc)
             return None
-        return entry.seq.to_bytes(_HEADER, "big") + data
 
     async def send_now(self, socket: LinkSocket, message: ProxyLinkMessage) -> None:
         """Send a link message ahead of the session's traffic (the handshake)."""
-        data = self._encode(Outgoing(0, message))
+        data = self._encode(message)
         if data is not None:
-            await socket.send(data)
+            await socket.send(bytes(_HEADER) + data)
 
     async def _write(self, socket: LinkSocket) -> None:
         outbox = self.outbox
@@ -260,13 +268,18 @@ class ProxySession:
             entry = await outbox.take()
             destination = entry.destination
             if destination is not None and self.stand_ins.get(destination.name) is not destination:
-                self.lost_outgoing += 1  # its worker was replaced or is gone: not for the new one
+                outbox.skipped(entry)  # its worker was replaced or is gone: not for the new one
+                self.lost_outgoing += 1
                 continue
-            data = self._encode(entry)
-            if data is None:
-                continue
+            data = entry.data
+            if data is None:  # the exposed workers, as they are now
+                self._snapshot_pending = False
+                data = self._encode(ProxyWorkersMessage(
+                    source=self.proxy.name, workers=self.proxy.exposed_entries()))
+                if data is None:
+                    continue
             try:
-                await socket.send(data)
+                await socket.send(entry.seq.to_bytes(_HEADER, "big") + data)
             except LinkClosed:
                 outbox.put_back(entry)
                 return
@@ -339,15 +352,16 @@ class ProxySession:
         if not self._rate.allow():
             self._drop("rate")
             return
+        seq = int.from_bytes(data[:_HEADER], "big")
+        if seq and seq <= self.inbox.received:  # sent again after a reconnection: had it
+            self._drop("duplicate")
+            return
         envelope = self.proxy.serializer.decode(data[_HEADER:], channel=LINK_CHANNEL)
         if envelope is None:
             self._drop("invalid")
             return
-        seq = int.from_bytes(data[:_HEADER], "big")
         if seq:
-            if not self.inbox.accept(seq):
-                self._drop("duplicate")
-                return
+            self.inbox.accept(seq)  # only once the envelope proved genuine
             self._schedule_ack()
         message = envelope.message
         if isinstance(message, ProxyLinkMessage):
@@ -389,12 +403,16 @@ class ProxySession:
     def _send_ack(self) -> None:
         self._ack_timer = None
         inbox = self.inbox
-        if inbox.received > inbox.acked and self.outbox.put(
-                ProxyAckMessage(source=self.proxy.name, received=inbox.received), urgent=True):
+        if inbox.received <= inbox.acked:
+            return
+        data = self._encode(ProxyAckMessage(source=self.proxy.name, received=inbox.received))
+        if data is not None and self.outbox.put(data, urgent=True):
             inbox.acked = inbox.received
 
     def _drop(self, reason: str, message: BusMessage | None = None) -> None:
         self.drops[reason] += 1
+        if reason == "duplicate":
+            return  # what a resumed connection sends again is expected, not news
         what = f" ({type(message).__name__} from '{message.source}' to " \
                f"'{message.target or 'everyone'}')" if message is not None else ""
         self._warn_once("drop", reason, "%s: dropped a message from %s: %s%s (further ones are "
