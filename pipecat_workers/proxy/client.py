@@ -208,7 +208,7 @@ class WebSocketProxyClient(ProxyWorker):
         logger.info("%s: linked to %s (%s session; stands in for %s)", self._name,
                     session.peer, "resumed" if welcome.resumed else "new",
                     ", ".join(sorted(session.stand_ins)) or "no worker yet")
-        self._emit("on_connected")
+        self._emit("on_connected", session.peer)
         try:
             closed = await session.run(socket, welcome.received if welcome.resumed else None)
         finally:
