@@ -303,9 +303,10 @@ class ProxySession:
         self.exposure_changed()  # whatever the handshake said may have changed since
         writer = asyncio.get_running_loop().create_task(self._write(socket),
                                                         name=f"{self.proxy.name} link writer")
+        reader = asyncio.get_running_loop().create_task(self._read(socket),
+                                                        name=f"{self.proxy.name} link reader")
         closed = LinkClosed(None, "")
         try:
-            reader = asyncio.ensure_future(self._read(socket))
             done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
             if reader in done:
                 closed = reader.result()
@@ -320,8 +321,8 @@ class ProxySession:
             if self._ack_timer is not None:
                 self._ack_timer.cancel()
                 self._ack_timer = None
-            await cancel_and_wait([writer], self.proxy.settings.cancel_timeout)
             await socket.close(GOING_AWAY, "link closed")
+            await cancel_and_wait([writer, reader], self.proxy.settings.cancel_timeout)
         return closed
 
     async def _read(self, socket: LinkSocket) -> LinkClosed:

@@ -31,7 +31,7 @@ from pipecat_workers.proxy import LinkLimits, WebSocketProxyClient, WebSocketPro
 from pipecat_workers.proxy.messages import ProxyHelloMessage, ProxyWelcomeMessage
 from pipecat_workers.proxy.session import LINK_CHANNEL
 from pipecat_workers.types import WorkerLostData, WorkerReadyData, WorkerRegistryEntry
-from tests.helpers import running, wait_until
+from tests.helpers import leftover_tasks, running, wait_until
 from tests.proxy.relay import Relay
 
 WAIT = 10.0  # seconds any condition may take on a loaded machine
@@ -664,3 +664,17 @@ async def test_a_restarted_client_takes_its_names_back_at_once() -> None:
                     pass
         finally:
             await relay.close()
+
+
+async def test_no_task_outlives_the_proxies() -> None:
+    before = asyncio.all_tasks()
+    async with server_side() as back:
+        relay = Relay(back.proxy.port)
+        await relay.start()
+        async with client_side(url_of(relay.port)) as front:
+            async with front.workers["caller"].job("support", name="echo", timeout=WAIT):
+                pass
+            relay.cut()  # a reconnection on the way
+            await front.proxy.wait_connected(WAIT)
+        await relay.close()
+    assert await leftover_tasks(before) == set()
