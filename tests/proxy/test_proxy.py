@@ -366,12 +366,14 @@ async def test_d25_an_inactive_client_keeps_messages_until_activated() -> None:
 # -- reconnection ---------------------------------------------------------------------------
 
 
-async def test_a_broken_link_resumes_without_loss_or_duplicates() -> None:
-    async with server_side() as back:
+@pytest.mark.parametrize("secret", ["", "s3cret"], ids=["unsigned", "signed"])
+async def test_a_broken_link_resumes_without_loss_or_duplicates(secret: str) -> None:
+    async with server_side(serializer=JSONMessageSerializer(secret=secret)) as back:
         relay = Relay(back.proxy.port)
         await relay.start()
         try:
-            async with client_side(url_of(relay.port)) as front:
+            async with client_side(url_of(relay.port),
+                                   serializer=JSONMessageSerializer(secret=secret)) as front:
                 caller, support = front.workers["caller"], back.workers["support"]
                 held = await caller.request_job("support", name="hold", timeout=30)
                 await wait_until(lambda: support.active_jobs, timeout=WAIT)
@@ -678,3 +680,31 @@ async def test_no_task_outlives_the_proxies() -> None:
             await front.proxy.wait_connected(WAIT)
         await relay.close()
     assert await leftover_tasks(before) == set()
+
+
+async def test_a_server_for_one_connection_handed_over_by_the_application() -> None:
+    """The reference's shape: the application accepts the WebSocket and makes a server proxy
+    for it; the proxy stops once that client is gone for good."""
+    from websockets.asyncio.server import serve
+
+    runner = WorkerRunner(name="srv")
+    support = Support()
+    await runner.add_workers(support)
+    proxies: list[WebSocketProxyServer] = []
+
+    async def accept(connection: Any) -> None:
+        proxy = WebSocketProxyServer(f"door-{len(proxies)}", websocket=connection,
+                                     worker_name="support")
+        proxies.append(proxy)
+        await runner.add_workers(proxy)
+        await proxy.wait()  # the connection lives as long as this handler
+
+    async with running(runner), serve(accept, "127.0.0.1", 0) as listener:
+        port = next(iter(listener.sockets)).getsockname()[1]
+        async with client_side(url_of(port)) as front:
+            async with front.workers["caller"].job("support", name="echo", timeout=WAIT) as ctx:
+                pass
+            assert ctx.response["by"] == "support"
+            assert "caller" in runner.registry
+        await wait_until(lambda: proxies[0].state == "stopped", timeout=WAIT)
+        assert "caller" not in runner.registry
