@@ -25,6 +25,7 @@ from pipecat_workers.proxy.messages import ProxyHelloMessage, ProxyWelcomeMessag
 from pipecat_workers.proxy.session import ProxySession
 from pipecat_workers.proxy.sockets import (
     CONFLICT,
+    GOING_AWAY,
     NORMAL,
     REFUSED,
     UNAUTHORIZED,
@@ -197,6 +198,9 @@ class WebSocketProxyClient(ProxyWorker):
             self._attempts.error("%s: %s refused the link: %s", self._name, safe_url(self.url),
                                  exc)
             return code in _REFUSED_CODES
+        if session is not self._session:  # it ended (link_timeout) during the handshake
+            await socket.close(GOING_AWAY, "session ended")
+            return False
         self._attempts.reset()
         session.peer = f"'{welcome.source}' at {safe_url(self.url)}"
         session.peer_name = welcome.source
