@@ -7,8 +7,9 @@ sent to the old one), and the outbox is sent on. A session whose link stays down
 ``link_timeout`` ends: its stand-ins leave, so every job sent through it ends too.
 
 What arrives is checked before anything reaches the bus: binary frames only, within the size
-and rate limits, in a valid (signed, if there is a secret) envelope, from a worker the peer
-exposes, to a worker this side exposes (or a broadcast of a type both sides forward).
+limit, read no faster than the rate limit, in a valid (signed, if there is a secret)
+envelope, from a worker the peer exposes, to a worker this side exposes (or a broadcast of a
+type both sides forward).
 Workers' lifecycle (ending, cancelling) and the bus's own membership never cross.
 """
 
@@ -55,7 +56,6 @@ DROP_REASONS = {
     "text": "a text frame (a link carries binary frames only)",
     "short": "a frame too short to hold a message",
     "oversize": "a frame larger than max_message_size",
-    "rate": "over the message rate limit",
     "invalid": "not a valid envelope (malformed, unsigned, forged, stale or of an unknown type)",
     "duplicate": "a message that had already arrived",
     "source": "from a worker the peer does not expose",
@@ -65,25 +65,25 @@ DROP_REASONS = {
 }
 
 
-class RateLimit:
-    """A token bucket: ``rate`` messages a second, with bursts of up to a second's worth."""
+class Throttle:
+    """A token bucket: ``rate`` messages a second, with bursts of up to a second's worth.
+    Past it, the reader waits: a peer that sends too fast is slowed down (its own outbox and
+    the connection's buffers fill up), and nothing it sent is lost."""
 
     def __init__(self, rate: float | None) -> None:
         self._rate = rate
         self._tokens = rate or 0.0
         self._at = time.monotonic()
 
-    def allow(self) -> bool:
+    def wait(self) -> float:
+        """Take a token; how long to wait before the message may be handled (0: now)."""
         rate = self._rate
         if rate is None:
-            return True
+            return 0.0
         now = time.monotonic()
-        self._tokens = min(rate, self._tokens + (now - self._at) * rate)
+        self._tokens = min(rate, self._tokens + (now - self._at) * rate) - 1.0
         self._at = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return True
-        return False
+        return 0.0 if self._tokens >= 0.0 else -self._tokens / rate
 
 
 class ProxySession:
@@ -107,10 +107,12 @@ class ProxySession:
         self.received = 0
         self.lost_outgoing = 0  # messages that could not be sent (link down, full, too big)
         self._socket: LinkSocket | None = None
-        self._rate = RateLimit(proxy.limits.max_rate)
+        self._throttle = Throttle(proxy.limits.max_rate)
+        self.throttled = 0  # messages that had to wait for the rate limit
         self._snapshot_pending = False
         self._ack_timer: asyncio.TimerHandle | None = None
         self._expiry: asyncio.Task[None] | None = None
+        self._unannounced: dict[str, asyncio.Task[None]] = {}  # workers named in advance
         self._warned: set[tuple[str, str]] = set()
         self._loss_log = RateLimitedLog(logger, every=30.0)
         self.ended = False
@@ -128,6 +130,7 @@ class ProxySession:
                 "stand_ins": sorted(self.stand_ins), "forwarded": self.forwarded,
                 "received": self.received, "waiting": self.outbox.waiting,
                 "unacked": self.outbox.unacked, "lost_outgoing": self.lost_outgoing,
+                "throttled": self.throttled,
                 "dropped": {k: v for k, v in self.drops.items() if v}}
 
     # -- the peer's workers --------------------------------------------------------------
@@ -143,9 +146,11 @@ class ProxySession:
             now = wanted.get(name)
             if now is None:
                 if stand_in.entry.started_at is None:
-                    logger.warning("%s: %s does not expose '%s': what was sent to it ends here",
-                                   self.proxy.name, self.peer, name)
-                await self._remove(stand_in, "stopped")
+                    # Named in advance and not announced yet: the peer may not have heard of
+                    # it yet either (it runs elsewhere on the peer's bus). Give it time.
+                    self._await_announcement(stand_in)
+                else:
+                    await self._remove(stand_in, "stopped")
             elif stand_in.entry.started_at in (None, now.started_at):
                 await self._update(stand_in, now)
                 del wanted[name]
@@ -153,6 +158,24 @@ class ProxySession:
                 await self._remove(stand_in, "replaced")
         for entry in wanted.values():
             await self.add_stand_in(entry)
+
+    def _await_announcement(self, stand_in: StandIn) -> None:
+        if stand_in.name not in self._unannounced:
+            self._unannounced[stand_in.name] = self.proxy.create_task(
+                self._drop_unannounced(stand_in), name=f"{self.proxy.name} waits for "
+                                                       f"'{stand_in.name}'")
+
+    async def _drop_unannounced(self, stand_in: StandIn) -> None:
+        try:
+            await asyncio.sleep(self.proxy.limits.link_timeout)
+            if (self.stand_ins.get(stand_in.name) is stand_in
+                    and stand_in.entry.started_at is None and self.connected):
+                logger.warning("%s: %s does not expose '%s': what was sent to it ends here",
+                               self.proxy.name, self.peer, stand_in.name)
+                await self._remove(stand_in, "stopped")
+        finally:
+            if self._unannounced.get(stand_in.name) is asyncio.current_task():
+                del self._unannounced[stand_in.name]
 
     async def add_stand_in(self, entry: WorkerRegistryEntry) -> None:
         """Put a stand-in for ``entry`` on the bus (once, if its name is free)."""
@@ -170,11 +193,18 @@ class ProxySession:
         stand_in.entry = entry
         if news and stand_in.started_at is not None:
             await self.proxy.reregister(stand_in)
+        held, stand_in.held = stand_in.held, []
+        for message in held:  # it was announced: what waited for it goes now, in order
+            await self.forward(message, stand_in)
 
     async def _remove(self, stand_in: StandIn, why: str) -> None:
         if self.stand_ins.get(stand_in.name) is stand_in:
             del self.stand_ins[stand_in.name]
         stand_in._departure = why
+        held, stand_in.held = stand_in.held, []
+        for message in held:
+            await self._undeliverable(message, stand_in, f"'{stand_in.name}' is not there",
+                                      once=f"held>{stand_in.name}")
         await stand_in.stop(reason=f"{why} behind proxy '{self.proxy.name}'")
 
     async def remove_all(self, why: str) -> None:
@@ -191,6 +221,15 @@ class ProxySession:
                 f"'{message.source}' is not exposed through proxy '{self.proxy.name}' "
                 "(see local_worker_name / worker_name), so the answer would have nowhere "
                 "to go"), once=message.source)
+            return
+        if stand_in.entry.started_at is None:
+            # Named in advance, and the peer has not announced it yet: the peer would drop
+            # what is sent to it, so it waits here (system frames excepted: they are late).
+            if len(stand_in.held) < self.proxy.limits.buffer_size and not isinstance(
+                    message, BusSystemFrameMessage):
+                stand_in.held.append(message)
+            else:
+                await self._undeliverable(message, stand_in, self._why_full())
             return
         data = self._encode(message)
         if data is None:
@@ -350,9 +389,13 @@ class ProxySession:
         if len(data) > self.proxy.limits.max_message_size + _HEADER:
             self._drop("oversize")
             return
-        if not self._rate.allow():
-            self._drop("rate")
-            return
+        delay = self._throttle.wait()
+        if delay:
+            self.throttled += 1
+            if self.throttled == 1:
+                logger.warning("%s: %s sends more than %g messages a second: slowing it down",
+                               self.proxy.name, self.peer, self.proxy.limits.max_rate)
+            await asyncio.sleep(delay)
         seq = int.from_bytes(data[:_HEADER], "big")
         if seq and seq <= self.inbox.received:  # sent again after a reconnection: had it
             self._drop("duplicate")

@@ -64,8 +64,9 @@ class LinkLimits:
         buffer_bytes: The same bound in bytes.
         max_message_size: Largest message, in bytes, either way: a larger one is refused
             when sent and dropped when received.
-        max_rate: Messages a second one end accepts from the other (bursts of a second's
-            worth); ``None`` for no limit. Excess messages are dropped and counted.
+        max_rate: Messages a second one end takes from the other (bursts of a second's
+            worth); ``None`` for no limit. A peer that sends faster is slowed down: the end
+            reads no faster than this, so nothing is lost.
         heartbeat: Seconds between two pings on an idle connection; one unanswered for twice
             that long counts as a broken link.
     """
@@ -74,7 +75,7 @@ class LinkLimits:
     buffer_size: int = 10_000
     buffer_bytes: int = 64 * 1024 * 1024
     max_message_size: int = 1024 * 1024
-    max_rate: float | None = 5_000.0
+    max_rate: float | None = 20_000.0
     heartbeat: float = 5.0
 
     def __post_init__(self) -> None:
