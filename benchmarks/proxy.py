@@ -30,25 +30,23 @@ from typing import Any
 
 from benchmarks.core import Measurement, Scale, Skip, benchmark
 from benchmarks.harness import Client, Echo, Session, jobs_in_flight, round_trips
-from benchmarks.network import FLOOR_MESSAGE_SIZE, _fresh, _quiet, make_bus, redis_url
+from benchmarks.network import FLOOR_MESSAGE_SIZE, _fresh, make_bus, redis_url
 from benchmarks.pipeline import HELPER, Phase, _once, interleave, kit, quiet_shutdown, trips_phase
 from pipecat_workers import BaseWorker
 from pipecat_workers.bus import WorkerBus
+from pipecat_workers.proxy import LinkLimits, WebSocketProxyClient, WebSocketProxyServer
 
 GROUP = "proxy"
 ECHO = "echo"
 TOKEN = "bench-token"  # the server wants one (without it, it warns that anyone gets in)
 
 
-def _proxy() -> Any:
-    """``pipecat_workers.proxy``; :class:`Skip` without the ``websockets`` package."""
+def _need_websockets() -> None:
+    """:class:`Skip` without the ``websockets`` package (the proxy's link runs on it)."""
     try:
         import websockets  # noqa: F401
     except ModuleNotFoundError:
         raise Skip("websockets is not installed; pip install 'pipecat-workers[proxy]'") from None
-    from pipecat_workers import proxy
-
-    return proxy
 
 
 async def _session(stack: AsyncExitStack, *workers: BaseWorker, name: str,
@@ -59,22 +57,21 @@ async def _session(stack: AsyncExitStack, *workers: BaseWorker, name: str,
 
 @asynccontextmanager
 async def _pair(front: list[BaseWorker], behind: list[BaseWorker], remote: str, *,
-                limits: Any = None, buses: tuple[WorkerBus, WorkerBus] | None = None,
+                limits: LinkLimits | None = None, buses: tuple[WorkerBus, WorkerBus] | None = None,
                 ) -> AsyncIterator[Session]:
     """``behind`` on bus B with a proxy server exposing ``remote``; ``front`` on bus A with a
     proxy client standing in for it. Yields the front runner's session, once the link is up
     and the stand-in registered; the client's side stops first."""
-    proxy = _proxy()
+    _need_websockets()
     bus_a, bus_b = buses or (None, None)
-    server = proxy.WebSocketProxyServer("proxy-server", worker_name=remote, port=0,
+    server = WebSocketProxyServer("proxy-server", worker_name=remote, port=0,
                                         token=TOKEN, limits=limits)
     async with AsyncExitStack() as stack:
-        stack.enter_context(_quiet("pipecat_workers.proxy"))  # "session ended" at the end
         behind_session = await _session(stack, *behind, server, name="bus-b", bus=bus_b)
         # The server's runner knows the worker before the client connects (on a network bus
         # it may be another runner's), so the client's first list of what is behind has it.
         await behind_session.runner.registry.wait_for(remote, 10)
-        client = proxy.WebSocketProxyClient(
+        client = WebSocketProxyClient(
             "proxy-client", url=f"ws://127.0.0.1:{server.port}/", remote_worker_name=remote,
             token=TOKEN, limits=limits)
         front_session = await _session(stack, *front, client, name="bus-a", bus=bus_a)
@@ -98,7 +95,7 @@ def _jobs_phase(client: Client) -> Phase:
 async def _ws_floor() -> AsyncIterator[Phase]:
     """A raw ``websockets`` ping-pong on loopback (the proxy's options: no compression):
     a phase timing ``FLOOR_MESSAGE_SIZE``-byte messages bounced by an echo server."""
-    _proxy()
+    _need_websockets()
     from websockets.asyncio.client import connect
     from websockets.asyncio.server import ServerConnection, serve
 
@@ -149,18 +146,22 @@ def _jobs_run(scale: Scale) -> dict[str, Any]:
         budget=scale.budget(10, 2))))
 
 
-def _versus(r: dict[str, Any], series: str, *, floor: str = "") -> Measurement:
-    """A row whose value is ``proxied.<series>`` p50 over ``direct.<series>`` p50; ``floor``
-    (a ping-pong series) adds what the link costs beyond one bus, in floors."""
+def _versus(r: dict[str, Any], series: str, *, link: float | None = None,
+            floor: float | None = None, floor_name: str = "the WebSocket floor",
+            extra: str = "") -> Measurement:
+    """A row whose value is ``proxied.<series>`` p50 over ``direct.<series>`` p50. ``link``
+    is what the proxy pair adds (default: the difference of the p50s), compared with
+    ``floor`` (in µs, called ``floor_name``) when given."""
     proxied, direct = r[f"proxied.{series}"], r[f"direct.{series}"]
     ratio = proxied["p50_us"] / direct["p50_us"]
     notes = (f"one bus {direct['p50_us']:.0f} µs; p99 {proxied['p99_us']:.0f} µs "
              f"(one bus {direct['p99_us']:.0f}), n={proxied['n']:,}")
+    added = proxied["p50_us"] - direct["p50_us"] if link is None else link
+    notes += f"; the link adds {added:.0f} µs"
     if floor:
-        added = proxied["p50_us"] - direct["p50_us"]
-        notes += f"; the link adds {added:.0f} µs = {added / r[floor]['p50_us']:.1f}× floor"
+        notes += f" = {added / floor:.1f}× {floor_name}"
     return Measurement(ratio, display=f"{proxied['p50_us']:.0f} µs ({ratio:.1f}× one bus)",
-                       notes=f"{notes}; {r['rounds']} rounds interleaved", details=r)
+                       notes=f"{notes}{extra}; {r['rounds']} rounds interleaved", details=r)
 
 
 @benchmark("proxy.ws_floor", group=GROUP,
@@ -177,7 +178,8 @@ def ws_floor(scale: Scale) -> Measurement:
            workload="job round trip p50 through a proxy pair ÷ one bus, 1 process", unit="×",
            target=None)
 def round_trip(scale: Scale) -> Measurement:
-    return _versus(_jobs_run(scale), "rtt", floor="floor.rtt")
+    r = _jobs_run(scale)
+    return _versus(r, "rtt", floor=r["floor.rtt"]["p50_us"])
 
 
 # -- 2. throughput ---------------------------------------------------------------------------
@@ -189,7 +191,7 @@ async def _rate(client: Client, total: int, warmup: int, budget: float) -> tuple
 
 
 async def _throughput(total: int, warmup: int, budget: float) -> dict[str, Any]:
-    limits = _proxy().LinkLimits(max_rate=None)
+    limits = LinkLimits(max_rate=None)
     direct, proxied = Client("client"), Client("client")
     async with AsyncExitStack() as stack:
         await _session(stack, direct, Echo(ECHO), name="one-bus")
@@ -224,12 +226,13 @@ async def _frames(rounds: int, n: int, warmup: int, budget: float) -> dict[str, 
         await _session(stack, acme, k.ours_helper(), name="one-bus")
         await acme.activate_worker(HELPER)
         await k.wait_until(lambda: bridge.peer == HELPER, 10, "the helper to join the bridge")
+        floor = await stack.enter_async_context(_ws_floor())
         pacme, pbridge, pbelow = k.ours_transport()
         await stack.enter_async_context(_pair([pacme], [k.ours_helper()], HELPER))
         await pacme.activate_worker(HELPER)
         await k.wait_until(lambda: pbridge.peer == HELPER, 10,
                            "the helper behind the proxy to join the bridge")
-        return await interleave({"direct": trips_phase(acme, below),
+        return await interleave({"floor": floor, "direct": trips_phase(acme, below),
                                  "proxied": trips_phase(pacme, pbelow)},
                                 rounds=rounds, n=n, warmup=warmup, budget=budget)
 
@@ -245,10 +248,10 @@ def _frames_run(scale: Scale) -> dict[str, Any]:
            unit="×", target=None)
 def frame_hop(scale: Scale) -> Measurement:
     r = _frames_run(scale)
-    m = _versus(r, "hop")
     trip, one = r["proxied.trip"]["p50_us"], r["direct.trip"]["p50_us"]
-    m.notes += f"; frame round trip {trip:.0f} µs (one bus {one:.0f})"
-    return m
+    return _versus(r, "hop", floor=r["floor.rtt"]["p50_us"] / 2,
+                   floor_name="½ the WebSocket floor (one way)",
+                   extra=f"; frame round trip {trip:.0f} µs (one bus {one:.0f})")
 
 
 # -- 4. job round trip, both sides on Redis --------------------------------------------------
@@ -265,11 +268,10 @@ async def _redis(url: str, rounds: int, n: int, warmup: int, budget: float) -> d
         one = await _session(stack, direct, name="caller", bus=bus("one"))
         await _session(stack, Echo(ECHO), name="worker", bus=bus("one"))
         await one.runner.registry.wait_for(ECHO, 10)
-        caller = Session(proxied, name="a-caller", bus=bus("a"))
-        behind = Session(Echo(ECHO), name="b-worker", bus=bus("b"))
-        await stack.enter_async_context(behind)
+        # Each proxy has a runner of its own, between the caller's and the worker's.
+        await _session(stack, Echo(ECHO), name="b-worker", bus=bus("b"))
         await stack.enter_async_context(_pair([], [], ECHO, buses=(bus("a"), bus("b"))))
-        await stack.enter_async_context(caller)
+        caller = await _session(stack, proxied, name="a-caller", bus=bus("a"))
         await caller.runner.registry.wait_for(ECHO, 10)
         return await interleave({"direct": _jobs_phase(direct),
                                  "proxied": _jobs_phase(proxied)},
@@ -284,7 +286,8 @@ def round_trip_redis(scale: Scale) -> Measurement:
     r = _once("proxy.redis", scale, lambda: _fresh(_redis(
         url, rounds=scale.pick(4, 2), n=scale.pick(500, 100), warmup=scale.pick(200, 30),
         budget=scale.budget(10, 3))))
-    m = _versus(r, "rtt")
-    m.notes += "; 4 runners vs 2: the proxied trip crosses Redis twice as often"
-    return m
+    # The proxied trip crosses Redis twice as often (4 runners vs 2): the link's own part
+    # is what is left of it after two trips on one bus.
+    link = r["proxied.rtt"]["p50_us"] - 2 * r["direct.rtt"]["p50_us"]
+    return _versus(r, "rtt", link=link, extra=" (the proxied trip less 2 on one bus)")
 
