@@ -91,11 +91,34 @@ def _jobs_phase(client: Client) -> Phase:
 # -- the WebSocket floor ---------------------------------------------------------------------
 
 
+async def _steady_reads() -> None:
+    """Open and close one WebSocket connection, so that what follows reads at the pace a
+    process keeps once a connection has closed.
+
+    asyncio reads a socket into a fresh 256 KiB buffer each time. glibc's malloc serves a
+    block that big with ``mmap`` (and unmaps it when it is freed) until the process frees
+    a large block from its heap, which raises that threshold for good. Until then every read
+    costs page faults (a loopback ping-pong took about 85 µs instead of 50 where this was
+    measured). Whether an earlier benchmark already did that would otherwise decide the
+    figures."""
+    _need_websockets()
+    from websockets.asyncio.client import connect
+    from websockets.asyncio.server import ServerConnection, serve
+
+    async def nothing(connection: ServerConnection) -> None:
+        await connection.wait_closed()
+
+    async with serve(nothing, "127.0.0.1", 0, compression=None) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        async with connect(f"ws://127.0.0.1:{port}/", compression=None):
+            pass
+
+
 @asynccontextmanager
 async def _ws_floor() -> AsyncIterator[Phase]:
     """A raw ``websockets`` ping-pong on loopback (the proxy's options: no compression):
     a phase timing ``FLOOR_MESSAGE_SIZE``-byte messages bounced by an echo server."""
-    _need_websockets()
+    await _steady_reads()
     from websockets.asyncio.client import connect
     from websockets.asyncio.server import ServerConnection, serve
 
@@ -143,7 +166,7 @@ async def _jobs(rounds: int, n: int, warmup: int, budget: float) -> dict[str, An
 def _jobs_run(scale: Scale) -> dict[str, Any]:
     return _once("proxy.jobs", scale, lambda: _fresh(_jobs(
         rounds=scale.pick(4, 2), n=scale.pick(2_000, 200), warmup=scale.pick(500, 50),
-        budget=scale.budget(10, 2))))
+        budget=scale.budget(15, 2))))
 
 
 def _versus(r: dict[str, Any], series: str, *, link: float | None = None,
@@ -193,6 +216,7 @@ async def _rate(client: Client, total: int, warmup: int, budget: float) -> tuple
 async def _throughput(total: int, warmup: int, budget: float) -> dict[str, Any]:
     limits = LinkLimits(max_rate=None)
     direct, proxied = Client("client"), Client("client")
+    await _steady_reads()
     async with AsyncExitStack() as stack:
         await _session(stack, direct, Echo(ECHO), name="one-bus")
         await stack.enter_async_context(_pair([proxied], [Echo(ECHO)], ECHO, limits=limits))
@@ -240,7 +264,7 @@ async def _frames(rounds: int, n: int, warmup: int, budget: float) -> dict[str, 
 def _frames_run(scale: Scale) -> dict[str, Any]:
     return _once("proxy.frames", scale, lambda: _fresh(_frames(
         rounds=scale.pick(4, 2), n=scale.pick(2_000, 200), warmup=scale.pick(500, 50),
-        budget=scale.budget(10, 2))))
+        budget=scale.budget(15, 2))))
 
 
 @benchmark("proxy.frame_hop", group=GROUP,
@@ -264,6 +288,7 @@ async def _redis(url: str, rounds: int, n: int, warmup: int, budget: float) -> d
         return make_bus("redis", url, f"{channel}:{side}")
 
     direct, proxied = Client("client"), Client("client")
+    await _steady_reads()
     async with AsyncExitStack() as stack:
         one = await _session(stack, direct, name="caller", bus=bus("one"))
         await _session(stack, Echo(ECHO), name="worker", bus=bus("one"))
