@@ -1,8 +1,8 @@
 """The proxy rows: a job's round trip and a frame's hop through a WebSocket proxy pair, each
 beside the same on one bus.
 
-Everything runs in one process and one event loop, on two buses joined the way issue 14's
-deployments join them: the caller's side (bus A) has a :class:`WebSocketProxyClient`, the
+Everything runs in one process and one event loop, on two buses joined by a proxy pair as
+two deployments would be: the caller's side (bus A) has a :class:`WebSocketProxyClient`, the
 worker's side (bus B) a :class:`WebSocketProxyServer` listening on loopback, and the client
 stands in on A for the worker on B. The same workload on one bus is the comparison; both
 set-ups run side by side and are measured in turns (A B A B, after a warm-up of each), so
