@@ -22,13 +22,15 @@ from pathlib import Path
 
 from pipecat_workers_cli.topology.classes import parse_class_path, suggest
 from pipecat_workers_cli.topology.errors import WorkerClassError
-from pipecat_workers_cli.topology.model import Topology
+from pipecat_workers_cli.topology.model import Topology, WorkerSpec
 
 # backend -> (its bus class, the packages its driver needs, the extra that installs them)
 _DRIVERS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "redis": ("RedisBus", ("redis",), "redis"),
     "pgmq": ("PgmqBus", ("pgmq", "asyncpg"), "pgmq"),
 }
+
+_PROXY_DRIVER = ("websockets", "proxy")  # a proxy worker's package, and its extra
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,11 +55,26 @@ def preflight(topology: Topology) -> list[Problem]:
                     f"pip install 'pipecat-workers[{extra}]'"))
                 break
     for spec in topology.workers.values():
+        if spec.proxy is not None:  # the library's own class: only its driver may be missing
+            problem = proxy_driver(spec)
+            if problem is not None:
+                problems.append(problem)
+            continue
         try:
             _check_class(spec.class_path, topology.root, _python_path(spec.env, topology.root))
         except WorkerClassError as exc:
             problems.append(Problem(spec.line, f"workers.{spec.key}.class", str(exc)))
     return problems
+
+
+def proxy_driver(spec: WorkerSpec) -> Problem | None:
+    """What is missing for a proxy worker to run, if anything: its ``websockets`` driver."""
+    package, extra = _PROXY_DRIVER
+    if spec.proxy is None or importlib.util.find_spec(package) is not None:
+        return None
+    name = spec.proxy.class_path.rpartition(":")[2]
+    return Problem(spec.line, f"workers.{spec.key}.proxy",
+                   f"{name} needs the '{package}' package: pip install 'pipecat-workers[{extra}]'")
 
 
 def _python_path(env: Mapping[str, str], root: Path) -> list[str]:
