@@ -165,8 +165,10 @@ class _Loader:
             if not spec.required or spec.name in entries or spec.instead in entries:
                 continue
             # A misspelt required key is reported once, as the misspelling whose hint
-            # names it (the hint names it as it names itself: " (did you mean 'class'?)").
-            if suggest(spec.name, [spec.name]) not in hints.values():
+            # names it (the hint names it as it names itself: " (did you mean 'class'?)"),
+            # or names the key that may stand in its place.
+            named = {suggest(k, [k]) for k in (spec.name, spec.instead) if k}
+            if not named & set(hints.values()):
                 self.problems.add(line, path_join(field, spec.name), "required key missing")
         return {k: v for k, v in entries.items() if k in known}
 

@@ -132,9 +132,10 @@ class _Reader:
 
     @staticmethod
     def token(node: Node) -> str:
+        """A token; an empty one (``${PROXY_TOKEN:-}`` unset) means none."""
         text = _text(node, "a token")
-        if not text or "\0" in text:
-            raise _Wrong("expected a non-empty token")
+        if "\0" in text or not text.isprintable():
+            raise _Wrong("a token cannot hold control characters")
         return text
 
     @staticmethod

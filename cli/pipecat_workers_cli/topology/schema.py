@@ -158,8 +158,8 @@ PROXY_KEYS: tuple[Key, ...] = (
         "exposes.", _NAMES),
     Key("expose", "This bus's workers the other side may reach (required for a server; a "
         "client's default: all).", _NAMES),
-    Key("token", "The bearer token the client sends and the server requires; default: "
-        "$PIPECAT_WORKERS_PROXY_TOKEN.", {"type": "string", "minLength": 1}),
+    Key("token", "The bearer token the client sends and the server requires; empty: none; "
+        "default: $PIPECAT_WORKERS_PROXY_TOKEN.", {"type": "string"}),
     Key("forward", "Broadcasts that cross (both ends must say so): end, cancel.",
         {"type": "array", "uniqueItems": True,
          "items": {"enum": list(FORWARD_MESSAGES)}}),
