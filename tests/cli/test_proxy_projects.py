@@ -11,8 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import pytest
-from cliproj import Cli, wait_for, workers_by_name, write_project
+import yaml
+from cliproj import WORKER_MODULE, WORKERS_PY, Cli, wait_for, workers_by_name, write_project
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "a-token-for-the-test"
@@ -96,3 +98,72 @@ def test_the_example_pair_holds_a_conversation_across(clis: Callable[[Path], Cli
     finally:
         down = cli.run("-f", back, "down", timeout=60)
         assert down.returncode == 0, (down.stdout, down.stderr)
+
+
+EXPORTED = """\
+name: shop
+channels:
+  main: {backend: redis, url: '${REDIS_URL}'}
+workers:
+  door:
+    proxy:
+      listen: 0.0.0.0:8765
+      expose: [echo]
+      token: ${PROXY_TOKEN}
+  link:
+    proxy:
+      url: ws://partner:9000/
+      remote: [partner-desk]
+      forward: [end]
+      token: ${PROXY_TOKEN}
+  echo:
+    class: app_workers:Echo
+"""
+
+
+@pytest.mark.timeout(120)
+def test_proxies_export_like_workers_and_a_server_publishes_its_port(
+        tmp_path: Path, clis: Callable[[Path], Cli]) -> None:
+    (tmp_path / f"{WORKER_MODULE}.py").write_text(WORKERS_PY)
+    (tmp_path / "workers.yaml").write_text(EXPORTED)
+    cli = clis(tmp_path)
+    for name in ("REDIS_URL", "PROXY_TOKEN"):  # references: an export needs no value
+        cli.env.pop(name, None)
+    compose, kubernetes, systemd = cli.run_many(
+        ("export", "compose", "workers.yaml"), ("export", "kubernetes", "workers.yaml"),
+        ("export", "systemd", "workers.yaml", "-o", "units/"))
+    for result in (compose, kubernetes, systemd):
+        assert result.returncode == 0, (result.stdout, result.stderr)
+
+    services = yaml.safe_load(compose.stdout)["services"]
+    door, link = services["door"], services["link"]
+    assert door["ports"] == ["8765:8765"] and "ports" not in link
+    assert door["command"] == link["command"] == services["echo"]["command"]
+    assert door["environment"]["PIPECAT_WORKERS_PROXY_TOKEN"] == "${PROXY_TOKEN}"
+    door_host = json.loads(door["environment"]["PIPECAT_WORKERS_HOST"])
+    assert door_host["class_path"] == "pipecat_workers.proxy:WebSocketProxyServer"
+    assert door_host["args"] == {"worker_name": ["echo"], "host": "0.0.0.0", "port": 8765}
+    link_host = json.loads(link["environment"]["PIPECAT_WORKERS_HOST"])
+    assert link_host["args"] == {"url": "ws://partner:9000/",
+                                 "remote_worker_name": ["partner-desk"],
+                                 "forward_messages": ["end"]}
+    assert "listens on" not in compose.stdout  # 0.0.0.0 is reached from outside
+
+    documents = {d["metadata"]["name"]: d for d in yaml.safe_load_all(kubernetes.stdout)}
+    version = kubernetes_validate.latest_version()
+    for document in documents.values():
+        kubernetes_validate.validate(document, version, strict=True)
+    container = documents["shop-door"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["ports"] == [{"name": "proxy", "containerPort": 8765}]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["PIPECAT_WORKERS_PROXY_TOKEN"]["valueFrom"] == {
+        "secretKeyRef": {"name": "shop-env", "key": "PIPECAT_WORKERS_PROXY_TOKEN"}}
+    assert "--from-literal=PIPECAT_WORKERS_PROXY_TOKEN=..." in kubernetes.stdout
+    assert (tmp_path / "units" / "shop-door.service").exists()
+
+    # A server on a loopback address answers only inside its container: the header says so.
+    (tmp_path / "workers.yaml").write_text(EXPORTED.replace("0.0.0.0:8765", "127.0.0.1:8765"))
+    loopback = cli.run("export", "compose", "workers.yaml")
+    assert loopback.returncode == 0, loopback.stderr
+    assert ("# Proxy server 'door' listens on 127.0.0.1:8765, which only its own container "
+            "reaches: listen on 0.0.0.0 (with a token) to serve others.") in loopback.stdout
