@@ -3,6 +3,7 @@ mistake (all of them at once)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -281,3 +282,31 @@ def test_the_schema_refuses_what_the_loader_refuses(entry: dict[str, Any]) -> No
 ])
 def test_the_schema_accepts_what_the_loader_accepts(entry: dict[str, Any]) -> None:
     jsonschema.validate({"workers": {"p": entry}}, topology_schema())
+
+
+def test_the_readme_example_loads(tmp_path: Path) -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### Joining two projects: `proxy:` workers"):]
+    block = section[section.index("```yaml\n") + 8:section.index("```\n", 10)]
+    topology = load(tmp_path, block, env={"PROXY_TOKEN": "t"})
+    assert [s.proxy.role for s in topology.workers.values() if s.proxy] == ["client", "server"]
+
+
+def test_workers_config_writes_a_proxy_as_the_file_does(tmp_path: Path) -> None:
+    from pipecat_workers_cli.commands.config import topology_document
+
+    topology = load(tmp_path, CLIENT + "      remote: [a, b]\n      forward: [end]\n"
+                    "      token: ${T}\n    env: {X: '1'}\n"
+                    "  door:\n    proxy: {listen: '[::1]:8765', expose: a}\n",
+                    env={"T": "p${x}"})
+    document = topology_document(topology)
+    assert document["workers"]["link"]["proxy"] == {
+        "url": "ws://127.0.0.1:8765/", "remote": ["a", "b"], "forward": ["end"],
+        "token": "p$${x}"}
+    assert document["workers"]["link"]["env"] == {"X": "1"}
+    assert document["workers"]["door"]["proxy"] == {"listen": "[::1]:8765", "expose": ["a"]}
+    assert not {"class", "args"} & set(document["workers"]["door"])
+    (tmp_path / "again.yaml").write_text(yaml.safe_dump(document))
+    again = load_topology(tmp_path / "again.yaml", env={})
+    assert {k: dataclasses.replace(s, line=0) for k, s in again.workers.items()} == {
+        k: dataclasses.replace(s, line=0) for k, s in topology.workers.items()}
