@@ -16,7 +16,7 @@ from pipecat_workers_cli.host import constructor_args
 from pipecat_workers_cli.topology import Topology, TopologyError, load_topology, resolve_class
 from pipecat_workers_cli.topology.errors import TopologyErrors
 from pipecat_workers_cli.topology.model import PROXY_TOKEN_ENV, ProxySpec
-from pipecat_workers_cli.topology.preflight import preflight
+from pipecat_workers_cli.topology.preflight import preflight, proxy_problems
 from pipecat_workers_cli.topology.record import topology_from_record, topology_record
 from pipecat_workers_cli.topology.schema import topology_schema
 
@@ -227,6 +227,22 @@ def test_preflight_names_the_proxy_extra_when_websockets_is_missing(
         (6, "workers.door.proxy", "WebSocketProxyServer needs the 'websockets' package: "
                                   "pip install 'pipecat-workers[proxy]'"),
     ]
+
+
+def test_preflight_refuses_a_server_open_to_anyone(tmp_path: Path) -> None:
+    topology = load(tmp_path, "workers:\n  door:\n    proxy:\n      listen: 0.0.0.0:8765\n"
+                              "      expose: a\n      token: ${T:-}\n")
+    door = topology.workers["door"]
+    assert [(p.line, p.field, p.message) for p in proxy_problems(door, {})] == [
+        (2, "workers.door.proxy.listen", "it would accept anyone on 0.0.0.0:8765: give it a "
+                                         "token (or set PIPECAT_WORKERS_SECRET), or listen on "
+                                         "127.0.0.1")]
+    assert proxy_problems(door, {"PIPECAT_WORKERS_SECRET": "s"}) == []
+    with_token = load(tmp_path, "workers:\n  door:\n    proxy:\n      listen: 0.0.0.0:8765\n"
+                                "      expose: a\n      token: t\n")
+    assert proxy_problems(with_token.workers["door"], {}) == []
+    loopback = load(tmp_path, SERVER)
+    assert proxy_problems(loopback.workers["door"], {}) == []
 
 
 def test_check_names_the_proxy_extra_when_websockets_is_missing(

@@ -11,7 +11,6 @@ topology is loaded with :func:`kept_as_reference` and needs no value for them.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import Any
 
 import yaml  # type: ignore[import-untyped,unused-ignore]
 
+from pipecat_workers.proxy.server import is_loopback
 from pipecat_workers_cli.host import BUS_URL_ENV, HOST_ENV, HostSpec
 from pipecat_workers_cli.topology.errors import TopologyError
 from pipecat_workers_cli.topology.loader import Loaded
@@ -165,16 +165,7 @@ def listen_notes(plan: Plan) -> list[str]:
     return [f"Proxy server '{s.key}' listens on {s.listen[0]}:{s.listen[1]}, which only its "
             "own container reaches: listen on 0.0.0.0 (with a token) to serve others."
             for s in plan.services
-            if s.listen is not None and _loopback(s.listen[0])]
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+            if s.listen is not None and is_loopback(s.listen[0])]
 
 
 def bus_url_variable(channel: str) -> str:

@@ -55,10 +55,8 @@ def preflight(topology: Topology) -> list[Problem]:
                     f"pip install 'pipecat-workers[{extra}]'"))
                 break
     for spec in topology.workers.values():
-        if spec.proxy is not None:  # the library's own class: only its driver may be missing
-            problem = proxy_driver(spec)
-            if problem is not None:
-                problems.append(problem)
+        if spec.proxy is not None:  # the library's own class: nothing to look for
+            problems.extend(proxy_problems(spec, os.environ))
             continue
         try:
             _check_class(spec.class_path, topology.root, _python_path(spec.env, topology.root))
@@ -67,14 +65,31 @@ def preflight(topology: Topology) -> list[Problem]:
     return problems
 
 
-def proxy_driver(spec: WorkerSpec) -> Problem | None:
-    """What is missing for a proxy worker to run, if anything: its ``websockets`` driver."""
+def proxy_problems(spec: WorkerSpec, environ: Mapping[str, str]) -> list[Problem]:
+    """Why a proxy worker could not start, found before it does: its ``websockets`` driver
+    is missing, or it is a server that would listen beyond this machine for anyone (no
+    token, and no shared secret, in ``environ`` as its process would get it)."""
+    proxy = spec.proxy
+    if proxy is None:
+        return []
+    from pipecat_workers.bus.serializer import SECRET_ENV
+    from pipecat_workers.proxy.server import is_loopback
+    from pipecat_workers.proxy.worker import TOKEN_ENV
+
+    problems = []
     package, extra = _PROXY_DRIVER
-    if spec.proxy is None or importlib.util.find_spec(package) is not None:
-        return None
-    name = spec.proxy.class_path.rpartition(":")[2]
-    return Problem(spec.line, f"workers.{spec.key}.proxy",
-                   f"{name} needs the '{package}' package: pip install 'pipecat-workers[{extra}]'")
+    if importlib.util.find_spec(package) is None:
+        name = proxy.class_path.rpartition(":")[2]
+        problems.append(Problem(spec.line, f"workers.{spec.key}.proxy",
+                                f"{name} needs the '{package}' package: "
+                                f"pip install 'pipecat-workers[{extra}]'"))
+    env = {**environ, **spec.env}
+    if (proxy.host is not None and not is_loopback(proxy.host)
+            and not (env.get(TOKEN_ENV) or env.get(SECRET_ENV))):
+        problems.append(Problem(spec.line, f"workers.{spec.key}.proxy.listen",
+                                f"it would accept anyone on {proxy.host}:{proxy.port}: give it "
+                                f"a token (or set {SECRET_ENV}), or listen on 127.0.0.1"))
+    return problems
 
 
 def _python_path(env: Mapping[str, str], root: Path) -> list[str]:
