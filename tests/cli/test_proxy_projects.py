@@ -74,6 +74,9 @@ def test_a_call_in_one_project_reaches_a_worker_of_another_through_proxies(
     wait_for(handled, timeout=10, what="the job in the back project's echo log")
     front_status = front.ps()
     assert [(w["name"], w["state"]) for w in front_status["workers"]] == [("link", "ready")]
+    scaled = front.run("scale", "link=2")
+    assert scaled.returncode == 1 and scaled.stderr.splitlines() == [
+        "error: 'link' is a proxy worker: it runs as one process"], scaled.stderr
 
     for cli in (front, back):
         down = cli.run("down", timeout=60)

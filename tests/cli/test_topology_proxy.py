@@ -326,3 +326,14 @@ def test_workers_config_writes_a_proxy_as_the_file_does(tmp_path: Path) -> None:
     again = load_topology(tmp_path / "again.yaml", env={})
     assert {k: dataclasses.replace(s, line=0) for k, s in again.workers.items()} == {
         k: dataclasses.replace(s, line=0) for k, s in topology.workers.items()}
+
+
+def test_a_remote_name_leads_to_the_client_that_stands_in_for_it(tmp_path: Path) -> None:
+    """What `workers call NAME` joins for a name that is no worker of the project."""
+    one = load(tmp_path, CLIENT)  # stands in for whatever the server exposes
+    assert one.proxy_for("anything") is one.workers["link"]
+    two = load(tmp_path, CLIENT + "  other:\n    proxy: {url: 'ws://h/'}\n")
+    assert two.proxy_for("anything") is None  # which one? `call --channel` says
+    listed = load(tmp_path, CLIENT + "  other:\n    proxy: {url: 'ws://h/', remote: [b]}\n")
+    assert listed.proxy_for("b") is listed.workers["other"]
+    assert listed.proxy_for("c") is listed.workers["link"]
