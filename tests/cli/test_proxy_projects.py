@@ -78,7 +78,17 @@ def test_a_call_in_one_project_reaches_a_worker_of_another_through_proxies(
     assert scaled.returncode == 1 and scaled.stderr.splitlines() == [
         "error: 'link' is a proxy worker: it runs as one process"], scaled.stderr
 
-    for cli in (front, back):
+    # A client with another token is refused: its call gets no answer.
+    write_project(tmp_path / "stranger", "stranger", {
+        "link": {"proxy": {"url": f"ws://127.0.0.1:{port}/", "remote": ["echo"],
+                           "token": "not-the-token"}},
+    })
+    stranger = clis(tmp_path / "stranger")
+    assert stranger.run("up", "-d", "workers.yaml", timeout=60).returncode == 0
+    refused = stranger.run("call", "echo", "--job", "echo", "--timeout", "5", timeout=60)
+    assert refused.returncode == 124, (refused.stdout, refused.stderr)
+
+    for cli in (stranger, front, back):
         down = cli.run("down", timeout=60)
         assert down.returncode == 0, (down.stdout, down.stderr)
 
