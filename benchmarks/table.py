@@ -75,6 +75,7 @@ def render(rows: Sequence[Row], *, title: str, out: TextIO = sys.stdout) -> None
     """Print the table and the summary line."""
     try:
         from rich.console import Console
+        from rich.markup import escape
         from rich.table import Table
     except ImportError:
         _render_plain(rows, title, out)
@@ -90,7 +91,8 @@ def render(rows: Sequence[Row], *, title: str, out: TextIO = sys.stdout) -> None
             style = None
         else:
             style = "red"
-        table.add_row(*cells(row), style=style)
+        # Notes hold brackets ("pipecat-workers[proxy]") that rich would take for markup.
+        table.add_row(*map(escape, cells(row)), style=style)
     # Piped output defaults to 80 columns; the notes column deserves more.
     console = Console(file=out, width=max(Console(file=out).width, 160))
     console.print(title, style="bold")

@@ -61,7 +61,7 @@ def kind_of(hint: Any) -> tuple[str, bool]:
     if typing.get_origin(hint) is typing.Annotated:
         if typing.get_origin(args[0]) is list:  # a bounded list of names
             return kind_of(args[0])[0], False
-        return {str: "name", float: "interval"}[args[0]], False
+        return {str: "name", float: "interval", int: "count"}[args[0]], False
     if typing.get_origin(hint) is list:
         return {WorkerRegistryEntry: "entries", str: "texts"}.get(args[0], "names"), False
     if typing.get_origin(hint) is dict:
@@ -95,6 +95,7 @@ _VALID: dict[str, Callable[[str], Any]] = {
     "entries": lambda field: [WorkerRegistryEntry(name="fuzz-w", parent="fuzz-p", active=True,
                                                   started_at=1.5)],
     "status": lambda field: JobStatus.FAILED,
+    "count": lambda field: 1,
     "any": lambda field: {"frame": "data", "n": 1},
 }
 
@@ -165,6 +166,11 @@ JUNK: dict[str, list[tuple[Any, str]]] = {
         ({"$t": "job.status", "v": "finished"}, "malformed"),
     ],
     "any": [(v, "invalid") for v in (INF, [1, NEG_INF], {"deep": {"x": INF}})],
+    # A bounded count (a proxy link's sequence numbers and protocol version).
+    "count": [
+        *((v, "invalid") for v in ("1", 1.5, True, -1, 2**64, 10**400, [1], {"a": 1}, INF)),
+        (NAN, "malformed"),
+    ],
 }
 
 
@@ -234,6 +240,9 @@ def _generated(kind: str) -> st.SearchStrategy[Any]:
                             st.floats(min_value=3600.001, allow_nan=False, allow_infinity=False),
                             st.integers(max_value=0), st.integers(min_value=3601))
         return out
+    if kind == "count":
+        return st.one_of(_not_numbers, st.integers(max_value=-1), st.integers(min_value=2**63),
+                         st.floats(allow_nan=False, allow_infinity=False))
     if kind == "bool":
         return st.one_of(st.integers(), st.text(max_size=4),
                          st.floats(allow_nan=False, allow_infinity=False),

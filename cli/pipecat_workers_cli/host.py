@@ -177,6 +177,27 @@ def bus_class(backend: str) -> Callable[..., WorkerBus]:
     return cls
 
 
+def constructor_args(cls: type, args: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``args`` as ``cls`` takes them: a proxy's ``forward_messages``, short names in the
+    description (``["end"]``, JSON-friendly), become the message classes they mean."""
+    names = args.get("forward_messages")
+    if not names or not all(isinstance(n, str) for n in names):
+        return args
+    from pipecat_workers.proxy import ProxyWorker
+
+    if not issubclass(cls, ProxyWorker):
+        return args
+    from pipecat_workers.errors import ConfigurationError
+    from pipecat_workers_cli.topology.model import FORWARD_MESSAGES
+
+    bus = importlib.import_module("pipecat_workers.bus")
+    unknown = [n for n in names if n not in FORWARD_MESSAGES]
+    if unknown:
+        raise ConfigurationError(f"forward_messages: unknown {', '.join(map(repr, unknown))} "
+                                 f"(expected {', '.join(FORWARD_MESSAGES)})")
+    return {**args, "forward_messages": [getattr(bus, FORWARD_MESSAGES[n]) for n in names]}
+
+
 async def _watch_stdin(runner: Any, stopping: asyncio.Event) -> None:
     """Drain on ``drain`` (and set ``stopping``); cancel at end of file (the supervisor is
     gone)."""
@@ -207,13 +228,14 @@ async def host(spec: HostSpec, status: _Status, *, supervised: bool = True) -> i
                                            "bus needs its URL there")
     try:
         cls = resolve_class(spec.class_path)
-        check_args(cls, spec.name, spec.args)
+        args = constructor_args(cls, spec.args)
+        check_args(cls, spec.name, args)
         bus = build_bus(spec.backend, spec.url, spec.channel)
     except Exception as exc:  # ours say what and where; anything else gets its place
         return _cannot_start(spec, status,
                              str(exc) if isinstance(exc, WorkersError) else raised_at(exc))
     try:
-        worker = cls(spec.name, **spec.args)
+        worker = cls(spec.name, **args)
     except Exception as exc:  # the worker's own code: one line, not a traceback
         return _cannot_start(spec, status, raised_at(exc))
     runner = WorkerRunner(name=spec.runner or None, bus=bus, handle_sigint=False,

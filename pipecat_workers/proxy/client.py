@@ -25,6 +25,7 @@ from pipecat_workers.proxy.messages import ProxyHelloMessage, ProxyWelcomeMessag
 from pipecat_workers.proxy.session import ProxySession
 from pipecat_workers.proxy.sockets import (
     CONFLICT,
+    GOING_AWAY,
     NORMAL,
     REFUSED,
     UNAUTHORIZED,
@@ -197,8 +198,12 @@ class WebSocketProxyClient(ProxyWorker):
             self._attempts.error("%s: %s refused the link: %s", self._name, safe_url(self.url),
                                  exc)
             return code in _REFUSED_CODES
+        if session is not self._session:  # it ended (link_timeout) during the handshake
+            await socket.close(GOING_AWAY, "session ended")
+            return False
         self._attempts.reset()
         session.peer = f"'{welcome.source}' at {safe_url(self.url)}"
+        session.peer_name = welcome.source
         if not welcome.resumed:
             session.inbox.reset()
         await session.apply_workers(welcome.workers)
@@ -207,7 +212,7 @@ class WebSocketProxyClient(ProxyWorker):
         logger.info("%s: linked to %s (%s session; stands in for %s)", self._name,
                     session.peer, "resumed" if welcome.resumed else "new",
                     ", ".join(sorted(session.stand_ins)) or "no worker yet")
-        self._emit("on_connected")
+        self._emit("on_connected", session.peer)
         try:
             closed = await session.run(socket, welcome.received if welcome.resumed else None)
         finally:

@@ -5,7 +5,7 @@ acknowledges it; a connection that breaks is resumed from the first number the p
 so nothing is lost or delivered twice while the session lasts. Real-time messages (input
 audio and other system frames) are not numbered: they are sent while connected and dropped
 while not, as late audio is worse than none. The outbox is bounded: past ``limit`` waiting
-messages, new ones are dropped and counted.
+messages (or bytes), new ones are dropped and counted.
 """
 
 from __future__ import annotations
@@ -13,12 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from pipecat_workers.bus.messages import BusMessage
-
-SNAPSHOT = None  # an outbox entry that stands for "the exposed workers, as they are when sent"
+from typing import Any
 
 
 @dataclass(slots=True)
@@ -27,28 +22,30 @@ class Outgoing:
 
     Attributes:
         seq: Its number in the session; 0 for a real-time message, which is never kept.
-        message: The message; :data:`SNAPSHOT` for the current list of exposed workers.
+        data: The encoded envelope; ``None`` for the list of exposed workers, encoded as it
+            is when sent.
         destination: What it was sent to (a stand-in), checked when it is finally sent: a
             message for a worker that has since been replaced is not delivered to its
             successor.
     """
 
     seq: int
-    message: BusMessage | None
+    data: bytes | None
     destination: Any = None
 
 
 class Outbox:
-    """What one end has to send in a session."""
+    """What one end has to send in a session, bounded in messages and in bytes."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, limit_bytes: int) -> None:
         self._limit = limit
+        self._limit_bytes = limit_bytes
+        self._bytes = 0  # of the numbered messages kept
         self._waiting: deque[Outgoing] = deque()
         self._unacked: deque[Outgoing] = deque()
         self._next_seq = 1
         self._ready = asyncio.Event()
         self.connected = False
-        self.overflowed = 0
 
     @property
     def waiting(self) -> int:
@@ -60,20 +57,21 @@ class Outbox:
         """Messages sent and not acknowledged."""
         return len(self._unacked)
 
-    def put(self, message: BusMessage | None, destination: Any = None, *,
+    def put(self, data: bytes | None, destination: Any = None, *,
             realtime: bool = False, urgent: bool = False) -> bool:
         """Queue a message; False if it was dropped (real-time while disconnected, or the
         outbox is full). ``urgent`` ones (acknowledgements) go ahead of the rest."""
-        if realtime or message is SNAPSHOT or urgent:
+        if realtime or data is None or urgent:
             if not self.connected:
                 return False
-            entry = Outgoing(0, message, destination)
+            entry = Outgoing(0, data, destination)
         else:
-            if len(self._waiting) + len(self._unacked) >= self._limit:
-                self.overflowed += 1
+            if (len(self._waiting) + len(self._unacked) >= self._limit
+                    or self._bytes + len(data) > self._limit_bytes):
                 return False
-            entry = Outgoing(self._next_seq, message, destination)
+            entry = Outgoing(self._next_seq, data, destination)
             self._next_seq += 1
+            self._bytes += len(data)
         if urgent:
             self._waiting.appendleft(entry)
         else:
@@ -102,7 +100,15 @@ class Outbox:
         """The peer has everything up to ``received``."""
         unacked = self._unacked
         while unacked and unacked[0].seq <= received:
-            unacked.popleft()
+            self._forget(unacked.popleft())
+
+    def _forget(self, entry: Outgoing) -> None:
+        if entry.seq and entry.data is not None:
+            self._bytes -= len(entry.data)
+
+    def skipped(self, entry: Outgoing) -> None:
+        """``entry`` was taken and will never be sent (its worker is gone)."""
+        self._forget(entry)
 
     def disconnected(self) -> None:
         """The connection is gone: real-time messages and snapshots waiting are dropped
@@ -115,6 +121,8 @@ class Outbox:
         ``received``), or, for a session the peer no longer has (``None``), forget what was
         sent, since some of it may have arrived and must not arrive twice."""
         if received is None:
+            for entry in self._unacked:
+                self._forget(entry)
             self._unacked.clear()
         else:
             self.acknowledged(received)
@@ -130,6 +138,7 @@ class Outbox:
         self._waiting.clear()
         self._unacked.clear()
         self._next_seq = 1
+        self._bytes = 0
         return dropped
 
 

@@ -20,7 +20,8 @@ MAX_EXPOSED = 1024
 LINK_PROTOCOL = 1
 
 Exposed = Annotated[list[WorkerRegistryEntry], MaxLen(MAX_EXPOSED)]
-Seq = Annotated[int, Range(ge=0)]
+Seq = Annotated[int, Range(ge=0, le=2**63 - 1)]  # a sequence number (8 bytes on the wire)
+Protocol = Annotated[int, Range(ge=1, le=1_000_000)]
 
 
 @dataclass(kw_only=True, slots=True)
@@ -43,7 +44,7 @@ class ProxyHelloMessage(ProxyLinkMessage):
     session: Name
     received: Seq = 0
     workers: Exposed = field(default_factory=list)
-    protocol: int = LINK_PROTOCOL
+    protocol: Protocol = LINK_PROTOCOL
 
 
 @register_message(name="proxy.welcome")

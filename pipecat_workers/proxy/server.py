@@ -226,6 +226,8 @@ class WebSocketProxyServer(ProxyWorker):
             return
         session = self._sessions.get(hello.session)
         resumed = session is not None
+        if not resumed:
+            await self._end_stale_sessions(hello.source)
         if session is None:
             if len(self._sessions) >= self._max_sessions:
                 logger.warning("%s: refused a client from %s: %d sessions already",
@@ -238,6 +240,7 @@ class WebSocketProxyServer(ProxyWorker):
             await previous.close(1001, "replaced by a new connection")
         self._sockets[hello.session] = socket
         session.peer = f"'{hello.source}' from {socket.peer}"
+        session.peer_name = hello.source
         await session.apply_workers(hello.workers)
         try:
             await session.send_now(socket, ProxyWelcomeMessage(
@@ -266,6 +269,17 @@ class WebSocketProxyServer(ProxyWorker):
             # A client that closes normally is not coming back: its workers are gone now.
             del self._sessions[session.session_id]
             await session.end("the client left")
+
+    async def _end_stale_sessions(self, peer_name: str) -> None:
+        """A client starting a new session has restarted: the sessions it left behind,
+        waiting for a connection that will never come, end now (their stand-ins would
+        hold the names its new session needs)."""
+        for stale in list(self._sessions.values()):
+            if stale.peer_name == peer_name and not stale.connected:
+                del self._sessions[stale.session_id]
+                logger.info("%s: %s started a new session: the old one ends", self._name,
+                            stale.peer)
+                await stale.end("replaced by a new session")
 
     async def _expired(self, session: ProxySession) -> None:
         if self._sessions.get(session.session_id) is session:

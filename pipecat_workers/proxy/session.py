@@ -7,8 +7,9 @@ sent to the old one), and the outbox is sent on. A session whose link stays down
 ``link_timeout`` ends: its stand-ins leave, so every job sent through it ends too.
 
 What arrives is checked before anything reaches the bus: binary frames only, within the size
-and rate limits, in a valid (signed, if there is a secret) envelope, from a worker the peer
-exposes, to a worker this side exposes (or a broadcast of a type both sides forward).
+limit, read no faster than the rate limit, in a valid (signed, if there is a secret)
+envelope, from a worker the peer exposes, to a worker this side exposes (or a broadcast of a
+type both sides forward).
 Workers' lifecycle (ending, cancelling) and the bus's own membership never cross.
 """
 
@@ -30,7 +31,7 @@ from pipecat_workers.bus.messages import (
 )
 from pipecat_workers.errors import ConfigurationError, SerializationError, WorkerStateError
 from pipecat_workers.jobs.types import JobStatus
-from pipecat_workers.proxy.link import SNAPSHOT, Inbox, Outbox, Outgoing
+from pipecat_workers.proxy.link import Inbox, Outbox
 from pipecat_workers.proxy.messages import (
     ProxyAckMessage,
     ProxyLinkMessage,
@@ -55,7 +56,6 @@ DROP_REASONS = {
     "text": "a text frame (a link carries binary frames only)",
     "short": "a frame too short to hold a message",
     "oversize": "a frame larger than max_message_size",
-    "rate": "over the message rate limit",
     "invalid": "not a valid envelope (malformed, unsigned, forged, stale or of an unknown type)",
     "duplicate": "a message that had already arrived",
     "source": "from a worker the peer does not expose",
@@ -65,25 +65,25 @@ DROP_REASONS = {
 }
 
 
-class RateLimit:
-    """A token bucket: ``rate`` messages a second, with bursts of up to a second's worth."""
+class Throttle:
+    """A token bucket: ``rate`` messages a second, with bursts of up to a second's worth.
+    Past it, the reader waits: a peer that sends too fast is slowed down (its own outbox and
+    the connection's buffers fill up), and nothing it sent is lost."""
 
     def __init__(self, rate: float | None) -> None:
         self._rate = rate
         self._tokens = rate or 0.0
         self._at = time.monotonic()
 
-    def allow(self) -> bool:
+    def wait(self) -> float:
+        """Take a token; how long to wait before the message may be handled (0: now)."""
         rate = self._rate
         if rate is None:
-            return True
+            return 0.0
         now = time.monotonic()
-        self._tokens = min(rate, self._tokens + (now - self._at) * rate)
+        self._tokens = min(rate, self._tokens + (now - self._at) * rate) - 1.0
         self._at = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return True
-        return False
+        return 0.0 if self._tokens >= 0.0 else -self._tokens / rate
 
 
 class ProxySession:
@@ -97,19 +97,22 @@ class ProxySession:
     def __init__(self, proxy: ProxyWorker, session_id: str) -> None:
         self.proxy = proxy
         self.session_id = session_id
-        self.peer = "?"  # the peer proxy's name, once it has said something
+        self.peer = "?"  # who the peer is, for logs, once it has said something
+        self.peer_name = ""  # the peer proxy's own name
         self.stand_ins: dict[str, StandIn] = {}
-        self.outbox = Outbox(proxy.limits.buffer_size)
+        self.outbox = Outbox(proxy.limits.buffer_size, proxy.limits.buffer_bytes)
         self.inbox = Inbox()
         self.drops: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
         self.forwarded = 0
         self.received = 0
         self.lost_outgoing = 0  # messages that could not be sent (link down, full, too big)
         self._socket: LinkSocket | None = None
-        self._rate = RateLimit(proxy.limits.max_rate)
+        self._throttle = Throttle(proxy.limits.max_rate)
+        self.throttled = 0  # messages that had to wait for the rate limit
         self._snapshot_pending = False
         self._ack_timer: asyncio.TimerHandle | None = None
         self._expiry: asyncio.Task[None] | None = None
+        self._unannounced: dict[str, asyncio.Task[None]] = {}  # workers named in advance
         self._warned: set[tuple[str, str]] = set()
         self._loss_log = RateLimitedLog(logger, every=30.0)
         self.ended = False
@@ -127,6 +130,7 @@ class ProxySession:
                 "stand_ins": sorted(self.stand_ins), "forwarded": self.forwarded,
                 "received": self.received, "waiting": self.outbox.waiting,
                 "unacked": self.outbox.unacked, "lost_outgoing": self.lost_outgoing,
+                "throttled": self.throttled,
                 "dropped": {k: v for k, v in self.drops.items() if v}}
 
     # -- the peer's workers --------------------------------------------------------------
@@ -142,9 +146,11 @@ class ProxySession:
             now = wanted.get(name)
             if now is None:
                 if stand_in.entry.started_at is None:
-                    logger.warning("%s: %s does not expose '%s': what was sent to it ends here",
-                                   self.proxy.name, self.peer, name)
-                await self._remove(stand_in, "stopped")
+                    # Named in advance and not announced yet: the peer may not have heard of
+                    # it yet either (it runs elsewhere on the peer's bus). Give it time.
+                    self._await_announcement(stand_in)
+                else:
+                    await self._remove(stand_in, "stopped")
             elif stand_in.entry.started_at in (None, now.started_at):
                 await self._update(stand_in, now)
                 del wanted[name]
@@ -152,6 +158,24 @@ class ProxySession:
                 await self._remove(stand_in, "replaced")
         for entry in wanted.values():
             await self.add_stand_in(entry)
+
+    def _await_announcement(self, stand_in: StandIn) -> None:
+        if stand_in.name not in self._unannounced:
+            self._unannounced[stand_in.name] = self.proxy.create_task(
+                self._drop_unannounced(stand_in), name=f"{self.proxy.name} waits for "
+                                                       f"'{stand_in.name}'")
+
+    async def _drop_unannounced(self, stand_in: StandIn) -> None:
+        try:
+            await asyncio.sleep(self.proxy.limits.link_timeout)
+            if (self.stand_ins.get(stand_in.name) is stand_in
+                    and stand_in.entry.started_at is None and self.connected):
+                logger.warning("%s: %s does not expose '%s': what was sent to it ends here",
+                               self.proxy.name, self.peer, stand_in.name)
+                await self._remove(stand_in, "stopped")
+        finally:
+            if self._unannounced.get(stand_in.name) is asyncio.current_task():
+                del self._unannounced[stand_in.name]
 
     async def add_stand_in(self, entry: WorkerRegistryEntry) -> None:
         """Put a stand-in for ``entry`` on the bus (once, if its name is free)."""
@@ -169,11 +193,18 @@ class ProxySession:
         stand_in.entry = entry
         if news and stand_in.started_at is not None:
             await self.proxy.reregister(stand_in)
+        held, stand_in.held = stand_in.held, []
+        for message in held:  # it was announced: what waited for it goes now, in order
+            await self.forward(message, stand_in)
 
     async def _remove(self, stand_in: StandIn, why: str) -> None:
         if self.stand_ins.get(stand_in.name) is stand_in:
             del self.stand_ins[stand_in.name]
         stand_in._departure = why
+        held, stand_in.held = stand_in.held, []
+        for message in held:
+            await self._undeliverable(message, stand_in, f"'{stand_in.name}' is not there",
+                                      once=f"held>{stand_in.name}")
         await stand_in.stop(reason=f"{why} behind proxy '{self.proxy.name}'")
 
     async def remove_all(self, why: str) -> None:
@@ -185,43 +216,66 @@ class ProxySession:
 
     async def forward(self, message: BusMessage, stand_in: StandIn) -> None:
         """Send a message addressed to a stand-in across the link."""
-        source = message.source
-        if not self.proxy.exposes(source):
-            await self._refuse_unexposed(message, stand_in)
+        if not self.proxy.may_send(message.source):
+            await self._undeliverable(message, stand_in, (
+                f"'{message.source}' is not exposed through proxy '{self.proxy.name}' "
+                "(see local_worker_name / worker_name), so the answer would have nowhere "
+                "to go"), once=message.source)
             return
-        if self.outbox.put(message, stand_in, realtime=isinstance(message, BusSystemFrameMessage)):
+        if stand_in.entry.started_at is None:
+            # Named in advance, and the peer has not announced it yet: the peer would drop
+            # what is sent to it, so it waits here (system frames excepted: they are late).
+            if len(stand_in.held) < self.proxy.limits.buffer_size and not isinstance(
+                    message, BusSystemFrameMessage):
+                stand_in.held.append(message)
+            else:
+                await self._undeliverable(message, stand_in, self._why_full())
             return
-        self._lost(message, "the link is down" if not self.outbox.connected
-                   else f"more than {self.proxy.limits.buffer_size} messages are waiting")
+        data = self._encode(message)
+        if data is None:
+            await self._undeliverable(message, stand_in, "it cannot be encoded",
+                                      once=type(message).__name__)
+        elif not self.outbox.put(data, stand_in,
+                                 realtime=isinstance(message, BusSystemFrameMessage)):
+            await self._undeliverable(message, stand_in, self._why_full())
 
-    def forward_broadcast(self, message: BusMessage) -> None:
+    async def forward_broadcast(self, message: BusMessage) -> None:
         """Send a broadcast across the link (the proxy checked that it may cross)."""
-        if not self.outbox.put(message, None, realtime=isinstance(message, BusSystemFrameMessage)):
-            self._lost(message, "the link is down or backed up")
+        data = self._encode(message)
+        if data is None or not self.outbox.put(
+                data, None, realtime=isinstance(message, BusSystemFrameMessage)):
+            await self._undeliverable(message, None, self._why_full())
 
     def exposure_changed(self) -> None:
         """This side's exposed workers changed: the peer gets the new list, in order with
         the messages around it."""
-        if not self._snapshot_pending and self.outbox.put(SNAPSHOT):
+        if not self._snapshot_pending and self.outbox.put(None):
             self._snapshot_pending = True
 
-    def _lost(self, message: BusMessage, why: str) -> None:
-        self.lost_outgoing += 1
-        self._loss_log.warning("%s: %s to '%s' is lost: %s", self.proxy.name,
-                               type(message).__name__, message.target or "everyone", why)
+    def _why_full(self) -> str:
+        if not self.outbox.connected:
+            return "the link is down"
+        limits = self.proxy.limits
+        return (f"the link is backed up ({limits.buffer_size} messages or "
+                f"{limits.buffer_bytes} bytes waiting)")
 
-    async def _refuse_unexposed(self, message: BusMessage, stand_in: StandIn) -> None:
-        self._warn_once("unexposed", message.source,
-                        "%s: '%s' is not exposed through proxy '%s', so '%s' could not answer "
-                        "it: %s dropped (expose it with local_worker_name / worker_name)",
-                        self.proxy.name, message.source, self.proxy.name, stand_in.name,
-                        type(message).__name__)
-        if isinstance(message, BusJobRequestMessage):
+    async def _undeliverable(self, message: BusMessage, stand_in: StandIn | None, why: str,
+                             *, once: str | None = None) -> None:
+        """A message that cannot cross: counted and said (once per ``once`` key, else
+        rate-limited); a job request is answered with an error at once, so that its job ends
+        now rather than at its timeout."""
+        self.lost_outgoing += 1
+        text = (f"{self.proxy.name}: {type(message).__name__} from '{message.source}' to "
+                f"'{message.target or 'everyone'}' cannot cross: {why}")
+        if once is not None:
+            self._warn_once("lost", once, "%s", text)
+        elif not isinstance(message, BusSystemFrameMessage):  # lost audio is no news
+            self._loss_log.warning("%s", text)
+        if isinstance(message, BusJobRequestMessage) and stand_in is not None:
             await self.proxy.send_bus_message(BusJobResponseMessage(
                 source=stand_in.name, target=message.source, job_id=message.job_id,
-                status=JobStatus.ERROR, response={"error": (
-                    f"'{message.source}' is not exposed through proxy '{self.proxy.name}', "
-                    f"so '{stand_in.name}' cannot answer it")}))
+                status=JobStatus.ERROR, response={"error": f"cannot reach '{stand_in.name}' "
+                                                           f"through proxy: {why}"}))
 
     def refuse_lifecycle(self, message: BusMessage) -> None:
         """A worker here asked a stand-in to end or cancel: that stays on this side."""
@@ -231,28 +285,21 @@ class ProxySession:
                         message.source, message.target, self.proxy.name,
                         "end" if isinstance(message, BusEndWorkerMessage) else "cancel")
 
-    def _encode(self, entry: Outgoing) -> bytes | None:
-        message = entry.message
-        if message is SNAPSHOT:
-            self._snapshot_pending = False
-            message = ProxyWorkersMessage(source=self.proxy.name,
-                                          workers=self.proxy.exposed_entries())
+    def _encode(self, message: BusMessage) -> bytes | None:
         try:
-            data = self.proxy.serializer.serialize(
+            return self.proxy.serializer.serialize(
                 message, sender=self.proxy.name, incarnation=self.proxy.incarnation,
                 channel=LINK_CHANNEL)
         except SerializationError as exc:
-            self.lost_outgoing += 1
             self._warn_once("encode", type(message).__name__, "%s: %s cannot cross the link: %s",
                             self.proxy.name, type(message).__name__, exc)
             return None
-        return entry.seq.to_bytes(_HEADER, "big") + data
 
     async def send_now(self, socket: LinkSocket, message: ProxyLinkMessage) -> None:
         """Send a link message ahead of the session's traffic (the handshake)."""
-        data = self._encode(Outgoing(0, message))
+        data = self._encode(message)
         if data is not None:
-            await socket.send(data)
+            await socket.send(bytes(_HEADER) + data)
 
     async def _write(self, socket: LinkSocket) -> None:
         outbox = self.outbox
@@ -260,13 +307,18 @@ class ProxySession:
             entry = await outbox.take()
             destination = entry.destination
             if destination is not None and self.stand_ins.get(destination.name) is not destination:
-                self.lost_outgoing += 1  # its worker was replaced or is gone: not for the new one
+                outbox.skipped(entry)  # its worker was replaced or is gone: not for the new one
+                self.lost_outgoing += 1
                 continue
-            data = self._encode(entry)
-            if data is None:
-                continue
+            data = entry.data
+            if data is None:  # the exposed workers, as they are now
+                self._snapshot_pending = False
+                data = self._encode(ProxyWorkersMessage(
+                    source=self.proxy.name, workers=self.proxy.exposed_entries()))
+                if data is None:
+                    continue
             try:
-                await socket.send(data)
+                await socket.send(entry.seq.to_bytes(_HEADER, "big") + data)
             except LinkClosed:
                 outbox.put_back(entry)
                 return
@@ -290,9 +342,10 @@ class ProxySession:
         self.exposure_changed()  # whatever the handshake said may have changed since
         writer = asyncio.get_running_loop().create_task(self._write(socket),
                                                         name=f"{self.proxy.name} link writer")
+        reader = asyncio.get_running_loop().create_task(self._read(socket),
+                                                        name=f"{self.proxy.name} link reader")
         closed = LinkClosed(None, "")
         try:
-            reader = asyncio.ensure_future(self._read(socket))
             done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
             if reader in done:
                 closed = reader.result()
@@ -307,8 +360,8 @@ class ProxySession:
             if self._ack_timer is not None:
                 self._ack_timer.cancel()
                 self._ack_timer = None
-            await cancel_and_wait([writer], self.proxy.settings.cancel_timeout)
             await socket.close(GOING_AWAY, "link closed")
+            await cancel_and_wait([writer, reader], self.proxy.settings.cancel_timeout)
         return closed
 
     async def _read(self, socket: LinkSocket) -> LinkClosed:
@@ -336,18 +389,23 @@ class ProxySession:
         if len(data) > self.proxy.limits.max_message_size + _HEADER:
             self._drop("oversize")
             return
-        if not self._rate.allow():
-            self._drop("rate")
+        delay = self._throttle.wait()
+        if delay:
+            self.throttled += 1
+            if self.throttled == 1:
+                logger.warning("%s: %s sends more than %g messages a second: slowing it down",
+                               self.proxy.name, self.peer, self.proxy.limits.max_rate)
+            await asyncio.sleep(delay)
+        seq = int.from_bytes(data[:_HEADER], "big")
+        if seq and seq <= self.inbox.received:  # sent again after a reconnection: had it
+            self._drop("duplicate")
             return
         envelope = self.proxy.serializer.decode(data[_HEADER:], channel=LINK_CHANNEL)
         if envelope is None:
             self._drop("invalid")
             return
-        seq = int.from_bytes(data[:_HEADER], "big")
         if seq:
-            if not self.inbox.accept(seq):
-                self._drop("duplicate")
-                return
+            self.inbox.accept(seq)  # only once the envelope proved genuine
             self._schedule_ack()
         message = envelope.message
         if isinstance(message, ProxyLinkMessage):
@@ -389,12 +447,16 @@ class ProxySession:
     def _send_ack(self) -> None:
         self._ack_timer = None
         inbox = self.inbox
-        if inbox.received > inbox.acked and self.outbox.put(
-                ProxyAckMessage(source=self.proxy.name, received=inbox.received), urgent=True):
+        if inbox.received <= inbox.acked:
+            return
+        data = self._encode(ProxyAckMessage(source=self.proxy.name, received=inbox.received))
+        if data is not None and self.outbox.put(data, urgent=True):
             inbox.acked = inbox.received
 
     def _drop(self, reason: str, message: BusMessage | None = None) -> None:
         self.drops[reason] += 1
+        if reason == "duplicate":
+            return  # what a resumed connection sends again is expected, not news
         what = f" ({type(message).__name__} from '{message.source}' to " \
                f"'{message.target or 'everyone'}')" if message is not None else ""
         self._warn_once("drop", reason, "%s: dropped a message from %s: %s%s (further ones are "

@@ -53,28 +53,27 @@ class WebsocketsSocket:
     """A connection of the ``websockets`` library (client or server side)."""
 
     def __init__(self, connection: Any, peer: str) -> None:
+        from websockets.exceptions import ConnectionClosed  # only where websockets is used
+
         self._connection = connection
         self._peer = peer
+        self._closed_error: type[Exception] = ConnectionClosed
 
     @property
     def peer(self) -> str:
         return self._peer
 
     async def receive(self) -> bytes | str:
-        from websockets.exceptions import ConnectionClosed
-
         try:
             data: bytes | str = await self._connection.recv()
-        except ConnectionClosed as closed:
+        except self._closed_error as closed:
             raise _closed(closed) from None
         return data
 
     async def send(self, data: bytes) -> None:
-        from websockets.exceptions import ConnectionClosed
-
         try:
             await self._connection.send(data)
-        except ConnectionClosed as closed:
+        except self._closed_error as closed:
             raise _closed(closed) from None
 
     async def close(self, code: int = NORMAL, reason: str = "") -> None:

@@ -32,6 +32,7 @@ class StandIn(BaseWorker):
     def __init__(self, entry: WorkerRegistryEntry, session: ProxySession) -> None:
         super().__init__(entry.name, active=False)
         self.entry = entry
+        self.held: list[BusMessage] = []  # sent before its worker was announced
         self._session = session
         self._parent = session.proxy.name
 

@@ -60,27 +60,32 @@ class LinkLimits:
         link_timeout: Seconds a broken link may stay down before its session ends (the
             stand-ins leave, and the jobs sent through them end with an error).
         buffer_size: Messages that may wait to be sent (or to be acknowledged); past it, new
-            ones are dropped and counted.
+            ones are dropped and counted (a job request is answered with an error).
+        buffer_bytes: The same bound in bytes.
         max_message_size: Largest message, in bytes, either way: a larger one is refused
             when sent and dropped when received.
-        max_rate: Messages a second one end accepts from the other (bursts of a second's
-            worth); ``None`` for no limit. Excess messages are dropped and counted.
+        max_rate: Messages a second one end takes from the other (bursts of a second's
+            worth); ``None`` for no limit. A peer that sends faster is slowed down: the end
+            reads no faster than this, so nothing is lost.
         heartbeat: Seconds between two pings on an idle connection; one unanswered for twice
             that long counts as a broken link.
     """
 
     link_timeout: float = 15.0
     buffer_size: int = 10_000
+    buffer_bytes: int = 64 * 1024 * 1024
     max_message_size: int = 1024 * 1024
-    max_rate: float | None = 5_000.0
+    max_rate: float | None = 20_000.0
     heartbeat: float = 5.0
 
     def __post_init__(self) -> None:
         if not self.link_timeout > 0 or not self.heartbeat > 0:
             raise ConfigurationError("link_timeout and heartbeat must be positive")
-        if self.buffer_size < 1 or self.max_message_size < 1024:
-            raise ConfigurationError("buffer_size must be at least 1 and max_message_size at "
-                                     "least 1024 bytes")
+        if self.buffer_size < 1 or self.max_message_size < 1024 or (
+                self.buffer_bytes < self.max_message_size):
+            raise ConfigurationError("buffer_size must be at least 1, max_message_size at "
+                                     "least 1024 bytes, and buffer_bytes at least "
+                                     "max_message_size")
         if self.max_rate is not None and not self.max_rate > 0:
             raise ConfigurationError("max_rate must be positive, or None for no limit")
 
@@ -172,6 +177,14 @@ class ProxyWorker(BaseWorker):
         """Whether the peer may reach ``name``, a worker on this bus, through this proxy."""
         return self._candidate(name) and self._registry is not None and name in self._registry
 
+    def may_send(self, name: str) -> bool:
+        """Whether messages from ``name`` may cross: an exposed worker, or one of this
+        process's that is on its way out (its last answers still matter to the peer)."""
+        if not self._candidate(name):
+            return False
+        runner = self._runner
+        return self.exposes(name) or (runner is not None and runner.get_worker(name) is not None)
+
     def exposed_entries(self) -> list[WorkerRegistryEntry]:
         """The exposed workers, as the peer is told of them."""
         registry = self.registry
@@ -256,7 +269,7 @@ class ProxyWorker(BaseWorker):
         if (message.target is None and self._forward and isinstance(message, self._forward)
                 and self.exposes(message.source)):
             for session in self.sessions():
-                session.forward_broadcast(message)
+                await session.forward_broadcast(message)
             return
         await super().on_bus_message(message)
 

@@ -122,13 +122,13 @@ def write_project(root: Path, name: str, workers: Mapping[str, Mapping[str, Any]
     """Write ``root/file`` (the topology) and ``root/app_workers.py``; returns the file.
 
     ``workers`` maps a worker key to its entry; ``class`` may be given as a bare class name
-    of ``app_workers``. Every worker logs at WARNING so that its log holds only what the
-    test prints.
+    of ``app_workers`` (a ``proxy`` entry has none). Every worker logs at WARNING so that
+    its log holds only what the test prints.
     """
     entries: dict[str, Any] = {}
     for key, spec in workers.items():
         entry = dict(spec)
-        if ":" not in entry["class"]:
+        if "class" in entry and ":" not in entry["class"]:
             entry["class"] = f"{WORKER_MODULE}:{entry['class']}"
         entry.setdefault("env", {"LOG_LEVEL": "WARNING"})
         entries[key] = entry

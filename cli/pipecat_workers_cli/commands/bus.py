@@ -33,6 +33,7 @@ from pipecat_workers_cli.render import plural
 from pipecat_workers_cli.supervisor.statedir import StateDir
 from pipecat_workers_cli.topology import ChannelSpec, Topology, load_topology
 from pipecat_workers_cli.topology.classes import check_args, resolve_class
+from pipecat_workers_cli.topology.preflight import proxy_problems
 
 T = TypeVar("T")
 
@@ -60,6 +61,13 @@ def check(ctx: click.Context, file: str | None, connect: bool) -> None:
             click.secho(f"error: {path}:{channel.line}: channels.{channel.key}.backend: {exc}",
                         fg="red", err=True)
     for spec in topology.workers.values():
+        missing = proxy_problems(spec, os.environ)
+        for problem in missing:
+            click.secho(f"error: {path}:{problem.line}: {problem.field}: {problem.message}",
+                        fg="red", err=True)
+        failures += len(missing)
+        if missing:
+            continue
         field = f"workers.{spec.key}.class"
         try:
             cls = resolve_class(spec.class_path)

@@ -155,6 +155,9 @@ def locate(obj: dict[str, Any], channel: str | None, url: str | None, *,
 def _channel_of(topology: Topology, worker: str) -> str:
     """The channel key of one worker process (a key with replicas names several)."""
     spec = topology.workers.get(worker.partition(".")[0])  # keys hold no dots
+    proxy = topology.proxy_for(worker) if spec is None else None
+    if proxy is not None:  # a stand-in for a worker of another project
+        return proxy.channel
     if spec is not None and worker == spec.key and spec.replicas > 1:
         raise CommandError(f"'{worker}' has {spec.replicas} replicas: "
                            f"{', '.join(spec.instance_names())}; call one of them")

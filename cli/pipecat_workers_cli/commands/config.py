@@ -14,6 +14,7 @@ import click
 
 from pipecat_workers_cli.project import find_project
 from pipecat_workers_cli.topology import Topology, load_topology
+from pipecat_workers_cli.topology.model import PROXY_TOKEN_ENV
 from pipecat_workers_cli.topology.record import as_data
 
 _NOT_WRITTEN = ("key", "line")  # where an entry is, not what it says
@@ -64,8 +65,34 @@ def _entry(spec: object) -> dict[str, Any]:
     if conditions:  # the file's mapping form: {dep: {condition: ...}} for every dependency
         data["depends_on"] = {dep: {"condition": conditions.get(dep, "ready")}
                               for dep in data["depends_on"]}
+    proxy = data.pop("proxy", None)
+    if proxy is not None:  # written as the file writes it: no class or args of its own
+        data = _proxy_entry(data, proxy)
     return {_RENAMED.get(k, k): v for k, v in data.items()
             if k not in _NOT_WRITTEN and v is not None}
+
+
+def _proxy_entry(data: dict[str, Any], proxy: dict[str, Any]) -> dict[str, Any]:
+    """A proxy worker's entry with its ``proxy:`` mapping in place of ``class`` and ``args``,
+    its token there rather than in ``env``."""
+    written: dict[str, Any] = {}
+    if proxy["role"] == "client":
+        written["url"] = proxy["url"]
+    else:
+        host = proxy["host"]
+        written["listen"] = f"[{host}]:{proxy['port']}" if ":" in host else (
+            f"{host}:{proxy['port']}")
+    for key in ("remote", "expose", "forward", "token"):
+        if proxy[key] not in (None, []):
+            written[key] = proxy[key]
+    entry = {"proxy": written}
+    for key, value in data.items():
+        if key in ("class_path", "args"):
+            continue
+        if key == "env" and proxy["token"] is not None:
+            value = {k: v for k, v in value.items() if k != PROXY_TOKEN_ENV}
+        entry[key] = value
+    return entry
 
 
 def _escaped(value: Any) -> Any:

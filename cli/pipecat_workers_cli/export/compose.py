@@ -24,6 +24,7 @@ from pipecat_workers_cli.export.plan import (
     bus_url_variable,
     dump_yaml,
     host_env,
+    listen_notes,
 )
 from pipecat_workers_cli.host import BUS_URL_ENV, HOSTNAME_REPLICA, REPLICA_ENV
 from pipecat_workers_cli.topology.model import Condition, RestartPolicy
@@ -55,6 +56,7 @@ def compose_file(plan: Plan, *, image: str, workdir: str) -> str:
     needed = sorted({bus_url_variable(s.channel) for s in plan.services if s.url is None})
     if needed:
         header += f"# Set the bus URL there too: {', '.join(needed)}.\n"
+    header += "".join(f"# {note}\n" for note in listen_notes(plan))
     return header + dump_yaml(document)
 
 
@@ -71,6 +73,8 @@ def _service(service: Service, *, image: str, workdir: str) -> dict[str, Any]:
         "command": list(HOST_COMMAND), "environment": environment,
         "restart": _restart(service), "stop_grace_period": f"{service.stop_timeout + 5:g}s",
     }
+    if service.listen is not None:  # a proxy server: its port on the host
+        entry["ports"] = [f"{service.listen[1]}:{service.listen[1]}"]
     if service.depends_on:
         entry["depends_on"] = {key: {"condition": _CONDITIONS[service.conditions[key]]}
                                for key in service.depends_on}

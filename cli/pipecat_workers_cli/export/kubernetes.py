@@ -15,7 +15,14 @@ import re
 from typing import Any
 
 from pipecat_workers_cli.errors import CommandError
-from pipecat_workers_cli.export.plan import HOST_COMMAND, Plan, Service, dump_yaml, host_env
+from pipecat_workers_cli.export.plan import (
+    HOST_COMMAND,
+    Plan,
+    Service,
+    dump_yaml,
+    host_env,
+    listen_notes,
+)
 from pipecat_workers_cli.host import BUS_URL_ENV, EXIT_CONFIG, HOSTNAME_REPLICA, REPLICA_ENV
 from pipecat_workers_cli.topology.model import RestartPolicy
 
@@ -65,6 +72,10 @@ def header(plan: Plan) -> str:
                      + " ".join(f"--from-literal={n}=..." for n in secrets))
     if any(s.restart is not RestartPolicy.ALWAYS and not s.one_shot for s in plan.services):
         lines.append("# Kubernetes restarts a Deployment's pods whatever their exit status.")
+    lines.extend(f"# {note}" for note in listen_notes(plan))
+    if any(s.listen is not None for s in plan.services):
+        lines.append("# A proxy server's container declares its port; no Service is written "
+                     "for it.")
     return "\n".join(lines) + "\n"
 
 
@@ -84,8 +95,11 @@ def _container(plan: Plan, service: Service, image: str, workdir: str) -> dict[s
     if service.replicas > 1:
         env.append({"name": REPLICA_ENV, "value": HOSTNAME_REPLICA})  # the pod's name
     env.extend(_from_secret(n, dns_name(f"{plan.project}-env"), n) for n in service.secrets)
-    return {"name": "worker", "image": image, "workingDir": workdir,
-            "command": list(HOST_COMMAND), "env": env}
+    container = {"name": "worker", "image": image, "workingDir": workdir,
+                 "command": list(HOST_COMMAND), "env": env}
+    if service.listen is not None:  # a proxy server
+        container["ports"] = [{"name": "proxy", "containerPort": service.listen[1]}]
+    return container
 
 
 def _deployment(plan: Plan, service: Service, name: str, image: str,

@@ -18,10 +18,16 @@ from typing import Any
 
 import yaml  # type: ignore[import-untyped,unused-ignore]
 
+from pipecat_workers.proxy.server import is_loopback
 from pipecat_workers_cli.host import BUS_URL_ENV, HOST_ENV, HostSpec
 from pipecat_workers_cli.topology.errors import TopologyError
 from pipecat_workers_cli.topology.loader import Loaded
-from pipecat_workers_cli.topology.model import Condition, RestartPolicy
+from pipecat_workers_cli.topology.model import (
+    PROXY_TOKEN_ENV,
+    Condition,
+    RestartPolicy,
+    WorkerSpec,
+)
 from pipecat_workers_cli.topology.nodes import Node
 
 HOST_COMMAND = ("python", "-P", "-m", "pipecat_workers_cli.host")
@@ -39,6 +45,7 @@ class Service:
         env: Environment values the file writes out, by name.
         secrets: Environment values that are secrets, by name: the file's raw text for each
             (``${OPENAI_KEY}``), or ``None`` when it does not come from the file.
+        listen: The port a proxy server listens on, with its address, if it is one.
         channel: The key of its channel.
         url: The channel's URL as the file writes it when that is a reference holding no
             credentials (``${REDIS_URL}``); ``None`` when it is written out (a secret that the
@@ -57,6 +64,7 @@ class Service:
     host: str
     env: Mapping[str, str]
     secrets: Mapping[str, str | None]
+    listen: tuple[str, int] | None
     channel: str
     url: str | None
     depends_on: tuple[str, ...]
@@ -81,12 +89,14 @@ class Plan:
         return [BUS_URL_ENV, *sorted(names)]
 
 
-_KEPT = re.compile(r"channels\.[^.]+\.url|workers\.[^.]+\.env\.[^.]+")
+_KEPT = re.compile(r"channels\.[^.]+\.url|workers\.[^.]+\.env\.[^.]+"
+                   r"|workers\.[^.]+\.proxy\.token")
 
 
 def kept_as_reference(field: str) -> bool:
     """Whether an export writes ``field``'s ``${VAR}`` rather than its value: a channel's
-    URL and a worker's ``env`` values (so an export needs no value for them)."""
+    URL, a worker's ``env`` values and a proxy's token (so an export needs no value for
+    them)."""
     return _KEPT.fullmatch(field) is not None
 
 
@@ -119,6 +129,8 @@ def plan(loaded: Loaded, file: str) -> Plan:
         secrets: dict[str, str | None] = {}
         for name, value in spec.env.items():
             written = _entry(raw_worker, "env", name)
+            if spec.proxy is not None and name == PROXY_TOKEN_ENV:
+                written = _entry(raw_worker, "proxy", "token")
             if written is None:
                 secrets[name] = None  # from an env file
             elif _references(written):
@@ -130,7 +142,7 @@ def plan(loaded: Loaded, file: str) -> Plan:
                         runner=f"{topology.name}/{spec.key}", root=".")
         services.append(Service(
             key=spec.key, replicas=spec.replicas, host=host.to_json(), env=env,
-            secrets=secrets, channel=channel.key,
+            secrets=secrets, channel=channel.key, listen=_listen(spec),
             url=_url_reference(_entry(raw, "channels", channel.key, "url")),
             depends_on=spec.depends_on,
             conditions={dep: spec.condition(dep) for dep in spec.depends_on},
@@ -138,6 +150,22 @@ def plan(loaded: Loaded, file: str) -> Plan:
             one_shot=spec.restart is RestartPolicy.NO or spec.key in completed,
             stop_timeout=spec.stop_timeout))
     return Plan(project=topology.name, services=tuple(services))
+
+
+def _listen(spec: WorkerSpec) -> tuple[str, int] | None:
+    proxy = spec.proxy
+    if proxy is None or proxy.host is None or proxy.port is None:
+        return None
+    return proxy.host, proxy.port
+
+
+def listen_notes(plan: Plan) -> list[str]:
+    """What to change for a proxy server to be reached from outside its container: one
+    that listens on a loopback address answers only inside it."""
+    return [f"Proxy server '{s.key}' listens on {s.listen[0]}:{s.listen[1]}, which only its "
+            "own container reaches: listen on 0.0.0.0 (with a token) to serve others."
+            for s in plan.services
+            if s.listen is not None and is_loopback(s.listen[0])]
 
 
 def bus_url_variable(channel: str) -> str:

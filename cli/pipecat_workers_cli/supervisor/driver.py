@@ -454,6 +454,8 @@ class Supervisor:
             if key not in self._topology.workers:
                 raise CommandError(f"no worker key {key!r} in {self._topology.path.name} (it "
                                    f"has {', '.join(self._topology.workers)})")
+            if counts[key] > 1 and self._topology.workers[key].proxy is not None:
+                raise CommandError(f"{key!r} is a proxy worker: it runs as one process")
         for key, count in counts.items():
             self._records.news(f"scaling {key} to {count} until the topology is next applied")
             if count == 0:

@@ -264,8 +264,17 @@ def env_file_names(node: Node) -> tuple[tuple[str, int], ...]:
     return tuple(names)
 
 
+def _proxy(node: Node) -> Node:
+    """``proxy:``: a mapping, read by :mod:`pipecat_workers_cli.topology.proxies`."""
+    if not node.is_mapping:
+        raise Invalid(f"expected a mapping with url (a client) or listen (a server), "
+                      f"got {got(node)}")
+    return node
+
+
 WORKER_FIELDS: Mapping[str, Callable[[Node], Any]] = {
     "class": _class_path,
+    "proxy": _proxy,
     "args": _args,
     "channel": name_ref,
     "env_file": env_file_names,

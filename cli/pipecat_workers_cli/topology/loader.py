@@ -31,15 +31,19 @@ from pipecat_workers_cli.topology.fields import (
     suggest,
 )
 from pipecat_workers_cli.topology.model import (
+    PROXY_TOKEN_ENV,
     ChannelSpec,
     Condition,
+    ProxySpec,
     RestartPolicy,
     Topology,
     WorkerSpec,
 )
 from pipecat_workers_cli.topology.nodes import Node, Problems, got, path_join, read_document, shown
+from pipecat_workers_cli.topology.proxies import name_lines, read_proxy
 from pipecat_workers_cli.topology.schema import (
     CHANNEL_KEYS,
+    PROXY_KEYS,
     TOP_KEYS,
     URL_SCHEMES,
     WORKER_KEYS,
@@ -158,11 +162,13 @@ class _Loader:
             self.problems.add(node.key_lines[key], path_join(field, key),
                               f"unknown key {shown(key)}{hint}")
         for spec in known.values():
-            if not spec.required or spec.name in entries:
+            if not spec.required or spec.name in entries or spec.instead in entries:
                 continue
             # A misspelt required key is reported once, as the misspelling whose hint
-            # names it (the hint names it as it names itself: " (did you mean 'class'?)").
-            if suggest(spec.name, [spec.name]) not in hints.values():
+            # names it (the hint names it as it names itself: " (did you mean 'class'?)"),
+            # or names the key that may stand in its place.
+            named = {suggest(k, [k]) for k in (spec.name, spec.instead) if k}
+            if not named & set(hints.values()):
                 self.problems.add(line, path_join(field, spec.name), "required key missing")
         return {k: v for k, v in entries.items() if k in known}
 
@@ -246,7 +252,9 @@ class _Loader:
                 continue
             values = {k: self.field(entries, k, field, convert, None)
                       for k, convert in WORKER_FIELDS.items() if k in entries}
-            if values.get("class") is None:
+            proxy = self.proxy(key, values, entries, field,
+                               value.key_lines.get("proxy", line))
+            if values.get("class") is None and proxy is None:
                 continue
             channel = self.worker_channel(values.get("channel"), entries, field, line)
             depends = values.get("depends_on") or ()
@@ -259,18 +267,67 @@ class _Loader:
                                       f"unknown worker {shown(dep)}{suggest(dep, declared)}")
             options = {k: v for k, v in values.items() if v is not None
                        and k not in ("class", "channel", "depends_on", "env_file")}
+            options.pop("proxy", None)
             own = self.env_files(values.get("env_file") or (), f"{field}.env_file")
             if self.shared_env or own:
                 options["env"] = {**self.shared_env, **own, **(values.get("env") or {})}
-            workers[key] = WorkerSpec(key=key, class_path=values["class"], channel=channel,
+            if proxy is not None:
+                options.update(proxy=proxy, args=proxy.args())
+                if proxy.token is not None:  # a secret: it travels as one
+                    options["env"] = {**options.get("env", {}), PROXY_TOKEN_ENV: proxy.token}
+            class_path = proxy.class_path if proxy is not None else values["class"]
+            workers[key] = WorkerSpec(key=key, class_path=class_path, channel=channel,
                                       depends_on=tuple(d for d, _, _ in depends), line=line,
                                       conditions={d: c for d, _, c in depends
                                                   if c is not Condition.READY},
                                       **options)
         self.check_completed(workers, node)
+        self.check_stand_ins(workers, node)
         # Keys have no dots and replica names always do ("key.N"), so a worker key can
         # never collide with another worker's replica name.
         return workers
+
+    def proxy(self, key: str, values: Mapping[str, Any], entries: Mapping[str, Node],
+              field: str, line: int) -> ProxySpec | None:
+        """The worker's ``proxy:``, if it has one; it takes the place of ``class`` and
+        ``args`` and runs as one process (a second would listen on the same port, or put a
+        second stand-in of each name on the bus)."""
+        node = values.get("proxy")
+        if node is None:
+            return None
+        where = path_join(field, "proxy")
+        for other in ("class", "args"):
+            if other in entries:
+                self.problems.add(entries[other].line, path_join(field, other),
+                                  f"a proxy worker takes no {other} (its settings are "
+                                  "under proxy)")
+        if (values.get("replicas") or 1) > 1:
+            self.problems.add(entries["replicas"].line, path_join(field, "replicas"),
+                              "a proxy worker runs as one process")
+        proxy_entries = self.entries(node, where, PROXY_KEYS, line=line)
+        if proxy_entries is None:
+            return None
+        return read_proxy(key, proxy_entries, line, where, self.problems)
+
+    def check_stand_ins(self, workers: Mapping[str, WorkerSpec], node: Node | None) -> None:
+        """A client's stand-ins join its channel under the other side's names: none may be
+        a worker of this project, or a stand-in of another client on the same channel."""
+        taken = {name: spec for spec in workers.values() for name in spec.instance_names()}
+        standing: dict[tuple[str, str], str] = {}
+        for spec in workers.values():
+            if spec.proxy is None or spec.proxy.role != "client" or node is None:
+                continue
+            written = node.value[spec.key].value["proxy"].value.get("remote")
+            for name, line in name_lines(written).items():
+                where = f"workers.{spec.key}.proxy.remote"
+                other = taken.get(name)
+                if other is not None and other.key != spec.key:
+                    self.problems.add(line, where, f"{shown(name)} is a worker of this "
+                                                   "project: its stand-in would take its name")
+                first = standing.setdefault((spec.channel, name), spec.key)
+                if first != spec.key:
+                    self.problems.add(line, where, f"{shown(first)} stands in for "
+                                                   f"{shown(name)} on this channel already")
 
     def check_completed(self, workers: Mapping[str, WorkerSpec], node: Node | None) -> None:
         """A worker others wait to complete must be able to end: not ``restart: always``."""

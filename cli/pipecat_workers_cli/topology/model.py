@@ -43,6 +43,57 @@ class ChannelSpec:
     line: int = 0           # where it is declared, for later error messages
 
 
+PROXY_CLASSES: Mapping[str, str] = {
+    "client": "pipecat_workers.proxy:WebSocketProxyClient",
+    "server": "pipecat_workers.proxy:WebSocketProxyServer",
+}
+"""The library class a ``proxy:`` entry runs, by its role."""
+PROXY_TOKEN_ENV = "PIPECAT_WORKERS_PROXY_TOKEN"
+"""Where a proxy worker reads its token (the library's ``pipecat_workers.proxy.TOKEN_ENV``)."""
+FORWARD_MESSAGES: Mapping[str, str] = {"end": "BusEndMessage", "cancel": "BusCancelMessage"}
+"""``proxy.forward``'s short names: the broadcasts of :mod:`pipecat_workers.bus` they mean."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProxySpec:
+    """A ``proxy:`` entry: a worker that joins this bus to another project's over WebSocket.
+
+    A client (``url``) stands in here for workers of the project behind the server; a server
+    (``host``/``port``) lets clients reach the workers it exposes. Either way the stand-ins
+    put on this bus are named after the other side's workers, never after the proxy.
+    """
+
+    role: Literal["client", "server"]
+    url: str | None = None                  # a client's ws:// or wss:// URL
+    host: str | None = None                 # a server's address
+    port: int | None = None
+    remote: tuple[str, ...] | None = None   # the other side's workers to stand in for
+    expose: tuple[str, ...] | None = None   # this bus's workers the other side may reach
+    forward: tuple[str, ...] = ()           # keys of FORWARD_MESSAGES
+    token: str | None = field(default=None, repr=False)  # bearer token (passed in env)
+
+    @property
+    def class_path(self) -> str:
+        return PROXY_CLASSES[self.role]
+
+    def args(self) -> dict[str, Any]:
+        """The class's keyword arguments, JSON-friendly: ``forward_messages`` holds short
+        names, made into message classes where the worker is built; the token is left out
+        (it travels in the environment, as secrets do)."""
+        args: dict[str, Any] = {}
+        if self.role == "client":
+            args["url"] = self.url
+            if self.expose is not None:
+                args["local_worker_name"] = list(self.expose)
+        else:
+            args.update(worker_name=list(self.expose or ()), host=self.host, port=self.port)
+        if self.remote is not None:
+            args["remote_worker_name"] = list(self.remote)
+        if self.forward:
+            args["forward_messages"] = list(self.forward)
+        return args
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerSpec:
     """One worker entry of the file (possibly several replicas)."""
@@ -60,6 +111,7 @@ class WorkerSpec:
     ready_timeout: float = 30.0              # seconds from spawn to registered on the bus
     max_restarts: int | None = None          # restarts in a row before it stays crashed
     line: int = 0
+    proxy: ProxySpec | None = None           # a ``proxy:`` entry (class_path and args follow)
 
     def condition(self, key: str) -> Condition:
         """What it waits for of its dependency ``key``: ready unless the file says otherwise."""
@@ -85,6 +137,18 @@ class Topology:
     # The project's env files given on the command line (``--env-file``), absolute; None:
     # the ``.env`` beside the file, if any. Kept so that a reload reads the same ones.
     env_files: tuple[str, ...] | None = None
+
+    def proxy_for(self, name: str) -> WorkerSpec | None:
+        """The client proxy that stands in for the remote worker ``name``: one that lists it
+        in ``remote``, else the only client that stands in for all the other side exposes;
+        None if there is neither."""
+        clients = [spec for spec in self.workers.values()
+                   if spec.proxy is not None and spec.proxy.role == "client"]
+        for spec in clients:
+            if spec.proxy is not None and name in (spec.proxy.remote or ()):
+                return spec
+        unlisted = [spec for spec in clients if spec.proxy and spec.proxy.remote is None]
+        return unlisted[0] if len(unlisted) == 1 else None
 
     def unknown_workers(self, names: Iterable[str]) -> str | None:
         """What is wrong with ``names`` given to a command (a worker key names all its

@@ -22,13 +22,15 @@ from pathlib import Path
 
 from pipecat_workers_cli.topology.classes import parse_class_path, suggest
 from pipecat_workers_cli.topology.errors import WorkerClassError
-from pipecat_workers_cli.topology.model import Topology
+from pipecat_workers_cli.topology.model import Topology, WorkerSpec
 
 # backend -> (its bus class, the packages its driver needs, the extra that installs them)
 _DRIVERS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "redis": ("RedisBus", ("redis",), "redis"),
     "pgmq": ("PgmqBus", ("pgmq", "asyncpg"), "pgmq"),
 }
+
+_PROXY_DRIVER = ("websockets", "proxy")  # a proxy worker's package, and its extra
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,10 +55,40 @@ def preflight(topology: Topology) -> list[Problem]:
                     f"pip install 'pipecat-workers[{extra}]'"))
                 break
     for spec in topology.workers.values():
+        if spec.proxy is not None:  # the library's own class: nothing to look for
+            problems.extend(proxy_problems(spec, os.environ))
+            continue
         try:
             _check_class(spec.class_path, topology.root, _python_path(spec.env, topology.root))
         except WorkerClassError as exc:
             problems.append(Problem(spec.line, f"workers.{spec.key}.class", str(exc)))
+    return problems
+
+
+def proxy_problems(spec: WorkerSpec, environ: Mapping[str, str]) -> list[Problem]:
+    """Why a proxy worker could not start, found before it does: its ``websockets`` driver
+    is missing, or it is a server that would listen beyond this machine for anyone (no
+    token, and no shared secret, in ``environ`` as its process would get it)."""
+    proxy = spec.proxy
+    if proxy is None:
+        return []
+    from pipecat_workers.bus.serializer import SECRET_ENV
+    from pipecat_workers.proxy.server import is_loopback
+    from pipecat_workers.proxy.worker import TOKEN_ENV
+
+    problems = []
+    package, extra = _PROXY_DRIVER
+    if importlib.util.find_spec(package) is None:
+        name = proxy.class_path.rpartition(":")[2]
+        problems.append(Problem(spec.line, f"workers.{spec.key}.proxy",
+                                f"{name} needs the '{package}' package: "
+                                f"pip install 'pipecat-workers[{extra}]'"))
+    env = {**environ, **spec.env}
+    if (proxy.host is not None and not is_loopback(proxy.host)
+            and not (env.get(TOKEN_ENV) or env.get(SECRET_ENV))):
+        problems.append(Problem(spec.line, f"workers.{spec.key}.proxy.listen",
+                                f"it would accept anyone on {proxy.host}:{proxy.port}: give it "
+                                f"a token (or set {SECRET_ENV}), or listen on 127.0.0.1"))
     return problems
 
 

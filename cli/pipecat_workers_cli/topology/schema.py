@@ -18,7 +18,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipecat_workers_cli.topology.classes import CLASS_PATH_PATTERN
-from pipecat_workers_cli.topology.model import BACKENDS, Condition, RestartPolicy
+from pipecat_workers_cli.topology.model import (
+    BACKENDS,
+    FORWARD_MESSAGES,
+    Condition,
+    RestartPolicy,
+)
 
 PROJECT_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
 KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"  # no dots: replicas are named "key.N"
@@ -32,6 +37,9 @@ URL_SCHEMES: Mapping[str, tuple[str, ...]] = {
     "redis": ("redis", "rediss", "unix"),
     "pgmq": ("postgresql", "postgres"),
 }
+WORKER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # a name on a bus: a replica has a dot
+PROXY_URL_PATTERN = r"^wss?://[^/?#\s]+"
+LISTEN_PATTERN = r"^(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]/]+):[0-9]+$"
 SCHEMA_URI = "https://json-schema.org/draft/2020-12/schema"
 
 
@@ -43,6 +51,7 @@ class Key:
     description: str
     schema: Mapping[str, Any]
     required: bool = False
+    instead: str = ""  # a key that may be given in its place (``proxy`` for ``class``)
 
 
 _VAR = {"type": "string", "pattern": r"\$\{"}
@@ -95,8 +104,11 @@ CHANNEL_KEYS: tuple[Key, ...] = (
 )
 
 WORKER_KEYS: tuple[Key, ...] = (
-    Key("class", "The worker class, 'module:attr', a BaseWorker subclass.",
-        _string(CLASS_PATH_PATTERN), required=True),
+    Key("class", "The worker class, 'module:attr', a BaseWorker subclass (or give proxy).",
+        _string(CLASS_PATH_PATTERN), required=True, instead="proxy"),
+    Key("proxy", "Instead of class: a proxy worker that joins this bus to another "
+        "project's over WebSocket, as a client (url) or a server (listen).",
+        {"$ref": "#/$defs/proxy"}),
     Key("args", "Constructor keyword arguments; the worker's name is passed first.",
         {"type": "object", "propertyNames": {"pattern": ARG_NAME_PATTERN,
                                              "not": {"const": "name"}}}),
@@ -134,6 +146,26 @@ WORKER_KEYS: tuple[Key, ...] = (
 )
 
 
+_NAMES = {"anyOf": [{"type": "string", "pattern": WORKER_NAME_PATTERN},
+                    {"type": "array", "minItems": 1, "uniqueItems": True,
+                     "items": {"type": "string", "pattern": WORKER_NAME_PATTERN}}]}
+
+PROXY_KEYS: tuple[Key, ...] = (
+    Key("url", "A client: the server's ws:// or wss:// URL.", _string(PROXY_URL_PATTERN)),
+    Key("listen", "A server: the address it listens on, 'host:port'.",
+        _string(LISTEN_PATTERN)),
+    Key("remote", "The other side's workers to stand in for on this bus; default: all it "
+        "exposes.", _NAMES),
+    Key("expose", "This bus's workers the other side may reach (required for a server; a "
+        "client's default: all).", _NAMES),
+    Key("token", "The bearer token the client sends and the server requires; empty: none; "
+        "default: $PIPECAT_WORKERS_PROXY_TOKEN.", {"type": "string"}),
+    Key("forward", "Broadcasts that cross (both ends must say so): end, cancel.",
+        {"type": "array", "uniqueItems": True,
+         "items": {"enum": list(FORWARD_MESSAGES)}}),
+)
+
+
 def _object(keys: tuple[Key, ...], title: str) -> dict[str, Any]:
     properties = {k.name: {"description": k.description, **k.schema} for k in keys}
     schema: dict[str, Any] = {
@@ -142,9 +174,13 @@ def _object(keys: tuple[Key, ...], title: str) -> dict[str, Any]:
         "properties": properties,
         "additionalProperties": False,
     }
-    required = [k.name for k in keys if k.required]
+    required = [k.name for k in keys if k.required and not k.instead]
     if required:
         schema["required"] = required
+    either = [[k.name, k.instead] for k in keys if k.required and k.instead]
+    if either:
+        schema["allOf"] = [{"oneOf": [{"required": [a]}, {"required": [b]}]}
+                           for a, b in either]
     return schema
 
 
@@ -164,6 +200,23 @@ def _channel() -> dict[str, Any]:
     return schema
 
 
+def _worker() -> dict[str, Any]:
+    """A worker: a class, or a proxy (which takes no args and runs as one process)."""
+    schema = _object(WORKER_KEYS, "A worker: one process, or one per replica.")
+    schema["allOf"].append({"if": {"required": ["proxy"]}, "then": {"not": {"anyOf": [
+        {"required": ["args"]},
+        {"required": ["replicas"], "properties": {"replicas": {"not": {"const": 1}}}}]}}})
+    return schema
+
+
+def _proxy() -> dict[str, Any]:
+    """A proxy: a client (url) or a server (listen, and the workers it exposes)."""
+    schema = _object(PROXY_KEYS, "A proxy worker: a client (url) or a server (listen).")
+    schema["oneOf"] = [{"required": ["url"], "not": {"required": ["listen"]}},
+                       {"required": ["listen", "expose"], "not": {"required": ["url"]}}]
+    return schema
+
+
 def topology_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of a topology file, as published for editors."""
     schema = _object(TOP_KEYS, "A pipecat-workers topology: channels and the workers on them.")
@@ -172,7 +225,8 @@ def topology_schema() -> dict[str, Any]:
         "title": "pipecat-workers topology",
         "$defs": {
             "channel": _channel(),
-            "worker": _object(WORKER_KEYS, "A worker: one process, or one per replica."),
+            "worker": _worker(),
+            "proxy": _proxy(),
         },
     })
     return schema
