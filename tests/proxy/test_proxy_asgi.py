@@ -153,7 +153,8 @@ class RawPeer:
 
     async def hello(self, *workers: str) -> ProxyWelcomeMessage:
         hello = ProxyHelloMessage(source="raw", session=uuid.uuid4().hex,
-                                  workers=[WorkerRegistryEntry(name=w) for w in workers])
+                                  workers=[WorkerRegistryEntry(name=w, started_at=time.time())
+                                           for w in workers])
         await self.connection.send(self.encode(hello, 0))
         welcome = await self.receive()
         assert isinstance(welcome, ProxyWelcomeMessage), welcome

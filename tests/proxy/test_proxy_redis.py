@@ -16,7 +16,7 @@ from contextlib import AsyncExitStack
 import pytest
 
 from pipecat_workers import BaseWorker, WorkerReadyData
-from pipecat_workers.proxy import WebSocketProxyClient
+from pipecat_workers.proxy import StandIn, WebSocketProxyClient
 from tests.helpers import wait_until
 from tests.pipeline.kit import TIMEOUT
 from tests.proxy.kit import PATIENCE, Echo, Linked, ask, free_port, redis_channel, stream, within
@@ -107,8 +107,10 @@ async def test_a_job_sent_before_the_link_is_up_waits_for_it(linked: Linked) -> 
     answer = asyncio.ensure_future(ask(caller, "support", {"early": True},
                                        timeout=PATIENCE * 3))
     try:
-        await wait_until(lambda: client.proxy_stats()["sessions"][0]["waiting"] >= 1,
-                         timeout=PATIENCE)
+        # It went through Redis to the client's runner, where its stand-in holds it.
+        stand_in = linked.runner_of(client).get_worker("support")
+        assert isinstance(stand_in, StandIn)
+        await wait_until(lambda: len(stand_in.held) == 1, timeout=PATIENCE)
         assert not answer.done()
         await linked.host("b", Echo("support"))
         await linked.serve(expose=["support"], port=port)
