@@ -28,6 +28,7 @@ from pipecat_workers.proxy.sockets import (
     GOING_AWAY,
     NORMAL,
     REFUSED,
+    TRY_AGAIN,
     UNAUTHORIZED,
     LinkSocket,
     WebsocketsSocket,
@@ -131,7 +132,8 @@ class WebSocketProxyClient(ProxyWorker):
             # Named in advance: what is sent to them waits for the link, even before it is up.
             for name in sorted(self._accepts):
                 if name not in self._session.stand_ins:
-                    await self._session.add_stand_in(WorkerRegistryEntry(name=name))
+                    await self._session.add_stand_in(WorkerRegistryEntry(name=name),
+                                                     announced=False)
         self._session.link_down(self._expired)
 
     async def on_activated(self, args: dict[str, Any] | None) -> None:
@@ -195,6 +197,10 @@ class WebSocketProxyClient(ProxyWorker):
         except Exception as exc:
             await socket.close()
             code = getattr(exc, "code", None)
+            if code == TRY_AGAIN:
+                self._attempts.warning("%s: the proxy server at %s is not ready yet; retrying",
+                                       self._name, safe_url(self.url))
+                return False
             self._attempts.error("%s: %s refused the link: %s", self._name, safe_url(self.url),
                                  exc)
             return code in _REFUSED_CODES

@@ -31,6 +31,7 @@ from pipecat_workers.proxy.session import ProxySession
 from pipecat_workers.proxy.sockets import (
     NORMAL,
     REFUSED,
+    TRY_AGAIN,
     UNAUTHORIZED,
     LinkSocket,
     WebsocketsSocket,
@@ -38,7 +39,7 @@ from pipecat_workers.proxy.sockets import (
 )
 from pipecat_workers.proxy.worker import TOKEN_ENV, LinkLimits, ProxyWorker, name_set
 from pipecat_workers.tasks import cancel_and_wait
-from pipecat_workers.workers.base import BaseWorker
+from pipecat_workers.workers.base import BaseWorker, WorkerState
 
 logger = logging.getLogger("pipecat_workers.proxy")
 
@@ -198,12 +199,13 @@ class WebSocketProxyServer(ProxyWorker):
             async def proxy(websocket: WebSocket):
                 await server.serve(websocket)
         """
-        state = getattr(websocket, "client_state", None)
+        connecting = getattr(getattr(websocket, "client_state", None), "name", "") == "CONNECTING"
         if not self._authorized(_header(websocket, "authorization")):
             logger.warning("%s: refused a client: missing or wrong token", self._name)
-            await adapt(websocket).close(UNAUTHORIZED, "missing or wrong token")
+            if not (connecting and await _deny(websocket, 401, "missing or wrong token")):
+                await adapt(websocket).close(UNAUTHORIZED, "missing or wrong token")
             return
-        if state is not None and getattr(state, "name", "") == "CONNECTING":
+        if connecting:
             await websocket.accept()
         await self._serve_socket(adapt(websocket))
 
@@ -214,6 +216,11 @@ class WebSocketProxyServer(ProxyWorker):
         await self.stop(reason="its connection ended")
 
     async def _serve_socket(self, socket: LinkSocket) -> None:
+        if self.state is not WorkerState.READY:  # its runner does not run (yet, or any more)
+            logger.info("%s: a client from %s came while this proxy is %s: asked to retry",
+                        self._name, socket.peer, self.state)
+            await socket.close(TRY_AGAIN, f"proxy '{self._name}' is not ready")
+            return
         try:
             hello = await expect(socket, self.serializer, ProxyHelloMessage,
                                  self.limits.max_message_size)
@@ -287,6 +294,21 @@ class WebSocketProxyServer(ProxyWorker):
             logger.info("%s: %s did not come back within %g s: session ended", self._name,
                         session.peer, self.limits.link_timeout)
             await session.end("link down")
+
+
+async def _deny(websocket: Any, status: int, text: str) -> bool:
+    """Refuse an ASGI WebSocket with an HTTP status (so a client can tell a wrong token from
+    other refusals), where the framework and server can; False where they cannot."""
+    deny = getattr(websocket, "send_denial_response", None)
+    if deny is None:
+        return False
+    try:
+        from starlette.responses import PlainTextResponse
+
+        await deny(PlainTextResponse(text + "\n", status_code=status))
+    except Exception:  # the server lacks the extension: a close will do
+        return False
+    return True
 
 
 def _address(connection: Any) -> str:

@@ -145,13 +145,13 @@ class ProxySession:
         for name, stand_in in list(self.stand_ins.items()):
             now = wanted.get(name)
             if now is None:
-                if stand_in.entry.started_at is None:
+                if not stand_in.announced:
                     # Named in advance and not announced yet: the peer may not have heard of
                     # it yet either (it runs elsewhere on the peer's bus). Give it time.
                     self._await_announcement(stand_in)
                 else:
                     await self._remove(stand_in, "stopped")
-            elif stand_in.entry.started_at in (None, now.started_at):
+            elif not stand_in.announced or stand_in.entry.started_at == now.started_at:
                 await self._update(stand_in, now)
                 del wanted[name]
             else:
@@ -169,7 +169,7 @@ class ProxySession:
         try:
             await asyncio.sleep(self.proxy.limits.link_timeout)
             if (self.stand_ins.get(stand_in.name) is stand_in
-                    and stand_in.entry.started_at is None and self.connected):
+                    and not stand_in.announced and self.connected):
                 logger.warning("%s: %s does not expose '%s': what was sent to it ends here",
                                self.proxy.name, self.peer, stand_in.name)
                 await self._remove(stand_in, "stopped")
@@ -177,10 +177,11 @@ class ProxySession:
             if self._unannounced.get(stand_in.name) is asyncio.current_task():
                 del self._unannounced[stand_in.name]
 
-    async def add_stand_in(self, entry: WorkerRegistryEntry) -> None:
-        """Put a stand-in for ``entry`` on the bus (once, if its name is free)."""
+    async def add_stand_in(self, entry: WorkerRegistryEntry, *, announced: bool = True) -> None:
+        """Put a stand-in for ``entry`` on the bus (once, if its name is free); one that is
+        not ``announced`` is named in advance, and what is sent to it waits for its worker."""
         try:
-            stand_in = StandIn(entry, self)
+            stand_in = StandIn(entry, self, announced=announced)
             self.stand_ins[entry.name] = stand_in
             await self.proxy.worker_runner.add_workers(stand_in)
         except (ConfigurationError, WorkerStateError) as exc:
@@ -191,6 +192,7 @@ class ProxySession:
     async def _update(self, stand_in: StandIn, entry: WorkerRegistryEntry) -> None:
         news = (entry.jobs, entry.any_job) != (stand_in.entry.jobs, stand_in.entry.any_job)
         stand_in.entry = entry
+        stand_in.announced = True
         if news and stand_in.started_at is not None:
             await self.proxy.reregister(stand_in)
         held, stand_in.held = stand_in.held, []
@@ -222,7 +224,7 @@ class ProxySession:
                 "(see local_worker_name / worker_name), so the answer would have nowhere "
                 "to go"), once=message.source)
             return
-        if stand_in.entry.started_at is None:
+        if not stand_in.announced:
             # Named in advance, and the peer has not announced it yet: the peer would drop
             # what is sent to it, so it waits here (system frames excepted: they are late).
             if len(stand_in.held) < self.proxy.limits.buffer_size and not isinstance(

@@ -22,16 +22,19 @@ class StandIn(BaseWorker):
     """Stands in, on this bus, for a worker that the proxy's peer exposes.
 
     Args:
-        entry: The remote worker as its side announced it (``None`` until the first
-            announcement, for a worker named in advance).
+        entry: The remote worker as its side announced it (just its name, for a worker
+            named in advance).
         session: The link it stands behind.
+        announced: Whether the peer announced the worker (False: named in advance).
     """
 
     STANDS_IN = True
 
-    def __init__(self, entry: WorkerRegistryEntry, session: ProxySession) -> None:
+    def __init__(self, entry: WorkerRegistryEntry, session: ProxySession, *,
+                 announced: bool = True) -> None:
         super().__init__(entry.name, active=False)
         self.entry = entry
+        self.announced = announced  # False while the peer has not said it has this worker
         self.held: list[BusMessage] = []  # sent before its worker was announced
         self._session = session
         self._parent = session.proxy.name

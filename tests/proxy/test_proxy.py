@@ -734,3 +734,26 @@ async def test_a_worker_named_in_advance_that_never_comes_ends_what_was_sent_to_
                 pass
         assert "ghost" not in front.runner.registry
         assert "support" in front.runner.registry
+
+
+async def test_a_server_whose_runner_does_not_run_yet_asks_clients_to_retry(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from websockets.asyncio.server import serve
+
+    door = WebSocketProxyServer("door", worker_name="support")  # on no runner yet
+
+    async def accept(connection: Any) -> None:
+        await door.serve(connection)
+
+    async with serve(accept, "127.0.0.1", 0) as listener:
+        port = next(iter(listener.sockets)).getsockname()[1]
+        with caplog.at_level(logging.WARNING, logger="pipecat_workers.proxy"):
+            async with client_side(url_of(port), connect_wait=False) as front:
+                await wait_until(lambda: "not ready yet; retrying" in caplog.text,
+                                 timeout=WAIT)
+                assert not front.proxy.connected
+                runner = WorkerRunner(name="srv")
+                await runner.add_workers(Support(), door)
+                async with running(runner):
+                    await front.proxy.wait_connected(WAIT)
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

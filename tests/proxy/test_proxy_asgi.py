@@ -214,9 +214,6 @@ async def test_a_text_frame_does_not_kill_the_link(linked: Linked, serving: str)
         assert session.drops["text"] == 3
 
 
-@pytest.mark.xfail(strict=True, reason="behind an ASGI app a refused token reaches the client "
-                   "as HTTP 403, which it reports as 'the server refused this client', not as "
-                   "a missing or wrong token (the standalone server answers 401)")
 async def test_a_client_with_a_wrong_token_is_told_so(
         linked: Linked, caplog: pytest.LogCaptureFixture) -> None:
     url = await serve_in_app(linked, Echo("support"), token=TOKEN)
