@@ -23,7 +23,8 @@ class WorkerRegistryEntry:
 
     ``jobs`` lists the names of its ``@job`` handlers, sorted; ``None`` from a peer that does
     not announce them. ``any_job`` says that it takes other names too (it overrides
-    ``on_job_request``).
+    ``on_job_request``). ``relay`` marks a proxy or a proxy's stand-in, whose work happens
+    beyond this bus (a proxy never exposes one onward).
     """
 
     name: Name
@@ -33,6 +34,7 @@ class WorkerRegistryEntry:
     started_at: float | None = None
     jobs: JobNames | None = None
     any_job: bool = False
+    relay: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +51,7 @@ class WorkerReadyData:
             say (a peer running an older version).
         any_job: It takes requests of other names too, and without a name: it overrides
             ``on_job_request``.
+        relay: It is a proxy, or a proxy's stand-in for a worker on another bus.
     """
 
     worker_name: str
@@ -57,6 +60,7 @@ class WorkerReadyData:
     parent: str | None = None
     jobs: tuple[str, ...] | None = None
     any_job: bool = False
+    relay: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ class StandIn(BaseWorker):
     """
 
     STANDS_IN = True
+    RELAYS = True
 
     def __init__(self, entry: WorkerRegistryEntry, session: ProxySession, *,
                  announced: bool = True) -> None:

@@ -131,6 +131,8 @@ class ProxyWorker(BaseWorker):
         active: Whether it is active at start (a client connects once active).
     """
 
+    RELAYS = True
+
     def __init__(
         self, name: str | None, *, exposes: frozenset[str] | None,
         accepts: frozenset[str] | None, forward_messages: Sequence[type[BusMessage]],
@@ -171,7 +173,10 @@ class ProxyWorker(BaseWorker):
             return False
         runner = self._runner
         local = runner.get_worker(name) if runner is not None else None
-        return not isinstance(local, (StandIn, ProxyWorker))
+        if local is not None:
+            return not local.RELAYS
+        data = self._registry.get(name) if self._registry is not None else None
+        return data is None or not data.relay  # a proxy or stand-in on another runner
 
     def exposes(self, name: str) -> bool:
         """Whether the peer may reach ``name``, a worker on this bus, through this proxy."""
@@ -220,7 +225,7 @@ class ProxyWorker(BaseWorker):
         await self.registry.register(WorkerReadyData(
             worker_name=stand_in.name, runner=runner.name, incarnation=runner.incarnation,
             parent=stand_in.parent, jobs=stand_in.job_names[:MAX_JOB_NAMES],
-            any_job=stand_in.handles_any_job))
+            any_job=stand_in.handles_any_job, relay=True))
 
     # -- registry news ----------------------------------------------------------------------
 

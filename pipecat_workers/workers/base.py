@@ -114,6 +114,8 @@ class BaseWorker(EventEmitter, JobRequesterMixin, JobExecutorMixin):
     # True for a proxy's stand-in: a local name whose work happens in another process, so
     # jobs sent to it are checked on as for a remote worker.
     STANDS_IN: ClassVar[bool] = False
+    # True for a proxy and its stand-ins: the registry says so, and proxies expose neither.
+    RELAYS: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -301,7 +303,7 @@ class BaseWorker(EventEmitter, JobRequesterMixin, JobExecutorMixin):
             await self.registry.register(WorkerReadyData(
                 worker_name=self._name, runner=runner.name, incarnation=runner.incarnation,
                 parent=self._parent, jobs=self.job_names[:MAX_JOB_NAMES],
-                any_job=self.handles_any_job))
+                any_job=self.handles_any_job, relay=self.RELAYS))
         finally:
             self._mark_registered()  # whoever waits for it must not wait for a failed start
         await self._maybe_activate()

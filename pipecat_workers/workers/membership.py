@@ -291,7 +291,7 @@ class Membership(Announcer):
                 continue
             await registry.register(WorkerReadyData(
                 worker_name=entry.name, runner=runner, incarnation=incarnation,
-                parent=entry.parent, any_job=entry.any_job,
+                parent=entry.parent, any_job=entry.any_job, relay=entry.relay,
                 jobs=tuple(entry.jobs) if entry.jobs is not None else None))
             held = registry.get(entry.name)
             if held is not None and held.runner not in (runner, self._runner):

@@ -110,7 +110,8 @@ def entries_of(value: object) -> list[WorkerRegistryEntry] | None:
             return None
         entries.append(WorkerRegistryEntry(
             name=name, parent=parent, active=item.active is True, bridged=item.bridged is True,
-            started_at=number_of(item.started_at), jobs=jobs, any_job=item.any_job is True))
+            started_at=number_of(item.started_at), jobs=jobs, any_job=item.any_job is True,
+            relay=item.relay is True))
     return entries
 
 

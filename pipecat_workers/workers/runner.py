@@ -439,7 +439,7 @@ class WorkerRunner(EventEmitter):
                     name=name, parent=worker.parent, active=worker.active,
                     bridged=worker.bridged, started_at=worker.started_at,
                     jobs=list(worker.job_names[:MAX_JOB_NAMES]),
-                    any_job=worker.handles_any_job))
+                    any_job=worker.handles_any_job, relay=worker.RELAYS))
         return entries
 
     # -- observability ----------------------------------------------------------------

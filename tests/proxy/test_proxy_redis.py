@@ -121,8 +121,6 @@ async def test_a_job_sent_before_the_link_is_up_waits_for_it(linked: Linked) -> 
         answer.cancel()
 
 
-@pytest.mark.xfail(strict=True, reason="a proxy exposes the stand-ins and proxies that other "
-                   "runners of its bus host (only its own runner's are left out)")
 async def test_a_client_exposes_no_stand_in_of_another_runner(redis_url: str) -> None:
     # Bus A has two clients on two runners (two processes), each linked to its own server:
     # "all but stand-ins" must leave out the other client's stand-in and the client itself,
