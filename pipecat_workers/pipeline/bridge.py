@@ -12,12 +12,16 @@ The bridge keeps no frame from its peer but what it sends to it:
   which gets them first, in order (D9: a hand-off loses nothing);
 * a second worker that joins while one is active takes over, and the first is told to
   deactivate (D3: never two peers);
+* a worker that stops being the peer is flushed: the frames that reached it after it left
+  come back, and go to the next peer before anything newer (system frames excepted, which
+  never wait), so a hand-off on a network bus or through a proxy loses no frame in flight;
 * from the bus it takes frames of its peer only (and of a peer it replaced, until that one's
   leave arrives), never lifecycle frames (D18).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -26,10 +30,14 @@ from pipecat.frames.frames import Frame, OutputTransportMessageUrgentFrame, Syst
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor, FrameProcessorSetup
 
 from pipecat_workers.bus.messages import BusDeactivateWorkerMessage, BusFrameMessage
-from pipecat_workers.errors import ConfigurationError
+from pipecat_workers.errors import BusError, ConfigurationError
 from pipecat_workers.pipeline.drain import DrainProbeFrame
 from pipecat_workers.pipeline.edges import direction_of, named_types, stays_local
-from pipecat_workers.pipeline.messages import BusBridgeJoinMessage
+from pipecat_workers.pipeline.messages import (
+    BusBridgeFlushMessage,
+    BusBridgeJoinMessage,
+    BusBridgeReturnMessage,
+)
 from pipecat_workers.types import WorkerLostData, WorkerReadyData
 
 if TYPE_CHECKING:
@@ -37,6 +45,8 @@ if TYPE_CHECKING:
     from pipecat_workers.pipeline.worker import PipelineWorker
 
 logger = logging.getLogger("pipecat_workers.pipeline")
+
+RETURN_WAIT = 5.0  # seconds a former peer has to send back the frames it got after leaving
 
 
 class BusBridgeProcessor(FrameProcessor):
@@ -80,6 +90,9 @@ class BusBridgeProcessor(FrameProcessor):
         # Drain probes sent to a peer: (drain id, leg) -> (peer, direction, origin).
         self._probes: dict[tuple[str, int], tuple[str, FrameDirection, str]] = {}
         self._passed: deque[tuple[str, int]] = deque(maxlen=256)  # ...and passed on locally
+        # Former peers flushed whose returns are due, and the frames they sent back so far.
+        self._awaiting: dict[str, asyncio.TimerHandle] = {}
+        self._returned: deque[tuple[Frame, FrameDirection]] = deque()
 
     @property
     def worker_name(self) -> str:
@@ -129,7 +142,10 @@ class BusBridgeProcessor(FrameProcessor):
         await super().cleanup()
         if self._host is not None:
             self._host._detach_bridge(self)
-            await self._set_peer(None)
+            await self._set_peer(None, flush=False)
+            for timer in self._awaiting.values():
+                timer.cancel()
+            self._awaiting.clear()
 
     # -- frames from the pipeline ---------------------------------------------------------
 
@@ -144,6 +160,9 @@ class BusBridgeProcessor(FrameProcessor):
                 await self.push_frame(frame, direction)
             else:
                 self._keep(frame, direction)
+            return
+        if self._awaiting and not isinstance(frame, SystemFrame):
+            self._keep(frame, direction)  # behind what a former peer is sending back
             return
         await self._send(peer, frame, direction)
 
@@ -205,9 +224,14 @@ class BusBridgeProcessor(FrameProcessor):
             assert self._host is not None
             await self._host.send_bus_message(BusDeactivateWorkerMessage(
                 source=self.worker_name, target=old))
-        while self._waiting and self._peer == worker:
+        await self._send_waiting()
+
+    async def _send_waiting(self) -> None:
+        """Send the peer what waited for it, unless a former peer still owes returns."""
+        peer = self._peer
+        while self._waiting and peer is not None and self._peer == peer and not self._awaiting:
             frame, direction = self._waiting.popleft()
-            await self._send(worker, frame, direction)
+            await self._send(peer, frame, direction)
 
     async def on_leave(self, worker: str) -> None:
         """A bridged worker is no longer active for this bridge."""
@@ -215,7 +239,7 @@ class BusBridgeProcessor(FrameProcessor):
         if worker == self._peer:
             await self._set_peer(None)
 
-    async def _set_peer(self, peer: str | None) -> None:
+    async def _set_peer(self, peer: str | None, *, flush: bool = True) -> None:
         old, self._peer = self._peer, peer
         host = self._host
         if host is None or old == peer:
@@ -223,6 +247,8 @@ class BusBridgeProcessor(FrameProcessor):
         if old is not None:
             host.registry.unwatch(old, self._on_peer_ready)
             await self._pass_probes_of(old)
+            if flush:
+                await self._flush(old)
         if peer is not None:
             await host.registry.watch(peer, self._on_peer_ready, on_lost=self._on_peer_lost)
 
@@ -232,9 +258,58 @@ class BusBridgeProcessor(FrameProcessor):
                    data.reason)
         self._replaced.discard(data.worker_name)
         if data.worker_name == self._peer:
-            await self._set_peer(None)
+            await self._set_peer(None, flush=False)
         else:
             await self._pass_probes_of(data.worker_name)
+        await self._stop_awaiting(data.worker_name)  # what it had is gone with it
+
+    # -- frames coming back from a former peer ----------------------------------------------
+
+    async def _flush(self, worker: str) -> None:
+        """``worker`` is no longer the peer: ask for the frames it got after it left."""
+        host = self._host
+        if host is None or worker in self._awaiting:
+            return
+        loop = asyncio.get_running_loop()
+        self._awaiting[worker] = loop.call_later(
+            RETURN_WAIT, lambda: host.create_task(self._give_up(worker)))
+        try:
+            await host.send_bus_message(BusBridgeFlushMessage(
+                source=self.worker_name, target=worker, bridge=self._tag))
+        except BusError:
+            await self._stop_awaiting(worker)
+
+    async def _give_up(self, worker: str) -> None:
+        if worker in self._awaiting:
+            logger.warning("%s: '%s' did not send back in %g s the frames it got after it "
+                           "left; going on without them", self.name, worker, RETURN_WAIT)
+            await self._stop_awaiting(worker)
+
+    async def on_returned(self, message: Any) -> None:
+        """A frame a former peer got after leaving, or its word that there are no more."""
+        worker = message.source
+        if worker not in self._awaiting:
+            return  # too late: the bridge went on without it
+        if not isinstance(message, BusBridgeReturnMessage):
+            await self._stop_awaiting(worker)
+        elif isinstance(message.frame, Frame) and not stays_local(message.frame):
+            self._returned.append((message.frame, direction_of(message)))
+
+    async def _stop_awaiting(self, worker: str) -> None:
+        timer = self._awaiting.pop(worker, None)
+        if timer is None:
+            return
+        timer.cancel()
+        if self._awaiting:
+            return  # another former peer still owes its returns
+        returned, self._returned = self._returned, deque()
+        if self._peer is None:
+            self._waiting.extendleft(reversed(returned))  # first, for the next peer
+            return
+        peer = self._peer
+        for frame, direction in returned:
+            await self._send(peer, frame, direction)
+        await self._send_waiting()
 
     async def _pass_probes_of(self, worker: str) -> None:
         """Drain probes sent to a worker that is gone go on locally: no drain waits for it."""

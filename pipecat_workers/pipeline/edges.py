@@ -9,6 +9,7 @@ system frames (interruptions, speech events, input audio) travel with system pri
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from pipecat.frames.frames import (
     CancelFrame,
@@ -71,8 +72,9 @@ def frame_message(
     return cls(source=source, target=target, frame=frame, direction=direction, bridge=bridge)
 
 
-def direction_of(message: BusFrameMessage) -> FrameDirection:
-    """The pipecat direction of a frame message (whichever enum the sender used)."""
+def direction_of(message: Any) -> FrameDirection:
+    """The pipecat direction of a frame message, or of a returned frame (whichever enum the
+    sender used)."""
     value = getattr(message.direction, "value", message.direction)
     return FrameDirection.UPSTREAM if value == FrameDirection.UPSTREAM.value \
         else FrameDirection.DOWNSTREAM

@@ -9,6 +9,11 @@ that one worker only, and accepts frames only from it, so they never reach anyon
   still active, to deactivate) and sends it what it kept while it had none;
 * a bridged worker that deactivates sends :class:`BusBridgeLeaveMessage`; until the next peer
   joins, the bridge keeps data frames for it and lets system frames pass;
+* a worker that stops being the bridge's peer (it left, or another took over) is sent
+  :class:`BusBridgeFlushMessage` after the last frame the bridge sent it; frames that reached
+  it after it left come back in :class:`BusBridgeReturnMessage`, then
+  :class:`BusBridgeReturnedMessage` says that was all, and the bridge sends them on to its
+  next peer ahead of anything newer (D9: frames in flight during a hand-off are not lost);
 * a drain (``flush_pipeline``) ends with :class:`BusDrainDoneMessage` from the worker whose
   sink the probe reached last, so it completes on every bus, not only in one process.
 
@@ -20,7 +25,7 @@ arrive after the data frames their sender sent before them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, ClassVar
+from typing import Annotated, Any, ClassVar
 
 from pipecat_workers.bus.messages import BusDataMessage, BusSystemMessage
 from pipecat_workers.catalogue import register_message
@@ -60,3 +65,35 @@ class BusDrainDoneMessage(BusDataMessage):
     ESSENTIAL: ClassVar[bool] = True
 
     drain_id: Name
+
+
+@register_message(name="bridge.flush")
+@dataclass(kw_only=True, slots=True)
+class BusBridgeFlushMessage(BusDataMessage):
+    """The bridge of the source worker has sent the target (no longer its peer) its last
+    frame: frames the target got after leaving should come back now."""
+
+    ESSENTIAL: ClassVar[bool] = True
+
+    bridge: Name | None = None
+
+
+@register_message(name="bridge.return")
+@dataclass(kw_only=True, slots=True)
+class BusBridgeReturnMessage(BusDataMessage):
+    """A frame that reached the source after it had left the target's bridge, sent back for
+    the bridge's next peer."""
+
+    bridge: Name | None = None
+    frame: Any = None
+    direction: Any = None
+
+
+@register_message(name="bridge.returned")
+@dataclass(kw_only=True, slots=True)
+class BusBridgeReturnedMessage(BusDataMessage):
+    """Every frame the bridge's flush covered has come back (the answer to a flush)."""
+
+    ESSENTIAL: ClassVar[bool] = True
+
+    bridge: Name | None = None

@@ -21,7 +21,13 @@ from pipecat_workers.bus.messages import BusActivateWorkerMessage, BusFrameMessa
 from pipecat_workers.errors import BusError, ConfigurationError, SerializationError
 from pipecat_workers.pipeline.drain import DrainProbeFrame
 from pipecat_workers.pipeline.edges import direction_of, frame_message, stays_local, type_names
-from pipecat_workers.pipeline.messages import BusBridgeJoinMessage, BusBridgeLeaveMessage
+from pipecat_workers.pipeline.messages import (
+    BusBridgeFlushMessage,
+    BusBridgeJoinMessage,
+    BusBridgeLeaveMessage,
+    BusBridgeReturnedMessage,
+    BusBridgeReturnMessage,
+)
 from pipecat_workers.pipeline.wire import copy_frame
 from pipecat_workers.types import WorkerLostData, WorkerReadyData
 
@@ -63,6 +69,8 @@ class BridgeServing:
         self._exclude = exclude
         self._binding: Binding | None = None
         self._joined = False
+        # Bridges this worker left whose flush has not come yet: frames from them go back.
+        self._returning: set[Binding] = set()
         self._bridges: dict[str | None, BusBridgeProcessor] = {}
         self._drops: dict[str, int] = {}
         self._warned: set[type] = set()
@@ -143,6 +151,7 @@ class BridgeServing:
             return
         self._joined = False
         host, tag = self._binding
+        self._returning.add((host, tag))
         try:
             await self.send_bus_message(BusBridgeLeaveMessage(
                 source=self.name, target=host, bridge=tag))
@@ -161,6 +170,7 @@ class BridgeServing:
             self._binding = None
             self._joined = False
             self._drains.fail_all()
+        self._returning = {b for b in self._returning if b[0] != data.worker_name}
 
     async def _unwatch_binding(self) -> None:
         if self._binding is not None and self._bus is not None:
@@ -225,6 +235,11 @@ class BridgeServing:
             return
         if self._bridged_tags is None:
             self._count_drop("not bridged")
+        elif not self._joined and (message.source, message.bridge) in self._returning:
+            if not isinstance(message.frame, DrainProbeFrame):  # its bridge passes those on
+                await self.send_bus_message(BusBridgeReturnMessage(
+                    source=self.name, target=message.source, bridge=message.bridge,
+                    frame=message.frame, direction=message.direction))
         elif not self._joined:
             self._count_drop("inactive")
         elif self._binding is None or message.source != self._binding[0] \
@@ -236,7 +251,18 @@ class BridgeServing:
             await self._inject(message.frame, direction_of(message))
 
     async def _on_bridge_message(self, message: BusMessage) -> bool:
-        """Hand a join or leave to the bridge it is for; whether the message was one."""
+        """Hand the bridge protocol's messages to the bridge they are for (or, for a flush,
+        answer it as a former peer); whether the message was one of them."""
+        if isinstance(message, BusBridgeFlushMessage):
+            self._returning.discard((message.source, message.bridge))
+            await self.send_bus_message(BusBridgeReturnedMessage(
+                source=self.name, target=message.source, bridge=message.bridge))
+            return True
+        if isinstance(message, (BusBridgeReturnMessage, BusBridgeReturnedMessage)):
+            returns_to = self._bridges.get(message.bridge)
+            if returns_to is not None:
+                await returns_to.on_returned(message)
+            return True
         if not isinstance(message, (BusBridgeJoinMessage, BusBridgeLeaveMessage)):
             return False
         bridge = self._bridges.get(message.bridge)

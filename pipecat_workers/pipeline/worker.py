@@ -136,6 +136,7 @@ class PipelineWorker(PipelineEnds, BridgeServing, BaseWorker):
         self._drains = Drains(self.name)
         self._pending: list[tuple[Frame, FrameDirection]] = []
         self._started_pipeline = False
+        self._handed_off = False  # its own deactivation, after a hand-off, is on its way
         self._graceful = False
         self._finishing: asyncio.Future[None] | None = None
         self._cancel_requested = False
@@ -327,6 +328,7 @@ class PipelineWorker(PipelineEnds, BridgeServing, BaseWorker):
         bridge = self._bridge_to_pass_on()
         if deactivate_self and self._active:
             self._active = False
+            self._handed_off = True
             await self._leave_bridge()
             await self.send_bus_message(BusDeactivateWorkerMessage(
                 source=self.name, target=self.name))
@@ -346,9 +348,11 @@ class PipelineWorker(PipelineEnds, BridgeServing, BaseWorker):
 
     async def _handle_deactivate(self, message: BusDeactivateWorkerMessage) -> None:
         # Leave first, so that the bridge keeps what it would send meanwhile for the next
-        # worker. A worker that already handed off hears no second deactivation (a bridge
-        # taking over tells its former peer, which may have left on its own).
-        if not self._active and not self._pending_activation:
+        # worker. A worker that handed off gets its own deactivation (on_deactivated runs
+        # then, once) and no second one (a bridge taking over tells its former peer, which
+        # may have left on its own).
+        handed_off, self._handed_off = self._handed_off, False
+        if not self._active and not self._pending_activation and not handed_off:
             return
         await self._leave_bridge()
         await super()._handle_deactivate(message)

@@ -268,6 +268,26 @@ async def test_a_handoff_from_a_tool_moves_the_conversation(split: Split) -> Non
     assert greeter.calls == [{"agent": "support", "reason": "please transfer me to support"}]
 
 
+async def test_agents_hand_the_conversation_back_and_forth_again_and_again(
+        split: Split) -> None:
+    # A worker that handed off is deactivated for good (its on_deactivated runs), so being
+    # handed the conversation again, with the same activation as before, starts it afresh.
+    greeter = Agent("greeter", "You are the greeter.")
+    support = Agent("support", "You are Support.")
+    acme = Conversation()
+    await split.host(greeter, support)
+    await split.host(acme)
+    await acme.activate_worker("greeter", args=_welcome())
+    assert await acme.reply() == "Hello, Greeter here. Welcome the user."
+    for target in ("support", "greeter", "support", "greeter"):
+        await acme.say(f"please transfer me to {target}")
+        assert await acme.reply() == "Okay, done."
+        name = "Support" if target == "support" else "Greeter"
+        assert await acme.reply() == f"Hello, {name} here. please transfer me to {target}"
+    assert greeter.active and not support.active
+    assert len(support.calls) == 2 and len(greeter.calls) == 2
+
+
 async def test_tts_speak_is_spoken_once(split: Split) -> None:
     # D8: a broadcast is spoken by the transport only, not once more by the bridged worker.
     greeter = Helper("greeter")
