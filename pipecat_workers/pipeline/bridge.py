@@ -16,7 +16,9 @@ The bridge keeps no frame from its peer but what it sends to it:
   come back, and go to the next peer before anything newer (system frames excepted, which
   never wait), so a hand-off on a network bus or through a proxy loses no frame in flight;
 * from the bus it takes frames of its peer only (and of a peer it replaced, until that one's
-  leave arrives), never lifecycle frames (D18).
+  leave arrives), never lifecycle frames (D18); frames of a worker whose join has not been
+  handled yet (the join travels ahead, but a busy system lane may hold it up) wait a moment
+  for it, and are taken in order once it is handled.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("pipecat_workers.pipeline")
 
 RETURN_WAIT = 5.0  # seconds a former peer has to send back the frames it got after leaving
+EARLY_WAIT = 2.0  # seconds frames of a worker may wait for its join to be handled
+_EARLY_FRAMES, _EARLY_SOURCES = 256, 8  # at most so many frames, from so many workers
 
 
 class BusBridgeProcessor(FrameProcessor):
@@ -93,6 +97,9 @@ class BusBridgeProcessor(FrameProcessor):
         # Former peers flushed whose returns are due, and the frames they sent back so far.
         self._awaiting: dict[str, asyncio.TimerHandle] = {}
         self._returned: deque[tuple[Frame, FrameDirection]] = deque()
+        # Frames from workers that are not the peer (yet): by worker, (arrival, message).
+        self._early: dict[str, deque[tuple[float, BusFrameMessage]]] = {}
+        self.early_dropped = 0
 
     @property
     def worker_name(self) -> str:
@@ -206,6 +213,34 @@ class BusBridgeProcessor(FrameProcessor):
                 return  # passed on locally already, when its peer left
         await self.push_frame(frame, direction_of(message))
 
+    def hold_early(self, message: BusFrameMessage) -> bool:
+        """Keep a frame from a worker that is not the peer, in case its join is on its way
+        (taken when the join is handled, dropped after ``EARLY_WAIT``); False if it may not
+        join this bridge at all."""
+        source = message.source
+        if self._target_worker is not None and source != self._target_worker:
+            return False
+        now = asyncio.get_running_loop().time()
+        self._expire_early(now)
+        held = self._early.get(source)
+        if held is None:
+            if len(self._early) >= _EARLY_SOURCES:
+                return False
+            held = self._early[source] = deque()
+        if len(held) >= _EARLY_FRAMES:
+            self.early_dropped += 1
+            return True
+        held.append((now, message))
+        return True
+
+    def _expire_early(self, now: float) -> None:
+        for source, held in list(self._early.items()):
+            while held and now - held[0][0] > EARLY_WAIT:
+                held.popleft()
+                self.early_dropped += 1
+            if not held:
+                del self._early[source]
+
     async def on_join(self, message: BusBridgeJoinMessage) -> None:
         """A bridged worker became active for this bridge: splice it in."""
         worker = message.source
@@ -219,6 +254,9 @@ class BusBridgeProcessor(FrameProcessor):
             return
         old = self._peer
         await self._set_peer(worker)
+        self._expire_early(asyncio.get_running_loop().time())
+        for _, early in self._early.pop(worker, ()):  # what it sent right after joining
+            await self.receive(early)
         if old is not None:
             self._replaced.add(old)
             assert self._host is not None

@@ -230,9 +230,12 @@ class BridgeServing:
             self._count_drop("not a frame")
             return
         bridge = self._bridges.get(message.bridge)
-        if bridge is not None and bridge.expects(message.source):
-            await bridge.receive(message)
-            return
+        if bridge is not None:
+            if bridge.expects(message.source):
+                await bridge.receive(message)
+                return
+            if self._bridged_tags is None and bridge.hold_early(message):
+                return  # its join may still be on its way
         if self._bridged_tags is None:
             self._count_drop("not bridged")
         elif not self._joined and (message.source, message.bridge) in self._returning:

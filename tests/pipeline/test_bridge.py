@@ -88,6 +88,38 @@ async def test_frames_sent_before_a_worker_joins_wait_for_it(split: Split) -> No
     assert greeter.seen.texts() == ["early", "late"]
 
 
+async def test_frames_of_a_worker_whose_join_is_held_up_wait_for_it(split: Split) -> None:
+    # A join travels ahead of its sender's frames, but the bridge's system lane may be busy:
+    # frames that arrive before the join is handled wait for it, then go on in order.
+    greeter = Helper("greeter")
+    acme = await splice(split, greeter)
+    bus = split.runners[0].bus
+    for text in ("FIRST", "SECOND"):
+        await bus.send(BusFrameMessage(source="greeter", target="acme", frame=TextFrame(text)))
+    await settle(0.2)
+    assert acme.below.texts() == []  # not the bridge's peer: nothing of it is pushed yet
+    await acme.activate_worker("greeter")
+    await acme.queue_frame(TextFrame("third"))
+    await acme.below.wait_for(lambda r: r.texts(DOWN) == ["FIRST", "SECOND", "THIRD"])
+
+
+async def test_frames_of_a_worker_that_never_joins_are_dropped(split: Split) -> None:
+    from pipecat_workers.pipeline import bridge as bridge_module
+
+    greeter = Helper("greeter")
+    acme = await splice(split, greeter)
+    bus = split.runners[0].bus
+    await bus.send(BusFrameMessage(source="intruder", target="acme", frame=TextFrame("NO")))
+    await wait_until(lambda: "intruder" in acme.bridge._early, timeout=TIMEOUT)
+    acme.bridge._early["intruder"][0] = (
+        acme.bridge._early["intruder"][0][0] - bridge_module.EARLY_WAIT - 1,
+        acme.bridge._early["intruder"][0][1])  # as if it had waited too long
+    await acme.activate_worker("greeter")
+    await acme.queue_frame(TextFrame("yes"))
+    await acme.below.wait_for(lambda r: r.texts(DOWN) == ["YES"])
+    assert acme.bridge.early_dropped == 1 and "intruder" not in acme.bridge._early
+
+
 async def test_an_interruption_overtakes_queued_frames(split: Split) -> None:
     greeter = Helper("greeter", extra=[Slow(0.05)])
     acme = await splice(split, greeter, active="greeter")
