@@ -136,7 +136,6 @@ class PipelineWorker(PipelineEnds, BridgeServing, BaseWorker):
         self._drains = Drains(self.name)
         self._pending: list[tuple[Frame, FrameDirection]] = []
         self._started_pipeline = False
-        self._handed_off = False  # its own deactivation, after a hand-off, is on its way
         self._graceful = False
         self._finishing: asyncio.Future[None] | None = None
         self._cancel_requested = False
@@ -328,7 +327,6 @@ class PipelineWorker(PipelineEnds, BridgeServing, BaseWorker):
         bridge = self._bridge_to_pass_on()
         if deactivate_self and self._active:
             self._active = False
-            self._handed_off = True
             await self._leave_bridge()
             await self.send_bus_message(BusDeactivateWorkerMessage(
                 source=self.name, target=self.name))
@@ -351,7 +349,7 @@ class PipelineWorker(PipelineEnds, BridgeServing, BaseWorker):
         # worker. A worker that handed off gets its own deactivation (on_deactivated runs
         # then, once) and no second one (a bridge taking over tells its former peer, which
         # may have left on its own).
-        handed_off, self._handed_off = self._handed_off, False
+        handed_off = message.source == self.name  # sent by activate_worker(deactivate_self)
         if not self._active and not self._pending_activation and not handed_off:
             return
         await self._leave_bridge()

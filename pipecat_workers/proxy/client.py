@@ -24,12 +24,9 @@ from pipecat_workers.proxy.handshake import HandshakeError, expect
 from pipecat_workers.proxy.messages import ProxyHelloMessage, ProxyWelcomeMessage
 from pipecat_workers.proxy.session import ProxySession
 from pipecat_workers.proxy.sockets import (
-    CONFLICT,
     GOING_AWAY,
     NORMAL,
-    REFUSED,
     TRY_AGAIN,
-    UNAUTHORIZED,
     LinkSocket,
     WebsocketsSocket,
 )
@@ -41,7 +38,6 @@ from pipecat_workers.workers.base import BaseWorker
 logger = logging.getLogger("pipecat_workers.proxy")
 
 _RETRY_FIRST = 0.2
-_REFUSED_CODES = {UNAUTHORIZED, REFUSED, CONFLICT}
 
 
 class WebSocketProxyClient(ProxyWorker):
@@ -167,22 +163,21 @@ class WebSocketProxyClient(ProxyWorker):
     async def _connect_loop(self) -> None:
         delay = _RETRY_FIRST
         while True:
-            failed = await self._connect_once() is not None
-            if not failed:
-                delay = _RETRY_FIRST  # it was up: the back-off starts afresh
+            was_up = await self._connect_once()
+            if was_up:
+                delay = _RETRY_FIRST  # the back-off starts afresh
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-            if failed:
+            if not was_up:
                 delay = min(delay * 2, self._reconnect_max)
 
-    async def _connect_once(self) -> bool | None:
-        """One connection, start to end: ``None`` if it came up, else whether it was
-        refused (a wrong token, say) rather than unreachable."""
+    async def _connect_once(self) -> bool:
+        """One connection, start to end; whether the link came up."""
         try:
             socket = await self._dial()
         except HandshakeError as exc:
             self._attempts.error("%s: %s refused the link: %s", self._name, safe_url(self.url),
                                  exc)
-            return True
+            return False
         except (OSError, TimeoutError) as exc:
             self._attempts.warning("%s: cannot reach the proxy server at %s: %s; retrying",
                                    self._name, safe_url(self.url), exc or type(exc).__name__)
@@ -203,7 +198,7 @@ class WebSocketProxyClient(ProxyWorker):
                 return False
             self._attempts.error("%s: %s refused the link: %s", self._name, safe_url(self.url),
                                  exc)
-            return code in _REFUSED_CODES
+            return False
         if session is not self._session:  # it ended (link_timeout) during the handshake
             await socket.close(GOING_AWAY, "session ended")
             return False
@@ -230,7 +225,7 @@ class WebSocketProxyClient(ProxyWorker):
         logger.warning("%s: the link to %s closed (%s); reconnecting", self._name,
                        session.peer, why)
         self._emit("on_disconnected", why)
-        return None if closed.code not in _REFUSED_CODES else True
+        return True
 
     async def _dial(self) -> LinkSocket:
         try:

@@ -211,9 +211,13 @@ class WebSocketProxyServer(ProxyWorker):
 
     async def _serve_single(self, socket: LinkSocket) -> None:
         await self._serve_socket(socket)
-        while self._sessions:  # wait for its session to end (or resume, it cannot: no socket)
-            await asyncio.sleep(self.limits.link_timeout)
-        await self.stop(reason="its connection ended")
+        await self._stop_if_done()
+
+    async def _stop_if_done(self) -> None:
+        """A server made for one connection stops once that session is over (no other
+        connection can resume it)."""
+        if self._websocket is not None and not self._sessions:
+            await self.stop(reason="its connection ended")
 
     async def _serve_socket(self, socket: LinkSocket) -> None:
         if self.state is not WorkerState.READY:  # its runner does not run (yet, or any more)
@@ -294,6 +298,7 @@ class WebSocketProxyServer(ProxyWorker):
             logger.info("%s: %s did not come back within %g s: session ended", self._name,
                         session.peer, self.limits.link_timeout)
             await session.end("link down")
+            await self._stop_if_done()
 
 
 async def _deny(websocket: Any, status: int, text: str) -> bool:

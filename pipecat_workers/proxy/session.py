@@ -37,7 +37,7 @@ from pipecat_workers.proxy.messages import (
     ProxyLinkMessage,
     ProxyWorkersMessage,
 )
-from pipecat_workers.proxy.sockets import GOING_AWAY, NORMAL, POLICY, LinkClosed, LinkSocket
+from pipecat_workers.proxy.sockets import GOING_AWAY, NORMAL, LinkClosed, LinkSocket
 from pipecat_workers.proxy.standin import StandIn
 from pipecat_workers.tasks import cancel_and_wait
 from pipecat_workers.types import WorkerRegistryEntry
@@ -502,5 +502,5 @@ class ProxySession:
         self.inbox.reset()
         socket = self._socket
         if socket is not None:
-            await socket.close(POLICY if why == "refused" else NORMAL, why[:120])
+            await socket.close(NORMAL, why[:120])
         await self.remove_all("lost" if why == "link down" else "stopped")

@@ -13,11 +13,9 @@ from typing import Any, Protocol
 # Close codes (4000-4999 are the application's own).
 NORMAL = 1000
 GOING_AWAY = 1001
-POLICY = 1008  # a frame broke the rules
 TRY_AGAIN = 1013  # the server is not ready: come back later
 UNAUTHORIZED = 4401
 REFUSED = 4403  # authenticated, but what it asked for is not allowed
-CONFLICT = 4409  # a worker name it exposes is taken on this bus
 
 
 class LinkClosed(Exception):

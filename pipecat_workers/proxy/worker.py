@@ -15,22 +15,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pipecat_workers.bus.core import Role
-from pipecat_workers.bus.messages import (
-    BusDuplicateWorkerMessage,
-    BusHeartbeatMessage,
-    BusLocalMessage,
-    BusMessage,
-    BusRegistryRequestMessage,
-    BusRunnerLeaveMessage,
-    BusWorkerReadyMessage,
-    BusWorkerRegistryMessage,
-    BusWorkerStoppedMessage,
-)
+from pipecat_workers.bus.messages import BusLocalMessage, BusMessage, BusWorkerReadyMessage
 from pipecat_workers.bus.serializer import JSONMessageSerializer, MessageSerializer
 from pipecat_workers.catalogue import type_name
 from pipecat_workers.errors import ConfigurationError
 from pipecat_workers.proxy.messages import MAX_EXPOSED, ProxyLinkMessage
 from pipecat_workers.proxy.standin import StandIn
+from pipecat_workers.settings import Settings
 from pipecat_workers.types import (
     MAX_JOB_NAMES,
     WorkerLostData,
@@ -38,6 +29,7 @@ from pipecat_workers.types import (
     WorkerRegistryEntry,
 )
 from pipecat_workers.workers.base import BaseWorker
+from pipecat_workers.workers.membership import MEMBERSHIP_MESSAGES
 
 if TYPE_CHECKING:
     from pipecat_workers.proxy.session import ProxySession
@@ -47,9 +39,7 @@ logger = logging.getLogger("pipecat_workers.proxy")
 TOKEN_ENV = "PIPECAT_WORKERS_PROXY_TOKEN"
 
 # The bus's own bookkeeping: each side keeps its own, and a proxy never carries it.
-_MEMBERSHIP = (BusWorkerRegistryMessage, BusRegistryRequestMessage, BusHeartbeatMessage,
-               BusRunnerLeaveMessage, BusDuplicateWorkerMessage, BusWorkerReadyMessage,
-               BusWorkerStoppedMessage)
+_MEMBERSHIP = (*MEMBERSHIP_MESSAGES, BusWorkerReadyMessage)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +146,8 @@ class ProxyWorker(BaseWorker):
         return self.worker_runner.incarnation
 
     @property
-    def settings(self) -> Any:
+    def settings(self) -> Settings:
+        """Timeouts and limits of this proxy's runner."""
         return self._settings
 
     def sessions(self) -> list[ProxySession]:
@@ -188,7 +179,8 @@ class ProxyWorker(BaseWorker):
         if not self._candidate(name):
             return False
         runner = self._runner
-        return self.exposes(name) or (runner is not None and runner.get_worker(name) is not None)
+        return (self._registry is not None and name in self._registry) or (
+            runner is not None and runner.get_worker(name) is not None)
 
     def exposed_entries(self) -> list[WorkerRegistryEntry]:
         """The exposed workers, as the peer is told of them."""

@@ -65,7 +65,7 @@ logger = logging.getLogger("pipecat_workers.membership")
 
 OUTAGE_GRACE = 10.0  # seconds of our own outage during which no peer is lost
 
-_MEMBERSHIP_MESSAGES = (BusDuplicateWorkerMessage, BusHeartbeatMessage, BusWorkerRegistryMessage,
+MEMBERSHIP_MESSAGES = (BusDuplicateWorkerMessage, BusHeartbeatMessage, BusWorkerRegistryMessage,
                         BusRegistryRequestMessage, BusRunnerLeaveMessage, BusWorkerStoppedMessage)
 
 
@@ -201,7 +201,7 @@ class Membership(Announcer):
     async def handle(self, message: BusMessage) -> bool:
         """Apply a membership message from another runner; False if it is not one. Never
         raises: a message that breaks a rule is dropped and counted."""
-        if not isinstance(message, _MEMBERSHIP_MESSAGES):
+        if not isinstance(message, MEMBERSHIP_MESSAGES):
             return False
         try:
             await self._dispatch(message)
