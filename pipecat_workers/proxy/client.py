@@ -128,7 +128,7 @@ class WebSocketProxyClient(ProxyWorker):
             # Named in advance: what is sent to them waits for the link, even before it is up.
             for name in sorted(self._accepts):
                 if name not in self._session.stand_ins:
-                    await self._session.add_stand_in(WorkerRegistryEntry(name=name),
+                    await self._session.roster.add(WorkerRegistryEntry(name=name),
                                                      announced=False)
         self._session.link_down(self._expired)
 
@@ -207,7 +207,7 @@ class WebSocketProxyClient(ProxyWorker):
         session.peer_name = welcome.source
         if not welcome.resumed:
             session.inbox.reset()
-        await session.apply_workers(welcome.workers)
+        await session.roster.apply(welcome.workers)
         self._socket = socket
         self._connected.set()
         logger.info("%s: linked to %s (%s session; stands in for %s)", self._name,

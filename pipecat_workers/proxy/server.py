@@ -252,7 +252,7 @@ class WebSocketProxyServer(ProxyWorker):
         self._sockets[hello.session] = socket
         session.peer = f"'{hello.source}' from {socket.peer}"
         session.peer_name = hello.source
-        await session.apply_workers(hello.workers)
+        await session.roster.apply(hello.workers)
         try:
             await session.send_now(socket, ProxyWelcomeMessage(
                 source=self._name, session=session.session_id, resumed=resumed,

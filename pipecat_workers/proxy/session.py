@@ -1,6 +1,7 @@
 """One peer of a proxy: the link to it, the stand-ins for its workers, and what may cross.
 
-A session outlives its connections. When a connection breaks, the stand-ins stay and what
+A session outlives its connections. When a connection breaks, the stand-ins (see
+:mod:`pipecat_workers.proxy.roster`) stay and what
 is sent to them waits in the outbox; a new connection resumes the session, the peer's list of
 workers is applied again (a worker that restarted meanwhile is replaced, which ends the jobs
 sent to the old one), and the outbox is sent on. A session whose link stays down longer than
@@ -29,7 +30,7 @@ from pipecat_workers.bus.messages import (
     BusMessage,
     BusSystemFrameMessage,
 )
-from pipecat_workers.errors import ConfigurationError, SerializationError, WorkerStateError
+from pipecat_workers.errors import SerializationError
 from pipecat_workers.jobs.types import JobStatus
 from pipecat_workers.proxy.link import Inbox, Outbox
 from pipecat_workers.proxy.messages import (
@@ -37,10 +38,10 @@ from pipecat_workers.proxy.messages import (
     ProxyLinkMessage,
     ProxyWorkersMessage,
 )
+from pipecat_workers.proxy.roster import Roster
 from pipecat_workers.proxy.sockets import GOING_AWAY, NORMAL, LinkClosed, LinkSocket
 from pipecat_workers.proxy.standin import StandIn
 from pipecat_workers.tasks import cancel_and_wait
-from pipecat_workers.types import WorkerRegistryEntry
 
 if TYPE_CHECKING:
     from pipecat_workers.proxy.worker import ProxyWorker
@@ -99,7 +100,7 @@ class ProxySession:
         self.session_id = session_id
         self.peer = "?"  # who the peer is, for logs, once it has said something
         self.peer_name = ""  # the peer proxy's own name
-        self.stand_ins: dict[str, StandIn] = {}
+        self.roster = Roster(self)
         self.outbox = Outbox(proxy.limits.buffer_size, proxy.limits.buffer_bytes)
         self.inbox = Inbox()
         self.drops: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
@@ -112,7 +113,6 @@ class ProxySession:
         self._snapshot_pending = False
         self._ack_timer: asyncio.TimerHandle | None = None
         self._expiry: asyncio.Task[None] | None = None
-        self._unannounced: dict[str, asyncio.Task[None]] = {}  # workers named in advance
         self._warned: set[tuple[str, str]] = set()
         self._loss_log = RateLimitedLog(logger, every=30.0)
         self.ended = False
@@ -124,6 +124,11 @@ class ProxySession:
         """Whether a connection carries the session now."""
         return self._socket is not None
 
+    @property
+    def stand_ins(self) -> dict[str, StandIn]:
+        """The stand-ins for the peer's workers, by name."""
+        return self.roster.workers
+
     def stats(self) -> dict[str, Any]:
         """Counters: forwarded and received messages, drops by reason, what waits."""
         return {"session": self.session_id, "peer": self.peer, "connected": self.connected,
@@ -133,93 +138,12 @@ class ProxySession:
                 "throttled": self.throttled,
                 "dropped": {k: v for k, v in self.drops.items() if v}}
 
-    # -- the peer's workers --------------------------------------------------------------
-
-    async def apply_workers(self, entries: list[WorkerRegistryEntry]) -> None:
-        """Make the stand-ins match the peer's list: new workers get one, gone ones lose
-        theirs, and one whose worker restarted (another ``started_at``) is replaced."""
-        wanted: dict[str, WorkerRegistryEntry] = {}
-        for entry in entries:
-            if entry.name not in wanted and self.proxy.accepts_peer_worker(entry.name):
-                wanted[entry.name] = entry
-        for name, stand_in in list(self.stand_ins.items()):
-            now = wanted.get(name)
-            if now is None:
-                if not stand_in.announced:
-                    # Named in advance and not announced yet: the peer may not have heard of
-                    # it yet either (it runs elsewhere on the peer's bus). Give it time.
-                    self._await_announcement(stand_in)
-                else:
-                    await self._remove(stand_in, "stopped")
-            elif not stand_in.announced or stand_in.entry.started_at == now.started_at:
-                await self._update(stand_in, now)
-                del wanted[name]
-            else:
-                await self._remove(stand_in, "replaced")
-        for entry in wanted.values():
-            await self.add_stand_in(entry)
-
-    def _await_announcement(self, stand_in: StandIn) -> None:
-        if stand_in.name not in self._unannounced:
-            self._unannounced[stand_in.name] = self.proxy.create_task(
-                self._drop_unannounced(stand_in), name=f"{self.proxy.name} waits for "
-                                                       f"'{stand_in.name}'")
-
-    async def _drop_unannounced(self, stand_in: StandIn) -> None:
-        try:
-            await asyncio.sleep(self.proxy.limits.link_timeout)
-            if (self.stand_ins.get(stand_in.name) is stand_in
-                    and not stand_in.announced and self.connected):
-                logger.warning("%s: %s does not expose '%s': what was sent to it ends here",
-                               self.proxy.name, self.peer, stand_in.name)
-                await self._remove(stand_in, "stopped")
-        finally:
-            if self._unannounced.get(stand_in.name) is asyncio.current_task():
-                del self._unannounced[stand_in.name]
-
-    async def add_stand_in(self, entry: WorkerRegistryEntry, *, announced: bool = True) -> None:
-        """Put a stand-in for ``entry`` on the bus (once, if its name is free); one that is
-        not ``announced`` is named in advance, and what is sent to it waits for its worker."""
-        try:
-            stand_in = StandIn(entry, self, announced=announced)
-            self.stand_ins[entry.name] = stand_in
-            await self.proxy.worker_runner.add_workers(stand_in)
-        except (ConfigurationError, WorkerStateError) as exc:
-            self.stand_ins.pop(entry.name, None)
-            self._warn_once("name", entry.name, "%s: cannot stand in for '%s' of %s: %s",
-                            self.proxy.name, entry.name, self.peer, exc)
-
-    async def _update(self, stand_in: StandIn, entry: WorkerRegistryEntry) -> None:
-        news = (entry.jobs, entry.any_job) != (stand_in.entry.jobs, stand_in.entry.any_job)
-        stand_in.entry = entry
-        stand_in.announced = True
-        if news and stand_in.started_at is not None:
-            await self.proxy.reregister(stand_in)
-        held, stand_in.held = stand_in.held, []
-        for message in held:  # it was announced: what waited for it goes now, in order
-            await self.forward(message, stand_in)
-
-    async def _remove(self, stand_in: StandIn, why: str) -> None:
-        if self.stand_ins.get(stand_in.name) is stand_in:
-            del self.stand_ins[stand_in.name]
-        stand_in._departure = why
-        held, stand_in.held = stand_in.held, []
-        for message in held:
-            await self._undeliverable(message, stand_in, f"'{stand_in.name}' is not there",
-                                      once=f"held>{stand_in.name}")
-        await stand_in.stop(reason=f"{why} behind proxy '{self.proxy.name}'")
-
-    async def remove_all(self, why: str) -> None:
-        """Every stand-in leaves (the session ended, or the proxy stops)."""
-        for stand_in in list(self.stand_ins.values()):
-            await self._remove(stand_in, why)
-
     # -- sending ------------------------------------------------------------------------------
 
     async def forward(self, message: BusMessage, stand_in: StandIn) -> None:
         """Send a message addressed to a stand-in across the link."""
         if not self.proxy.may_send(message.source):
-            await self._undeliverable(message, stand_in, (
+            await self.undeliverable(message, stand_in, (
                 f"'{message.source}' is not exposed through proxy '{self.proxy.name}' "
                 "(see local_worker_name / worker_name), so the answer would have nowhere "
                 "to go"), once=message.source)
@@ -231,22 +155,22 @@ class ProxySession:
                     message, BusSystemFrameMessage):
                 stand_in.held.append(message)
             else:
-                await self._undeliverable(message, stand_in, self._why_full())
+                await self.undeliverable(message, stand_in, self._why_full())
             return
         data = self._encode(message)
         if data is None:
-            await self._undeliverable(message, stand_in, "it cannot be encoded",
+            await self.undeliverable(message, stand_in, "it cannot be encoded",
                                       once=type(message).__name__)
         elif not self.outbox.put(data, stand_in,
                                  realtime=isinstance(message, BusSystemFrameMessage)):
-            await self._undeliverable(message, stand_in, self._why_full())
+            await self.undeliverable(message, stand_in, self._why_full())
 
     async def forward_broadcast(self, message: BusMessage) -> None:
         """Send a broadcast across the link (the proxy checked that it may cross)."""
         data = self._encode(message)
         if data is None or not self.outbox.put(
                 data, None, realtime=isinstance(message, BusSystemFrameMessage)):
-            await self._undeliverable(message, None, self._why_full())
+            await self.undeliverable(message, None, self._why_full())
 
     def exposure_changed(self) -> None:
         """This side's exposed workers changed: the peer gets the new list, in order with
@@ -261,7 +185,7 @@ class ProxySession:
         return (f"the link is backed up ({limits.buffer_size} messages or "
                 f"{limits.buffer_bytes} bytes waiting)")
 
-    async def _undeliverable(self, message: BusMessage, stand_in: StandIn | None, why: str,
+    async def undeliverable(self, message: BusMessage, stand_in: StandIn | None, why: str,
                              *, once: str | None = None) -> None:
         """A message that cannot cross: counted and said (once per ``once`` key, else
         rate-limited); a job request is answered with an error at once, so that its job ends
@@ -270,7 +194,7 @@ class ProxySession:
         text = (f"{self.proxy.name}: {type(message).__name__} from '{message.source}' to "
                 f"'{message.target or 'everyone'}' cannot cross: {why}")
         if once is not None:
-            self._warn_once("lost", once, "%s", text)
+            self.warn_once("lost", once, "%s", text)
         elif not isinstance(message, BusSystemFrameMessage):  # lost audio is no news
             self._loss_log.warning("%s", text)
         if isinstance(message, BusJobRequestMessage) and stand_in is not None:
@@ -281,7 +205,7 @@ class ProxySession:
 
     def refuse_lifecycle(self, message: BusMessage) -> None:
         """A worker here asked a stand-in to end or cancel: that stays on this side."""
-        self._warn_once("lifecycle", f"{message.source}>{message.target}",
+        self.warn_once("lifecycle", f"{message.source}>{message.target}",
                         "%s: '%s' asked '%s' (behind proxy '%s') to %s: a worker behind a "
                         "proxy is ended by its own side; not forwarded", self.proxy.name,
                         message.source, message.target, self.proxy.name,
@@ -293,7 +217,7 @@ class ProxySession:
                 message, sender=self.proxy.name, incarnation=self.proxy.incarnation,
                 channel=LINK_CHANNEL)
         except SerializationError as exc:
-            self._warn_once("encode", type(message).__name__, "%s: %s cannot cross the link: %s",
+            self.warn_once("encode", type(message).__name__, "%s: %s cannot cross the link: %s",
                             self.proxy.name, type(message).__name__, exc)
             return None
 
@@ -419,7 +343,7 @@ class ProxySession:
         if isinstance(message, ProxyAckMessage):
             self.outbox.acknowledged(message.received)
         elif isinstance(message, ProxyWorkersMessage):
-            await self.apply_workers(message.workers)
+            await self.roster.apply(message.workers)
         # A hello or welcome past the handshake is ignored: the session is set up already.
 
     async def _inject(self, message: BusMessage) -> None:
@@ -461,11 +385,11 @@ class ProxySession:
             return  # what a resumed connection sends again is expected, not news
         what = f" ({type(message).__name__} from '{message.source}' to " \
                f"'{message.target or 'everyone'}')" if message is not None else ""
-        self._warn_once("drop", reason, "%s: dropped a message from %s: %s%s (further ones are "
+        self.warn_once("drop", reason, "%s: dropped a message from %s: %s%s (further ones are "
                         "counted in stats())", self.proxy.name, self.peer, DROP_REASONS[reason],
                         what)
 
-    def _warn_once(self, kind: str, key: str, text: str, *args: object) -> None:
+    def warn_once(self, kind: str, key: str, text: str, *args: object) -> None:
         if (kind, key) not in self._warned and len(self._warned) < 1024:
             self._warned.add((kind, key))
             logger.warning(text, *args)
@@ -503,4 +427,4 @@ class ProxySession:
         socket = self._socket
         if socket is not None:
             await socket.close(NORMAL, why[:120])
-        await self.remove_all("lost" if why == "link down" else "stopped")
+        await self.roster.remove_all("lost" if why == "link down" else "stopped")
