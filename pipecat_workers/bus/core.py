@@ -136,10 +136,14 @@ class Mailbox:
         assert queue is not None
         handle = self.subscriber.on_bus_message
         set_trace = current_trace.set
+        last = current_trace.get()
         while queue:
             message = queue.popleft()
             self.taken += 1
-            set_trace(message.trace)  # what the handler sends belongs to the same trace
+            trace = message.trace
+            if trace is not last:  # what the handler sends belongs to the same trace
+                set_trace(trace)
+                last = trace
             try:
                 await handle(message)
             except asyncio.CancelledError:

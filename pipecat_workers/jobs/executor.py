@@ -134,7 +134,8 @@ class JobExecutorMixin:
         cls = BusJobResponseUrgentMessage if urgent else BusJobResponseMessage
         answer = cls(source=self.name, target=request.source, job_id=job_id, status=status,
                      response=response)
-        answer.trace = self._end_job_trace(job_id, request, status, response)
+        answer.trace = (self._end_job_trace(job_id, request, status, response)
+                        if self._job_spans else request.trace)
         await self.send_bus_message(answer)
 
     async def send_job_update(
@@ -178,7 +179,8 @@ class JobExecutorMixin:
                                  (request.source, JobStatus.COMPLETED, data, True), _ANSWER_MEMORY)
         end = BusJobStreamEndMessage(source=self.name, target=request.source, job_id=job_id,
                                      data=data)
-        end.trace = self._end_job_trace(job_id, request, JobStatus.COMPLETED, data)
+        end.trace = (self._end_job_trace(job_id, request, JobStatus.COMPLETED, data)
+                     if self._job_spans else request.trace)
         await self.send_bus_message(end)
 
     def _note(self, job_id: str, what: str) -> None:
@@ -259,17 +261,12 @@ class JobExecutorMixin:
                 job_id, {"error": f"no handler for {what} on worker '{self.name}'"},
                 status=JobStatus.ERROR)
             return
-        # The handler's task runs in the job's trace, and its log lines name the job.
-        trace_token, job_token = current_trace.set(context), current_job.set(job_id)
-        try:
-            task = asyncio.get_running_loop().create_task(self._run_job(spec, message))
-        finally:
-            current_trace.reset(trace_token)
-            current_job.reset(job_token)
+        task = asyncio.get_running_loop().create_task(self._run_job(spec, message, context))
         self._job_tasks[job_id] = task
         self._emit("on_job_request", message)
 
-    async def _run_job(self, spec: JobHandlerSpec | None, message: BusJobRequestMessage) -> None:
+    async def _run_job(self, spec: JobHandlerSpec | None, message: BusJobRequestMessage,
+                       context: TraceContext | None) -> None:
         """Run one handler; make sure the job gets an answer when it returns or raises.
 
         A ``@job`` handler that returns without answering completes the job with what it
@@ -277,6 +274,11 @@ class JobExecutorMixin:
         answer later from elsewhere, so only a dict they return answers for them.
         """
         job_id = message.job_id
+        if context is not None:
+            # The handler runs in the job's trace, and its log lines name the job (this
+            # task's context is its own: nothing to reset).
+            current_trace.set(context)
+            current_job.set(job_id)
         handler: Callable[[BusJobRequestMessage], Awaitable[Any]] = (
             self.on_job_request if spec is None else getattr(self, spec.attribute))
         try:

@@ -288,12 +288,14 @@ class JobRequesterMixin:
                                           group.job_id, timeout)
         if self._stats is not None:
             self._stats.jobs_requested += len(names)
-        contexts = self._trace_job(group, params.name)
+        # Recorded, each request is a span; else each goes in the trace it is sent in.
+        contexts = self._trace_job(group, params.name) if tracer.recording else None
         for worker in names:
             request = BusJobRequestMessage(
                 source=self.name, target=worker, job_id=group.job_id, job_name=params.name,
                 payload=params.payload)
-            request.trace = contexts[worker]
+            if contexts is not None:
+                request.trace = contexts[worker]
             await self.send_bus_message(request)
         group.sent_at = loop.time()  # checks count from here: a slow send is not a lost one
         for worker in names:
@@ -302,13 +304,10 @@ class JobRequesterMixin:
         return group
 
     def _trace_job(self, group: JobGroup, job_name: str | None) -> dict[str, TraceContext]:
-        """The trace context of each request of a new group: children of the current trace
-        (a new one if there is none). Recorded, a group of several gets a span, each request
-        its own under it; otherwise every request carries the one context."""
+        """The spans of a new group's requests, children of the current trace (a new one if
+        there is none), and their contexts: a group of several gets a span of its own, the
+        parent of its requests."""
         parent = self._trace_parent()
-        if not tracer.recording:
-            context = parent if parent is not None else TraceContext.new_root()
-            return dict.fromkeys(group.worker_names, context)
         what = job_name or "job"
         names = group.worker_names
         if len(names) > 1:

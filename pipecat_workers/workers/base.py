@@ -593,7 +593,9 @@ class BaseWorker(EventEmitter, JobRequesterMixin, JobExecutorMixin, WorkerTracin
             raise WorkerStateError(
                 f"worker '{self._name}' cannot send {type(message).__name__}: not attached to a "
                 "bus (add it to a WorkerRunner first)")
-        if message.trace is None:
+        if message.trace is None and self._session_trace is not None:
+            # Sent outside any handled message (else the bus stamps the handler's trace):
+            # it belongs to the conversation this worker holds.
             message.trace = current_trace.get() or self._session_trace
         await bus.send(message)
 

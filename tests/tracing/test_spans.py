@@ -76,16 +76,30 @@ async def test_a_job_chain_continues_the_callers_trace_without_recording(
     assert second.contexts == [root]
 
 
-async def test_a_job_without_a_trace_starts_one() -> None:
+async def test_a_job_sent_outside_any_trace_starts_one_when_spans_are_recorded(
+        spans: InMemorySpanExporter) -> None:
+    caller, worker = BaseWorker("caller"), Seen("worker")
+    async with hosting(caller, worker):
+        for _ in range(2):
+            async with caller.job("worker", name="work", timeout=5):
+                pass
+    requests = _by_kind(spans.spans, "job.request")
+    assert [r.parent_id for r in requests] == [None, None]  # roots, in two traces
+    assert requests[0].context.trace_id != requests[1].context.trace_id
+    assert [c.trace_id if c else None for c in worker.contexts] == [
+        r.context.trace_id for r in requests]
+
+
+async def test_nothing_recording_makes_up_no_trace() -> None:
     caller, worker = BaseWorker("caller"), Seen("worker")
     async with hosting(caller, worker):
         async with caller.job("worker", name="work", timeout=5):
             pass
-        async with caller.job("worker", name="work", timeout=5):
-            pass
-    first, second = worker.contexts
-    assert first is not None and second is not None
-    assert first.trace_id != second.trace_id  # two requests from nowhere: two traces
+        with span("explicit"):  # asked for: a trace to pass on, even unrecorded
+            async with caller.job("worker", name="work", timeout=5):
+                pass
+    assert worker.contexts[0] is None
+    assert worker.contexts[1] is not None
 
 
 async def test_job_group_spans_have_the_right_parents(
