@@ -285,6 +285,12 @@ def test_parse_tag_only_at_the_end_of_a_line():
     assert parse_tag("no tag]") is None
 
 
+def test_a_job_id_with_spaces_matches_its_tag():
+    selector = LineSelector(Path("/nonexistent"), job="my job]1")
+    assert selector(record(1, "w", f"INFO x {tag(A, 1, 'my_job_1')}"))
+    assert not selector(record(1, "w", f"INFO x {tag(A, 1, 'my')}"))
+
+
 def record(seconds: float, worker: str, text: str) -> LogRecord:
     return LogRecord(datetime.fromtimestamp(T0 + seconds, UTC), worker, "out", text)
 

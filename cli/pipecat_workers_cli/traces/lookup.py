@@ -29,6 +29,7 @@ TAG = re.compile(r"\[trace=([0-9a-f]{32}) span=([0-9a-f]{16})(?: job=(\S+))?\]$"
 """The tag that ends a log line logged in a trace: its trace, span, and job if any."""
 
 _HEX = re.compile(r"[0-9a-fA-F]+")
+_UNSAFE_IN_TAG = re.compile(r"[\s\]]")  # a tag's job id has these as "_"
 
 
 class NotFound(LookupError):
@@ -123,6 +124,7 @@ class LineSelector:
         self._dir = traces_dir
         self._trace = trace
         self._job = job
+        self._job_in_tag = _UNSAFE_IN_TAG.sub("_", job) if job is not None else None
         self._refresh = refresh
         self._clock = clock
         self._spans: set[str] = set()
@@ -146,7 +148,7 @@ class LineSelector:
             if self._refresh is not None and self._clock() - (self._read_at or 0) >= (
                     self._refresh):
                 self._learn()
-            keep = tag.job == self._job or (
+            keep = tag.job == self._job_in_tag or (
                 tag.trace == self._trace and tag.span in self._spans)
         if keep:
             self.traces_seen.add(tag.trace)
