@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import sys
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from datetime import datetime
+from pathlib import Path
 from typing import IO, Any, TypeVar
 
 import click
@@ -164,6 +166,24 @@ class _Caller(BaseWorker):
     """The terminal's stand-in on the bus."""
 
 
+@contextlib.asynccontextmanager
+async def _spans_recorded(where: Where, name: str) -> AsyncIterator[None]:
+    """Record the call's own span (the job's request) with the project's spans, so that
+    ``workers trace`` shows the job under it. Calls share one file (``_calls.jsonl``: no
+    worker's key starts with ``_``)."""
+    if not where.traces:
+        yield
+        return
+    from pipecat_workers.tracing import JsonLinesSpanExporter, tracer
+
+    exporter = JsonLinesSpanExporter(Path(where.traces) / "_calls.jsonl", runner=name)
+    tracer.add_exporter(exporter)
+    try:
+        yield
+    finally:
+        tracer.remove_exporter(exporter)
+
+
 async def _call(where: Where, target: str, job_name: str | None, payload: dict[str, Any],
                 timeout: float, as_json: bool) -> int:
     name = f"workers-call-{os.getpid()}"
@@ -172,7 +192,7 @@ async def _call(where: Where, target: str, job_name: str | None, payload: dict[s
     runner = WorkerRunner(name=f"{name}-runner", bus=bus, handle_sigint=False)
     caller = _Caller(name)
     await runner.add_workers(caller)
-    async with joined(where, bus):
+    async with _spans_recorded(where, name), joined(where, bus):
         run = asyncio.ensure_future(runner.run(auto_end=False))
 
         async def call() -> int:
@@ -255,10 +275,12 @@ async def _request(caller: _Caller, target: str, job_name: str | None,
     except JobError as exc:
         status = exc.statuses.get(target) if exc.statuses else None
         _show(as_json, {"event": "response", "status": str(status or "error"),
-                        "data": (exc.responses or {}).get(target), "error": exc.reason})
+                        "data": (exc.responses or {}).get(target), "error": exc.reason,
+                        "job": exc.job_id})
         return 1
     status = job.status
-    _show(as_json, {"event": "response", "status": str(status), "data": job.response})
+    _show(as_json, {"event": "response", "status": str(status), "data": job.response,
+                    "job": job.job_id})
     return 0 if status is JobStatus.COMPLETED else 1
 
 
@@ -274,6 +296,8 @@ def _show(as_json: bool, event: dict[str, Any]) -> None:
         else:
             colour = "green" if event["status"] == "completed" else "red"
             click.secho(f"{event['status']}: {data}", fg=colour)
+        if event.get("job"):  # what `workers trace` and `workers logs --job` take
+            click.secho(f"job {event['job']}", err=True, dim=True)
     else:
         click.echo(f"{kind:<13} {data}")
 

@@ -93,7 +93,7 @@ class TraceSummary:
 
 def traces_dir(state: StateDir) -> Path:
     """Where a project's workers write their span files."""
-    return state.path / "traces"
+    return state.traces_dir
 
 
 def read_spans(traces_dir: Path, *, trace: str | None = None, limit: int = 100_000,
