@@ -22,6 +22,7 @@ T0 = 1_765_012_345.0  # 2025-12-06T09:12:25Z
 A = "4bf92f3577b34da6a3ce929d0e0e4736"  # a conversation: jobs J1 and J2
 B = "0af7651916cd43dd8448eb211c80319c"  # job J3
 C = A[:8] + "00112233445566778899aabb"  # starts as A does
+D = "d" * 32  # a worker's start
 J1, J2, J3 = "5e1f00aa11bb-1", "5e1f00aa11bb-2", "77aa00cc99dd-1"
 
 
@@ -54,6 +55,7 @@ SPANS: dict[str, list[dict[str, Any]]] = {  # per file, in end order as a writer
     "echo": [
         span(B, 7, None, "job echo", "job.run", "echo", 10, 11, attrs={"job.id": J3}),
         span(C, 8, None, "activation echo", "activation", "echo", 20, 21),
+        span(D, 9, None, "start echo", "worker", "echo", 30, 30.5),
     ],
 }
 
@@ -174,8 +176,8 @@ def test_trace_json_prints_the_spans_of_the_trace(project):
 
 
 def test_trace_lists_recent_traces_newest_first(project):
-    table, one, as_json = project.run_many(("trace",), ("trace", "-n", "1"),
-                                           ("trace", "--json"))
+    table, one, as_json, every = project.run_many(
+        ("trace",), ("trace", "-n", "1"), ("trace", "--json"), ("trace", "--all", "--json"))
     assert table.returncode == 0, table.stderr
     rows = [re.split(r"\s{2,}", row.strip()) for row in table.stdout.splitlines()]
     assert rows[0] == ["TRACE", "STARTED", "DURATION", "SPANS", "ROOT", "WORKERS", "STATUS"]
@@ -188,6 +190,8 @@ def test_trace_lists_recent_traces_newest_first(project):
     listed = [json.loads(line) for line in as_json.stdout.splitlines()]
     assert [(t["trace"], t["spans"], t["status"], t["workers"]) for t in listed] == [
         (C, 1, "ok", ["echo"]), (B, 1, "ok", ["echo"]), (A, 6, "error", ["greeter", "support"])]
+    # a worker's start or stop is a trace of its own, listed with --all
+    assert [json.loads(line)["trace"] for line in every.stdout.splitlines()] == [D, C, B, A]
 
 
 def test_trace_errors_are_one_line(project, tmp_path, clis):

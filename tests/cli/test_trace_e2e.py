@@ -122,6 +122,7 @@ def test_a_called_job_is_one_trace_and_its_lines_are_found(tmp_path: Path, clis:
     listed = cli.run("trace", "--json")
     traces = [json.loads(line) for line in listed.stdout.splitlines()]
     assert request["trace"] in [t["trace"] for t in traces]
+    assert all(t["kinds"] != ["worker"] for t in traces), traces  # starts: with --all
     assert cli.run("down").returncode == 0
     assert follower.wait(timeout=20) == 0
     shown = follower.out.rest()

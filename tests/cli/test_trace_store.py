@@ -341,6 +341,14 @@ def test_recent_traces_newest_first_with_their_summary(tmp_path):
     assert (second.workers, second.status, second.errors) == (("greeter", "support"),
                                                               "error", 1)
     assert [t.trace for t in recent_traces(tmp_path, limit=1)] == [TRACE_B]
+    assert second.kinds == ("job.request", "job.run") and not second.lifecycle_only
+
+
+def test_recent_traces_can_leave_out_workers_starting_and_stopping(tmp_path):
+    write(tmp_path / "w.jsonl", [span(TRACE_A, sid(1), kind="job.run", start=0, end=1),
+                                 span(TRACE_B, sid(2), kind="worker", start=2, end=3)])
+    assert [t.trace for t in recent_traces(tmp_path)] == [TRACE_B, TRACE_A]
+    assert [t.trace for t in recent_traces(tmp_path, limit=1, lifecycle=False)] == [TRACE_A]
 
 
 def test_the_store_imports_neither_click_nor_rich():

@@ -28,6 +28,7 @@ from pipecat_workers.bus.network import DISCONNECTED, NetworkBus
 from pipecat_workers.bus.serializer import SECRET_ENV, UNVERIFIED
 from pipecat_workers.errors import WorkersError
 from pipecat_workers.monitor import BusMonitor
+from pipecat_workers.tracing import JsonLinesSpanExporter, Span, SpanExporter, tracer
 from pipecat_workers_cli.commands.channel import Where, joined, locate
 from pipecat_workers_cli.errors import CommandError
 from pipecat_workers_cli.host import build_bus, bus_class
@@ -166,6 +167,21 @@ class _Caller(BaseWorker):
     """The terminal's stand-in on the bus."""
 
 
+class _RequestSpans(SpanExporter):
+    """Passes on the job's request span only: the caller's own start and stop on the bus are
+    nobody's concern."""
+
+    def __init__(self, into: SpanExporter) -> None:
+        self._into = into
+
+    def export(self, span: Span) -> None:
+        if span.kind == "job.request":
+            self._into.export(span)
+
+    def shutdown(self) -> None:
+        self._into.shutdown()
+
+
 @contextlib.asynccontextmanager
 async def _spans_recorded(where: Where, name: str) -> AsyncIterator[None]:
     """Record the call's own span (the job's request) with the project's spans, so that
@@ -174,9 +190,8 @@ async def _spans_recorded(where: Where, name: str) -> AsyncIterator[None]:
     if not where.traces:
         yield
         return
-    from pipecat_workers.tracing import JsonLinesSpanExporter, tracer
-
-    exporter = JsonLinesSpanExporter(Path(where.traces) / "_calls.jsonl", runner=name)
+    exporter = _RequestSpans(JsonLinesSpanExporter(Path(where.traces) / "_calls.jsonl",
+                                                   runner=name))
     tracer.add_exporter(exporter)
     try:
         yield

@@ -28,21 +28,24 @@ from pipecat_workers_cli.traces.store import (
 @click.argument("ident", metavar="[ID]", required=False)
 @click.option("-n", "--last", "last", type=click.IntRange(min=1), default=20, metavar="N",
               help="Without ID: how many traces to list (default 20).")
+@click.option("-a", "--all", "show_all", is_flag=True, help="Without ID: also list the traces "
+              "of workers starting and stopping.")
 @click.option("--json", "as_json", is_flag=True, help="Print spans (or, without ID, the "
               "traces) as JSON lines.")
 @click.pass_context
-def trace(ctx: click.Context, ident: str | None, last: int, as_json: bool) -> None:
+def trace(ctx: click.Context, ident: str | None, last: int, show_all: bool,
+          as_json: bool) -> None:
     """Draw the tree of trace ID: every span, with its worker, start, duration and status.
 
     ID is a trace id (or its first 8 or more hex digits) or a job id. Without ID, list the
-    traces that started last, newest first.
+    traces that started last, newest first (those of workers starting or stopping with -a).
     """
     project = find_project(ctx.obj.get("file"), ctx.obj.get("project"))
     where = project_traces(project)
     stats = ReadStats()
     with output_closed_quietly():
         if ident is None:
-            _list(project, where, last, as_json, stats)
+            _list(project, where, last, show_all, as_json, stats)
         else:
             _show(project, where, ident, as_json, stats)
     if stats.skipped and not as_json:
@@ -111,15 +114,16 @@ def _show(project: Project, where: Path, ident: str, as_json: bool, stats: ReadS
     console.print(tree_table(tree_rows(build_tree(spans)), start))
 
 
-def _list(project: Project, where: Path, last: int, as_json: bool, stats: ReadStats) -> None:
+def _list(project: Project, where: Path, last: int, show_all: bool, as_json: bool,
+          stats: ReadStats) -> None:
     with state_errors():
-        summaries = recent_traces(where, last, stats=stats)
+        summaries = recent_traces(where, last, lifecycle=show_all, stats=stats)
     if as_json:
         for t in summaries:
             click.echo(json.dumps({
                 "trace": t.trace, "name": t.name, "worker": t.worker, "start": t.start,
                 "duration": t.duration, "spans": t.spans, "workers": list(t.workers),
-                "status": t.status, "errors": t.errors}))
+                "status": t.status, "errors": t.errors, "kinds": list(t.kinds)}))
         return
     if not summaries:
         click.echo(f"no traces recorded in project '{project.name}' yet")
