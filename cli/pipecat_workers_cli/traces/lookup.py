@@ -108,7 +108,9 @@ class LineSelector:
 
     A job's spans are written as they end, so while following a running job the selector
     reads the span files again, at most every ``refresh`` seconds, to learn its new spans
-    (and its trace, if it was not known yet).
+    (and its trace, if it was not known yet). A line of a span below the job that comes
+    before that span has ended (and so before it is known) is not chosen: the job's own
+    lines show live, those of what it caused once it has ended.
 
     Args:
         traces_dir: The project's span files.
