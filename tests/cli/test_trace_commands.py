@@ -207,6 +207,17 @@ def test_trace_errors_are_one_line(project, tmp_path, clis):
         0, "no traces recorded in project 'other' yet\n"), nothing.stderr
 
 
+def test_names_in_spans_are_shown_as_they_are(tmp_path, clis):
+    odd = {**SPANS["support"][0], "span": sid(40), "name": "[bold]x[/] \x1b[2J",
+           "worker": "[/]"}
+    write_state(tmp_path, [json.dumps(odd)])
+    listed, drawn = clis(tmp_path).run_many(("trace", "--all"), ("trace", A))
+    for result in (listed, drawn):
+        assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert "[/]" in listed.stdout and "\x1b" not in listed.stdout
+    assert "│     └─ [bold]x[/] \\x1b[2J  [/]" in drawn.stdout, drawn.stdout
+
+
 def test_trace_skips_bad_lines_and_says_how_many(tmp_path, clis):
     bad = {**SPANS["support"][0], "span": "zz"}
     write_state(tmp_path, [json.dumps(bad)[:50], json.dumps(bad), A * 5000])

@@ -1,7 +1,8 @@
 """Rich tables of traces: one trace as a tree of spans, and the list of recent traces.
 
 What spans hold was written by worker processes; every string shown goes through
-:func:`clean` so that no control character (an escape sequence, say) reaches the terminal.
+:func:`clean` so that no control character (an escape sequence, say) reaches the terminal,
+and into a :class:`~rich.text.Text`, so that brackets are shown rather than read as markup.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def tree_table(rows: Sequence[tuple[str, SpanNode]], start: float) -> Table:
         name.append(clean(span.name))
         if node.orphan:
             name.append(" (parent not found)", style="yellow")
-        table.add_row(name, clean(span.worker), f"+{seconds(span.start - start)}",
+        table.add_row(name, Text(clean(span.worker)), f"+{seconds(span.start - start)}",
                       seconds(span.duration), status_text(span))
     return table
 
@@ -99,6 +100,6 @@ def traces_table(summaries: Sequence[TraceSummary]) -> Table:
         if t.errors > 1:
             status.append(f" ({t.errors} spans)", style="red")
         table.add_row(t.trace[:16], when(t.start), seconds(t.duration), str(t.spans),
-                      f"{clean(t.name)} ({clean(t.worker)})", clean(", ".join(t.workers)),
-                      status)
+                      Text(f"{clean(t.name)} ({clean(t.worker)})"),
+                      Text(clean(", ".join(t.workers))), status)
     return table
