@@ -38,6 +38,8 @@ class Back(BaseWorker):
     @job("answer")
     async def answer(self, message):
         log.warning("back answers about %s", message.payload["topic"])
+        if message.payload["topic"] == "nothing":
+            raise ValueError("nothing to say about nothing")
         return {"text": "42"}
 '''
 
@@ -115,6 +117,21 @@ def test_a_called_job_is_one_trace_and_its_lines_are_found(tmp_path: Path, clis:
                         found[1]), found
     by_trace = cli.run("logs", "--trace", request["trace"][:10])
     assert by_trace.stdout.splitlines() == found, by_trace.stderr
+
+    # A job that fails: its spans and their errors, in red on a terminal.
+    failed = cli.run("call", "front", "--job", "ask", "--payload", '{"topic": "nothing"}',
+                     "--json")
+    assert failed.returncode == 1, (failed.stdout, failed.stderr)
+    failed_job = json.loads(failed.stdout.splitlines()[-1])["job"]
+
+    def failed_tree() -> str | None:
+        result = cli.run("trace", failed_job)
+        rows = result.stdout.splitlines()[2:]
+        return result.stdout if len(rows) == 4 and all(" error: " in r for r in rows) else None
+
+    drawn = wait_for(failed_tree, timeout=20, what=f"the 4 failed spans of job {failed_job}")
+    assert "error: nothing to say about nothing" in drawn, drawn
+    assert "Traceback" not in drawn
 
     # Following: the job's lines, not the other job's, until the project stops.
     follower = cli.popen("logs", "-f", "--job", job)
