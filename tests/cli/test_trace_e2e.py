@@ -130,7 +130,7 @@ def test_a_called_job_is_one_trace_and_its_lines_are_found(tmp_path: Path, clis:
         return result.stdout if len(rows) == 4 and all(" error: " in r for r in rows) else None
 
     drawn = wait_for(failed_tree, timeout=20, what=f"the 4 failed spans of job {failed_job}")
-    assert "error: nothing to say about nothing" in drawn, drawn
+    assert "error: ValueError: nothing to say about nothing" in drawn, drawn
     assert "Traceback" not in drawn
 
     # Following: the job's lines, not the other job's, until the project stops.
