@@ -282,7 +282,7 @@ def test_a_detached_project_answers_chat_jobs_from_workers_call_and_the_prompt()
             {"agent": "greeter", "text": "Greeter here. You said: Hello!"},
         ]
         assert events[-1] == {"event": "response", "status": "completed",
-                              "data": {"turns": 2}}
+                              "data": {"turns": 2}, "job": events[-1]["job"]}
 
         prompt = subprocess.run(
             [sys.executable, "-m", "examples.voice.chat", "-f", "configs/voice.chat.yaml"],

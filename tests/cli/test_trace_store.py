@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -10,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pipecat_workers_cli.supervisor.statedir import StateDir
 from pipecat_workers_cli.traces import records as records_module
 from pipecat_workers_cli.traces import store as store_module
@@ -341,9 +344,45 @@ def test_recent_traces_newest_first_with_their_summary(tmp_path):
     assert (second.workers, second.status, second.errors) == (("greeter", "support"),
                                                               "error", 1)
     assert [t.trace for t in recent_traces(tmp_path, limit=1)] == [TRACE_B]
+    assert second.kinds == ("job.request", "job.run") and not second.lifecycle_only
+
+
+def test_recent_traces_can_leave_out_workers_starting_and_stopping(tmp_path):
+    write(tmp_path / "w.jsonl", [span(TRACE_A, sid(1), kind="job.run", start=0, end=1),
+                                 span(TRACE_B, sid(2), kind="worker", start=2, end=3)])
+    assert [t.trace for t in recent_traces(tmp_path)] == [TRACE_B, TRACE_A]
+    assert [t.trace for t in recent_traces(tmp_path, limit=1, lifecycle=False)] == [TRACE_A]
 
 
 def test_the_store_imports_neither_click_nor_rich():
     code = ("import sys, pipecat_workers_cli.traces.store; "
             "assert not {'click', 'rich'} & set(sys.modules), sys.modules.keys()")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@settings(max_examples=200, deadline=None)
+@given(pieces=st.lists(st.one_of(st.sampled_from(["\n", "\n\n", "  \n"]),
+                                 st.text("abc", min_size=1, max_size=40)), max_size=60),
+       block=st.integers(1, 17), cap=st.integers(1, 400), long_line=st.integers(3, 30))
+def test_reading_lines_backwards_matches_reading_forwards(pieces, block, cap, long_line):
+    """Whatever the block size, the cap and where lines fall: the lines of the last ``cap``
+    bytes, last first, the first (cut) one left out unless the cap reaches the start; a line
+    longer than the limit is skipped and counted."""
+    data = "".join(pieces).encode()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(store_module, "_BLOCK_SIZE", block)
+        patch.setattr(store_module, "MAX_FILE_BYTES", cap)
+        patch.setattr(store_module, "MAX_LINE_BYTES", long_line)
+        stats = ReadStats()
+        got = list(store_module._lines_backwards(io.BytesIO(data), len(data), stats))
+    window = data[-cap:] if cap < len(data) else data
+    lines = window.split(b"\n")
+    if cap < len(data):
+        lines = lines[1:]  # the line cut by the cap
+    kept = [line for line in lines if line.strip()]
+    # A line past the limit comes out whole when it was read at once (the parser refuses
+    # it then); one that spans blocks is skipped as it is read, and counted.
+    assert [line for line in got if len(line) <= long_line] == [
+        line for line in reversed(kept) if len(line) <= long_line]
+    assert set(got) <= set(kept)
+    assert len(got) + stats.skipped == len(kept)

@@ -11,6 +11,7 @@ COMMANDS: dict[str, str] = {
     "up": "pipecat_workers_cli.commands.up:up",
     "ps": "pipecat_workers_cli.commands.inspect:ps",
     "logs": "pipecat_workers_cli.commands.inspect:logs",
+    "trace": "pipecat_workers_cli.commands.trace:trace",
     "top": "pipecat_workers_cli.commands.top:top",
     "ls": "pipecat_workers_cli.commands.ls:ls",
     "down": "pipecat_workers_cli.commands.lifecycle:down",

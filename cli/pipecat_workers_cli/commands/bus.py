@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import sys
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from datetime import datetime
+from pathlib import Path
 from typing import IO, Any, TypeVar
 
 import click
@@ -26,6 +28,7 @@ from pipecat_workers.bus.network import DISCONNECTED, NetworkBus
 from pipecat_workers.bus.serializer import SECRET_ENV, UNVERIFIED
 from pipecat_workers.errors import WorkersError
 from pipecat_workers.monitor import BusMonitor
+from pipecat_workers.tracing import JsonLinesSpanExporter, Span, SpanExporter, tracer
 from pipecat_workers_cli.commands.channel import Where, joined, locate
 from pipecat_workers_cli.errors import CommandError
 from pipecat_workers_cli.host import build_bus, bus_class
@@ -164,6 +167,38 @@ class _Caller(BaseWorker):
     """The terminal's stand-in on the bus."""
 
 
+class _RequestSpans(SpanExporter):
+    """Passes on the job's request span only: the caller's own start and stop on the bus are
+    nobody's concern."""
+
+    def __init__(self, into: SpanExporter) -> None:
+        self._into = into
+
+    def export(self, span: Span) -> None:
+        if span.kind == "job.request":
+            self._into.export(span)
+
+    def shutdown(self) -> None:
+        self._into.shutdown()
+
+
+@contextlib.asynccontextmanager
+async def _spans_recorded(where: Where, name: str) -> AsyncIterator[None]:
+    """Record the call's own span (the job's request) with the project's spans, so that
+    ``workers trace`` shows the job under it. Calls share one file (``_calls.jsonl``: no
+    worker's key starts with ``_``)."""
+    if not where.traces:
+        yield
+        return
+    exporter = _RequestSpans(JsonLinesSpanExporter(Path(where.traces) / "_calls.jsonl",
+                                                   runner=name))
+    tracer.add_exporter(exporter)
+    try:
+        yield
+    finally:
+        tracer.remove_exporter(exporter)
+
+
 async def _call(where: Where, target: str, job_name: str | None, payload: dict[str, Any],
                 timeout: float, as_json: bool) -> int:
     name = f"workers-call-{os.getpid()}"
@@ -172,7 +207,7 @@ async def _call(where: Where, target: str, job_name: str | None, payload: dict[s
     runner = WorkerRunner(name=f"{name}-runner", bus=bus, handle_sigint=False)
     caller = _Caller(name)
     await runner.add_workers(caller)
-    async with joined(where, bus):
+    async with _spans_recorded(where, name), joined(where, bus):
         run = asyncio.ensure_future(runner.run(auto_end=False))
 
         async def call() -> int:
@@ -255,10 +290,12 @@ async def _request(caller: _Caller, target: str, job_name: str | None,
     except JobError as exc:
         status = exc.statuses.get(target) if exc.statuses else None
         _show(as_json, {"event": "response", "status": str(status or "error"),
-                        "data": (exc.responses or {}).get(target), "error": exc.reason})
+                        "data": (exc.responses or {}).get(target), "error": exc.reason,
+                        "job": exc.job_id})
         return 1
     status = job.status
-    _show(as_json, {"event": "response", "status": str(status), "data": job.response})
+    _show(as_json, {"event": "response", "status": str(status), "data": job.response,
+                    "job": job.job_id})
     return 0 if status is JobStatus.COMPLETED else 1
 
 
@@ -274,6 +311,8 @@ def _show(as_json: bool, event: dict[str, Any]) -> None:
         else:
             colour = "green" if event["status"] == "completed" else "red"
             click.secho(f"{event['status']}: {data}", fg=colour)
+        if event.get("job"):  # what `workers trace` and `workers logs --job` take
+            click.secho(f"job {event['job']}", err=True, dim=True)
     else:
         click.echo(f"{kind:<13} {data}")
 

@@ -36,6 +36,7 @@ class Where:
     url: str | None
     channel: str
     hint: str = ""  # what to change when the server cannot be reached
+    traces: str = ""  # the project's span directory, where a call records its own spans
 
     def bus(self, *, everything: bool = False) -> WorkerBus:
         """A new bus on this channel; ``everything``: also see messages between others
@@ -143,13 +144,15 @@ def locate(obj: dict[str, Any], channel: str | None, url: str | None, *,
     if spec is None:
         raise CommandError(f"no channel '{channel}' in {topology.path.name} (it has "
                            f"{', '.join(topology.channels)})")
+    traces = str(project.state.traces_dir)
     if spec.backend != "local":
         return Where(spec.backend, spec.url, spec.channel,
-                     hint=channel_hint(topology.path, spec))
+                     hint=channel_hint(topology.path, spec), traces=traces)
     if not project.state.supervisor_alive():
         raise CommandError(f"project '{project.name}' is not running: its local channel "
                            f"'{channel}' exists only while `workers up` runs")
-    return Where("local", str(project.state.socket_from_state("hub")), spec.channel)
+    return Where("local", str(project.state.socket_from_state("hub")), spec.channel,
+                 traces=traces)
 
 
 def _channel_of(topology: Topology, worker: str) -> str:

@@ -20,7 +20,9 @@ from pipecat_workers_cli.supervisor.private import state_errors
 from pipecat_workers_cli.supervisor.status import ProjectStatus
 
 if TYPE_CHECKING:
+    from pipecat_workers_cli.logs.reader import Keep
     from pipecat_workers_cli.render.plain import PlainRenderer
+    from pipecat_workers_cli.traces.lookup import LineSelector
 
 STALE = "supervisor not answering; showing its last recorded state"
 _ANSWER_WITHIN = 3.0  # seconds: a supervisor that takes longer is stuck, its data stale
@@ -113,11 +115,20 @@ def current_status(project: Project) -> tuple[ProjectStatus, bool]:
               "or a time (2026-11-22T05:00).")
 @click.option("-t", "--timestamps", is_flag=True, help="Show each line's time (local time, "
               "as --since reads it).")
+@click.option("--trace", "trace_id", metavar="ID", help="Only lines logged in trace ID (its "
+              "32 hex digits, or the first 8 or more).")
+@click.option("--job", "job_id", metavar="ID", help="Only lines logged for job ID and for "
+              "what it caused (the spans under it).")
 @click.pass_context
 def logs(ctx: click.Context, workers: tuple[str, ...], follow_: bool, tail: int | None,
-         since: str | None, timestamps: bool) -> None:
+         since: str | None, timestamps: bool, trace_id: str | None,
+         job_id: str | None) -> None:
     """Show the output of WORKERS (all if none), merged in time order, with the supervisor's
-    own news as the `workers` stream (`workers logs workers` shows it alone)."""
+    own news as the `workers` stream (`workers logs workers` shows it alone).
+
+    With --trace or --job, only the lines logged in that trace or job, of every worker
+    (-n then counts those lines).
+    """
     project = find_project(ctx.obj.get("file"), ctx.obj.get("project"))
     logs_dir = project.state.logs_dir
     chosen = _chosen(project, workers)
@@ -129,19 +140,68 @@ def logs(ctx: click.Context, workers: tuple[str, ...], follow_: bool, tail: int 
 
     renderer = PlainRenderer(chosen, timestamps=timestamps)
     with state_errors():
+        keep = _selector(project, trace_id, job_id, follow_)
         if not follow_:
-            for record in merge([read_records(logs_dir, file_stem(n), since=start, tail=tail)
-                                 for n in chosen]):
+            records = merge([read_records(logs_dir, file_stem(n), since=start, tail=tail,
+                                          keep=keep) for n in chosen])
+            if keep is not None:
+                _check_found(project, keep, trace_id, job_id, bool(records))
+            for record in records:
                 renderer.record(as_shown(record))
             return
         try:
-            asyncio.run(_follow(project, chosen, start, tail, renderer))
+            asyncio.run(_follow(project, chosen, start, tail, renderer, keep))
         except KeyboardInterrupt:
             sys.exit(130)
 
 
+def _selector(project: Project, trace_id: str | None, job_id: str | None,
+              following: bool) -> LineSelector | None:
+    """What chooses the lines of ``--trace`` or ``--job``; None without them."""
+    if trace_id is None and job_id is None:
+        return None
+    if trace_id is not None and job_id is not None:
+        raise CommandError("--trace and --job: give one of them")
+    from pipecat_workers_cli.commands.trace import project_traces
+    from pipecat_workers_cli.traces.lookup import (
+        LineSelector,
+        NotFound,
+        is_trace_prefix,
+        resolve_trace,
+    )
+
+    where = project_traces(project)
+    if job_id is not None:
+        return LineSelector(where, job=job_id.strip(), refresh=1.0 if following else None)
+    assert trace_id is not None
+    trace_id = trace_id.strip()
+    if not is_trace_prefix(trace_id):
+        raise CommandError(f"--trace: expected a trace id (32 hex digits, or the first 8 or "
+                           f"more), got {trace_id!r}")
+    try:
+        found = resolve_trace(where, trace_id)
+    except NotFound as exc:
+        raise CommandError(f"--trace: {exc}") from None
+    return LineSelector(where, trace=found or trace_id.lower())
+
+
+def _check_found(project: Project, selector: LineSelector, trace_id: str | None,
+                 job_id: str | None, any_line: bool) -> None:
+    """Refuse an ID that names nothing, or a short trace id that several lines match."""
+    if job_id is not None and selector.trace is None and not any_line:
+        raise CommandError(f"no job {job_id!r} in the spans or logs of project "
+                           f"'{project.name}'")
+    if trace_id is not None and len(selector.traces_seen) > 1:
+        shown = ", ".join(sorted(selector.traces_seen)[:5])
+        raise CommandError(f"--trace: {trace_id!r} starts {len(selector.traces_seen)} trace "
+                           f"ids in the logs ({shown}): give more digits")
+    if trace_id is not None and not any_line and len(selector.trace or "") < 32:
+        raise CommandError(f"no trace {trace_id!r} in the spans or logs of project "
+                           f"'{project.name}'")
+
+
 async def _follow(project: Project, names: list[str], since: datetime | None,
-                  tail: int | None, renderer: PlainRenderer) -> None:
+                  tail: int | None, renderer: PlainRenderer, keep: Keep | None) -> None:
     """Print lines as they come; stop once the supervisor is gone and the files are read."""
     stop = asyncio.Event()
 
@@ -154,7 +214,7 @@ async def _follow(project: Project, names: list[str], since: datetime | None,
     watcher = asyncio.get_running_loop().create_task(watch_supervisor())
     try:
         async for record in follow(project.state.logs_dir, [file_stem(n) for n in names],
-                                   since=since, tail=tail, stop=stop):
+                                   since=since, tail=tail, stop=stop, keep=keep):
             renderer.record(as_shown(record))
     finally:
         watcher.cancel()

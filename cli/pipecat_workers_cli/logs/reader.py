@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import heapq
 import os
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,6 +39,10 @@ class LogRecord:
     worker: str
     stream: str
     text: str
+
+
+Keep = Callable[[LogRecord], bool]
+"""Which records to show (``workers logs --trace``): the others are dropped before ``tail``."""
 
 
 def log_path(logs_dir: Path, worker: str) -> Path:
@@ -88,6 +92,7 @@ def read_records(
     *,
     since: datetime | None = None,
     tail: int | None = None,
+    keep: Keep | None = None,
 ) -> list[LogRecord]:
     """The records of one worker, oldest first, across its rotated files.
 
@@ -95,8 +100,9 @@ def read_records(
         logs_dir: the directory holding the log files.
         worker: whose log to read; a worker without files has no records.
         since: keep records at or after this (aware) time.
-        tail: keep only the last ``tail`` records; without ``since``, only the end of the
-            files is read, so this stays cheap on large logs.
+        tail: keep only the last ``tail`` records; without ``since`` and ``keep``, only the
+            end of the files is read, so this stays cheap on large logs.
+        keep: keep only the records it accepts (``tail`` counts those).
     """
     with ExitStack() as stack:
         current = _open_or_none(log_path(logs_dir, worker))
@@ -105,7 +111,7 @@ def read_records(
         sources = _open_rotated(logs_dir, worker, current, stack)
         if current is not None:
             sources.append((current, os.fstat(current.fileno()).st_size))
-        return _backlog(worker, sources, since, tail)[0]
+        return _backlog(worker, sources, since, tail, keep)[0]
 
 
 async def follow(
@@ -116,25 +122,27 @@ async def follow(
     tail: int | None = None,
     poll: float = 0.1,
     stop: asyncio.Event | None = None,
+    keep: Keep | None = None,
 ) -> AsyncIterator[LogRecord]:
     """The merged records of ``workers``, then new ones as they are written, until ``stop``.
 
     ``tail`` applies per worker (as ``docker compose logs --tail`` does), then the backlogs
-    are merged. Following survives rotation and truncation, and picks up a worker whose
-    file does not exist yet. Each poll round yields its records in time order.
+    are merged (with ``keep``, it counts the records kept). Following survives rotation and
+    truncation, and picks up a worker whose file does not exist yet. Each poll round yields
+    its records in time order.
     Close the iterator (``contextlib.aclosing``) to release the files early.
     """
     followers = [_Follower(logs_dir, worker) for worker in workers]
     stop = stop if stop is not None else asyncio.Event()
     try:
-        for record in merge([f.backlog(since, tail) for f in followers]):
+        for record in merge([f.backlog(since, tail, keep) for f in followers]):
             yield record
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), poll)
             if stop.is_set():
                 return
-            for record in merge([f.poll(since) for f in followers]):
+            for record in merge([f.poll(since, keep) for f in followers]):
                 yield record
     finally:
         for follower in followers:
@@ -152,7 +160,8 @@ class _Follower:
         self._pending = b""  # the start of a line whose newline is not written yet
         self._last: LogRecord | None = None  # gives its time to a line that does not parse
 
-    def backlog(self, since: datetime | None, tail: int | None) -> list[LogRecord]:
+    def backlog(self, since: datetime | None, tail: int | None,
+                keep: Keep | None = None) -> list[LogRecord]:
         """What is already written, and the position to follow from."""
         self._fh = _open_or_none(self._path)
         with ExitStack() as stack:
@@ -161,12 +170,12 @@ class _Follower:
                 # A line being written now is left for the first poll, whole.
                 end = _complete_end(self._fh, os.fstat(self._fh.fileno()).st_size)
                 sources.append((self._fh, end))
-            records, self._last = _backlog(self._worker, sources, since, tail)
+            records, self._last = _backlog(self._worker, sources, since, tail, keep)
         if self._fh is not None:
             self._fh.seek(end)
         return records
 
-    def poll(self, since: datetime | None) -> list[LogRecord]:
+    def poll(self, since: datetime | None, keep: Keep | None = None) -> list[LogRecord]:
         """The records written since the last poll."""
         if self._fh is None:
             self._fh = _open_or_none(self._path)
@@ -187,7 +196,8 @@ class _Follower:
         records = _parse_lines(self._worker, lines, self._last)
         if records:
             self._last = records[-1]
-        return [r for r in records if since is None or r.time >= since]
+        return [r for r in records
+                if (since is None or r.time >= since) and (keep is None or keep(r))]
 
     def _switch(self, old_inode: int) -> list[bytes]:
         """Finish the rotated file, read any rotated after it, then open the new one."""
@@ -283,14 +293,18 @@ def _newer_rotated(logs_dir: Path, worker: str, old_inode: int) -> list[Path]:
 
 
 def _backlog(
-    worker: str, sources: list[_Source], since: datetime | None, tail: int | None
+    worker: str, sources: list[_Source], since: datetime | None, tail: int | None,
+    keep: Keep | None = None,
 ) -> tuple[list[LogRecord], LogRecord | None]:
-    """The records of ``sources`` after ``since``, the last ``tail`` of them; and the last."""
-    lines = _collect_lines(sources, tail if since is None else None)
+    """The records of ``sources`` after ``since`` that ``keep`` accepts, the last ``tail`` of
+    them; and the last record read."""
+    lines = _collect_lines(sources, tail if since is None and keep is None else None)
     records = _parse_lines(worker, lines, None)
     last = records[-1] if records else None
     if since is not None:
         records = [r for r in records if r.time >= since]
+    if keep is not None:
+        records = [r for r in records if keep(r)]
     if tail is not None:
         records = records[-tail:] if tail > 0 else []
     return records, last

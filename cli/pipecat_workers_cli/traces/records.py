@@ -20,7 +20,7 @@ from typing import Any
 MAX_LINE_BYTES = 64 * 1024
 """A longer line is skipped unread: no span of ours comes near it."""
 
-MAX_NAME = 256  # characters of a span's name, kind or worker, of an event's name
+MAX_NAME = 2048  # characters of a span's name, kind or worker, of an event's name
 MAX_TEXT = 4096  # characters of an error text or a string attribute (longer: cut)
 MAX_ATTRS = 64  # attributes of a span or event (more: the first ones are kept)
 MAX_EVENTS = 256  # events of a span (more: the first ones are kept)

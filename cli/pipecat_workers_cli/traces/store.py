@@ -89,11 +89,17 @@ class TraceSummary:
     workers: tuple[str, ...]  # every worker with a span in it, sorted
     status: str  # "error" if any span errored, else its root's status
     errors: int  # spans that errored
+    kinds: tuple[str, ...] = ()  # the kinds of its spans, sorted
+
+    @property
+    def lifecycle_only(self) -> bool:
+        """Whether it only tells a worker's start or stop (no job, no conversation)."""
+        return self.kinds == ("worker",)
 
 
 def traces_dir(state: StateDir) -> Path:
     """Where a project's workers write their span files."""
-    return state.path / "traces"
+    return state.traces_dir
 
 
 def read_spans(traces_dir: Path, *, trace: str | None = None, limit: int = 100_000,
@@ -151,16 +157,20 @@ def match_traces(traces_dir: Path, prefix: str, *, stats: ReadStats | None = Non
 
 
 def recent_traces(traces_dir: Path, limit: int = 50, *, scan: int = _SCAN,
+                  lifecycle: bool = True,
                   stats: ReadStats | None = None) -> list[TraceSummary]:
     """The ``limit`` traces that started last, newest first.
 
     Only the newest ``scan`` spans are read: a trace older than those is not listed, and
-    one partly older is summed up from the spans read.
+    one partly older is summed up from the spans read. Without ``lifecycle``, traces that
+    only tell a worker's start or stop are left out.
     """
     by_trace: dict[str, list[SpanRecord]] = {}
     for span in read_spans(traces_dir, limit=scan, stats=stats):
         by_trace.setdefault(span.trace, []).append(span)
     summaries = [_summary(trace, spans) for trace, spans in by_trace.items()]
+    if not lifecycle:
+        summaries = [s for s in summaries if not s.lifecycle_only]
     summaries.sort(key=lambda s: s.start, reverse=True)
     return summaries[:limit]
 
@@ -237,7 +247,8 @@ def _summary(trace: str, spans: list[SpanRecord]) -> TraceSummary:
         trace=trace, name=root.name, worker=root.worker, start=start,
         duration=max(s.end for s in spans) - start, spans=len(spans),
         workers=tuple(sorted({s.worker for s in spans})),
-        status="error" if errors else root.status, errors=errors)
+        status="error" if errors else root.status, errors=errors,
+        kinds=tuple(sorted({s.kind for s in spans})))
 
 
 # -- files -------------------------------------------------------------------------------
