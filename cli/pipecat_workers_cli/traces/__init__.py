@@ -1,0 +1,1 @@
+"""Reading the span files workers write (``.workers/<project>/traces/``)."""
