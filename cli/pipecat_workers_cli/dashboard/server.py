@@ -107,7 +107,7 @@ class Page:
         self.html = (_static("index.html").replace("/*STYLE*/", style)
                      .replace("/*SCRIPT*/", script))
         self.policy = (f"default-src 'none'; script-src {_digest(script)}; "
-                       f"style-src {_digest(style)}; connect-src 'self'; img-src 'self'; "
+                       f"style-src {_digest(style)}; connect-src 'self'; img-src 'self' data:; "
                        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 

@@ -124,7 +124,12 @@
   const groupLayer = svgEl("g", { class: "groups" });
   const edgeLayer = svgEl("g", { class: "edges" });
   const nodeLayer = svgEl("g", { class: "nodes" });
-  topo.append(groupLayer, edgeLayer, nodeLayer);
+  const defs = svgEl("defs", {});
+  const arrow = svgEl("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 24, refY: 5,
+    markerWidth: 5, markerHeight: 5, orient: "auto-start-reverse" });
+  arrow.append(svgEl("path", { d: "M0,0 L10,5 L0,10 z", class: "arrowhead" }));
+  defs.append(arrow);
+  topo.append(defs, groupLayer, edgeLayer, nodeLayer);
   const MAX_OUTSIDE = 20;
 
   // Workers grouped by channel, each group a box: a ring for a few workers, a grid for many.
@@ -185,6 +190,8 @@
       const placed = layout(groups);
       graph.pos = placed.pos;
       setAttr(topo, "viewBox", "0 0 " + placed.width + " " + placed.height);
+      // Drawn at its natural size, shrunk to fit the panel's width when wider.
+      topo.style.height = Math.min(placed.height, 640) + "px";
       groupLayer.replaceChildren(...placed.boxes.map((b) => {
         const g = svgEl("g", { class: "group" });
         g.append(svgEl("rect", { x: b.x, y: b.y, width: b.w, height: b.h, rx: 8 }));
@@ -216,7 +223,8 @@
     const top = Math.max(1, ...edges.map((e) => e.rate));
     sync(edgeLayer, edges, (e) => e.source + "\u0000" + e.target, () => {
       const g = svgEl("g", {});
-      g.append(svgEl("path", { class: "edge" }), svgEl("title", {}));
+      g.append(svgEl("path", { class: "edge", "marker-end": "url(#arrow)" }),
+        svgEl("title", {}));
       return g;
     }, (g, e) => {
       const a = graph.pos.get(e.source);
