@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from spanfiles import HANDOFF, HOSTILE, ROOT, RUN, TRACE, write_trace
-
 from pipecat_workers_cli.dashboard.listener import Listener
 from pipecat_workers_cli.dashboard.server import Dashboard
 from pipecat_workers_cli.errors import CommandError
 from pipecat_workers_cli.supervisor.status import ProjectStatus, WorkerStatus
+from spanfiles import HANDOFF, HOSTILE, ROOT, RUN, TRACE, write_trace
+
 from tests.helpers import leftover_tasks
 
 
@@ -176,7 +176,7 @@ def test_a_port_in_use_is_one_line() -> None:
         assert "\n" not in message
     finally:
         taken.close()
-    with pytest.raises(CommandError, match="cannot listen on no-such-host.invalid"):
+    with pytest.raises(CommandError, match=r"cannot listen on no-such-host\.invalid"):
         Listener.bind("no-such-host.invalid", 0)
 
 

@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+from pipecat_workers_cli.dashboard import traffic as traffic_module
+from pipecat_workers_cli.dashboard.observer import observe
+from pipecat_workers_cli.dashboard.traffic import MAX_NAME, OTHER, Traffic
+
 from pipecat_workers.bus import (
     BusActivateWorkerMessage,
     BusDeactivateWorkerMessage,
     BusHeartbeatMessage,
     BusJobRequestMessage,
     BusJobResponseMessage,
+    BusWorkerReadyMessage,
 )
 from pipecat_workers.bus.messages import (
     BusJobResponseAgainMessage,
     BusUnregisteredMessage,
 )
 from pipecat_workers.jobs.types import JobStatus
-from pipecat_workers_cli.dashboard import traffic as traffic_module
-from pipecat_workers_cli.dashboard.observer import observe
-from pipecat_workers_cli.dashboard.traffic import MAX_NAME, OTHER, Traffic
 
 
 class Clock:
@@ -120,6 +122,8 @@ def test_observe_counts_worker_messages_and_skips_membership() -> None:
         BusActivateWorkerMessage(source="greeter", target="support"),
         BusDeactivateWorkerMessage(source="support", target="greeter"),
         BusHeartbeatMessage(source="runner-1", runner="runner-1", incarnation=1.0),
+        BusWorkerReadyMessage(source="support", runner="runner-1"),
+        BusJobRequestMessage(source="workers-call-1234", target="support", job_id="j2"),
         # An application's message type this process does not know, with any body at all.
         BusUnregisteredMessage(source="<img src=x onerror=alert(1)>", target=None,
                                type_name="evil", body={"a": ["\u0000" * 10]}),
@@ -128,9 +132,10 @@ def test_observe_counts_worker_messages_and_skips_membership() -> None:
         observe(traffic, "main", message)
     snap = traffic.snapshot()
     assert edges(snap) == {("caller", "support"): 1, ("support", "caller"): 2,
+                           ("workers call", "support"): 1,
                            ("greeter", "support"): 1, ("support", "greeter"): 1,
                            ("<img src=x onerror=alert(1)>", "*"): 1}
     assert snap["jobs"]["support"]["failed"] == 1
     assert snap["jobs"]["support"]["done_rate"] == 0.1  # the answer sent again is not a job
-    assert snap["in_flight"] == 0
+    assert snap["in_flight"] == 1  # j2
     assert snap["active"] == {"main": "support"}

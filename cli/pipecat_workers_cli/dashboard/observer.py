@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 from collections.abc import Callable
 
 from pipecat_workers.bus import (
@@ -20,6 +21,7 @@ from pipecat_workers.bus import (
     BusJobRequestMessage,
     BusJobResponseMessage,
     BusMessage,
+    BusWorkerReadyMessage,
 )
 from pipecat_workers.bus.messages import BusJobResponseAgainMessage, BusJobResponseUrgentMessage
 from pipecat_workers.errors import WorkersError
@@ -31,30 +33,37 @@ from pipecat_workers_cli.dashboard.traffic import Traffic
 logger = logging.getLogger("pipecat_workers_cli.dashboard")
 
 RETRY = 2.0  # seconds between attempts to join a channel that cannot be reached
+# `workers call` joins as workers-call-<pid>: every call one name, shown as one.
+_CALLER = re.compile(r"workers-call-\d+")
+CALLER = "workers call"
+
+
+def who(name: str | None) -> str | None:
+    """The name a message's end is shown under."""
+    return CALLER if name is not None and _CALLER.fullmatch(name) else name
 
 
 def observe(traffic: Traffic, channel: str, message: BusMessage) -> None:
     """Count one message seen on ``channel``. Membership chatter (registry, heartbeats) is
     not traffic between workers and is left out."""
+    source, target = who(message.source) or "", who(message.target)
     if isinstance(message, BusJobResponseUrgentMessage):
-        traffic.message(message.source, message.target)
-        traffic.job_answered(str(message.job_id), message.source,
-                             message.status == JobStatus.COMPLETED)
+        traffic.message(source, target)
+        traffic.job_answered(str(message.job_id), source, message.status == JobStatus.COMPLETED)
         return
-    if not isinstance(message, BusDataMessage):
+    if not isinstance(message, BusDataMessage) or isinstance(message, BusWorkerReadyMessage):
         return
-    traffic.message(message.source, message.target)
+    traffic.message(source, target)
     if isinstance(message, BusJobRequestMessage):
-        traffic.job_sent(str(message.job_id), message.target, channel)
+        traffic.job_sent(str(message.job_id), target, channel)
     elif isinstance(message, BusJobResponseAgainMessage):
         pass  # the same answer sent again: counted the first time
     elif isinstance(message, BusJobResponseMessage):
-        traffic.job_answered(str(message.job_id), message.source,
-                             message.status == JobStatus.COMPLETED)
+        traffic.job_answered(str(message.job_id), source, message.status == JobStatus.COMPLETED)
     elif isinstance(message, BusActivateWorkerMessage):
-        traffic.activated(channel, message.source, message.target)
+        traffic.activated(channel, source, target)
     elif isinstance(message, BusDeactivateWorkerMessage):
-        traffic.deactivated(channel, message.target)
+        traffic.deactivated(channel, target)
 
 
 async def watch(key: str, where: Callable[[], Where | None], traffic: Traffic) -> None:

@@ -261,12 +261,8 @@
   }
 
   function updateSessions(data) {
-    // Who holds each session: the last activation seen; before any, the one worker the
-    // registry marks active, if only one is.
-    const items = data.channels.map((c) => {
-      const marked = data.workers.filter((w) => w.channel === c.key && w.active);
-      return [c.key, data.traffic.active[c.key] || (marked.length === 1 ? marked[0].name : null)];
-    });
+    // Who holds each session: the worker the last activation seen on its channel named.
+    const items = data.channels.map((c) => [c.key, data.traffic.active[c.key] || null]);
     sync($("sessions"), items, (i) => i[0], () => {
       const span = el("span", "session");
       span.append(el("span"), el("b"));
