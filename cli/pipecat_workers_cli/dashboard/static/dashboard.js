@@ -7,7 +7,9 @@
   const query = "?token=" + encodeURIComponent(token);
   const SVG = "http://www.w3.org/2000/svg";
   const $ = (id) => document.getElementById(id);
-  const stats = { updates: 0, renders: 0, lastMs: 0, totalMs: 0, maxMs: 0, received: 0 };
+  // Render times and lags (snapshot made -> drawn) of the last 1000 updates, in ms.
+  const stats = { updates: 0, renders: 0, lastMs: 0, totalMs: 0, maxMs: 0, received: 0,
+    renderMs: [], lagMs: [] };
   window.dashboardStats = stats;  // read by the tests and the benchmark
 
   function el(tag, cls, text) {
@@ -375,6 +377,9 @@
     stats.renders++; stats.lastMs = spent; stats.totalMs += spent;
     stats.maxMs = Math.max(stats.maxMs, spent);
     stats.lastTime = data.time;
+    stats.renderMs.push(spent);
+    stats.lagMs.push(Date.now() - data.time * 1000);
+    if (stats.renderMs.length > 1000) { stats.renderMs.shift(); stats.lagMs.shift(); }
   }
 
   let pending = null;
