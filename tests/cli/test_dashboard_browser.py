@@ -3,17 +3,22 @@ every worker, follows a restart, a job and a hand-off, and opens a trace as a tr
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import yaml
 from browser import Screens, browser  # noqa: F401  (a fixture)
 from cliproj import WORKERS_PY, Cli, wait_for
+from pipecat_workers_cli.commands.channel import Where
 from spanfiles import HOSTILE, TRACE, write_trace
+
+from pipecat_workers.bus import BusActivateWorkerMessage
 
 ROUTER = '''
 
@@ -27,6 +32,18 @@ class Router(Echo):
 '''
 
 WAIT = 30_000  # ms: a loaded 2-core machine starts workers slowly
+INTRUDER = "<script>window.pwned=2</script>"
+
+
+async def intrude(hub: str, channel: str) -> None:
+    """A peer on the embedded bus that hands a session from one hostile name to another."""
+    bus = Where("local", hub, channel).bus()
+    bus.bind("intruder", time.time(), lambda name: None)
+    await bus.start()
+    try:
+        await bus.send(BusActivateWorkerMessage(source=HOSTILE, target=INTRUDER))
+    finally:
+        await bus.close()
 
 
 def write_topology(root: Path) -> Path:
@@ -119,6 +136,21 @@ def test_the_page_follows_a_running_project(tmp_path: Path, clis: Callable[[Path
     assert page.query_selector('tr[data-worker="support"].active') is not None
     assert page.query_selector('tr[data-worker="greeter"].active') is None
     screens.take(page, "handoff")
+
+    # Whoever can publish on the bus can name themselves anything: shown as text, run never.
+    hub = json.loads((tmp_path / ".workers" / "shop" / "state.json").read_text())["sockets"]
+    with ThreadPoolExecutor(1) as thread:  # Playwright's loop runs in this one
+        thread.submit(asyncio.run, intrude(hub["hub"], "shop.back")).result(timeout=30)
+    page.wait_for_function("(name) => [...document.querySelectorAll('#handoffs li')]"
+                           ".some(li => li.textContent.includes(name))", arg=INTRUDER,
+                           timeout=WAIT)
+    assert page.text_content("#sessions").count(INTRUDER) == 1
+    nodes = page.eval_on_selector_all("#topology g[data-node]", "gs => gs.map(g => g.dataset.node)")
+    assert HOSTILE in nodes and INTRUDER in nodes
+    assert page.evaluate("window.pwned") is None
+    assert page.query_selector("img") is None
+    assert page.eval_on_selector_all("script", "s => s.length") == 1  # the page's own
+    screens.take(page, "hostile")
 
     # A trace from the span files opens as a tree; what the files say is shown as text.
     page.click(f'tr[data-trace="{TRACE}"]', timeout=WAIT)
