@@ -197,22 +197,22 @@ class Dashboard:
         self._traces: list[dict[str, Any]] = []
         self._traces_stamp: tuple[tuple[str, int, int], ...] = ()
         self._traces_at = 0.0
-        config = uvicorn.Config(build_app(listener, self.publisher, trace_dir), lifespan="off",
-                                log_config=None, access_log=False, ws="none",
-                                timeout_graceful_shutdown=STOP_WITHIN)
-        self._server = _Server(config)
 
     async def run(self) -> None:
         """Serve until cancelled, or until the status source says the project is gone."""
+        config = uvicorn.Config(build_app(self.listener, self.publisher, self._trace_dir),
+                                lifespan="off", log_config=None, access_log=False, ws="none",
+                                timeout_graceful_shutdown=STOP_WITHIN)
+        server = _Server(config)
         loop = asyncio.get_running_loop()
         watchers = [loop.create_task(watch(key, where, self.traffic))
                     for key, where in self._channels.items()]
-        serving = loop.create_task(self._server.serve(sockets=[self.listener.sock]))
+        serving = loop.create_task(server.serve(sockets=[self.listener.sock]))
         try:
             await self._refresh(serving)
         finally:
             self.publisher.close()  # the event streams end, so the server can stop
-            self._server.should_exit = True
+            server.should_exit = True
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 async with asyncio.timeout(STOP_WITHIN + 1):
                     await asyncio.shield(serving)

@@ -38,9 +38,9 @@ def latest(directory: Path, limit: int = RECENT) -> list[dict[str, Any]]:
     found = []
     for summary in recent_traces(directory, limit=limit):
         found.append({"trace": summary.trace, "name": summary.name, "start": summary.start,
-                      "duration": max(0.0, summary.end - summary.start),
-                      "spans": summary.spans, "workers": list(summary.workers),
-                      "status": summary.status})
+                      "duration": max(0.0, summary.duration), "spans": summary.spans,
+                      "workers": list(summary.workers), "status": summary.status,
+                      "errors": summary.errors})
     return found
 
 

@@ -50,11 +50,13 @@ class SpanRecord:
 class TraceSummary:
     trace: str
     name: str
+    worker: str
     start: float
-    end: float
+    duration: float
     spans: int
     workers: tuple[str, ...]
     status: str
+    errors: int
 
 
 @dataclass(slots=True)
@@ -141,10 +143,12 @@ def recent_traces(traces_dir: Path, limit: int = 50) -> list[TraceSummary]:
         ids = {s.span for s in spans}
         roots = [s for s in spans if s.parent is None or s.parent not in ids] or spans
         first = min(roots, key=lambda s: s.start)
-        status = "error" if any(s.status == "error" for s in spans) else first.status
-        summaries.append(TraceSummary(trace, first.name, min(s.start for s in spans),
-                                      max(s.end for s in spans), len(spans),
-                                      tuple(sorted({s.worker for s in spans})), status))
+        errors = sum(1 for s in spans if s.status == "error")
+        start = min(s.start for s in spans)
+        summaries.append(TraceSummary(trace, first.name, first.worker, start,
+                                      max(s.end for s in spans) - start, len(spans),
+                                      tuple(sorted({s.worker for s in spans})),
+                                      "error" if errors else first.status, errors))
     summaries.sort(key=lambda t: t.start, reverse=True)
     return summaries[:limit]
 
