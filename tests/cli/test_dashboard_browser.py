@@ -184,6 +184,8 @@ def test_the_page_follows_a_running_project(tmp_path: Path, clis: Callable[[Path
     assert down.returncode == 0, down.stderr
     assert served.wait(30) == 0
     page.wait_for_selector("#link.lost", timeout=WAIT)
+    page.wait_for_selector("body.stale", timeout=WAIT)
+    assert page.text_content("#running") == "disconnected"
     screens.take(page, "stopped")
     page.close()
     assert "the project stopped" in "\n".join(served.err.rest())

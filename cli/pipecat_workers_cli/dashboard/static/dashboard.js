@@ -397,10 +397,15 @@
     let data;
     try { data = JSON.parse(event.data); } catch (err) { return; }
     stats.updates++;
+    document.body.classList.remove("stale");
     schedule(data);
   };
   source.onerror = () => {
+    // What the page shows is no longer live: say so, and grey it out.
     setText(link, "connection lost: the project (or the dashboard) stopped; retrying\u2026");
     link.className = "link lost";
+    setText($("running"), "disconnected");
+    setAttr($("running"), "class", "badge off");
+    document.body.classList.add("stale");
   };
 })();
