@@ -9,10 +9,12 @@ import signal
 import socket
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cliproj import Cli, wait_for, write_project
 
 WORKERS = {"greeter": {"class": "Echo"}, "support": {"class": "Echo"}}
@@ -48,7 +50,7 @@ def test_up_serves_it_beside_the_workers_and_stops_with_them(
 
     def all_ready() -> dict[str, Any] | None:
         data = snapshot(url)
-        return data if [w["state"] for w in data["workers"]] == ["ready"] * 2 else None
+        return data if [w["state"] for w in data.get("workers", [])] == ["ready"] * 2 else None
 
     ready = wait_for(all_ready, timeout=60, what="both workers ready on the page")
     cli.pids.update(w["pid"] for w in ready["workers"])
@@ -82,3 +84,32 @@ def test_what_it_refuses(tmp_path: Path, clis: Callable[[Path], Cli]) -> None:
     assert busy.stderr.strip().splitlines() == [
         f"error: dashboard: cannot listen on 127.0.0.1:{port}: Address already in use"]
     assert cli.state_files() == []  # nothing started
+
+
+@pytest.mark.redis
+def test_on_redis_it_shows_the_workers_and_their_heartbeat_counters(
+        tmp_path: Path, clis: Callable[[Path], Cli], redis_url: str) -> None:
+    cli = clis(tmp_path)
+    write_project(tmp_path, "demo", WORKERS, channel={
+        "backend": "redis", "url": redis_url, "channel": f"dash-{uuid.uuid4().hex[:12]}"})
+    started = cli.run("up", "-d", "workers.yaml", timeout=90)
+    assert started.returncode == 0, started.stdout + started.stderr
+    cli.ps()
+    served = cli.popen("dashboard")
+    url = served.out.wait_for(r"^dashboard: ", timeout=60).removeprefix("dashboard: ")
+    first = wait_for(lambda: (s := snapshot(url)).get("channels") and s, timeout=30,
+                     what="a snapshot with the channel")  # "{}" until the first one
+    [channel] = first["channels"]
+    assert channel["backend"] == "redis" and channel["sees_all"] is False
+    called = cli.run("call", "support", "--job", "echo")
+    assert called.returncode == 0, called.stdout + called.stderr
+
+    def counted() -> dict[str, Any] | None:
+        data = snapshot(url)
+        support = next((w for w in data.get("workers", []) if w["name"] == "support"), {})
+        return data if support.get("jobs", {}).get("completed") == 1 else None
+
+    wait_for(counted, timeout=30, what="the job in support's counters")
+    down = cli.run("down", timeout=60)
+    assert down.returncode == 0, down.stderr
+    assert served.wait(30) == 0
