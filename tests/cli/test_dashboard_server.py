@@ -191,3 +191,22 @@ def test_beyond_loopback_it_warns() -> None:
     assert re.fullmatch(r"http://127\.0\.0\.1:\d+/\?token=[A-Za-z0-9_-]{32}", listener.url)
     assert listener.allows(listener.token) and not listener.allows(listener.token[:-1])
     assert not listener.allows(None)
+
+
+async def test_channels_changed_while_serving_leaves_no_task(tmp_path: Path) -> None:
+    before = asyncio.all_tasks()
+    listener = Listener.bind("127.0.0.1", 0)
+
+    async def now() -> ProjectStatus:
+        return status()
+
+    unreachable: dict[str, Any] = {"front": lambda: None, "back": lambda: None}
+    dashboard = Dashboard(listener, status=now, channels=unreachable, trace_dir=tmp_path)
+    task = asyncio.ensure_future(dashboard.run())
+    _, writer, _ = await first_event(listener.port, listener.token)
+    dashboard.channels_changed({"front": lambda: None, "new": lambda: None})
+    dashboard.channels_changed({"new": lambda: None})
+    task.cancel()
+    writer.close()
+    await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 15)
+    assert await leftover_tasks(before, timeout=5) == set()

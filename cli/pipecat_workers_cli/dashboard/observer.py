@@ -72,7 +72,9 @@ async def watch(key: str, where: Callable[[], Where | None], traffic: Traffic) -
     ``where`` says how to reach it now (the embedded bus's socket can change with the
     supervisor), or None while it cannot be reached at all.
     """
-    name = f"workers-dashboard-{os.getpid()}-{key}"
+    ours = f"workers-dashboard-{os.getpid()}-"
+    # Unique per watch: the one it replaces (after an edit) may still be saying goodbye.
+    name = f"{ours}{key}-{os.urandom(3).hex()}"
     told = False
     while True:
         found = where()
@@ -82,7 +84,7 @@ async def watch(key: str, where: Callable[[], Where | None], traffic: Traffic) -
         bus = found.bus(everything=True)
 
         def seen(message: BusMessage) -> None:
-            if not message.source.startswith(name):
+            if not message.source.startswith(ours):
                 try:
                     observe(traffic, key, message)
                 except Exception:  # a message of a shape we did not expect: skip it

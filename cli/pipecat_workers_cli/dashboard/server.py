@@ -192,6 +192,9 @@ class Dashboard:
         self.publisher = Publisher()
         self._status = status
         self._channels = dict(channels)
+        self._watchers: dict[str, asyncio.Task[None]] = {}
+        self._retired: set[asyncio.Task[None]] = set()  # cancelled, awaited at the end
+        self._running = False
         self._trace_dir = trace_dir
         self._clock = clock
         self._traces: list[dict[str, Any]] = []
@@ -205,8 +208,8 @@ class Dashboard:
                                 timeout_graceful_shutdown=STOP_WITHIN)
         server = _Server(config)
         loop = asyncio.get_running_loop()
-        watchers = [loop.create_task(watch(key, where, self.traffic))
-                    for key, where in self._channels.items()]
+        self._running = True
+        self._watch(self._channels)
         serving = loop.create_task(server.serve(sockets=[self.listener.sock]))
         try:
             await self._refresh(serving)
@@ -216,10 +219,32 @@ class Dashboard:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 async with asyncio.timeout(STOP_WITHIN + 1):
                     await asyncio.shield(serving)
+            self._running = False
+            watchers = [*self._watchers.values(), *self._retired]
+            self._watchers, self._retired = {}, set()
             for task in (*watchers, serving):
                 task.cancel()
             await asyncio.gather(*watchers, serving, return_exceptions=True)
             self.listener.close()
+
+    def channels_changed(self, channels: Mapping[str, Callable[[], Where | None]]) -> None:
+        """The project's channels changed (an edit of its topology): watch these now."""
+        self._channels = dict(channels)
+        if self._running:  # else run() starts them
+            self._watch(self._channels)
+
+    def _watch(self, channels: Mapping[str, Callable[[], Where | None]]) -> None:
+        """Observe exactly ``channels``, each anew (a kept one's address may have changed)."""
+        for key in list(self._watchers):
+            self._retire(self._watchers.pop(key))
+        for key, where in channels.items():
+            self._watchers[key] = asyncio.get_running_loop().create_task(
+                watch(key, where, self.traffic))
+
+    def _retire(self, task: asyncio.Task[None]) -> None:
+        task.cancel()  # its finally closes its bus
+        self._retired.add(task)
+        task.add_done_callback(self._retired.discard)
 
     async def _refresh(self, serving: asyncio.Task[None]) -> None:
         while not serving.done():

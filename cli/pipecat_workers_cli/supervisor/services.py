@@ -21,6 +21,7 @@ from pipecat_workers_cli.topology.model import Topology
 
 if TYPE_CHECKING:
     from pipecat_workers_cli.dashboard.listener import Listener
+    from pipecat_workers_cli.dashboard.server import Dashboard
 
 
 def _has_local(topology: Topology) -> bool:
@@ -50,6 +51,7 @@ class ProjectServices:
         self._listener = dashboard
         self._status = status
         self._dashboard: asyncio.Task[None] | None = None
+        self._served: Dashboard | None = None
 
     @property
     def hub_path(self) -> str | None:
@@ -77,7 +79,8 @@ class ProjectServices:
                          status: Callable[[], ProjectStatus]) -> None:
         from pipecat_workers_cli.dashboard.sources import in_supervisor
 
-        served = in_supervisor(topology, self._state, listener, status, lambda: self.hub_path)
+        served = self._served = in_supervisor(topology, self._state, listener, status,
+                                              lambda: self.hub_path)
 
         async def run() -> None:
             try:
@@ -99,6 +102,10 @@ class ProjectServices:
         # Swapped before the old ones are awaited, so a quick second edit cannot leak one.
         old, self._monitors = self._monitors, Monitors(topology, self.hub_path)
         self._monitors.start()
+        if self._served is not None:
+            from pipecat_workers_cli.dashboard.sources import channels_of
+
+            self._served.channels_changed(channels_of(topology, lambda: self.hub_path))
         if old is not None:
             await old.stop()
 
