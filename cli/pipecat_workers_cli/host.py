@@ -36,7 +36,6 @@ import asyncio
 import contextlib
 import importlib
 import json
-import logging
 import os
 import signal
 import socket
@@ -76,6 +75,8 @@ class HostSpec:
     status_fd: int = -1
     supervisor_pid: int = 0
     hint: str = ""                # what to change when the bus's server cannot be reached
+    traces: str = ""              # the directory for span files; "" records none
+    project: str = ""             # the topology's name (the default OpenTelemetry service)
 
     def to_json(self) -> str:
         return json.dumps({f: getattr(self, f) for f in self.__dataclass_fields__})
@@ -367,11 +368,16 @@ def main() -> None:
         die_with_parent(spec.supervisor_pid)
     if spec.root not in sys.path:
         sys.path.insert(0, spec.root)
-    level = os.environ.get("LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(stream=sys.stderr, level=level,
-                        format="%(levelname)s %(name)s: %(message)s")
+    from pipecat_workers_cli.hosttracing import configure_logging, start_tracing
+
+    configure_logging(os.environ.get("LOG_LEVEL", "INFO").upper())
+    stop_tracing = start_tracing(spec.name, spec.runner, spec.traces, spec.project)
     status = _Status(spec.status_fd)
-    sys.exit(asyncio.run(host(spec, status, supervised=supervised)))
+    try:
+        code = asyncio.run(host(spec, status, supervised=supervised))
+    finally:
+        stop_tracing()
+    sys.exit(code)
 
 
 if __name__ == "__main__":

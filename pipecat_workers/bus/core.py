@@ -25,6 +25,7 @@ from pipecat_workers.bus.presence import Presence
 from pipecat_workers.errors import BusClosedError, ConfigurationError
 from pipecat_workers.settings import DEFAULT_SETTINGS
 from pipecat_workers.tasks import cancel_and_wait
+from pipecat_workers.tracing.context import current_trace
 
 logger = logging.getLogger("pipecat_workers.bus")
 
@@ -134,9 +135,11 @@ class Mailbox:
     async def _drain(self, queue: deque[BusMessage] | None) -> None:
         assert queue is not None
         handle = self.subscriber.on_bus_message
+        set_trace = current_trace.set
         while queue:
             message = queue.popleft()
             self.taken += 1
+            set_trace(message.trace)  # what the handler sends belongs to the same trace
             try:
                 await handle(message)
             except asyncio.CancelledError:
@@ -313,6 +316,8 @@ class WorkerBus(ABC):
             raise BusClosedError(f"cannot send {type(message).__name__}: the bus is closed")
         cls = type(message)
         self._sent[cls] = self._sent.get(cls, 0) + 1
+        if message.trace is None:
+            message.trace = current_trace.get()
         target = message.target
         if target is not None:
             mailbox = self._mailboxes.get(target)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 from pipecat_workers.catalogue import register_message
 from pipecat_workers.jobs.types import JobStatus
+from pipecat_workers.tracing.context import TraceContext
 from pipecat_workers.types import WorkerRegistryEntry
 from pipecat_workers.validate import Name, Range
 
@@ -52,6 +53,9 @@ class BusMessage:
 
     source: Name
     target: Name | None = None
+    # The trace this message belongs to (W3C trace context): stamped when it is sent, from
+    # the code that sends it; carried as the envelope's ``tp``, not as a field of the body.
+    trace: TraceContext | None = field(default=None, init=False, repr=False, compare=False)
 
     def __str__(self) -> str:
         return f"{type(self).__name__} (source={self.source}, target={self.target})"

@@ -3,15 +3,18 @@
 Envelope (version 1): one compact UTF-8 JSON object, keys in this order::
 
     {"v":1,"id":"3f2a9c01d4e7-2a","from":"runner-1","inc":1718000000.5,"ts":1718000001.25,
-     "ch":"acme","tinc":1718000000.75,"type":"job.request","body":{"source":"parent",...}}
+     "ch":"acme","tinc":1718000000.75,"tp":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+     "type":"job.request","body":{"source":"parent",...}}
 
 ``v`` is the protocol version, ``id`` a message id unique per sender (``<prefix>-<counter>``: a
 random hex prefix per serializer and a hex counter from 0), ``from`` and ``inc`` the sending
 runner and its incarnation, ``ts`` the send time (``time.time()``), ``ch`` the channel it was
-sent on, ``tinc`` the incarnation of the runner it is for, ``type`` the registered wire name of
+sent on, ``tinc`` the incarnation of the runner it is for, ``tp`` the W3C ``traceparent`` of
+the trace it belongs to (:mod:`pipecat_workers.tracing`), ``type`` the registered wire name of
 the message class (never a Python import path) and ``body`` its init fields. ``ch`` is left out
 when empty (a serializer used on its own), ``tinc`` when the message is not bound to one
-runner's incarnation (see :mod:`pipecat_workers.bus.network` for when it is).
+runner's incarnation (see :mod:`pipecat_workers.bus.network` for when it is), ``tp`` when it
+belongs to no trace. A ``tp`` that is not a valid traceparent is ignored, not a reason to drop.
 
 Values in the body are encoded by :mod:`pipecat_workers.bus.codec` (JSON where JSON is exact,
 tagged objects otherwise). Anything that cannot be encoded, NaN and infinities included, fails at
@@ -66,6 +69,7 @@ from pipecat_workers.bus.messages import BusLocalMessage, BusMessage, BusUnregis
 from pipecat_workers.bus.replay import ReplayGuard
 from pipecat_workers.catalogue import adapter_named, lookup, type_name
 from pipecat_workers.errors import ConfigurationError, MessageTooLargeError, SerializationError
+from pipecat_workers.tracing.context import TraceContext
 
 logger = logging.getLogger("pipecat_workers.bus")
 
@@ -252,6 +256,8 @@ class JSONMessageSerializer(MessageSerializer):
                 envelope["ch"] = channel
             if target_incarnation:
                 envelope["tinc"] = float(target_incarnation)
+            if message.trace is not None:
+                envelope["tp"] = message.trace.traceparent
             envelope["type"] = name
             envelope["body"] = body
             text = _dumps(envelope)
@@ -364,6 +370,9 @@ class JSONMessageSerializer(MessageSerializer):
             message.target is None or type(message.target) is str
         ):
             raise Drop("malformed", name)
+        tp = get("tp")
+        if tp is not None:  # one that does not parse starts a new trace (the W3C rule)
+            message.trace = TraceContext.from_traceparent(tp)
         return Envelope(
             message=message,
             sender=sender,

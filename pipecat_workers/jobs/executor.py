@@ -32,8 +32,11 @@ from pipecat_workers.bus.messages import (
     BusMessage,
 )
 from pipecat_workers.errors import WorkerStateError
+from pipecat_workers.jobs.spans import end_job_span
 from pipecat_workers.jobs.types import JobStatus
 from pipecat_workers.tasks import cancel_and_wait
+from pipecat_workers.tracing.context import TraceContext, current_job, current_trace
+from pipecat_workers.tracing.spans import Span, tracer
 
 if TYPE_CHECKING:
     from pipecat_workers.settings import Settings
@@ -80,6 +83,7 @@ class JobExecutorMixin:
     _early_cancels: dict[str, tuple[str, str | None]] | None
     _answers: dict[str, RememberedAnswer] | None
     _refused: dict[str, str] | None
+    _job_spans: dict[str, Span] | None  # a running job's span, while spans are recorded
     _all_answered: asyncio.Future[None] | None
     _emit: Any
     _job_handlers: ClassVar[dict[str, JobHandlerSpec]]
@@ -128,8 +132,10 @@ class JobExecutorMixin:
         self._answers = _remember(self._answers, job_id,
                                  (request.source, status, response, False), _ANSWER_MEMORY)
         cls = BusJobResponseUrgentMessage if urgent else BusJobResponseMessage
-        await self.send_bus_message(cls(source=self.name, target=request.source, job_id=job_id,
-                                        status=status, response=response))
+        answer = cls(source=self.name, target=request.source, job_id=job_id, status=status,
+                     response=response)
+        answer.trace = self._end_job_trace(job_id, request, status, response)
+        await self.send_bus_message(answer)
 
     async def send_job_update(
         self, job_id: str, update: dict[str, Any] | None = None, *, urgent: bool = False
@@ -140,6 +146,7 @@ class JobExecutorMixin:
             WorkerStateError: if the job is not active on this worker.
         """
         request = self._active_request(job_id)
+        self._note(job_id, "job.updates")
         cls = BusJobUpdateUrgentMessage if urgent else BusJobUpdateMessage
         await self.send_bus_message(cls(source=self.name, target=request.source, job_id=job_id,
                                         update=update))
@@ -147,6 +154,7 @@ class JobExecutorMixin:
     async def send_job_stream_start(self, job_id: str, data: dict[str, Any] | None = None) -> None:
         """Tell the requester a stream begins."""
         request = self._active_request(job_id)
+        self._note(job_id, "stream.start")
         await self.send_bus_message(BusJobStreamStartMessage(
             source=self.name, target=request.source, job_id=job_id, data=data))
 
@@ -154,6 +162,8 @@ class JobExecutorMixin:
         """Send one chunk of the stream."""
         # The hot path of streaming: one dict lookup, the checked one only when it fails.
         request = self._active_jobs.get(job_id) or self._active_request(job_id)
+        if self._job_spans:
+            self._note(job_id, "stream.chunks")
         await self.send_bus_message(BusJobStreamDataMessage(
             source=self.name, target=request.source, job_id=job_id, data=data))
 
@@ -166,8 +176,31 @@ class JobExecutorMixin:
         self._count_answer(JobStatus.COMPLETED)
         self._answers = _remember(self._answers, job_id,
                                  (request.source, JobStatus.COMPLETED, data, True), _ANSWER_MEMORY)
-        await self.send_bus_message(BusJobStreamEndMessage(
-            source=self.name, target=request.source, job_id=job_id, data=data))
+        end = BusJobStreamEndMessage(source=self.name, target=request.source, job_id=job_id,
+                                     data=data)
+        end.trace = self._end_job_trace(job_id, request, JobStatus.COMPLETED, data)
+        await self.send_bus_message(end)
+
+    def _note(self, job_id: str, what: str) -> None:
+        """Count an update or a stream chunk on the job's span; a stream's start is an
+        event."""
+        span = self._job_spans.get(job_id) if self._job_spans else None
+        if span is None:
+            return
+        if what == "stream.start":
+            span.add_event(what)
+        else:
+            count = span.attributes.get(what, 0)
+            span.set_attribute(what, count + 1 if isinstance(count, int) else 1)
+
+    def _end_job_trace(self, job_id: str, request: BusJobRequestMessage, status: JobStatus,
+                       response: Any) -> TraceContext | None:
+        """End the job's span, if it has one; the trace context its answer carries."""
+        span = self._job_spans.pop(job_id, None) if self._job_spans else None
+        if span is None:
+            return request.trace
+        end_job_span(span, status, response)
+        return span.context
 
     def _wake_all_answered(self) -> None:
         waiter, self._all_answered = self._all_answered, None
@@ -203,6 +236,16 @@ class JobExecutorMixin:
             logger.warning("%s: ignored a second request for active job %s", self.name, job_id)
             return
         self._active_jobs[job_id] = message
+        context = message.trace
+        if tracer.recording:
+            span = tracer.start_span(
+                f"run {message.job_name or 'job'}", "job.run", parent=context, worker=self.name,
+                attributes={"job.id": job_id, "job.name": message.job_name or "",
+                            "job.requester": message.source})
+            if self._job_spans is None:
+                self._job_spans = {}
+            self._job_spans[job_id] = span
+            context = span.context
         refusal = self._job_refusal() or self._cancelled_before_arrival(message)
         if refusal is not None:
             # Ending or stopping: a handler started now would outlive the worker.
@@ -216,7 +259,13 @@ class JobExecutorMixin:
                 job_id, {"error": f"no handler for {what} on worker '{self.name}'"},
                 status=JobStatus.ERROR)
             return
-        task = asyncio.get_running_loop().create_task(self._run_job(spec, message))
+        # The handler's task runs in the job's trace, and its log lines name the job.
+        trace_token, job_token = current_trace.set(context), current_job.set(job_id)
+        try:
+            task = asyncio.get_running_loop().create_task(self._run_job(spec, message))
+        finally:
+            current_trace.reset(trace_token)
+            current_job.reset(job_token)
         self._job_tasks[job_id] = task
         self._emit("on_job_request", message)
 

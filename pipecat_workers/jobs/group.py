@@ -8,7 +8,9 @@ from collections import deque
 from typing import Any
 
 from pipecat_workers.errors import JobGroupError
+from pipecat_workers.jobs.spans import end_job_span
 from pipecat_workers.jobs.types import JobEventType, JobGroupResponse, JobStatus
+from pipecat_workers.tracing.spans import Span
 
 logger = logging.getLogger("pipecat_workers.jobs")
 
@@ -30,7 +32,7 @@ class JobGroup:
     __slots__ = ("job_id", "worker_names", "responses", "statuses", "cancel_on_error",
                  "label", "cancellable", "pending", "error", "timer", "sent_at", "_ended",
                  "_enders", "_events", "_event_limit", "_events_dropped", "_event_wait",
-                 "_waiter", "_reading", "_room", "_loop")
+                 "_waiter", "_reading", "_room", "_loop", "span", "member_spans")
 
     def __init__(
         self, job_id: str, worker_names: tuple[str, ...], *, cancel_on_error: bool,
@@ -59,6 +61,9 @@ class JobGroup:
         self._waiter: asyncio.Future[None] | None = None
         self._reading = False
         self._room: asyncio.Future[None] | None = None
+        # When spans are recorded: the group's own (several members) and one per request.
+        self.span: Span | None = None
+        self.member_spans: dict[str, Span] | None = None
 
     @property
     def done(self) -> bool:
@@ -74,6 +79,8 @@ class JobGroup:
         self.pending.pop(worker, None)
         self.statuses[worker] = status
         self.responses[worker] = response if response is not None else {}
+        if self.member_spans is not None and (span := self.member_spans.get(worker)):
+            end_job_span(span, status, response)
 
     def complete(self) -> None:
         """End the group after every member answered; not a success unless all completed."""
@@ -95,6 +102,13 @@ class JobGroup:
             self.timer.cancel()
             self.timer = None
         self.error = error
+        if self.member_spans is not None:
+            for worker in self.pending:  # no answer will end their spans
+                span = self.member_spans[worker]
+                span.set_attribute("job.reason", error or "")
+                span.end("cancelled")
+        if self.span is not None:
+            self.span.end("ok" if error is None else "error", error)
         enders, self._enders = self._enders, []
         for ender in enders:
             if not ender.done():

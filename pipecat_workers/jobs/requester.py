@@ -35,6 +35,8 @@ from pipecat_workers.jobs.context import JobContext, JobGroupContext
 from pipecat_workers.jobs.group import JobGroup, RawEvent
 from pipecat_workers.jobs.params import JobGroupParams, JobParams, resolve_params
 from pipecat_workers.jobs.types import JobEventType, JobGroupResponse, JobStatus
+from pipecat_workers.tracing.context import TraceContext
+from pipecat_workers.tracing.spans import tracer
 from pipecat_workers.types import WorkerLostData
 
 if TYPE_CHECKING:
@@ -80,6 +82,8 @@ class JobRequesterMixin:
 
         def create_task(self, coro: Coroutine[Any, Any, T], *, name: str | None = None
                         ) -> asyncio.Task[T]: ...
+
+        def _trace_parent(self) -> TraceContext | None: ...
 
     registry: WorkerRegistry
     _settings: Settings
@@ -284,15 +288,42 @@ class JobRequesterMixin:
                                           group.job_id, timeout)
         if self._stats is not None:
             self._stats.jobs_requested += len(names)
+        contexts = self._trace_job(group, params.name)
         for worker in names:
-            await self.send_bus_message(BusJobRequestMessage(
+            request = BusJobRequestMessage(
                 source=self.name, target=worker, job_id=group.job_id, job_name=params.name,
-                payload=params.payload))
+                payload=params.payload)
+            request.trace = contexts[worker]
+            await self.send_bus_message(request)
         group.sent_at = loop.time()  # checks count from here: a slow send is not a lost one
         for worker in names:
             if worker not in registry and worker in group.pending:
                 await self._settle_departed(group, worker, "left before the job was sent")
         return group
+
+    def _trace_job(self, group: JobGroup, job_name: str | None) -> dict[str, TraceContext]:
+        """The trace context of each request of a new group: children of the current trace
+        (a new one if there is none). Recorded, a group of several gets a span, each request
+        its own under it; otherwise every request carries the one context."""
+        parent = self._trace_parent()
+        if not tracer.recording:
+            context = parent if parent is not None else TraceContext.new_root()
+            return dict.fromkeys(group.worker_names, context)
+        what = job_name or "job"
+        names = group.worker_names
+        if len(names) > 1:
+            group.span = tracer.start_span(
+                f"group {what}", "job.group", parent=parent, worker=self.name,
+                attributes={"group.id": group.job_id, "job.name": job_name or "",
+                            "group.size": len(names)})
+            parent = group.span.context
+        spans = group.member_spans = {
+            worker: tracer.start_span(
+                f"{what} -> {worker}", "job.request", parent=parent, worker=self.name,
+                attributes={"job.id": group.job_id, "job.name": job_name or "",
+                            "job.target": worker})
+            for worker in names}
+        return {worker: span.context for worker, span in spans.items()}
 
     async def _wait_ready(self, names: tuple[str, ...], deadline: float | None,
                           timeout: float | None) -> None:

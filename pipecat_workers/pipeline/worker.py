@@ -325,15 +325,16 @@ class PipelineWorker(PipelineEnds, BridgeServing, BaseWorker):
         if deactivate_self:
             await self.flush_pipeline()
         bridge = self._bridge_to_pass_on()
-        if deactivate_self and self._active:
-            self._active = False
-            await self._leave_bridge()
-            await self.send_bus_message(BusDeactivateWorkerMessage(
-                source=self.name, target=self.name))
-        await self.send_bus_message(BusActivateWorkerMessage(
-            source=self.name, target=worker_name, args=args.to_dict() if args else None,
-            bridge_worker=bridge[0] if bridge else None,
-            bridge_tag=bridge[1] if bridge else None))
+        with self._traced_activation(worker_name, deactivate_self):
+            if deactivate_self and self._active:
+                self._active = False
+                await self._leave_bridge()
+                await self.send_bus_message(BusDeactivateWorkerMessage(
+                    source=self.name, target=self.name))
+            await self.send_bus_message(BusActivateWorkerMessage(
+                source=self.name, target=worker_name, args=args.to_dict() if args else None,
+                bridge_worker=bridge[0] if bridge else None,
+                bridge_tag=bridge[1] if bridge else None))
 
     async def _handle_activate(self, message: BusActivateWorkerMessage) -> None:
         await self._bind(message)

@@ -51,6 +51,8 @@ from pipecat_workers.jobs.requester import JobRequesterMixin
 from pipecat_workers.registry import WorkerRegistry
 from pipecat_workers.settings import DEFAULT_SETTINGS, Settings
 from pipecat_workers.tasks import cancel_and_wait
+from pipecat_workers.tracing.context import current_trace
+from pipecat_workers.tracing.spans import Span
 from pipecat_workers.types import (
     MAX_JOB_NAMES,
     WorkerActivationArgs,
@@ -60,6 +62,7 @@ from pipecat_workers.types import (
 )
 from pipecat_workers.validate import check_name
 from pipecat_workers.workers.decorators import JobHandlerSpec, collect_handlers
+from pipecat_workers.workers.tracing import WorkerTracingMixin
 
 if TYPE_CHECKING:
     from pipecat_workers.workers.runner import RunnerStats, WorkerRunner
@@ -82,7 +85,7 @@ class WorkerState(enum.StrEnum):
     STOPPED = "stopped"
 
 
-class BaseWorker(EventEmitter, JobRequesterMixin, JobExecutorMixin):
+class BaseWorker(EventEmitter, JobRequesterMixin, JobExecutorMixin, WorkerTracingMixin):
     """Base class of every worker: subclass it and override the hooks you need.
 
     Args:
@@ -146,6 +149,7 @@ class BaseWorker(EventEmitter, JobRequesterMixin, JobExecutorMixin):
         self._job_locks: dict[str, asyncio.Lock] | None = None
         self._early_cancels: dict[str, tuple[str, str | None]] | None = None
         self._answers: dict[str, RememberedAnswer] | None = None
+        self._job_spans: dict[str, Span] | None = None
         self._refused: dict[str, str] | None = None
         self._all_answered: asyncio.Future[None] | None = None
         self._job_groups: dict[str, JobGroup] = {}
@@ -295,6 +299,7 @@ class BaseWorker(EventEmitter, JobRequesterMixin, JobExecutorMixin):
         runner = self.worker_runner
         self._state = WorkerState.READY
         self._started_at = time.time()
+        span = self._lifecycle_span("start", runner=runner.name)
         try:
             await self.send_bus_message(BusWorkerReadyMessage(
                 source=self._name, runner=runner.name, parent=self._parent,
@@ -306,6 +311,8 @@ class BaseWorker(EventEmitter, JobRequesterMixin, JobExecutorMixin):
                 any_job=self.handles_any_job, relay=self.RELAYS))
         finally:
             self._mark_registered()  # whoever waits for it must not wait for a failed start
+            if span is not None:
+                span.end()
         await self._maybe_activate()
         for name in (*self._ready_handlers, *self._watched):
             await self.registry.watch(name, self._on_watched_ready, on_lost=self._on_watched_lost)
@@ -333,6 +340,7 @@ class BaseWorker(EventEmitter, JobRequesterMixin, JobExecutorMixin):
             return
         self._state = WorkerState.STOPPING
         why = reason or "stopped"
+        span = self._lifecycle_span("stop", reason=why)
         try:
             try:
                 await self._cancel_own_tasks()
@@ -348,6 +356,9 @@ class BaseWorker(EventEmitter, JobRequesterMixin, JobExecutorMixin):
         finally:
             self._state = WorkerState.STOPPED
             self._active = False
+            self._end_session()
+            if span is not None:
+                span.end()
             self._finish()
 
     def create_task(self, coro: Coroutine[Any, Any, T], *, name: str | None = None
@@ -432,7 +443,15 @@ class BaseWorker(EventEmitter, JobRequesterMixin, JobExecutorMixin):
             self._pending_activation = False
             self._active = True
             args = self._activation_args
-            await self.on_activated(args)
+            self._begin_session()
+            token = current_trace.set(self._session_trace)
+            try:
+                await self.on_activated(args)
+            except Exception as exc:
+                self._session_failed(exc)
+                raise
+            finally:
+                current_trace.reset(token)
             self._emit("on_activated", args)
 
     async def activate_worker(
@@ -444,12 +463,13 @@ class BaseWorker(EventEmitter, JobRequesterMixin, JobExecutorMixin):
         On hand-off this worker is inactive before the target is activated, so the two are
         never active together.
         """
-        if deactivate_self and self._active:
-            self._active = False
-            await self.send_bus_message(BusDeactivateWorkerMessage(
-                source=self._name, target=self._name))
-        await self.send_bus_message(BusActivateWorkerMessage(
-            source=self._name, target=worker_name, args=args.to_dict() if args else None))
+        with self._traced_activation(worker_name, deactivate_self):
+            if deactivate_self and self._active:
+                self._active = False
+                await self.send_bus_message(BusDeactivateWorkerMessage(
+                    source=self._name, target=self._name))
+            await self.send_bus_message(BusActivateWorkerMessage(
+                source=self._name, target=worker_name, args=args.to_dict() if args else None))
 
     async def deactivate_worker(self, worker_name: str) -> None:
         """Deactivate a worker by name."""
@@ -457,6 +477,7 @@ class BaseWorker(EventEmitter, JobRequesterMixin, JobExecutorMixin):
             source=self._name, target=worker_name))
 
     async def _handle_activate(self, message: BusActivateWorkerMessage) -> None:
+        self._note_activation(message)
         self._activation_args = message.args
         self._pending_activation = True
         await self._maybe_activate()
@@ -465,6 +486,7 @@ class BaseWorker(EventEmitter, JobRequesterMixin, JobExecutorMixin):
         self._active = False
         self._pending_activation = False
         self._activation_args = None
+        self._end_session()
         await self.on_deactivated()
         self._emit("on_deactivated")
 
@@ -571,6 +593,8 @@ class BaseWorker(EventEmitter, JobRequesterMixin, JobExecutorMixin):
             raise WorkerStateError(
                 f"worker '{self._name}' cannot send {type(message).__name__}: not attached to a "
                 "bus (add it to a WorkerRunner first)")
+        if message.trace is None:
+            message.trace = current_trace.get() or self._session_trace
         await bus.send(message)
 
     async def send_bus_error_message(self, error: str) -> None:

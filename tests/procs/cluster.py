@@ -45,11 +45,13 @@ class Cluster:
         return runner
 
     async def peer(self, *workers: str, secret: str | None = None,
-                   wait: bool = True) -> PeerProcess:
+                   wait: bool = True, spans: Path | None = None) -> PeerProcess:
         args = ["--backend", self.backend, "--url", self.url, "--channel", self.channel,
                 "--name", f"peer-{uuid.uuid4().hex[:6]}", "--heartbeat", "0.5"]
         if secret:
             args += ["--secret", secret]
+        if spans is not None:
+            args += ["--spans", str(spans)]
         process = await PeerProcess.start(self.log_dir, *args, *workers)
         self.stack.push_async_callback(process.stop)
         if wait:

@@ -6,7 +6,8 @@
 
 Hosts one :class:`Peer` worker per name (``agent:NAME`` hosts a bridged LLM agent on the
 scripted model instead, see ``tests/pipeline/kit.py``) and prints ``READY <runner>`` once they
-are all registered. Runs until it receives SIGTERM (or is killed).
+are all registered; ``--spans FILE`` records its spans there (JSON lines). Runs until it
+receives SIGTERM (or is killed).
 """
 
 from __future__ import annotations
@@ -65,8 +66,13 @@ async def main() -> None:
     parser.add_argument("--name", required=True)
     parser.add_argument("--secret", default=None)
     parser.add_argument("--heartbeat", type=float, default=0.25)
+    parser.add_argument("--spans", default=None, help="write spans to this JSON-lines file")
     parser.add_argument("workers", nargs="*")
     args = parser.parse_args()
+    if args.spans:
+        from pipecat_workers.tracing import JsonLinesSpanExporter, tracer
+
+        tracer.add_exporter(JsonLinesSpanExporter(args.spans, runner=args.name))
     runner = WorkerRunner(name=args.name, bus=make_bus(args), handle_sigint=True,
                           handle_sigterm=True,
                           settings=Settings(heartbeat_interval=args.heartbeat, end_grace=2.0))

@@ -333,7 +333,8 @@ class Supervisor:
             backend=channel.backend, channel=channel.channel,
             url=self._services.hub_path if channel.backend == "local" else channel.url,
             runner=f"{self._topology.name}/{name}", root=str(self._topology.root),
-            hint=channel_hint(self._topology.path, channel))
+            hint=channel_hint(self._topology.path, channel),
+            traces=str(self._state.traces_dir), project=self._topology.name)
         env = {**self._env, **spec.worker.env}
         try:
             process = await self._start_process(host, env)

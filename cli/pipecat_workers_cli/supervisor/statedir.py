@@ -2,11 +2,11 @@
 
 ``<project root>/.workers/<project name>/`` holds ``lock`` (held by the live supervisor),
 ``state.json`` (what ``ps`` shows when no supervisor answers), ``topology.json`` (the topology
-the supervisor resolved, environment values and all: what commands that join its buses go
-by), ``supervisor.log``, ``logs/<worker>.log`` and ``logs/_workers.log`` (the supervisor's
-news). Sockets go there too, unless the path is too long for a Unix socket (about 100
-bytes); then they go to a private directory under the system's temporary directory, and
-``state.json`` records where.
+the supervisor resolved, environment values and all: what commands that join its buses go by),
+``supervisor.log``, ``logs/<worker>.log``, ``logs/_workers.log`` (the supervisor's news) and
+``traces/<worker>.jsonl`` (the spans each worker recorded). Sockets go there too, unless the
+path is too long for a Unix socket (about 100 bytes); then they go to a private directory under
+the system's temporary directory, and ``state.json`` records where.
 
 Everything here is private to the user who runs the project: the directories are 0700 and
 the files 0600, and existing ones are tightened to that. Nothing is followed that another
@@ -74,6 +74,11 @@ class StateDir:
         return self.path / "logs"
 
     @property
+    def traces_dir(self) -> Path:
+        """Where each worker's spans go: ``traces/<worker>.jsonl``."""
+        return self.path / "traces"
+
+    @property
     def supervisor_log(self) -> Path:
         return self.path / "supervisor.log"
 
@@ -111,6 +116,7 @@ class StateDir:
         private_dir(self.path, create=True)
         if logs:
             private_dir(self.logs_dir, create=True)
+            private_dir(self.traces_dir, create=True)
 
     def check(self) -> bool:
         """Whether the state directory exists; tightens it when it is too open.
