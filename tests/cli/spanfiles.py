@@ -21,9 +21,10 @@ def span(span_id: str, parent: str | None, name: str, worker: str, start: float,
     return line
 
 
-def write_trace(directory: Path, start: float) -> None:
-    """One trace across two workers' files (a request, its run, a hand-off under the run),
-    among lines that are not spans at all."""
+def write_trace(directory: Path, start: float,
+                files: tuple[str, str] = ("greeter", "support")) -> None:
+    """One trace across two files (a request, its run, a hand-off under the run), among
+    lines that are not spans at all; ``files``: their names, without ``.jsonl``."""
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     greeter = [
         span(ROOT, None, "job echo", "greeter", start, start + 0.30, kind="job.request",
@@ -37,8 +38,8 @@ def write_trace(directory: Path, start: float) -> None:
         span(HANDOFF, RUN, HOSTILE, HOSTILE, start + 0.10, start + 0.20, kind="handoff",
              status="error", error=f"failed: {HOSTILE}"),
     ]
-    for worker, lines in (("greeter", greeter), ("support", support)):
-        path = directory / f"{worker}.jsonl"
+    for name, lines in zip(files, (greeter, support), strict=True):
+        path = directory / f"{name}.jsonl"
         with open(path, "a", encoding="utf-8") as file:
             for line in lines:
                 file.write((line if isinstance(line, str) else json.dumps(line)) + "\n")

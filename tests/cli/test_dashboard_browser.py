@@ -79,7 +79,9 @@ def test_the_page_follows_a_running_project(tmp_path: Path, clis: Callable[[Path
     started = cli.run("up", "-d", "workers.yaml", timeout=90)
     assert started.returncode == 0, started.stdout + started.stderr
     cli.ps()
-    write_trace(tmp_path / ".workers" / "shop" / "traces", time.time())
+    # Beside the workers' own span files: a trace with hostile text in it.
+    write_trace(tmp_path / ".workers" / "shop" / "traces", time.time(),
+                files=("forged-a", "forged-b"))
     served, url = dashboard_url(cli, "dashboard")
     screens = Screens("dashboard")
 
@@ -167,6 +169,26 @@ def test_the_page_follows_a_running_project(tmp_path: Path, clis: Callable[[Path
     assert page.evaluate("window.pwned") is None
     assert page.query_selector("img") is None
     screens.take(page, "trace")
+
+    # A real job's trace, from the span file billing's process wrote.
+    page.click("#trace-close")
+    traced = cli.run("call", "billing", "--job", "echo", "--payload", '{"traced": true}')
+    assert traced.returncode == 0, traced.stdout + traced.stderr
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#traces-body tr')].some(tr =>"
+        " tr.children[2].textContent === 'billing')", timeout=WAIT)
+    real = page.eval_on_selector_all(
+        "#traces-body tr", "rows => rows.filter(tr => tr.children[2].textContent === 'billing')"
+        ".map(tr => tr.dataset.trace)")[0]
+    page.click(f'tr[data-trace="{real}"]')
+    page.wait_for_selector(f'#trace-panel:not([hidden]) #trace-id:text("{real}")', timeout=WAIT)
+    page.wait_for_selector("#trace-view .span-row", timeout=WAIT)
+    spans = page.eval_on_selector_all("#trace-view .span-row", """rows => rows.map(r => [
+        r.querySelector('.span-label').textContent,
+        r.querySelector('.span-worker').textContent])""")
+    assert spans and all(worker == "billing" for _, worker in spans), spans
+    assert any("echo" in label for label, _ in spans), spans
+    screens.take(page, "real-trace")
 
     stats = page.evaluate("window.dashboardStats")
     assert stats["renders"] > 0
