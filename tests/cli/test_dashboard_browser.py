@@ -172,14 +172,15 @@ def test_the_page_follows_a_running_project(tmp_path: Path, clis: Callable[[Path
 
     # A real job's trace, from the span file billing's process wrote.
     page.click("#trace-close")
+    known = page.eval_on_selector_all("#traces-body tr", "rows => rows.map(r => r.dataset.trace)")
     traced = cli.run("call", "billing", "--job", "echo", "--payload", '{"traced": true}')
     assert traced.returncode == 0, traced.stdout + traced.stderr
-    page.wait_for_function(
-        "() => [...document.querySelectorAll('#traces-body tr')].some(tr =>"
-        " tr.children[2].textContent === 'billing')", timeout=WAIT)
-    real = page.eval_on_selector_all(
-        "#traces-body tr", "rows => rows.filter(tr => tr.children[2].textContent === 'billing')"
-        ".map(tr => tr.dataset.trace)")[0]
+    new_billing_trace = """(known) => [...document.querySelectorAll('#traces-body tr')]
+        .filter(tr => !known.includes(tr.dataset.trace) &&
+                      tr.children[2].textContent === 'billing' &&
+                      tr.children[1].textContent.includes('echo'))
+        .map(tr => tr.dataset.trace)[0]"""
+    real = page.wait_for_function(new_billing_trace, arg=known, timeout=WAIT).json_value()
     page.click(f'tr[data-trace="{real}"]')
     page.wait_for_selector(f'#trace-panel:not([hidden]) #trace-id:text("{real}")', timeout=WAIT)
     page.wait_for_selector("#trace-view .span-row", timeout=WAIT)
