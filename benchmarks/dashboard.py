@@ -2,10 +2,10 @@
 
 A child process plays the supervisor: it serves the dashboard (the real server, aggregator
 and page) in its event loop, with a status of 100 workers on 4 channels that changes every
-tick, 50 traces in span files, and a feeder that hands the bus observer's ``observe`` real
-message objects at 1,000 jobs/s (a request and an answer each, every worker talking to three
-peers, and a hand-off per channel each second). The parent opens the page in the OS's
-Chromium (Playwright, headless) and reads the page's own timings after the run:
+tick, span files that grow by a span per job, and a feeder that hands the bus observer's
+``observe`` real message objects at 1,000 jobs/s (a request and an answer each, every worker
+talking to three peers, and a hand-off per channel each second). The parent opens the page in
+the OS's Chromium (Playwright, headless) and reads the page's own timings after the run:
 
 - render: the time the page spends applying one snapshot to the DOM (p50/p95/max);
 - lag: from the snapshot being made on the server to it being drawn (p50/p95);
@@ -74,8 +74,39 @@ def _write_traces(directory: Path, count: int) -> None:
             file.writelines(json.dumps(line) + "\n" for line in lines)
 
 
-async def _feed(traffic: Any, seconds: float, counts: dict[str, float]) -> None:
-    """Real message objects at JOBS_PER_SECOND through the observer's ``observe``."""
+class _SpanWriter:
+    """Appends a span per job to the span files, as the workers' processes would: the
+    dashboard's trace list is then read from files that grow by 1,000 spans a second."""
+
+    def __init__(self, directory: Path) -> None:
+        # Open for the whole run, closed by close().
+        self._files = [open(directory / f"w{i:03d}.jsonl", "a")  # noqa: SIM115
+                       for i in range(0, WORKERS, 10)]
+        self._lines: list[list[str]] = [[] for _ in self._files]
+
+    def job(self, n: int, worker: int) -> None:
+        now = time.time()
+        self._lines[n % len(self._files)].append(json.dumps({
+            "trace": f"{n + 1_000_000:032x}", "span": f"{n + 1_000_000:016x}",
+            "parent": "00000000000000ff", "name": "run echo", "kind": "job.run",
+            "worker": f"w{worker:03d}", "start": now - 0.001, "end": now, "status": "ok",
+            "attrs": {"job.id": f"job-{n}", "job.name": "echo"}, "events": []}) + "\n")
+
+    def flush(self) -> None:
+        for file, lines in zip(self._files, self._lines, strict=True):
+            file.writelines(lines)
+            file.flush()
+            lines.clear()
+
+    def close(self) -> None:
+        for file in self._files:
+            file.close()
+
+
+async def _feed(traffic: Any, seconds: float, counts: dict[str, float],
+                spans: _SpanWriter) -> None:
+    """Real message objects at JOBS_PER_SECOND through the observer's ``observe``; a span
+    per job to the span files."""
     from pipecat_workers_cli.dashboard.observer import observe
 
     from pipecat_workers.bus import (
@@ -109,6 +140,7 @@ async def _feed(traffic: Any, seconds: float, counts: dict[str, float]) -> None:
             messages += 1
             if sent % 50:  # one job in fifty stays in flight
                 pending.append((f"w{a:03d}", f"w{b:03d}", job_id))
+            spans.job(sent, b)
             sent += 1
         if now - last_handoff >= 1.0:
             last_handoff = now
@@ -118,6 +150,7 @@ async def _feed(traffic: Any, seconds: float, counts: dict[str, float]) -> None:
                     source=f"w{source:03d}", target=f"w{target:03d}"))
                 messages += 1
         spent += time.perf_counter() - t0
+        spans.flush()  # not counted: a worker's work, not the dashboard's
         await asyncio.sleep(0.01)
     counts.update(jobs=sent, messages=messages, observe_s=spent,
                   elapsed=time.perf_counter() - start)
@@ -151,8 +184,12 @@ async def _serve(conn: Connection, seconds: float, traces: Path) -> None:
     conn.send(listener.url)
     await asyncio.to_thread(conn.recv)  # the page is open (the loop serves it meanwhile)
     counts: dict[str, float] = {}
-    _, lags = await asyncio.gather(_feed(dashboard.traffic, seconds, counts),
-                                   _loop_lag(seconds))
+    spans = _SpanWriter(traces)
+    try:
+        _, lags = await asyncio.gather(_feed(dashboard.traffic, seconds, counts, spans),
+                                       _loop_lag(seconds))
+    finally:
+        spans.close()
     t0 = time.perf_counter()
     sizes = []
     for _ in range(20):
