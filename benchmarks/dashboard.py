@@ -122,6 +122,7 @@ async def _feed(traffic: Any, seconds: float, counts: dict[str, float],
     messages = 0
     last_handoff = start
     pending: list[tuple[str, str, str]] = []
+    ran: list[tuple[int, int]] = []
     while (now := time.perf_counter()) - start < seconds:
         due = int((now - start) * JOBS_PER_SECOND)
         t0 = time.perf_counter()
@@ -140,7 +141,7 @@ async def _feed(traffic: Any, seconds: float, counts: dict[str, float],
             messages += 1
             if sent % 50:  # one job in fifty stays in flight
                 pending.append((f"w{a:03d}", f"w{b:03d}", job_id))
-            spans.job(sent, b)
+            ran.append((sent, b))
             sent += 1
         if now - last_handoff >= 1.0:
             last_handoff = now
@@ -150,7 +151,10 @@ async def _feed(traffic: Any, seconds: float, counts: dict[str, float],
                     source=f"w{source:03d}", target=f"w{target:03d}"))
                 messages += 1
         spent += time.perf_counter() - t0
-        spans.flush()  # not counted: a worker's work, not the dashboard's
+        for n, worker in ran:  # not counted: a worker's work, not the dashboard's
+            spans.job(n, worker)
+        ran.clear()
+        spans.flush()
         await asyncio.sleep(0.01)
     counts.update(jobs=sent, messages=messages, observe_s=spent,
                   elapsed=time.perf_counter() - start)
