@@ -45,6 +45,7 @@ from pipecat_workers.types import WorkerLostData, WorkerReadyData
 if TYPE_CHECKING:
     from pipecat_workers.bus.core import WorkerBus
     from pipecat_workers.pipeline.worker import PipelineWorker
+    from pipecat_workers.tracing.context import TraceContext
 
 logger = logging.getLogger("pipecat_workers.pipeline")
 
@@ -84,6 +85,8 @@ class BusBridgeProcessor(FrameProcessor):
         self._exclude = tuple(exclude_frames or ())
         self._host: PipelineWorker | None = None
         self._peer: str | None = None
+        # The trace of the peer's conversation (its join carries it): frames to it go in it.
+        self._peer_trace: TraceContext | None = None
         self._peer_exclude: tuple[type[Frame], ...] = ()
         # What passes locally whoever the peer is, plus what the peer keeps to itself.
         self._local: tuple[type[Frame], ...] = (OutputTransportMessageUrgentFrame, *self._exclude)
@@ -190,7 +193,8 @@ class BusBridgeProcessor(FrameProcessor):
             probe = (frame.drain_id, frame.leg)
             self._probes[probe] = (peer, direction, frame.origin)
         assert self._host is not None
-        if not await self._host._send_frame(self.worker_name, peer, frame, direction, self._tag):
+        if not await self._host._send_frame(self.worker_name, peer, frame, direction, self._tag,
+                                            trace=self._peer_trace):
             if probe is not None:
                 self._probes.pop(probe, None)  # or the peer's leaving would push it again
             await self.push_frame(frame, direction)  # it cannot cross: it stays local
@@ -254,6 +258,7 @@ class BusBridgeProcessor(FrameProcessor):
             return
         old = self._peer
         await self._set_peer(worker)
+        self._peer_trace = message.trace
         self._expire_early(asyncio.get_running_loop().time())
         for _, early in self._early.pop(worker, ()):  # what it sent right after joining
             await self.receive(early)
@@ -279,6 +284,7 @@ class BusBridgeProcessor(FrameProcessor):
 
     async def _set_peer(self, peer: str | None, *, flush: bool = True) -> None:
         old, self._peer = self._peer, peer
+        self._peer_trace = None
         host = self._host
         if host is None or old == peer:
             return

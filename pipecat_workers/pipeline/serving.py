@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from pipecat_workers.pipeline.bridge import BusBridgeProcessor
     from pipecat_workers.pipeline.drain import Drains
     from pipecat_workers.registry import WorkerRegistry
+    from pipecat_workers.tracing.context import TraceContext
 
 logger = logging.getLogger("pipecat_workers.pipeline")
 
@@ -58,6 +59,8 @@ class BridgeServing:
         _bus: WorkerBus | None
 
         async def send_bus_message(self, message: BusMessage) -> None: ...
+
+        def _trace_parent(self) -> TraceContext | None: ...
 
         _drains: Drains
 
@@ -192,13 +195,15 @@ class BridgeServing:
         return await self._send_frame(self.name, host, frame, direction, tag)
 
     async def _send_frame(self, source: str, target: str, frame: Frame,
-                          direction: FrameDirection, tag: str | None) -> bool:
+                          direction: FrameDirection, tag: str | None, *,
+                          trace: TraceContext | None = None) -> bool:
         """Send a frame to one worker; False if it cannot cross the bus and must stay local
         (it refers to a processor, holds a callable, ...). A worker in this process gets a
         copy, as one in another process would (D30). While the bus is down a frame is lost
         at once (counted), as audio would be, and does not hold the pipeline up; a drain
         probe then stays local, so that no drain waits for it. A worker in this process is
-        reached all the same."""
+        reached all the same. The frame goes in ``trace`` (a bridge's: its peer's
+        conversation), else in this worker's."""
         bus = self.bus
         if not bus.is_local(target) and not getattr(bus, "connected", True):
             if isinstance(frame, DrainProbeFrame):
@@ -208,8 +213,10 @@ class BridgeServing:
         try:
             if bus.is_local(target):
                 frame = copy_frame(frame)
-            await bus.send(frame_message(
-                source=source, target=target, frame=frame, direction=direction, bridge=tag))
+            message = frame_message(
+                source=source, target=target, frame=frame, direction=direction, bridge=tag)
+            message.trace = trace or self._trace_parent()
+            await bus.send(message)
         except SerializationError as error:
             self._warn_once(type(frame), f"{type(frame).__name__} stays in this pipeline: "
                                          f"{error}")

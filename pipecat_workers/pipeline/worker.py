@@ -51,6 +51,8 @@ from pipecat_workers.pipeline.monitors import (
 )
 from pipecat_workers.pipeline.runtime import PipelineParams, PipelineRuntime
 from pipecat_workers.pipeline.serving import BridgeServing
+from pipecat_workers.tracing.otel import background_context
+from pipecat_workers.tracing.spans import Span
 from pipecat_workers.types import WorkerActivationArgs
 from pipecat_workers.workers.base import BaseWorker, WorkerState
 
@@ -138,6 +140,7 @@ class PipelineWorker(PipelineEnds, BridgeServing, BaseWorker):
         self._started_pipeline = False
         self._graceful = False
         self._finishing: asyncio.Future[None] | None = None
+        self._pipeline_span: Span | None = None  # while spans are recorded
         self._cancel_requested = False
         self._end_reason: str | None = None
 
@@ -228,10 +231,17 @@ class PipelineWorker(PipelineEnds, BridgeServing, BaseWorker):
         ready once its pipeline is)."""
         if self.state is not WorkerState.CREATED:
             raise WorkerStateError(f"worker '{self.name}' was already started")
+        self._pipeline_span = self._lifecycle_span("pipeline")
         try:
-            await self._runtime.start(self)
-        except BaseException:
+            # The pipeline's tasks start in no trace of ours (what they send goes in the
+            # conversation this worker holds), under the pipeline's span for OpenTelemetry
+            # (pipecat's own spans nest there).
+            with background_context(self._pipeline_span):
+                await self._runtime.start(self)
+        except BaseException as exc:
             self._mark_registered()  # the runner waits for the start: it failed
+            if self._pipeline_span is not None:
+                self._pipeline_span.end("error", f"{type(exc).__name__}: {exc}")
             raise
         self._started_pipeline = True
         if self._params.enable_metrics and self._params.send_initial_empty_metrics:
@@ -293,6 +303,13 @@ class PipelineWorker(PipelineEnds, BridgeServing, BaseWorker):
         await asyncio.shield(self._finishing)
 
     async def _finish_once(self, reason: str | None) -> None:
+        try:
+            await self._finish_runtime(reason)
+        finally:
+            if self._pipeline_span is not None:
+                self._pipeline_span.end("cancelled" if self._cancel_requested else "ok")
+
+    async def _finish_runtime(self, reason: str | None) -> None:
         runtime = self._runtime
         if runtime.finished:
             return

@@ -2,9 +2,9 @@
 
 One JSON object per ended span (the format of :meth:`Span.to_record`, plus the ``runner`` and
 ``pid`` of the process). Spans are written in batches, a fraction of a second after they end
-(a crash loses at most that much), always whole lines, so readers may follow the file live. The file is private (0600, its directory
-0700 when made here), never opened through a symbolic link, and rotated to ``<name>.1`` when it
-would pass ``max_bytes``.
+(a crash loses at most that much), always whole lines, so readers may follow the file live.
+The file is private (0600, its directory 0700 when made here), never opened through a
+symbolic link, and rotated to ``<name>.1`` when it would pass ``max_bytes``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import logging
 import os
 from json.encoder import encode_basestring as _string
 from pathlib import Path
-from typing import Any
 
 from pipecat_workers.tracing.spans import Span, SpanExporter
 

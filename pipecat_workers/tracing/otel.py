@@ -15,7 +15,8 @@ is set. It needs the ``otel`` extra (``pip install 'pipecat-workers[otel]'``).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from pipecat_workers.errors import ConfigurationError
@@ -158,3 +159,24 @@ def shutdown_opentelemetry() -> None:
     shutdown = getattr(provider, "shutdown", None)
     if callable(shutdown):
         shutdown()
+
+
+@contextmanager
+def background_context(span: Span | None) -> Iterator[None]:
+    """For the long-lived tasks a worker starts (a pipeline's): started in the block, they
+    belong to no trace of ours (what they send goes in the conversation the worker holds),
+    and OpenTelemetry spans made in them (pipecat's) nest under ``span``."""
+    token = current_trace.set(None)
+    otel_token = None
+    if span is not None and span.otel is not None:
+        from opentelemetry import context, trace
+
+        otel_token = context.attach(trace.set_span_in_context(span.otel))
+    try:
+        yield
+    finally:
+        if otel_token is not None:
+            from opentelemetry import context
+
+            context.detach(otel_token)
+        current_trace.reset(token)
