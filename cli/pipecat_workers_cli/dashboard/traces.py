@@ -14,6 +14,7 @@ from pipecat_workers_cli.traces.store import SpanNode, build_tree, read_spans, r
 MAX_SPANS = 5_000  # spans of one trace sent to the page
 MAX_DEPTH = 100  # levels of nesting sent (deeper spans are left out, and it says so)
 RECENT = 30  # traces listed
+SCAN = 5_000  # newest spans read to list them (a few milliseconds' work, not the whole files)
 
 
 def files_stamp(directory: Path) -> tuple[tuple[str, int, int], ...]:
@@ -36,7 +37,7 @@ def files_stamp(directory: Path) -> tuple[tuple[str, int, int], ...]:
 def latest(directory: Path, limit: int = RECENT) -> list[dict[str, Any]]:
     """The newest traces first, as the page lists them."""
     found = []
-    for summary in recent_traces(directory, limit=limit):
+    for summary in recent_traces(directory, limit=limit, scan=SCAN):
         found.append({"trace": summary.trace, "name": summary.name, "start": summary.start,
                       "duration": max(0.0, summary.duration), "spans": summary.spans,
                       "workers": list(summary.workers), "status": summary.status,
