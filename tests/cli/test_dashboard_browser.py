@@ -129,6 +129,8 @@ def test_the_page_follows_a_running_project(tmp_path: Path, clis: Callable[[Path
     screens.take(page, "jobs")
 
     # A hand-off: listed, and the worker that got the conversation is highlighted.
+    before_handoff = page.eval_on_selector_all("#traces-body tr",
+                                               "rows => rows.map(r => r.dataset.trace)")
     handed = cli.run("call", "greeter", "--job", "handoff", "--payload", '{"to": "support"}')
     assert handed.returncode == 0, handed.stdout + handed.stderr
     page.wait_for_selector('#topology g[data-node="support"].active', timeout=WAIT)
@@ -190,6 +192,26 @@ def test_the_page_follows_a_running_project(tmp_path: Path, clis: Callable[[Path
     assert spans and all(worker == "billing" for _, worker in spans), spans
     assert any("echo" in label for label, _ in spans), spans
     screens.take(page, "real-trace")
+
+    # The hand-off's trace: greeter's job and, under it, its hand-off. (Support's activation
+    # joins the trace once it ends: a span is written when it ends.)
+    page.click("#trace-close")
+    handoff_trace = """(known) => [...document.querySelectorAll('#traces-body tr')]
+        .filter(tr => !known.includes(tr.dataset.trace) &&
+                      tr.children[1].textContent.includes('handoff'))
+        .map(tr => tr.dataset.trace)[0]"""
+    chain = page.wait_for_function(handoff_trace, arg=before_handoff,
+                                   timeout=WAIT).json_value()
+    page.click(f'tr[data-trace="{chain}"]')
+    page.wait_for_selector(f'#trace-panel:not([hidden]) #trace-id:text("{chain}")', timeout=WAIT)
+    page.wait_for_function("() => document.querySelectorAll('#trace-view .span-row').length > 1",
+                           timeout=WAIT)
+    rows = page.eval_on_selector_all("#trace-view .span-row", """rows => rows.map(r => [
+        r.querySelector('.span-worker').textContent,
+        parseFloat(r.querySelector('.span-label').style.paddingLeft)])""")
+    assert rows[0] == ["greeter", 0], rows
+    assert any(worker == "greeter" and depth > 0 for worker, depth in rows[1:]), rows
+    screens.take(page, "handoff-trace")
 
     stats = page.evaluate("window.dashboardStats")
     assert stats["renders"] > 0
