@@ -138,34 +138,41 @@
   // Names met on the bus that are not the project's workers (a `workers call`, a client)
   // go in a last group, "outside".
   function layout(groups) {
-    const pos = new Map();
-    const boxes = [];
-    const gap = 16, cell = 74;
-    let x = gap;
-    let height = 0;
-    for (const [label, names] of groups) {
+    const gap = 16, cell = 74, rowWidth = 1100;  // groups wrap onto rows this wide
+    const sized = groups.map(([label, names]) => {
       const n = names.length;
-      let w, h;
       if (n <= 12) {
         const r = n <= 1 ? 0 : Math.max(60, n * cell / (2 * Math.PI));
-        w = h = 2 * r + cell;
-        names.forEach((name, i) => {
+        return { label, names, ring: r, w: 2 * r + cell, h: 2 * r + cell };
+      }
+      const cols = Math.ceil(Math.sqrt(n * 1.6));
+      return { label, names, cols, w: cols * cell, h: Math.ceil(n / cols) * cell };
+    });
+    const pos = new Map();
+    const boxes = [];
+    let x = gap, y = 4, rowHeight = 0, width = 0;
+    for (const g of sized) {
+      if (x > gap && x + g.w > rowWidth) { x = gap; y += rowHeight + gap; rowHeight = 0; }
+      const top = y + 20;
+      if (g.cols === undefined) {
+        const n = g.names.length;
+        g.names.forEach((name, i) => {
           const a = -Math.PI / 2 + 2 * Math.PI * i / Math.max(n, 1);
-          pos.set(name, { x: x + w / 2 + r * Math.cos(a), y: 24 + h / 2 + r * Math.sin(a) });
+          pos.set(name, { x: x + g.w / 2 + g.ring * Math.cos(a),
+                          y: top + g.h / 2 + g.ring * Math.sin(a) });
         });
       } else {
-        const cols = Math.ceil(Math.sqrt(n * 1.6));
-        w = cols * cell; h = Math.ceil(n / cols) * cell;
-        names.forEach((name, i) => {
-          pos.set(name, { x: x + cell / 2 + (i % cols) * cell,
-                          y: 24 + cell / 2 + Math.floor(i / cols) * cell });
+        g.names.forEach((name, i) => {
+          pos.set(name, { x: x + cell / 2 + (i % g.cols) * cell,
+                          y: top + cell / 2 + Math.floor(i / g.cols) * cell });
         });
       }
-      boxes.push({ label, x, y: 4, w, h: h + 24 });
-      x += w + gap;
-      height = Math.max(height, h + 32);
+      boxes.push({ label: g.label, x, y, w: g.w, h: g.h + 24 });
+      x += g.w + gap;
+      width = Math.max(width, x);
+      rowHeight = Math.max(rowHeight, g.h + 24);
     }
-    return { pos, boxes, width: Math.max(x, 200), height: Math.max(height, 120) };
+    return { pos, boxes, width: Math.max(width, 200), height: Math.max(y + rowHeight + 8, 120) };
   }
 
   function updateGraph(data, activeNames) {
@@ -193,7 +200,8 @@
       graph.pos = placed.pos;
       setAttr(topo, "viewBox", "0 0 " + placed.width + " " + placed.height);
       // Drawn at its natural size, shrunk to fit the panel's width when wider.
-      topo.style.height = Math.min(placed.height, 640) + "px";
+      const scale = Math.min(1, (topo.clientWidth || placed.width) / placed.width);
+      topo.style.height = Math.ceil(placed.height * scale) + "px";
       groupLayer.replaceChildren(...placed.boxes.map((b) => {
         const g = svgEl("g", { class: "group" });
         g.append(svgEl("rect", { x: b.x, y: b.y, width: b.w, height: b.h, rx: 8 }));
@@ -223,6 +231,8 @@
     const edges = data.traffic.edges.filter((e) => graph.pos.has(e.source) &&
       (e.target === "*" || graph.pos.has(e.target)) && e.source !== e.target);
     const top = Math.max(1, ...edges.map((e) => e.rate));
+    // Many edges: fainter and without arrowheads, so the nodes stay visible.
+    topo.classList.toggle("dense", edges.length > 120);
     sync(edgeLayer, edges, (e) => e.source + "\u0000" + e.target, () => {
       const g = svgEl("g", {});
       g.append(svgEl("path", { class: "edge", "marker-end": "url(#arrow)" }),
