@@ -281,7 +281,8 @@
       return span;
     }, (span, i) => {
       setText(span.firstChild, "session " + i[0] + ": ");
-      setText(span.lastChild, i[1] || "no hand-off seen yet");
+      setText(span.lastChild, i[1] || "no activation seen yet");
+      setAttr(span.lastChild, "class", i[1] ? "" : "none");
     });
   }
 
