@@ -18,7 +18,8 @@ from benchmarks.table import fmt_target, render, write_json
 SUITES = ("benchmarks.local", "benchmarks.network", "benchmarks.hub", "benchmarks.cli",
           "benchmarks.reload", "benchmarks.pipeline", "benchmarks.pipeline_audio",
           "benchmarks.pipeline_handoff", "benchmarks.membership",
-          "benchmarks.faststart", "benchmarks.proxy", "benchmarks.tracing")
+          "benchmarks.faststart", "benchmarks.proxy", "benchmarks.tracing",
+          "benchmarks.dashboard")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -23,5 +23,6 @@ COMMANDS: dict[str, str] = {
     "config": "pipecat_workers_cli.commands.config:config",
     "call": "pipecat_workers_cli.commands.bus:call",
     "tail": "pipecat_workers_cli.commands.bus:tail",
+    "dashboard": "pipecat_workers_cli.commands.dashboard:dashboard",
     "export": "pipecat_workers_cli.commands.export:export_command",
 }

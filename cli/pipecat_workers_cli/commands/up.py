@@ -30,6 +30,7 @@ from pipecat_workers_cli.topology import Topology, expand, load_topology
 from pipecat_workers_cli.topology.preflight import preflight_or_exit
 
 if TYPE_CHECKING:
+    from pipecat_workers_cli.dashboard.listener import Listener
     from pipecat_workers_cli.logs.reader import LogRecord
     from pipecat_workers_cli.supervisor.driver import Supervisor
 
@@ -52,10 +53,18 @@ _APPLY_POLL = 0.05  # seconds between status requests to a running supervisor
 @click.option("--no-fork", is_flag=True, help="Spawn each worker in a fresh interpreter "
               "instead of forking it from the project's process template (also "
               "WORKERS_NO_FORK=1).")
+@click.option("--dashboard", is_flag=True, help="Also serve a live web page of the project "
+              "while it runs (its URL, with a secret token, is printed once).")
+@click.option("--dashboard-host", default="127.0.0.1", show_default=True, metavar="HOST",
+              help="Where the dashboard listens. Beyond loopback, anyone who can reach it "
+              "and learns the URL sees the project.")
+@click.option("--dashboard-port", type=click.IntRange(0, 65535), default=0, metavar="PORT",
+              help="The dashboard's port (default: a free one).")
 @click.option(_DAEMON_FLAG, "daemon", is_flag=True, hidden=True)
 @click.pass_context
 def up(ctx: click.Context, args: tuple[str, ...], detach: bool, no_ui: bool, reload: bool,
-       timeout: float, no_fork: bool, daemon: bool) -> None:
+       timeout: float, no_fork: bool, dashboard: bool, dashboard_host: str,
+       dashboard_port: int, daemon: bool) -> None:
     """Start the workers of FILE (or only WORKER... and what they depend on).
 
     With -d on a project that runs already, apply FILE to it: start new workers, restart
@@ -71,6 +80,9 @@ def up(ctx: click.Context, args: tuple[str, ...], detach: bool, no_ui: bool, rel
     state = StateDir.of(topology.root, topology.name)
     if wrong := topology.unknown_workers(names):
         raise CommandError(wrong)
+    if dashboard and (detach or daemon):
+        raise CommandError(f"--dashboard serves the page from `up` in the foreground; for a "
+                           f"detached project, `{command_for(topology)} dashboard` serves it")
     if not daemon:
         preflight_or_exit(topology)  # check's findings first: nothing starts (or changes)
     if state.supervisor_alive() and not daemon:
@@ -100,7 +112,15 @@ def up(ctx: click.Context, args: tuple[str, ...], detach: bool, no_ui: bool, rel
         from pipecat_workers_cli.render.plain import PlainRenderer
 
         renderer = PlainRenderer([p.name for p in expand(topology)])
-    sys.exit(_supervise(topology, renderer, names, reload=reload, no_fork=off))
+    listener = None
+    if dashboard:  # bound first: a port in use is one line before anything starts
+        from pipecat_workers_cli.commands.dashboard import announce
+        from pipecat_workers_cli.dashboard.listener import Listener
+
+        listener = Listener.bind(dashboard_host, dashboard_port)
+        announce(listener)
+    sys.exit(_supervise(topology, renderer, names, reload=reload, no_fork=off,
+                        dashboard=listener))
 
 
 def _apply_to_running(topology: Topology, state: StateDir, names: list[str], timeout: float
@@ -162,7 +182,7 @@ class _Shown(Protocol):
 
 
 def _supervise(topology: Topology, renderer: _Shown, names: list[str], *, reload: bool,
-               no_fork: str | None) -> int:
+               no_fork: str | None, dashboard: Listener | None = None) -> int:
     """Supervise the project until it ends; the exit code. The process template is forked
     once the supervisor has imported the library, before its event loop starts."""
     import asyncio
@@ -174,7 +194,8 @@ def _supervise(topology: Topology, renderer: _Shown, names: list[str], *, reload
     launched = launch_early(topology, os.environ) if no_fork is None else None
     template = Template(topology, os.environ, off=no_fork, launched=launched)
 
-    supervisor = Supervisor(topology, renderer, only=names, reload=reload, template=template)
+    supervisor = Supervisor(topology, renderer, only=names, reload=reload, template=template,
+                            dashboard=dashboard)
     return asyncio.run(_run(supervisor, renderer))
 
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipecat_workers.errors import WorkersError
 from pipecat_workers_cli.errors import CommandError
@@ -77,6 +77,9 @@ from pipecat_workers_cli.supervisor.usage import UsageSampler
 from pipecat_workers_cli.topology.hints import channel_hint
 from pipecat_workers_cli.topology.model import ProcessSpec, Topology, expand
 
+if TYPE_CHECKING:
+    from pipecat_workers_cli.dashboard.listener import Listener
+
 logger = logging.getLogger("pipecat_workers_cli.supervisor")
 
 _STATE_EVERY = 0.2  # seconds between state file writes while things change
@@ -114,6 +117,7 @@ class Supervisor:
         no_fork: Why workers are spawned rather than forked from the process template
             (``--no-fork``), if they are.
         template: The process template, if it was launched already (with ``env``).
+        dashboard: Serve the dashboard page on this bound socket while the project runs.
         clock, rng: Injected for tests.
     """
 
@@ -121,6 +125,7 @@ class Supervisor:
         self, topology: Topology, renderer: Renderer, *, only: Sequence[str] | None = None,
         timing: Timing | None = None, env: Mapping[str, str] | None = None,
         reload: bool = False, no_fork: str | None = None, template: Template | None = None,
+        dashboard: Listener | None = None,
         clock: Callable[[], float] = time.monotonic, rng: Callable[[], float] = random.random,
     ) -> None:
         self._topology = topology
@@ -146,7 +151,9 @@ class Supervisor:
         self._records = ProjectRecords(self._state, renderer)
         self._last_exits: dict[str, str] = {}
         self._usage = UsageSampler(clock)
-        self._services = ProjectServices(self._state, self._on_control, self._records.news)
+        self._services = ProjectServices(
+            self._state, self._on_control, self._records.news, dashboard=dashboard,
+            status=lambda: self.status(running=not self._loop_over))
         self._signalled: int | None = None
         self._runners: dict[str, str] = {}
         self._tasks: set[asyncio.Task[None]] = set()
