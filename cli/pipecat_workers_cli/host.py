@@ -222,6 +222,7 @@ async def host(spec: HostSpec, status: _Status, *, supervised: bool = True) -> i
     supervisor's (a drain request, or its end)."""
     from pipecat_workers import WorkerRunner
     from pipecat_workers.errors import WorkersError, WorkerStateError
+    from pipecat_workers_cli.hosttracing import tag_loguru_lines
     from pipecat_workers_cli.topology.classes import check_args, raised_at, resolve_class
 
     if not supervised and not spec.url and spec.backend != "local":
@@ -239,6 +240,7 @@ async def host(spec: HostSpec, status: _Status, *, supervised: bool = True) -> i
         worker = cls(spec.name, **args)
     except Exception as exc:  # the worker's own code: one line, not a traceback
         return _cannot_start(spec, status, raised_at(exc))
+    tag_loguru_lines()  # now that the worker's imports are done
     runner = WorkerRunner(name=spec.runner or None, bus=bus, handle_sigint=False,
                           handle_sigterm=True)
     await runner.add_workers(worker)

@@ -2,7 +2,8 @@
 
 Under ``workers up`` each worker writes its spans to ``traces/<worker>.jsonl`` in the project's
 state directory (read by ``workers trace`` and the dashboard), and its log lines name the
-trace (and job) they belong to (found by ``workers logs --trace`` / ``--job``). When the
+trace (and job) they belong to (found by ``workers logs --trace`` / ``--job``), loguru's
+(pipecat's) as well as the standard library's. When the
 worker's environment names an OTLP endpoint (``OTEL_EXPORTER_OTLP_ENDPOINT``), its spans go
 there too, as service ``OTEL_SERVICE_NAME`` or else ``<project>/<worker>``.
 """
@@ -16,7 +17,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from pipecat_workers.errors import ConfigurationError
-from pipecat_workers.tracing import JsonLinesSpanExporter, TraceLogFilter, tracer
+from pipecat_workers.tracing import JsonLinesSpanExporter, TraceLogFilter, trace_tag, tracer
 
 LOG_FORMAT = "%(levelname)s %(name)s: %(message)s%(trace_tag)s"
 _OTLP_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
@@ -52,3 +53,18 @@ def start_tracing(worker: str, runner: str, traces_dir: str, project: str,
             step()
 
     return stop
+
+
+def tag_loguru_lines() -> None:
+    """Tag loguru's lines too (pipecat logs with loguru), if the worker's code imported it:
+    a line logged in a trace ends with its tag, as the standard library's do."""
+    loguru = sys.modules.get("loguru")
+    if loguru is None:
+        return
+
+    def patch(record: dict[str, object]) -> None:
+        tag = trace_tag()
+        if tag:
+            record["message"] = f"{record['message']}{tag}"
+
+    loguru.logger.configure(patcher=patch)

@@ -21,6 +21,6 @@ def end_job_span(span: Span, status: JobStatus | str, response: Any) -> None:
     if outcome != "ok" and isinstance(response, dict):
         detail = response.get("error") or response.get("reason")
     span.set_attribute("job.status", str(status))
-    span.end(outcome, None if detail is None else str(detail) if outcome == "error" else None)
     if outcome == "cancelled" and detail is not None:
-        span.attributes["job.reason"] = str(detail)[:1000]
+        span.set_attribute("job.reason", str(detail))
+    span.end(outcome, str(detail) if outcome == "error" and detail is not None else None)

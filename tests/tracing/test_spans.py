@@ -151,7 +151,7 @@ async def test_job_outcomes_become_span_statuses(spans: InMemorySpanExporter) ->
     assert failed.status == "error" and "asked to fail" in (failed.error or "")
     assert stream.status == "ok" and stream.attributes["stream.chunks"] == 3
     assert [name for name, _, _ in stream.events] == ["stream.start"]
-    assert hung.status == "cancelled"
+    assert hung.status == "cancelled" and hung.attributes["job.reason"] == "enough"
     requests = _by_kind(spans.spans, "job.request")
     assert [r.status for r in requests] == ["error", "ok", "cancelled"]
 
