@@ -9,11 +9,13 @@ detached project answers the ``chat`` job, from ``workers call`` and from the ch
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -253,7 +255,26 @@ def check_scripted_run(out: subprocess.CompletedProcess[str]) -> None:
 
 
 def test_workers_up_plays_the_script_to_its_end_and_exits_0() -> None:
+    started = time.time()
     check_scripted_run(workers("up", "configs/voice.yaml", env={"OPENAI_API_KEY": ""}))
+    check_one_trace(ROOT / ".workers" / "voice" / "traces", since=started)
+
+
+def check_one_trace(traces: Path, *, since: float) -> None:
+    """The conversation greeter -> support -> greeter is one trace across the processes:
+    each session's parent is the hand-off that led to it."""
+    spans = [json.loads(line) for path in traces.glob("*.jsonl")
+             for line in path.read_text().splitlines()]
+    spans = sorted((s for s in spans if s["start"] >= since
+                    and s["kind"] in ("activation", "handoff")), key=lambda s: s["start"])
+    chain = [(s["kind"], s["worker"]) for s in spans]
+    assert chain == [("activation", "greeter"), ("handoff", "greeter"),
+                     ("activation", "support"), ("handoff", "support"),
+                     ("activation", "greeter")], chain
+    assert len({s["trace"] for s in spans}) == 1
+    for parent, child in itertools.pairwise(spans):
+        assert child["parent"] == parent["span"], (parent["name"], child["name"])
+    assert spans[0]["pid"] != spans[2]["pid"]  # greeter and support: two processes
 
 
 @pytest.mark.redis

@@ -179,7 +179,7 @@ def test_the_page_follows_a_running_project(tmp_path: Path, clis: Callable[[Path
     assert traced.returncode == 0, traced.stdout + traced.stderr
     new_billing_trace = """(known) => [...document.querySelectorAll('#traces-body tr')]
         .filter(tr => !known.includes(tr.dataset.trace) &&
-                      tr.children[2].textContent === 'billing' &&
+                      tr.children[2].textContent.split(', ').includes('billing') &&
                       tr.children[1].textContent.includes('echo'))
         .map(tr => tr.dataset.trace)[0]"""
     real = page.wait_for_function(new_billing_trace, arg=known, timeout=WAIT).json_value()
@@ -189,12 +189,13 @@ def test_the_page_follows_a_running_project(tmp_path: Path, clis: Callable[[Path
     spans = page.eval_on_selector_all("#trace-view .span-row", """rows => rows.map(r => [
         r.querySelector('.span-label').textContent,
         r.querySelector('.span-worker').textContent])""")
-    assert spans and all(worker == "billing" for _, worker in spans), spans
-    assert any("echo" in label for label, _ in spans), spans
+    # The call's request (its span is the project's too), and billing's run under it.
+    assert spans[0][1].startswith("workers-call-") and "echo -> billing" in spans[0][0], spans
+    assert any(worker == "billing" and "run echo" in label for label, worker in spans), spans
     screens.take(page, "real-trace")
 
-    # The hand-off's trace: greeter's job and, under it, its hand-off. (Support's activation
-    # joins the trace once it ends: a span is written when it ends.)
+    # The hand-off's trace: the call, greeter's job under it and, under that, its hand-off.
+    # (Support's session joins the trace once it ends: a span is written when it ends.)
     page.click("#trace-close")
     handoff_trace = """(known) => [...document.querySelectorAll('#traces-body tr')]
         .filter(tr => !known.includes(tr.dataset.trace) &&
@@ -209,8 +210,9 @@ def test_the_page_follows_a_running_project(tmp_path: Path, clis: Callable[[Path
     rows = page.eval_on_selector_all("#trace-view .span-row", """rows => rows.map(r => [
         r.querySelector('.span-worker').textContent,
         parseFloat(r.querySelector('.span-label').style.paddingLeft)])""")
-    assert rows[0] == ["greeter", 0], rows
-    assert any(worker == "greeter" and depth > 0 for worker, depth in rows[1:]), rows
+    assert rows[0][0].startswith("workers-call-") and rows[0][1] == 0, rows
+    greeters = [depth for worker, depth in rows if worker == "greeter"]
+    assert len(greeters) == 2 and 0 < greeters[0] < greeters[1], rows  # run, then hand-off
     screens.take(page, "handoff-trace")
 
     stats = page.evaluate("window.dashboardStats")
