@@ -35,9 +35,10 @@ def files_stamp(directory: Path) -> tuple[tuple[str, int, int], ...]:
 
 
 def latest(directory: Path, limit: int = RECENT) -> list[dict[str, Any]]:
-    """The newest traces first, as the page lists them."""
+    """The newest traces first, as the page lists them (not those that only tell a worker's
+    start or stop: one per worker and restart, they would push the jobs out of the list)."""
     found = []
-    for summary in recent_traces(directory, limit=limit, scan=SCAN):
+    for summary in recent_traces(directory, limit=limit, scan=SCAN, lifecycle=False):
         found.append({"trace": summary.trace, "name": summary.name, "start": summary.start,
                       "duration": max(0.0, summary.duration), "spans": summary.spans,
                       "workers": list(summary.workers), "status": summary.status,
