@@ -231,7 +231,7 @@ class PipelineWorker(PipelineEnds, BridgeServing, BaseWorker):
         ready once its pipeline is)."""
         if self.state is not WorkerState.CREATED:
             raise WorkerStateError(f"worker '{self.name}' was already started")
-        self._pipeline_span = self._lifecycle_span("pipeline")
+        self._pipeline_span = self._lifecycle_span("pipeline", announce=True)
         try:
             # The pipeline's tasks start in no trace of ours (what they send goes in the
             # conversation this worker holds), under the pipeline's span for OpenTelemetry

@@ -45,6 +45,7 @@ class JsonLinesSpanExporter(SpanExporter):
         self._tail = f',"runner":{_string(runner)},"pid":{os.getpid()}}}\n'
         self._delay = delay
         self._pending: list[Span] = []
+        self._announced: set[int] = set()  # pending spans written as running, by id()
         self._timer: asyncio.TimerHandle | None = None
         self._fd: int | None = None
         self._size = 0
@@ -55,9 +56,16 @@ class JsonLinesSpanExporter(SpanExporter):
     def path(self) -> Path:
         return self._path
 
+    def started(self, span: Span) -> None:
+        """Write the span as running (readers take its ended line over it later)."""
+        self._announced.add(id(span))
+        self.export(span)
+
     def export(self, span: Span) -> None:
         if self._broken:
             return
+        if span.end_time is not None and id(span) in self._announced:
+            return  # still waiting as running: it is written as it is then, ended
         self._pending.append(span)
         if len(self._pending) >= _BATCH or self._delay <= 0:
             self.flush()
@@ -75,6 +83,7 @@ class JsonLinesSpanExporter(SpanExporter):
             self._timer.cancel()
             self._timer = None
         pending, self._pending = self._pending, []
+        self._announced.clear()
         if not pending or self._broken:
             return
         data = "".join([_line(span) + self._tail for span in pending]).encode("utf-8", "replace")
@@ -117,11 +126,12 @@ def _line(span: Span) -> str:
     c = span.context
     parent = "null" if span.parent_id is None else f'"{span.parent_id:016x}"'
     end = span.end_time if span.end_time is not None else span.start
+    status = span.status if span.end_time is not None else Span.RUNNING
     error = "" if span.error is None else f',"error":{_string(span.error)}'
     events = _encode([{"name": n, "time": t, "attrs": a} for n, t, a in span.events]) \
         if span.events else "[]"
     return (f'{{"trace":"{c.trace_id:032x}","span":"{c.span_id:016x}","parent":{parent},'
             f'"name":{_string(span.name)},"kind":{_string(span.kind)},'
             f'"worker":{_string(span.worker)},"start":{span.start!r},"end":{end!r},'
-            f'"status":{_string(span.status)}{error},"attrs":{_encode(span.attributes)},'
+            f'"status":{_string(status)}{error},"attrs":{_encode(span.attributes)},'
             f'"events":{events}')

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -38,6 +38,9 @@ class Span:
 
     __slots__ = ("name", "kind", "context", "parent_id", "worker", "start", "end_time",
                  "status", "error", "attributes", "events", "_tracer", "otel")
+
+    RUNNING = "running"
+    """What a span file says of a span that has started and not ended (see ``announce``)."""
 
     def __init__(self, tracer: Tracer, name: str, kind: SpanKind, context: TraceContext,
                  parent_id: int | None, worker: str,
@@ -119,6 +122,10 @@ class SpanExporter(ABC):
     def export(self, span: Span) -> None:
         """Take one ended span."""
 
+    def started(self, span: Span) -> None:
+        """A long span began (a conversation's session): an exporter that readers follow
+        live may say so now; ``export`` still follows when it ends."""
+
     def shutdown(self) -> None:
         """Flush and release what the exporter holds; called when it is removed."""
 
@@ -176,10 +183,12 @@ class Tracer:
 
     def start_span(
         self, name: str, kind: SpanKind, *, parent: TraceContext | None, worker: str,
-        attributes: Mapping[str, AttributeValue] | None = None,
+        attributes: Mapping[str, AttributeValue] | None = None, announce: bool = False,
     ) -> Span:
         """A new span, child of ``parent`` (a new trace if ``None``). Callers check
-        :attr:`recording` first when they can pass the context on instead."""
+        :attr:`recording` first when they can pass the context on instead. ``announce``
+        tells the exporters now (:meth:`SpanExporter.started`), for a span that may last
+        long: who holds a conversation is then seen while it does."""
         otel = self._otel
         if otel is not None:
             context, parent_id, otel_span = otel.start(name, kind, parent, worker, attributes)
@@ -189,19 +198,26 @@ class Tracer:
             otel_span = None
         span = Span(self, name, kind, context, parent_id, worker, attributes)
         span.otel = otel_span
+        if announce:
+            for exporter in self._exporters:
+                self._call(exporter.started, span)
         return span
 
     def _finish(self, span: Span) -> None:
         if span.otel is not None and self._otel is not None:
             self._otel.end(span)
         for exporter in self._exporters:
-            try:
-                exporter.export(span)
-            except Exception:  # an exporter's failure must not stop the work it traces
-                if id(exporter) not in self._failed:
-                    self._failed.add(id(exporter))
-                    logger.exception("span exporter %r failed (further failures are not "
-                                     "logged)", exporter)
+            self._call(exporter.export, span)
+
+    def _call(self, method: Callable[[Span], None], span: Span) -> None:
+        try:
+            method(span)
+        except Exception:  # an exporter's failure must not stop the work it traces
+            owner = getattr(method, "__self__", method)
+            if id(owner) not in self._failed:
+                self._failed.add(id(owner))
+                logger.exception("span exporter %r failed (further failures are not "
+                                 "logged)", owner)
 
 
 tracer = Tracer()

@@ -61,7 +61,7 @@ class WorkerTracingMixin:
             return
         span = self._session_span = tracer.start_span(
             f"session {self._name}", "activation", parent=parent, worker=self._name,
-            attributes={"activation.from": source or ""})
+            attributes={"activation.from": source or ""}, announce=True)
         self._session_trace = span.context
 
     def _session_failed(self, exc: BaseException) -> None:
@@ -103,9 +103,11 @@ class WorkerTracingMixin:
             if span is not None:
                 span.end()
 
-    def _lifecycle_span(self, what: str, **attributes: str) -> Span | None:
-        """A span of this worker's lifecycle (``start``, ``stop``), in a trace of its own."""
+    def _lifecycle_span(self, what: str, *, announce: bool = False,
+                        **attributes: str) -> Span | None:
+        """A span of this worker's lifecycle (``start``, ``stop``), in a trace of its own;
+        ``announce`` for one that lasts (a pipeline's)."""
         if not tracer.recording:
             return None
         return tracer.start_span(f"{what} {self._name}", "worker", parent=None,
-                                 worker=self._name, attributes=attributes)
+                                 worker=self._name, attributes=attributes, announce=announce)

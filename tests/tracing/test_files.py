@@ -87,3 +87,36 @@ def test_a_symbolic_link_is_not_followed(tmp_path: Path) -> None:
     (tmp_path / "w.jsonl").symlink_to(target)
     _spans_to(tmp_path / "w.jsonl", 1).shutdown()
     assert target.read_text() == ""
+
+
+def test_a_long_span_is_written_running_then_ended(tmp_path: Path) -> None:
+    """A conversation's session is written when it starts (running) and again when it ends;
+    the reader takes the newer line."""
+    from pipecat_workers_cli.traces.store import read_spans
+
+    path = tmp_path / "w.jsonl"
+    tracer = Tracer()
+    exporter = JsonLinesSpanExporter(path, runner="proj/w", delay=0)
+    tracer.add_exporter(exporter)
+    session = tracer.start_span("session w", "activation", parent=None, worker="w",
+                                announce=True)
+    (running,) = read_spans(tmp_path)
+    assert (running.span, running.status) == (session.context.span_hex, "running")
+    session.end()
+    (ended,) = read_spans(tmp_path)
+    assert (ended.span, ended.status) == (session.context.span_hex, "ok")
+    assert [json.loads(x)["status"] for x in path.read_text().splitlines()] == [
+        "running", "ok"]
+
+
+async def test_a_long_span_that_ends_before_its_batch_is_written_once(
+        tmp_path: Path) -> None:
+    path = tmp_path / "w.jsonl"
+    tracer = Tracer()
+    exporter = JsonLinesSpanExporter(path, delay=60)
+    tracer.add_exporter(exporter)
+    span = tracer.start_span("session w", "activation", parent=None, worker="w",
+                             announce=True)
+    span.end()
+    exporter.flush()
+    assert [json.loads(x)["status"] for x in path.read_text().splitlines()] == ["ok"]

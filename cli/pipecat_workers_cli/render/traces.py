@@ -16,7 +16,7 @@ from rich.text import Text
 
 from pipecat_workers_cli.traces.store import SpanNode, SpanRecord, TraceSummary
 
-STATUS_STYLES = {"ok": "green", "error": "bold red", "cancelled": "yellow"}
+STATUS_STYLES = {"ok": "green", "error": "bold red", "cancelled": "yellow", "running": "cyan"}
 MAX_INDENT = 24  # levels of tree guides drawn; deeper spans show their depth instead
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 

@@ -25,8 +25,10 @@ MAX_TEXT = 4096  # characters of an error text or a string attribute (longer: cu
 MAX_ATTRS = 64  # attributes of a span or event (more: the first ones are kept)
 MAX_EVENTS = 256  # events of a span (more: the first ones are kept)
 
-STATUSES = ("ok", "error", "cancelled")
-"""How a span can end."""
+STATUSES = ("ok", "error", "cancelled", "running")
+"""How a span can end; ``running``: it had not ended when its line was written (a long span,
+a conversation's session, is written when it starts too: the line written when it ends is
+newer, and is the one read)."""
 
 KINDS = ("job.request", "job.run", "job.group", "activation", "handoff", "worker")
 """The kinds written today; others are read too (a newer writer's), shown as they are."""
@@ -50,7 +52,8 @@ class SpanEvent:
 
 @dataclass(frozen=True, slots=True)
 class SpanRecord:
-    """One validated line of a span file: a span that ended."""
+    """One validated line of a span file: a span that ended (or was running, see
+    :data:`STATUSES`)."""
 
     trace: str  # 32 lowercase hex digits
     span: str  # 16 lowercase hex digits
