@@ -263,10 +263,13 @@ def test_workers_up_plays_the_script_to_its_end_and_exits_0() -> None:
 def check_one_trace(traces: Path, *, since: float) -> None:
     """The conversation greeter -> support -> greeter is one trace across the processes:
     each session's parent is the hand-off that led to it."""
-    spans = [json.loads(line) for path in traces.glob("*.jsonl")
+    lines = [json.loads(line) for path in traces.glob("*.jsonl")
              for line in path.read_text().splitlines()]
+    # A session is written when it starts (running) and when it ends: the last line wins.
+    spans = list({s["span"]: s for s in lines}.values())
     spans = sorted((s for s in spans if s["start"] >= since
                     and s["kind"] in ("activation", "handoff")), key=lambda s: s["start"])
+    assert all(s["status"] == "ok" for s in spans)  # every session ended, none running
     chain = [(s["kind"], s["worker"]) for s in spans]
     assert chain == [("activation", "greeter"), ("handoff", "greeter"),
                      ("activation", "support"), ("handoff", "support"),
