@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal
@@ -131,16 +132,13 @@ class SpanExporter(ABC):
 
 
 class InMemorySpanExporter(SpanExporter):
-    """Keeps ended spans in a list (the newest ``limit``): for tests and benchmarks."""
+    """Keeps the newest ``limit`` ended spans, oldest first: for tests and benchmarks."""
 
     def __init__(self, limit: int = 100_000) -> None:
-        self.spans: list[Span] = []
-        self._limit = limit
+        self.spans: deque[Span] = deque(maxlen=limit)
 
     def export(self, span: Span) -> None:
         self.spans.append(span)
-        if len(self.spans) > self._limit:
-            del self.spans[: len(self.spans) - self._limit]
 
     def clear(self) -> None:
         self.spans.clear()
