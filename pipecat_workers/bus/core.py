@@ -320,8 +320,8 @@ class WorkerBus(ABC):
             raise BusClosedError(f"cannot send {type(message).__name__}: the bus is closed")
         cls = type(message)
         self._sent[cls] = self._sent.get(cls, 0) + 1
-        if message.trace is None:
-            message.trace = current_trace.get()
+        if message.trace is None and (trace := current_trace.get()) is not None:
+            message.trace = trace
         target = message.target
         if target is not None:
             mailbox = self._mailboxes.get(target)
