@@ -194,12 +194,13 @@ def test_the_page_follows_a_running_project(tmp_path: Path, clis: Callable[[Path
     assert any(worker == "billing" and "run echo" in label for label, worker in spans), spans
     screens.take(page, "real-trace")
 
-    # The hand-off's trace: the call, greeter's job under it and, under that, its hand-off.
-    # (Support's session joins the trace once it ends: a span is written when it ends.)
+    # The hand-off's trace: the call, greeter's job under it and, under that, its hand-off,
+    # and support's session under the hand-off, running (written as it starts).
     page.click("#trace-close")
     handoff_trace = """(known) => [...document.querySelectorAll('#traces-body tr')]
         .filter(tr => !known.includes(tr.dataset.trace) &&
-                      tr.children[1].textContent.includes('handoff'))
+                      tr.children[1].textContent.includes('handoff') &&
+                      Number(tr.children[3].textContent) >= 4)  // every process has written
         .map(tr => tr.dataset.trace)[0]"""
     chain = page.wait_for_function(handoff_trace, arg=before_handoff,
                                    timeout=WAIT).json_value()
@@ -213,6 +214,12 @@ def test_the_page_follows_a_running_project(tmp_path: Path, clis: Callable[[Path
     assert rows[0][0].startswith("workers-call-") and rows[0][1] == 0, rows
     greeters = [depth for worker, depth in rows if worker == "greeter"]
     assert len(greeters) == 2 and 0 < greeters[0] < greeters[1], rows  # run, then hand-off
+    # Support holds the conversation now: its session, under the hand-off, is running.
+    page.wait_for_selector("#trace-view .span-row.status-running", timeout=WAIT)
+    running = page.eval_on_selector_all("#trace-view .span-row.status-running", """rows =>
+        rows.map(r => [r.querySelector('.span-worker').textContent,
+                       r.querySelector('.span-time').textContent])""")
+    assert running == [["support", "running"]], running
     screens.take(page, "handoff-trace")
 
     stats = page.evaluate("window.dashboardStats")

@@ -354,8 +354,10 @@
     bar.style.width = Math.max(100 * node.duration / total, 0.2).toFixed(3) + "%";
     bar.title = node.name + ": " + ms(node.duration) + ", " + node.status;
     track.append(bar);
-    row.append(label, el("div", "span-worker", node.worker), el("div", "span-time",
-      ms(node.duration)), track);
+    // A running span (a session going on) has no duration yet: say so.
+    const time = node.status === "running" ? "running" : ms(node.duration);
+    row.append(label, el("div", "span-worker", node.worker), el("div", "span-time", time),
+      track);
     if (node.error) row.append(el("div", "span-error", node.error));
     return row;
   }
