@@ -181,3 +181,16 @@ async def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
             url = request.getfixturevalue(
                 "redis_url" if request.param == "redis" else "postgres_dsn")
         yield Cluster(request.param, url, tmp_path, stack)
+
+
+@pytest.fixture
+def spans() -> Iterator[object]:
+    """Spans recorded in this process while the test runs (an ``InMemorySpanExporter``)."""
+    from pipecat_workers.tracing import InMemorySpanExporter, tracer
+
+    exporter = InMemorySpanExporter()
+    tracer.add_exporter(exporter)
+    try:
+        yield exporter
+    finally:
+        tracer.remove_exporter(exporter)
