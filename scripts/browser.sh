@@ -12,25 +12,14 @@ set -euo pipefail
 CHROMIUM="${WORKERS_TEST_CHROMIUM:-/usr/bin/chromium}"
 
 log() { printf 'browser: %s\n' "$*" >&2; }
+source "${BASH_SOURCE[0]%/*}/apt.sh"
 is_ci() { [[ ${CI:-} == true || ${CI:-} == 1 ]]; }
 
 # Install chromium with apt-get if it is missing and we may (root or password-less sudo).
 install_chromium() {
   [[ -x $CHROMIUM ]] && return 0
   [[ $CHROMIUM == /usr/bin/chromium ]] || return 1  # someone else's browser: not ours to install
-  local sudo=()
-  if ((EUID != 0)); then
-    sudo -n true 2>/dev/null || return 1
-    sudo=(sudo -n)
-  fi
-  command -v apt-get >/dev/null || return 1
-  log "chromium is missing: installing it with apt-get"
-  # The lock timeout waits out another apt (e.g. unattended-upgrades on a fresh VM).
-  local apt=(apt-get -qq -o DPkg::Lock::Timeout=120)
-  timeout 300 "${sudo[@]}" "${apt[@]}" update &&
-    timeout 900 "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
-      "${apt[@]}" install -y --no-install-recommends chromium >/dev/null || return 1
-  [[ -x $CHROMIUM ]]
+  apt_install chromium 900 && [[ -x $CHROMIUM ]]
 }
 
 if install_chromium; then

@@ -30,6 +30,7 @@ PG_DIR="$SERVICES_DIR/postgres"  # owned by the server's user: data/, socket/, p
 PG_DATA="$PG_DIR/data"
 
 log() { printf 'services: %s\n' "$*" >&2; }
+source "${BASH_SOURCE[0]%/*}/apt.sh"
 die() { log "error: $*"; exit 1; }
 
 # Print the end of a log file, to explain a failure.
@@ -82,22 +83,11 @@ running_redis_port() { cat "$REDIS_DIR/port" 2>/dev/null; }
 # Install redis-server with apt-get if it is missing and we may (root or password-less sudo).
 install_redis() {
   command -v redis-server >/dev/null && return 0
-  local sudo=()
-  if ((EUID != 0)); then
-    sudo -n true 2>/dev/null || return 1
-    sudo=(sudo -n)
-  fi
-  command -v apt-get >/dev/null || return 1
-  log "redis-server is missing: installing it with apt-get"
-  # The lock timeout waits out another apt (e.g. unattended-upgrades on a fresh VM).
-  local apt=(apt-get -qq -o DPkg::Lock::Timeout=120)
-  timeout 300 "${sudo[@]}" "${apt[@]}" update &&
-    timeout 600 "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
-      "${apt[@]}" install -y --no-install-recommends redis-server >/dev/null || return 1
+  apt_install redis-server 600 || return 1
   # With systemd, the package also starts and enables a Redis on 6379. We only wanted the
   # binary: a server nobody asked for must not outlive the tests.
   if [[ -d /run/systemd/system ]]; then
-    timeout 60 "${sudo[@]}" systemctl disable --now redis-server >/dev/null 2>&1 || true
+    as_root timeout 60 systemctl disable --now redis-server >/dev/null 2>&1 || true
   fi
   command -v redis-server >/dev/null
 }
