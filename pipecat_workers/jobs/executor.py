@@ -147,7 +147,7 @@ class JobExecutorMixin:
             WorkerStateError: if the job is not active on this worker.
         """
         request = self._active_request(job_id)
-        self._note(job_id, "job.updates")
+        self._count_on_span(job_id, "job.updates")
         cls = BusJobUpdateUrgentMessage if urgent else BusJobUpdateMessage
         await self.send_bus_message(cls(source=self.name, target=request.source, job_id=job_id,
                                         update=update))
@@ -155,7 +155,8 @@ class JobExecutorMixin:
     async def send_job_stream_start(self, job_id: str, data: dict[str, Any] | None = None) -> None:
         """Tell the requester a stream begins."""
         request = self._active_request(job_id)
-        self._note(job_id, "stream.start")
+        if (span := self._job_span(job_id)) is not None:
+            span.add_event("stream.start")
         await self.send_bus_message(BusJobStreamStartMessage(
             source=self.name, target=request.source, job_id=job_id, data=data))
 
@@ -164,7 +165,7 @@ class JobExecutorMixin:
         # The hot path of streaming: one dict lookup, the checked one only when it fails.
         request = self._active_jobs.get(job_id) or self._active_request(job_id)
         if self._job_spans:
-            self._note(job_id, "stream.chunks")
+            self._count_on_span(job_id, "stream.chunks")
         await self.send_bus_message(BusJobStreamDataMessage(
             source=self.name, target=request.source, job_id=job_id, data=data))
 
@@ -183,22 +184,20 @@ class JobExecutorMixin:
                      if self._job_spans else request.trace)
         await self.send_bus_message(end)
 
-    def _note(self, job_id: str, what: str) -> None:
-        """Count an update or a stream chunk on the job's span; a stream's start is an
-        event."""
-        span = self._job_spans.get(job_id) if self._job_spans else None
-        if span is None:
-            return
-        if what == "stream.start":
-            span.add_event(what)
-        else:
-            count = span.attributes.get(what, 0)
-            span.set_attribute(what, count + 1 if isinstance(count, int) else 1)
+    def _job_span(self, job_id: str) -> Span | None:
+        """The running job's span, while spans are recorded."""
+        return self._job_spans.get(job_id) if self._job_spans else None
+
+    def _count_on_span(self, job_id: str, key: str) -> None:
+        """Count an update or a stream chunk on the job's span (an attribute, not an event
+        each: a stream may be long)."""
+        if (span := self._job_span(job_id)) is not None:
+            span.set_attribute(key, int(span.attributes.get(key, 0)) + 1)
 
     def _end_job_trace(self, job_id: str, request: BusJobRequestMessage, status: JobStatus,
                        response: Any) -> TraceContext | None:
         """End the job's span, if it has one; the trace context its answer carries."""
-        span = self._job_spans.pop(job_id, None) if self._job_spans else None
+        span = self._job_spans.pop(job_id, None) if self._job_spans is not None else None
         if span is None:
             return request.trace
         end_job_span(span, status, response)

@@ -26,11 +26,10 @@ class WorkerTracingMixin:
 
     _name: str
     # The trace of the activation that made this worker active (None while inactive), and
-    # of the activation message waiting to be applied.
+    # the activation message waiting to be applied.
     _session_trace: TraceContext | None = None
     _session_span: Span | None = None
-    _activation_parent: TraceContext | None = None
-    _activation_source: str | None = None
+    _activation: BusActivateWorkerMessage | None = None
 
     @property
     def trace_context(self) -> TraceContext | None:
@@ -44,24 +43,23 @@ class WorkerTracingMixin:
         return current_trace.get() or self._session_trace
 
     def _note_activation(self, message: BusActivateWorkerMessage) -> None:
-        self._activation_parent = message.trace
-        self._activation_source = message.source
+        self._activation = message
 
     def _begin_session(self) -> None:
         """The worker becomes active: its conversation's trace is the activation's (a new
         one if the activation carried none). A worker made active by its constructor holds
         no conversation: each job it sends then starts a trace of its own."""
-        parent, self._activation_parent = self._activation_parent, None
-        source, self._activation_source = self._activation_source, None
+        activation, self._activation = self._activation, None
         self._end_session()  # activated again while active: the former session ends
-        if source is None:
+        if activation is None:
             return  # active from the start: a service, not a conversation someone began
+        parent = activation.trace
         if not tracer.recording:
             self._session_trace = parent if parent is not None else TraceContext.new_root()
             return
         span = self._session_span = tracer.start_span(
             f"session {self._name}", "activation", parent=parent, worker=self._name,
-            attributes={"activation.from": source or ""}, announce=True)
+            attributes={"activation.from": activation.source}, announce=True)
         self._session_trace = span.context
 
     def _session_failed(self, exc: BaseException) -> None:
