@@ -19,13 +19,18 @@ TAG_PATTERN = re.compile(r"\[trace=([0-9a-f]{32}) span=([0-9a-f]{16})(?: job=(\S
 _UNSAFE = re.compile(r"[\s\]]")
 
 
+def job_in_tag(job_id: str) -> str:
+    """A job id as a tag writes it: spaces and ``]`` (which would end the tag) as ``_``."""
+    return _UNSAFE.sub("_", job_id)
+
+
 def trace_tag() -> str:
     """The tag for a line logged now (empty outside a trace)."""
     context = current_trace.get()
     if context is None:
         return ""
     job = current_job.get()
-    tail = f" job={_UNSAFE.sub('_', job)}" if job else ""
+    tail = f" job={job_in_tag(job)}" if job else ""
     return f" [trace={context.trace_hex} span={context.span_hex}{tail}]"
 
 

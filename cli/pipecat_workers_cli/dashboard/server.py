@@ -16,7 +16,6 @@ import base64
 import contextlib
 import hashlib
 import json
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from importlib import resources
@@ -38,12 +37,12 @@ from pipecat_workers_cli.dashboard.observer import watch
 from pipecat_workers_cli.dashboard.snapshot import compose
 from pipecat_workers_cli.dashboard.traffic import Traffic
 from pipecat_workers_cli.supervisor.status import ProjectStatus
+from pipecat_workers_cli.traces.records import TRACE_ID
 
 EVERY = 0.25  # seconds between snapshots, at most
 TRACES_EVERY = 2.0  # seconds between looks at the span files
 PING = 15.0  # seconds of silence after which the stream sends a comment (finds dead clients)
 STOP_WITHIN = 3  # seconds the server has to close its connections when the project stops
-_TRACE_ID = re.compile(r"[0-9a-f]{32}")
 
 StatusSource = Callable[[], Awaitable[ProjectStatus | None]]
 """The project's status now; None once its supervisor is gone (the dashboard then ends)."""
@@ -152,7 +151,7 @@ def build_app(listener: Listener, publisher: Publisher, trace_dir: Path) -> ASGI
 
     async def trace(request: Request) -> Response:
         trace_id = request.path_params["trace"]
-        if not _TRACE_ID.fullmatch(trace_id):
+        if not TRACE_ID.fullmatch(trace_id):
             return JSONResponse({"error": "not a trace id"}, 404, headers=_HEADERS)
         found = await asyncio.to_thread(traces.tree, trace_dir, trace_id)
         if not found["roots"]:

@@ -2,7 +2,8 @@
 
 A trace id is 32 hex digits; as with git, a unique prefix of at least :data:`MIN_PREFIX`
 digits will do. Anything else is taken as a job id, found through the ``job.id`` attribute
-of the spans. Log lines carry their trace in a tag at their end (see :data:`TAG`).
+of the spans. Log lines carry their trace in a tag at their end (the library's
+:data:`~pipecat_workers.tracing.logs.TAG_PATTERN`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipecat_workers.tracing.logs import TAG_PATTERN, job_in_tag
 from pipecat_workers_cli.logs.reader import LogRecord
 from pipecat_workers_cli.traces.store import (
     build_tree,
@@ -25,11 +27,7 @@ from pipecat_workers_cli.traces.store import (
 MIN_PREFIX = 8
 """The fewest hex digits of a trace id that a user may give."""
 
-TAG = re.compile(r"\[trace=([0-9a-f]{32}) span=([0-9a-f]{16})(?: job=(\S+))?\]$")
-"""The tag that ends a log line logged in a trace: its trace, span, and job if any."""
-
 _HEX = re.compile(r"[0-9a-fA-F]+")
-_UNSAFE_IN_TAG = re.compile(r"[\s\]]")  # a tag's job id has these as "_"
 
 
 class NotFound(LookupError):
@@ -49,7 +47,7 @@ def parse_tag(text: str) -> LogTag | None:
     """The tag at the end of a log line's text, if it has one."""
     if not text.endswith("]"):
         return None  # most lines: no need to run the expression
-    match = TAG.search(text)
+    match = TAG_PATTERN.search(text)
     return LogTag(match[1], match[2], match[3]) if match else None
 
 
@@ -126,7 +124,7 @@ class LineSelector:
         self._dir = traces_dir
         self._trace = trace
         self._job = job
-        self._job_in_tag = _UNSAFE_IN_TAG.sub("_", job) if job is not None else None
+        self._job_in_tag = job_in_tag(job) if job is not None else None
         self._refresh = refresh
         self._clock = clock
         self._spans: set[str] = set()
