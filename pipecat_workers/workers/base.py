@@ -13,7 +13,7 @@ import enum
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from pipecat_workers.bus.core import Role, WorkerBus
@@ -25,18 +25,7 @@ from pipecat_workers.bus.messages import (
     BusDeactivateWorkerMessage,
     BusEndMessage,
     BusEndWorkerMessage,
-    BusFrameMessage,
-    BusJobCancelMessage,
-    BusJobCheckMessage,
     BusJobRequestMessage,
-    BusJobResponseMessage,
-    BusJobResponseUrgentMessage,
-    BusJobStreamDataMessage,
-    BusJobStreamEndMessage,
-    BusJobStreamStartMessage,
-    BusJobUpdateMessage,
-    BusJobUpdateRequestMessage,
-    BusJobUpdateUrgentMessage,
     BusMessage,
     BusWorkerErrorMessage,
     BusWorkerLocalErrorMessage,
@@ -62,6 +51,7 @@ from pipecat_workers.types import (
 )
 from pipecat_workers.validate import check_name
 from pipecat_workers.workers.decorators import JobHandlerSpec, collect_handlers
+from pipecat_workers.workers.dispatch import HANDLERS, builtin_handler, ignored
 from pipecat_workers.workers.tracing import WorkerTracingMixin
 
 if TYPE_CHECKING:
@@ -71,7 +61,6 @@ logger = logging.getLogger("pipecat_workers.worker")
 
 _auto_names: dict[str, itertools.count[int]] = {}
 
-Dispatch = Callable[["BaseWorker", Any], Awaitable[None]]
 T = TypeVar("T")
 
 
@@ -618,10 +607,8 @@ class BaseWorker(EventEmitter, JobRequesterMixin, JobExecutorMixin, WorkerTracin
     async def on_bus_message(self, message: BusMessage) -> None:
         """Handle a message; override to handle your own types, calling ``super()`` first."""
         cls = type(message)
-        handler = _DISPATCH.get(cls)
-        if handler is None:
-            handler = _resolve_dispatch(cls)
-        if handler is _ignore:
+        handler = HANDLERS.get(cls) or builtin_handler(cls)
+        if handler is ignored:
             return
         await handler(self, message)
         if self._event_handlers:
@@ -629,55 +616,3 @@ class BaseWorker(EventEmitter, JobRequesterMixin, JobExecutorMixin, WorkerTracin
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._name!r} {self._state}>"
-
-
-async def _ignore(worker: BaseWorker, message: Any) -> None:
-    return None
-
-
-async def _no_builtin(worker: BaseWorker, message: Any) -> None:
-    return None
-
-
-def _overridable(method: str) -> Dispatch:
-    """Dispatch to a lifecycle method that subclasses extend (a pipeline worker adds to
-    activation and cancellation): looked up on the worker, not fixed to BaseWorker's."""
-
-    async def dispatch(worker: BaseWorker, message: Any) -> None:
-        await getattr(worker, method)(message)
-
-    return dispatch
-
-
-_DISPATCH: dict[type, Dispatch] = {
-    BusFrameMessage: _ignore,
-    BusActivateWorkerMessage: _overridable("_handle_activate"),
-    BusDeactivateWorkerMessage: _overridable("_handle_deactivate"),
-    BusEndWorkerMessage: _overridable("_handle_end_worker"),
-    BusCancelWorkerMessage: _overridable("_handle_cancel_worker"),
-    BusWorkerErrorMessage: BaseWorker._handle_worker_error,
-    BusWorkerLocalErrorMessage: BaseWorker._handle_worker_error,
-    BusJobRequestMessage: BaseWorker._handle_job_request,
-    BusJobResponseMessage: BaseWorker._handle_job_response,
-    BusJobResponseUrgentMessage: BaseWorker._handle_job_response,
-    BusJobUpdateMessage: BaseWorker._handle_job_update,
-    BusJobUpdateUrgentMessage: BaseWorker._handle_job_update,
-    BusJobUpdateRequestMessage: BaseWorker._handle_job_update_request,
-    BusJobCancelMessage: BaseWorker._handle_job_cancel,
-    BusJobCheckMessage: BaseWorker._handle_job_check,
-    BusJobStreamStartMessage: BaseWorker._handle_stream_start,
-    BusJobStreamDataMessage: BaseWorker._handle_stream_data,
-    BusJobStreamEndMessage: BaseWorker._handle_stream_end,
-}
-
-
-def _resolve_dispatch(cls: type) -> Dispatch:
-    """Find the built-in handler for a message class (subclasses inherit it); cache it."""
-    for base in cls.__mro__[1:]:
-        handler = _DISPATCH.get(base)
-        if handler is not None:
-            break
-    else:
-        handler = _no_builtin
-    _DISPATCH[cls] = handler
-    return handler
